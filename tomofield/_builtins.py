@@ -1,0 +1,39 @@
+"""tomofield's own components, registered through the public hooks like any plugin."""
+
+from __future__ import annotations
+
+from tomofield import filters, heads, postprocess, samplers
+from tomofield.hookspecs import hookimpl
+
+
+@hookimpl
+def register_heads(register):
+    register("sum", heads.SumHead, "mean of the slice's pixels per channel (Eq. 5), no network")
+    register("logit", heads.LogitHead, "the encoder's output logit per slice (ToNNO)")
+
+
+@hookimpl
+def register_filters(register):
+    register("none", filters.NoFilter, "average over planes (Averaged CAM)")
+    register("tomo", filters.TomoFilter, "second derivative along the normal (ToNNO, Tomographic CAM)")
+
+
+@hookimpl
+def register_samplers(register):
+    register("fibonacci", samplers.FibonacciSampler, "L Fibonacci-lattice directions (ToNNO)")
+    register("axial", samplers.AxialSampler, "the volume's own slices along D (slice-wise baseline)")
+    register("orthogonal", samplers.OrthogonalSampler, "the slices of the three axes (three-axis baseline)")
+
+
+@hookimpl
+def register_postprocessors(register):
+    register("clip-negative", lambda: postprocess.clip_negative, "set negative values to 0")
+    register("normalize", lambda: postprocess.normalize, "min-max scale each channel to [0, 1]")
+    register("mask-background", lambda: postprocess.mask_background, "zero where the input is 0")
+
+
+@hookimpl
+def register_encoders(register):
+    from tomofield.encoders import timm_encoder
+
+    register("resnet10t", timm_encoder, "timm ResNet-10-T (paper default); any other timm name works too")

@@ -1,0 +1,266 @@
+"""The library entry point: :class:`Engine` turns a volume into a heatmap.
+
+The engine streams chunks of directions: cut their slices in batches, score them
+with encoder + head, filter each stack along its normal and backproject into the
+output grid. Memory is bounded by the chunk, whatever the number of directions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tomofield import plugins
+from tomofield.backproject import backproject
+from tomofield.encoders import first_conv_in_chans, load_weights, read_safetensors, timm_encoder
+from tomofield.errors import InputError
+from tomofield.geometry import (
+    EXTENTS,
+    GEOMETRIES,
+    half_extents,
+    sample_slices,
+    slice_offsets,
+    slice_points,
+    voxel_points,
+)
+from tomofield.samplers import SamplingConfig
+
+Progress = Callable[[int, int], None]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; anything else must be usable here."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+@dataclass
+class EngineConfig:
+    """Everything that defines a reconstruction besides the components."""
+
+    directions: int = 500
+    slices: int = 48
+    slice_size: int = 224
+    hemisphere: bool = True
+    geometry: str = "physical"
+    extent: str = "unit"
+    seed: int = 0
+    batch_size: int = 64
+    num_classes: int = 1
+    pretrained: bool = False
+    norm: str = "frozen-bn"
+    head_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        checks = [
+            (self.directions >= 1, f"directions must be >= 1, got {self.directions}"),
+            (self.slices >= 3, f"slices must be >= 3, got {self.slices}"),
+            (self.slice_size >= 8, f"slice size must be >= 8 pixels, got {self.slice_size}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.geometry in GEOMETRIES, f"unknown geometry {self.geometry!r}; valid: {', '.join(GEOMETRIES)}"),
+            (self.extent in EXTENTS, f"unknown extent {self.extent!r}; valid: {', '.join(EXTENTS)}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InputError(msg)
+
+
+def _build(kind: str, spec: Any, **options: Any) -> Any:
+    if isinstance(spec, str):
+        return plugins.get(kind, spec).factory(**options)
+    return spec
+
+
+class Engine:
+    """Reconstruct 3D heatmaps from a 2D encoder's slice scores.
+
+    Args:
+        encoder: a registered or timm encoder name, or an ``nn.Module``.
+        head: head name or object (``logit``, ``sum``, ...).
+        filter: filter name or object (``tomo``, ``none``).
+        sampler: sampler name or object (``fibonacci``, ``axial``, ``orthogonal``).
+        postprocess: post-processor names or callables, applied in order.
+        weights: a ``.safetensors`` file for the encoder.
+        device: ``auto``, ``cpu``, ``cuda``...
+        **config: fields of :class:`EngineConfig` (directions, slices, slice_size, ...).
+
+    Example:
+        >>> engine = Engine(head="sum", filter="tomo", directions=200, slices=32, slice_size=48)
+        >>> heatmap = engine.reconstruct(volume, spacing=(2.5, 1.0, 1.0))  # (K, D, H, W)
+    """
+
+    def __init__(
+        self,
+        encoder: str | nn.Module = "resnet10t",
+        head: str | Any = "logit",
+        filter: str | Any = "tomo",
+        sampler: str | Any = "fibonacci",
+        postprocess: Sequence[str | Callable[[Tensor, Tensor], Tensor]] = (),
+        *,
+        weights: str | None = None,
+        device: str | torch.device = "auto",
+        **config: Any,
+    ) -> None:
+        self.config = EngineConfig(**config)
+        self.config.validate()
+        self.device = resolve_device(device)
+        self.head = _build("head", head, **self.config.head_options)
+        self.filter = _build("filter", filter)
+        self.sampler = _build("sampler", sampler)
+        self.postprocess = [_build("postprocessor", p) for p in postprocess]
+        self._encoder_spec = encoder
+        self._weights_path = weights
+        self._weights = read_safetensors(weights) if weights else None
+        self._encoders: dict[int, nn.Module] = {}
+
+    # -- encoder -------------------------------------------------------------------------
+    def encoder_for(self, in_chans: int) -> nn.Module | None:
+        """The encoder for volumes of ``in_chans`` channels (built once, cached)."""
+        if not getattr(self.head, "needs_encoder", True):
+            return None
+        if isinstance(self._encoder_spec, nn.Module):
+            return self._encoder_spec.to(self.device).eval()
+        if in_chans not in self._encoders:
+            if self._weights is not None:
+                expected = first_conv_in_chans(self._weights)
+                if expected is not None and expected != in_chans:
+                    raise InputError(
+                        f"weights {self._weights_path!r} expect {expected} input channel(s) but the "
+                        f"volume has {in_chans}; give {expected} input file(s) or a {expected}-channel 4D NIfTI"
+                    )
+            name = self._encoder_spec
+            try:
+                factory = plugins.get("encoder", name).factory
+            except LookupError:
+                factory = timm_encoder
+            model = factory(
+                name, in_chans=in_chans, num_classes=self.config.num_classes,
+                pretrained=self.config.pretrained and self._weights is None, norm=self.config.norm,
+            )
+            if self._weights is not None:
+                load_weights(model, self._weights, str(self._weights_path))
+            self._encoders[in_chans] = model.to(self.device).eval()
+        return self._encoders[in_chans]
+
+    # -- reconstruction ------------------------------------------------------------------
+    def plan(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[Tensor, list]:
+        """Half-extents and direction groups for a volume of spatial ``shape``."""
+        e = half_extents(shape, spacing, self.config.geometry)
+        cfg = SamplingConfig(
+            directions=self.config.directions, slices=self.config.slices,
+            hemisphere=self.config.hemisphere, seed=self.config.seed, extent=self.config.extent,
+        )
+        return e, self.sampler.plan(tuple(shape), e, cfg)
+
+    def count_slices(self, shape: Sequence[int], spacing: Sequence[float] = (1, 1, 1)) -> int:
+        """Number of slices the encoder will see for a volume of this shape."""
+        _, groups = self.plan(shape, spacing)
+        return sum(len(g) * (g.num_slices + 2 * self.filter.pad) for g in groups)
+
+    def reconstruct(
+        self,
+        volume: Tensor,
+        spacing: Sequence[float] | None = None,
+        progress: Progress | None = None,
+    ) -> Tensor:
+        """Heatmap (K, D, H, W) of a volume (C, D, H, W) or (D, H, W), on the input grid.
+
+        Args:
+            volume: the input; finite values.
+            spacing: voxel size per (D, H, W) axis in mm (physical geometry); default 1.
+            progress: called as ``progress(slices_done, slices_total)``.
+        """
+        vol = validate_volume(volume)
+        spacing = tuple(float(s) for s in (spacing or (1.0, 1.0, 1.0)))
+        shape = tuple(vol.shape[1:])
+        e, groups = self.plan(shape, spacing)
+        dev = self.device
+        vol = vol.to(dev, torch.float32)
+        encoder = self.encoder_for(vol.shape[0])
+        points = voxel_points(shape, e, dev)
+        e_dev = e.to(dev, torch.float32)
+        pad = self.filter.pad
+        n_dirs = sum(len(g) for g in groups)
+        total = self.count_slices(shape, spacing)
+        size = (self.config.slice_size, self.config.slice_size)
+        done, out = 0, None
+        grad = getattr(self.head, "needs_grad", False)
+        ctx = torch.no_grad if grad else torch.inference_mode
+        with ctx():
+            for group in groups:
+                gdev = group.to(dev)
+                per_dir = group.num_slices + 2 * pad
+                chunk = max(1, math.ceil(self.config.batch_size / per_dir), 4096 // per_dir)
+                for start in range(0, len(gdev), chunk):
+                    dirs = gdev[start : start + chunk]
+                    scores = self._score(vol, e_dev, dirs, pad, size, encoder, lambda n: progress and progress(n, total))
+                    done += scores.shape[0] * scores.shape[1]
+                    q = self.filter(scores, dirs.slice_spacing())
+                    weight = torch.full((len(dirs),), self.filter.constant * 4 * math.pi / n_dirs, device=dev)
+                    if self.filter.integral:
+                        weight = weight * 4 * dirs.a_half * dirs.b_half
+                    part = backproject(q, dirs, points, size, weights=weight)
+                    out = part if out is None else out + part
+        assert out is not None
+        heat = out.reshape(-1, *shape)
+        for post in self.postprocess:
+            heat = post(heat, vol)
+        return heat
+
+    def _score(self, vol, e, dirs, pad, size, encoder, tick) -> Tensor:
+        """Scores (L, S, K, h, w) of every slice of a chunk of directions."""
+        L, S = len(dirs), dirs.num_slices + 2 * pad
+        offsets = slice_offsets(dirs.s_half, dirs.num_slices, pad).reshape(-1)
+        idx = torch.arange(L, device=vol.device).repeat_interleave(S)
+        outs = []
+        for b in range(0, L * S, self.config.batch_size):
+            i, off = idx[b : b + self.config.batch_size], offsets[b : b + self.config.batch_size]
+            pts = slice_points(dirs.normals[i], dirs.u[i], dirs.v[i], off, dirs.a_half[i], dirs.b_half[i], size)
+            slices = sample_slices(vol, pts, e)
+            outs.append(self.head(encoder, slices))
+            tick(len(i))
+        scores = torch.cat(outs)
+        return scores.reshape(L, S, *scores.shape[1:])
+
+    def with_options(self, **changes: Any) -> Engine:
+        """A copy of this engine with some config fields changed (components shared)."""
+        new = object.__new__(Engine)
+        new.__dict__.update(self.__dict__)
+        new.config = replace(self.config, **changes)
+        new.config.validate()
+        return new
+
+
+def validate_volume(volume: Tensor) -> Tensor:
+    """A (C, D, H, W) float view of ``volume``; refuse what cannot be reconstructed."""
+    if not isinstance(volume, Tensor):
+        volume = torch.as_tensor(volume)
+    if volume.dim() == 3:
+        volume = volume[None]
+    if volume.dim() != 4:
+        raise InputError(
+            f"expected a volume (D, H, W) or (C, D, H, W), got shape {tuple(volume.shape)} ({volume.dim()}D)"
+        )
+    if min(volume.shape[1:]) < 2:
+        raise InputError(f"every spatial axis needs at least 2 voxels, got shape {tuple(volume.shape)}")
+    if not volume.is_floating_point():
+        volume = volume.float()
+    bad = ~torch.isfinite(volume)
+    if bool(bad.any()):
+        raise InputError(
+            f"the volume has {int(bad.sum())} non-finite voxel(s) (NaN or Inf) out of {volume.numel()}; "
+            "fix or mask them before reconstruction"
+        )
+    return volume

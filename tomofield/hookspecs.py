@@ -1,0 +1,75 @@
+"""Hook specifications: every extension point of tomofield, in one place.
+
+A plugin is a module or object with functions decorated by :data:`tomofield.hookimpl`
+and named like the specs below. Each ``register_*`` hook receives a ``register``
+callback, ``register(name, factory, description="")``: the host owns naming and
+duplicate checks, and unknown names fail with the list of valid ones. Every
+implementation is called once, when the registry is first used; results are ignored.
+
+Built-in components are registered by :mod:`tomofield._builtins` through these same
+hooks; third-party packages expose a plugin through the ``tomofield`` entry-point group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("tomofield")
+hookimpl = pluggy.HookimplMarker("tomofield")
+
+Register = Any  # Callable[[str, Callable[..., Any], str], None]
+
+
+@hookspec
+def register_encoders(register: Register) -> None:
+    """Register 2D encoders.
+
+    ``factory(name, *, in_chans, num_classes, pretrained) -> torch.nn.Module``. Any
+    timm model name also works without registration.
+    """
+
+
+@hookspec
+def register_heads(register: Register) -> None:
+    """Register per-slice score heads.
+
+    ``factory(**options) -> head``; a head is called ``head(encoder, slices)`` with
+    slices (N, C, h, w) and returns scores (N, K, h', w') (h' = w' = 1 for scalars).
+    Attributes: ``needs_encoder`` (bool), ``needs_grad`` (bool).
+    """
+
+
+@hookspec
+def register_filters(register: Register) -> None:
+    """Register reconstruction filters along the slice axis.
+
+    ``factory() -> filter`` with attributes ``pad`` (extra slices each side),
+    ``integral`` (bool), ``constant`` (float) and ``__call__(p, ds) -> q``; see
+    :mod:`tomofield.filters`.
+    """
+
+
+@hookspec
+def register_samplers(register: Register) -> None:
+    """Register slice samplers.
+
+    ``factory() -> sampler`` with ``plan(shape, e, config) -> list[Directions]``;
+    see :mod:`tomofield.samplers`.
+    """
+
+
+@hookspec
+def register_postprocessors(register: Register) -> None:
+    """Register heatmap post-processors: ``factory() -> fn(heatmap, volume) -> heatmap``."""
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register dataset preparers: ``factory() -> prepare(raw_dir, out_dir, **options)``."""
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add commands to the ``tomofield`` click group ``cli`` (``cli.add_command``)."""

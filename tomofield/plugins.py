@@ -1,0 +1,175 @@
+"""Plugin manager and component registry.
+
+Plugins come from three places, in this order: the built-ins
+(:mod:`tomofield._builtins`), the ``tomofield`` entry-point group of installed
+distributions, and objects registered at run time with :func:`register_plugin`.
+Setting ``TOMOFIELD_PLUGINS`` to a comma-separated list of entry-point names loads only
+those third-party plugins (empty string: none); built-ins always load.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from tomofield import hookspecs
+from tomofield.errors import TomofieldError, UnknownComponentError
+
+ENTRY_POINT_GROUP = "tomofield"
+ALLOW_ENV = "TOMOFIELD_PLUGINS"
+KINDS = ("encoder", "head", "filter", "sampler", "postprocessor", "dataset")
+BUILTIN = "tomofield.builtins"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One registered component: what it is, how to build it, where it came from."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    plugin: str
+    source: str
+
+
+@dataclass
+class _State:
+    pm: pluggy.PluginManager
+    sources: dict[str, str] = field(default_factory=dict)  # plugin name -> source
+    failed: dict[str, str] = field(default_factory=dict)  # entry point -> error
+    components: dict[str, dict[str, Component]] | None = None
+
+
+_STATE: _State | None = None
+
+
+def _allowed() -> set[str] | None:
+    raw = os.environ.get(ALLOW_ENV)
+    if raw is None:
+        return None
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+def _new_state() -> _State:
+    pm = pluggy.PluginManager("tomofield")
+    pm.add_hookspecs(hookspecs)
+    state = _State(pm)
+    from tomofield import _builtins
+
+    pm.register(_builtins, name=BUILTIN)
+    state.sources[BUILTIN] = "tomofield (built-in)"
+    allow = _allowed()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if allow is not None and ep.name not in allow:
+            continue
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "unknown"
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception as exc:  # a broken third-party plugin must not break the host
+            state.failed[ep.name] = f"{dist}: {type(exc).__name__}: {exc}"
+            warnings.warn(f"tomofield plugin {ep.name!r} ({dist}) failed to load: {exc}", stacklevel=2)
+            continue
+        state.sources[ep.name] = f"{dist} (entry point {ep.value})"
+    return state
+
+
+def _state() -> _State:
+    global _STATE
+    if _STATE is None:
+        _STATE = _new_state()
+    return _STATE
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager (created and loaded on first use)."""
+    return _state().pm
+
+
+def reset() -> None:
+    """Forget every loaded plugin; the next use reloads built-ins and entry points."""
+    global _STATE
+    _STATE = None
+
+
+def register_plugin(plugin: Any, name: str | None = None) -> str:
+    """Register a plugin object or module at run time; returns its name."""
+    st = _state()
+    registered = st.pm.register(plugin, name=name)
+    if registered is None:
+        raise TomofieldError(f"plugin {name or plugin!r} is already registered or blocked")
+    st.sources[registered] = f"runtime ({getattr(plugin, '__name__', type(plugin).__name__)})"
+    st.components = None
+    return registered
+
+
+def unregister_plugin(name: str) -> None:
+    """Remove a plugin registered under ``name``."""
+    st = _state()
+    if st.pm.get_plugin(name) is None:
+        raise TomofieldError(f"no plugin named {name!r}; loaded: {', '.join(st.pm.list_name_plugin())}")
+    st.pm.unregister(name=name)
+    st.sources.pop(name, None)
+    st.components = None
+
+
+def _collect(st: _State) -> dict[str, dict[str, Component]]:
+    table: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
+    for kind in KINDS:
+        caller = getattr(st.pm.hook, f"register_{kind}s")
+        impls = sorted(caller.get_hookimpls(), key=lambda i: i.plugin_name != BUILTIN)
+        for impl in impls:
+            source = st.sources.get(impl.plugin_name, impl.plugin_name)
+
+            def register(
+                name: str, factory: Callable[..., Any], description: str = "",
+                _kind: str = kind, _plugin: str = impl.plugin_name, _source: str = source,
+            ) -> None:
+                if not isinstance(name, str) or not name:
+                    raise TomofieldError(f"plugin {_plugin!r} registered a {_kind} with a bad name {name!r}")
+                if name in table[_kind]:
+                    prev = table[_kind][name]
+                    raise TomofieldError(
+                        f"{_kind} {name!r} registered twice: by {prev.plugin!r} ({prev.source}) "
+                        f"and by {_plugin!r} ({_source})"
+                    )
+                table[_kind][name] = Component(_kind, name, factory, description, _plugin, _source)
+
+            impl.function(register=register)
+    return table
+
+
+def components(kind: str | None = None) -> list[Component]:
+    """Every registered component, or those of one kind, sorted by kind and name."""
+    st = _state()
+    if st.components is None:
+        st.components = _collect(st)
+    kinds = KINDS if kind is None else (kind,)
+    return [c for k in kinds for c in sorted(st.components[k].values(), key=lambda c: c.name)]
+
+
+def get(kind: str, name: str) -> Component:
+    """The component ``name`` of ``kind``; unknown names fail listing the valid ones."""
+    if kind not in KINDS:
+        raise UnknownComponentError("component kind", kind, list(KINDS))
+    components(kind)
+    table = _state().components or {}
+    if name not in table[kind]:
+        raise UnknownComponentError(kind, name, sorted(table[kind]))
+    return table[kind][name]
+
+
+def failed_plugins() -> dict[str, str]:
+    """Entry points that failed to load, with the error."""
+    return dict(_state().failed)
+
+
+def add_commands(cli: Any) -> None:
+    """Let every plugin add its commands to the click group ``cli``."""
+    plugin_manager().hook.register_commands(cli=cli)

@@ -1,0 +1,69 @@
+"""PNG previews: three orthogonal planes through the heatmap maximum."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tomofield.io import atomic_write
+
+
+def _planes(vol: np.ndarray, at: Sequence[int]) -> list[np.ndarray]:
+    d, h, w = at
+    return [vol[d], vol[:, h, :], vol[:, :, w]]
+
+
+def write_preview(
+    path: str | Path,
+    heatmap: np.ndarray,
+    volume: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    title: str = "",
+    overwrite: bool = False,
+) -> Path:
+    """Write a PNG: input with the heatmap overlaid (top) and the heatmap alone (bottom).
+
+    Args:
+        heatmap: (D, H, W) values; planes pass through its maximum.
+        volume: (D, H, W) input (first channel) on the same grid.
+        spacing: (d, h, w) voxel size, for true aspect ratios.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heatmap, volume = np.asarray(heatmap, dtype=np.float32), np.asarray(volume, dtype=np.float32)
+    at = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    sd, sh, sw = spacing
+    names = [f"axial d={at[0]}", f"coronal h={at[1]}", f"sagittal w={at[2]}"]
+    aspects = [sh / sw, sd / sw, sd / sh]
+    lo, hi = np.percentile(heatmap, 1), float(heatmap.max())
+    vlo, vhi = np.percentile(volume, [0.5, 99.5])
+    fig, axes = plt.subplots(2, 3, figsize=(12, 8), constrained_layout=True)
+    for col, (img, heat, name, asp) in enumerate(
+        zip(_planes(volume, at), _planes(heatmap, at), names, aspects, strict=True)
+    ):
+        ax = axes[0, col]
+        ax.imshow(img, cmap="gray", vmin=vlo, vmax=vhi, origin="lower", aspect=asp)
+        alpha = np.clip((heat - lo) / max(hi - lo, 1e-12), 0, 1) * 0.7
+        ax.imshow(heat, cmap="inferno", vmin=lo, vmax=hi, origin="lower", aspect=asp, alpha=alpha)
+        ax.set_title(f"input + heatmap, {name}")
+        ax.axis("off")
+        ax = axes[1, col]
+        im = ax.imshow(heat, cmap="inferno", vmin=lo, vmax=hi, origin="lower", aspect=asp)
+        ax.set_title(f"heatmap, {name}")
+        ax.axis("off")
+    fig.colorbar(im, ax=axes[1, :], shrink=0.8, label="heatmap")
+    if title:
+        fig.suptitle(title)
+
+    def save(tmp: Path) -> None:
+        fig.savefig(tmp, dpi=80, format="png")
+
+    try:
+        return atomic_write(path, save, overwrite=overwrite)
+    finally:
+        plt.close(fig)
