@@ -27,8 +27,9 @@ from rich.text import Text
 from tomofield import plugins
 from tomofield.errors import TomofieldError
 
+_WIDTH = None if sys.stdout.isatty() else 200  # no wrapping when piped or captured
 err = Console(stderr=True)
-out = Console()
+out = Console(width=_WIDTH)
 
 
 class _Rate(ProgressColumn):
@@ -150,8 +151,9 @@ def run(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bo
 def plugins_cmd() -> None:
     """List every registered component and the package it comes from."""
     table = Table(title="tomofield components")
-    for col in ("kind", "name", "plugin", "source", "description"):
-        table.add_column(col)
+    for col in ("kind", "name", "plugin", "source"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("description")
     for comp in plugins.components():
         table.add_row(comp.kind, comp.name, comp.plugin, comp.source, comp.description)
     out.print(table)

@@ -1,0 +1,43 @@
+"""Shared fixtures and the per-dtype tolerance table used by numeric tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tomofield import plugins
+from tomofield.io import affine_for_spacing, save_nifti
+
+#: One tolerance table for every numeric test: (rtol, atol) per dtype.
+TOL = {torch.float32: (1e-5, 1e-5), torch.float64: (1e-10, 1e-12)}
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugins():
+    """Every test sees the plugin registry as installed, whatever the last one did."""
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+@pytest.fixture
+def write_nifti(tmp_path: Path):
+    """Write a (C, D, H, W) or (D, H, W) array as NIfTI; returns the path."""
+
+    def write(name: str, data, spacing=(1.0, 1.0, 1.0), affine=None) -> Path:
+        data = torch.as_tensor(np.asarray(data, dtype=np.float32))
+        aff = affine_for_spacing(spacing) if affine is None else affine
+        return save_nifti(tmp_path / name, data, aff)
+
+    return write
