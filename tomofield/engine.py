@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from tomofield import plugins
 from tomofield.backproject import backproject
+from tomofield.checkpoint import is_run_dir, read_run
 from tomofield.encoders import first_conv_in_chans, load_weights, read_safetensors, timm_encoder
 from tomofield.errors import InputError
 from tomofield.geometry import (
@@ -31,6 +32,9 @@ from tomofield.geometry import (
 from tomofield.samplers import SamplingConfig
 
 Progress = Callable[[int, int], None]
+
+#: Engine settings a run directory of ``tomofield train`` provides as defaults.
+RUN_FIELDS = ("slice_size", "geometry", "extent", "norm", "num_classes")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -92,7 +96,8 @@ class Engine:
         filter: filter name or object (``tomo``, ``none``).
         sampler: sampler name or object (``fibonacci``, ``axial``, ``orthogonal``).
         postprocess: post-processor names or callables, applied in order.
-        weights: a ``.safetensors`` file for the encoder.
+        weights: a ``.safetensors`` file, or a run directory of ``tomofield train`` whose
+            encoder name, norm, slice size, geometry and extent become the defaults.
         device: ``auto``, ``cpu``, ``cuda``...
         **config: fields of :class:`EngineConfig` (directions, slices, slice_size, ...).
 
@@ -103,7 +108,7 @@ class Engine:
 
     def __init__(
         self,
-        encoder: str | nn.Module = "resnet10t",
+        encoder: str | nn.Module | None = None,
         head: str | Any = "logit",
         filter: str | Any = "tomo",
         sampler: str | Any = "fibonacci",
@@ -113,16 +118,23 @@ class Engine:
         device: str | torch.device = "auto",
         **config: Any,
     ) -> None:
+        run: dict[str, Any] = {}
+        if weights is not None and is_run_dir(weights):
+            state, run = read_run(weights)
+            inherited = {k: run[k] for k in RUN_FIELDS if k in run}
+            config = {**inherited, **config}
+            encoder = run["encoder"] if encoder is None else encoder
         self.config = EngineConfig(**config)
         self.config.validate()
+        self.run = run
         self.device = resolve_device(device)
         self.head = _build("head", head, **self.config.head_options)
         self.filter = _build("filter", filter)
         self.sampler = _build("sampler", sampler)
         self.postprocess = [_build("postprocessor", p) for p in postprocess]
-        self._encoder_spec = encoder
-        self._weights_path = weights
-        self._weights = read_safetensors(weights) if weights else None
+        self._encoder_spec = "resnet10t" if encoder is None else encoder
+        self._weights_path = str(weights) if weights is not None else None
+        self._weights = (state if run else read_safetensors(weights)) if weights is not None else None
         self._encoders: dict[int, nn.Module] = {}
 
     # -- encoder -------------------------------------------------------------------------
