@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tomofield import plugins
-from tomofield.errors import TomofieldError
+from tomofield.errors import InputError, TomofieldError
 
 _WIDTH = None if sys.stdout.isatty() else 200  # no wrapping when piped or captured
 err = Console(stderr=True)
@@ -101,16 +101,33 @@ def engine_options(fn: Callable) -> Callable:
     return fn
 
 
+#: Options a run directory given to --weights provides unless set on the command line.
+RUN_INHERITED = ("encoder", "slice_size", "geometry", "extent")
+
+
+def explicit(name: str) -> bool:
+    """Whether option ``name`` was given on the command line (not its default)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return True
+    src = ctx.get_parameter_source(name)
+    return src is not None and src != click.core.ParameterSource.DEFAULT
+
+
 def build_engine(o: dict[str, Any]):
+    from tomofield.checkpoint import is_run_dir
     from tomofield.engine import Engine
 
+    o = dict(o)
+    if o.get("weights") and is_run_dir(o["weights"]):
+        for key in RUN_INHERITED:
+            if not explicit(key):
+                o.pop(key, None)
     head_options = {"target": o["target"]} if o["head"] == "logit" else {}
-    return Engine(
-        o["encoder"], o["head"], o["filter_"], o["sampler"], list(o["post"]), weights=o["weights"],
-        device=o["device"], directions=o["directions"], slices=o["slices"], slice_size=o["slice_size"],
-        hemisphere=o["hemisphere"], geometry=o["geometry"], extent=o["extent"], seed=o["seed"],
-        batch_size=o["batch_size"], pretrained=o["pretrained"], head_options=head_options,
-    )
+    config = {k: o[k] for k in ("directions", "slices", "slice_size", "hemisphere", "geometry", "extent",
+                                "seed", "batch_size", "pretrained") if k in o}
+    return Engine(o.get("encoder"), o["head"], o["filter_"], o["sampler"], list(o["post"]), weights=o["weights"],
+                  device=o["device"], head_options=head_options, **config)
 
 
 @cli.command()
@@ -133,7 +150,7 @@ def run(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bo
     err.print(
         f"{volume.paths[0].name}: {c} channel(s), grid {tuple(shape)}, spacing "
         f"{tuple(round(s, 3) for s in volume.spacing)} mm; {engine.count_slices(shape, volume.spacing):,} "
-        f"slices of {o['slice_size']}x{o['slice_size']} on {engine.device}", highlight=False,
+        f"slices of {engine.config.slice_size}px on {engine.device}", highlight=False,
     )
     t0 = time.perf_counter()
     with slice_progress("slices") as tick:
@@ -145,6 +162,79 @@ def run(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bo
         write_preview(preview, heat[0].cpu().numpy(), volume.data[0].numpy(), volume.spacing,
                       title=f"{o['head']} / {o['filter_']}: {volume.paths[0].name}", overwrite=overwrite)
     out.print(f"wrote {output}" + (f" and {preview}" if preview else "") + f" in {time.perf_counter() - t0:.1f} s")
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path())
+@click.option("--n", default=40, show_default=True, help="Number of volumes (half positive).")
+@click.option("--size", default=48, show_default=True, help="Volume side in voxels.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--val-fraction", default=0.25, show_default=True, help="Share of volumes in val.csv.")
+@friendly
+def synth(out_dir: str, n: int, size: int, seed: int, val_fraction: float) -> None:
+    """Write a synthetic weakly supervised dataset (NIfTI images, masks, CSVs)."""
+    from tomofield.synth import write_dataset
+
+    if n < 4 or size < 16:
+        raise InputError(f"need --n >= 4 and --size >= 16, got n={n}, size={size}")
+    if Path(out_dir).exists() and any(Path(out_dir).iterdir()):
+        raise InputError(f"output directory {out_dir!r} is not empty; choose another")
+    with err.status(f"writing {n} volumes of {size}^3"):
+        paths = write_dataset(out_dir, n=n, size=size, seed=seed, val_fraction=val_fraction)
+    out.print("wrote " + ", ".join(f"{k}: {v}" for k, v in paths.items()))
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path())
+@click.option("--output", "-o", "run_dir", required=True, type=click.Path(), help="Run directory.")
+@click.option("--encoder", default="resnet10t", show_default=True)
+@click.option("--norm", type=click.Choice(["frozen-bn", "group-norm", "batch-norm"]), default="frozen-bn", show_default=True)
+@click.option("--pretrained/--no-pretrained", default=False, show_default=True, help="timm weights from the local cache.")
+@click.option("--iterations", default=1000, show_default=True)
+@click.option("--slices-per-volume", default=120, show_default=True)
+@click.option("--slice-size", default=224, show_default=True)
+@click.option("--batch-volumes", default=2, show_default=True)
+@click.option("--lr", default=5e-5, show_default=True)
+@click.option("--val", "val_csv", type=click.Path(), help="Validation dataset CSV.")
+@click.option("--val-every", default=100, show_default=True)
+@click.option("--checkpoint-every", default=100, show_default=True)
+@click.option("--geometry", type=click.Choice(["physical", "normalized"]), default="physical", show_default=True)
+@click.option("--extent", type=click.Choice(["unit", "tight"]), default="unit", show_default=True)
+@click.option("--task", type=click.Choice(["classification", "regression"]), default="classification", show_default=True)
+@click.option("--loss", default=None, help="bce (classification), mse or huber (regression).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
+@click.option("--device", default="auto", show_default=True)
+@friendly
+def train(dataset: str, run_dir: str, val_csv: str | None, device: str, resume: bool, **o: Any) -> None:
+    """Train a slice encoder from volume-level labels (the paper's recipe)."""
+    from tomofield.train import Trainer, config_from_options
+
+    if o["loss"] is None:
+        o["loss"] = "bce" if o["task"] == "classification" else "mse"
+    cfg = config_from_options(**o)
+    trainer = Trainer(dataset, run_dir, cfg, val_csv=val_csv, device=device, resume=resume)
+    result = fit_with_progress(trainer)
+    last = result["history"][-1] if result["history"] else {}
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("val_"))
+    out.print(f"trained {result['iteration']} iterations, last loss {result['loss']:.4f}"
+              + (f", {metrics}" if metrics else "") + f"; run directory {run_dir}")
+
+
+def fit_with_progress(trainer: Any) -> dict[str, Any]:
+    """Run ``trainer.fit`` under a rich progress bar showing loss and slices/s."""
+    with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err) as bar:
+        task = bar.add_task("train", total=trainer.cfg.iterations, info="")
+
+        def progress(rec: dict[str, Any]) -> None:
+            info = f"loss {rec['loss']:.4f}  {rec['slices_per_s']:,.0f} slices/s"
+            if "val_balanced_accuracy" in rec:
+                bar.console.print(f"iteration {rec['iteration']}: validation balanced accuracy "
+                                  f"{rec['val_balanced_accuracy']:.3f}", highlight=False)
+            bar.update(task, completed=rec["iteration"], info=info)
+
+        return trainer.fit(progress)
 
 
 @cli.command("plugins")
