@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from tomofield import filters, heads, postprocess, samplers
 from tomofield.hookspecs import hookimpl
 
@@ -10,6 +12,15 @@ from tomofield.hookspecs import hookimpl
 def register_heads(register):
     register("sum", heads.SumHead, "mean of the slice's pixels per channel (Eq. 5), no network")
     register("logit", heads.LogitHead, "the encoder's output logit per slice (ToNNO)")
+    register("avgpool", heads.PooledSumHead, "average-pooled slice, a CAM-like map without a network (Fig. 4)")
+    cams = {
+        "gradcam": "Grad-CAM (Selvaraju et al. 2017)",
+        "gradcam++": "Grad-CAM++ (Chattopadhay et al. 2018)",
+        "layercam": "LayerCAM (Jiang et al. 2021)",
+        "scorecam": "Score-CAM (Wang et al. 2020)",
+    }
+    for method, paper in cams.items():
+        register(method, functools.partial(heads.CamHead, method), f"{paper} map at --layer")
 
 
 @hookimpl

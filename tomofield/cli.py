@@ -81,7 +81,9 @@ def engine_options(fn: Callable) -> Callable:
         click.option("--pretrained/--no-pretrained", default=False, show_default=True,
                      help="timm pretrained weights from the local cache (never downloaded)."),
         click.option("--head", default="logit", show_default=True, help="Per-slice score head."),
-        click.option("--target", default=0, show_default=True, help="Output logit used by the logit head."),
+        click.option("--target", default=0, show_default=True, help="Output logit used by the logit and CAM heads."),
+        click.option("--layer", default=4, show_default=True, help="Encoder stage of CAM heads (1..4 for a ResNet)."),
+        click.option("--pool", default=16, show_default=True, help="Pooling of the avgpool head."),
         click.option("--filter", "filter_", default="tomo", show_default=True, help="none | tomo | plugin filter."),
         click.option("--sampler", default="fibonacci", show_default=True, help="fibonacci | axial | orthogonal."),
         click.option("--directions", "-L", default=500, show_default=True, help="Number of slicing directions L."),
@@ -99,6 +101,20 @@ def engine_options(fn: Callable) -> Callable:
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
+
+
+CAM_HEADS = ("gradcam", "gradcam++", "layercam", "scorecam")
+
+
+def head_options_for(head: str, o: dict[str, Any]) -> dict[str, Any]:
+    """The CLI options a built-in head takes (plugin heads take none from the CLI)."""
+    if head == "logit":
+        return {"target": o["target"]}
+    if head in CAM_HEADS:
+        return {"layer": o["layer"], "target": o["target"]}
+    if head == "avgpool":
+        return {"pool": o["pool"]}
+    return {}
 
 
 #: Options a run directory given to --weights provides unless set on the command line.
@@ -123,7 +139,7 @@ def build_engine(o: dict[str, Any]):
         for key in RUN_INHERITED:
             if not explicit(key):
                 o.pop(key, None)
-    head_options = {"target": o["target"]} if o["head"] == "logit" else {}
+    head_options = head_options_for(o["head"], o)
     config = {k: o[k] for k in ("directions", "slices", "slice_size", "hemisphere", "geometry", "extent",
                                 "seed", "batch_size", "pretrained") if k in o}
     return Engine(o.get("encoder"), o["head"], o["filter_"], o["sampler"], list(o["post"]), weights=o["weights"],

@@ -43,3 +43,52 @@ class LogitHead:
         if not 0 <= self.target < out.shape[1]:
             raise ValueError(f"logit target {self.target} out of range: the encoder has {out.shape[1]} outputs")
         return out[:, self.target, None, None, None]
+
+
+class CamHead:
+    """A class activation map per slice, at the resolution of encoder stage ``layer``.
+
+    Args:
+        method: ``gradcam``, ``gradcam++``, ``layercam`` or ``scorecam`` (see
+            :mod:`tomofield._cam` for the papers).
+        layer: index into the encoder's ``feature_info`` (1..4 for a ResNet).
+        target: output logit the map explains.
+    """
+
+    needs_encoder = True
+    needs_grad = True
+
+    def __init__(self, method: str, layer: int = 4, target: int = 0) -> None:
+        from tomofield._cam import CAM_METHODS
+
+        if method not in CAM_METHODS:
+            raise ValueError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
+        self.name, self.method, self.layer, self.target = method, method, int(layer), int(target)
+
+    def __call__(self, encoder: nn.Module | None, slices: Tensor) -> Tensor:
+        from tomofield._cam import cam_maps
+
+        assert encoder is not None
+        return cam_maps(encoder, slices, method=self.method, layer=self.layer, target=self.target)
+
+
+class PooledSumHead:
+    """Average-pooled slice (kernel = stride = ``pool``): a CAM-like map with no network.
+
+    The paper's Fig. 4 check: Averaged CAM recovers the input from fine maps, Tomographic
+    CAM does better from coarse ones.
+    """
+
+    name = "avgpool"
+    needs_encoder = False
+    needs_grad = False
+
+    def __init__(self, pool: int = 16) -> None:
+        if pool < 1:
+            raise ValueError(f"pool must be >= 1, got {pool}")
+        self.pool = int(pool)
+
+    def __call__(self, encoder: nn.Module | None, slices: Tensor) -> Tensor:
+        import torch.nn.functional as F
+
+        return F.avg_pool2d(slices, self.pool)
