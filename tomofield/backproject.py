@@ -6,18 +6,40 @@ centres of an ``h x w`` grid of cells tiling the slice (``h = w = 1`` for scalar
 heads, which then do not depend on the in-plane position). A voxel at point ``x``
 reads ``q~(x.n, x.u, x.v)``: linear in ``s`` (bilinear in ``a, b`` for maps), zero
 beyond half a step past the ends of the stack.
+
+Implementations of the same sum, all returning ``(K, N)``:
+
+* :func:`backproject_reference`: the yardstick. One ``grid_sample`` over every
+  (direction, point) pair of a chunk, coordinates from a matrix product.
+* :func:`backproject`: any points; blocks sized for the cache, a grid buffer written in
+  place, and scalar profiles two directions per bilinear sample (see
+  :func:`_sampling_plan`).
+* :func:`backproject_grid`: the voxel grid of a volume, what the engine uses. The
+  sampling coordinate is affine in the voxel index, so a block's coordinates are two
+  broadcast additions of per-axis vectors (no ``(N, 3)`` point array), accumulated into
+  ``out`` in place. Scalar profiles go to a fused kernel when the device has one: Triton
+  on CUDA (:mod:`tomofield._bp_triton`), a compiled C kernel on CPU
+  (:mod:`tomofield._bp_native`); both keep every direction of a chunk in registers per
+  run of voxels and write the output once.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tomofield import _bp_native, _bp_triton
 from tomofield.geometry import Directions
 
-#: Upper bound on directions x voxels handled by one ``grid_sample`` call.
+#: Upper bound on directions x voxels handled by one ``grid_sample`` call (reference).
 DEFAULT_BUDGET = 1 << 22
+#: Directions x voxels per block of the fast paths: a CPU block (grid + samples, about
+#: 12 bytes each) stays in a core's L2 cache; a GPU block fills the device.
+BLOCK_BUDGET = {"cpu": 1 << 18, "cuda": 1 << 23}
 
 
 def _cell_coord(a: Tensor, half: Tensor, cells: int, pixels: int) -> Tensor:
@@ -32,7 +54,16 @@ def _cell_coord(a: Tensor, half: Tensor, cells: int, pixels: int) -> Tensor:
     return 2 * i / (cells - 1) - 1
 
 
-def backproject(
+def _cell_affine(half: Tensor, cells: int, pixels: int) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` (L,) with ``_cell_coord(a) = scale * a + shift``."""
+    if cells == 1:
+        return torch.zeros_like(half), torch.zeros_like(half)
+    k = (pixels - 1) / 2 * cells / pixels * 2 / (cells - 1)
+    shift = ((pixels - 1) / 2 + 0.5) * cells / pixels * 2 / (cells - 1) - 0.5 * 2 / (cells - 1) - 1
+    return k / half, torch.full_like(half, shift)
+
+
+def backproject_reference(
     q: Tensor,
     dirs: Directions,
     points: Tensor,
@@ -40,7 +71,7 @@ def backproject(
     weights: Tensor | None = None,
     budget: int = DEFAULT_BUDGET,
 ) -> Tensor:
-    """Sum over directions of the interpolated profiles at each point.
+    """Sum over directions of the interpolated profiles at each point (reference path).
 
     Args:
         q: (L, M, K, h, w) filtered scores, on the device of ``points``.
@@ -78,3 +109,191 @@ def backproject(
             vals = F.grid_sample(inp, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
             out[:, start : start + step] = vals[..., 0, 0].sum(0)
     return out
+
+
+def _sampling_plan(
+    q: Tensor, dirs: Directions, weights: Tensor | None, slice_size: Sequence[int]
+) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]], str]:
+    """``grid_sample`` input, per-slot affine maps and padding mode of the fast paths.
+
+    Each slot (in grid_sample's (x, y, z) order) is ``(vec, scale, shift)``, one row per
+    input image: its normalised coordinate is ``g = scale * (x . vec) + shift``.
+
+    Scalar profiles go two directions per image. The image of the pair ``(l, l')`` is
+    ``I[y, x] = qp_l[y] + qp_l'[x]`` with ``qp`` the profile padded with one zero at each
+    end; bilinear interpolation of a sum of a function of ``y`` and a function of ``x``
+    is exactly the sum of the two linear interpolations, and ``border`` padding clamps
+    far points onto the zero rows and columns. One sample thus does two
+    voxel-direction updates. Maps are sampled trilinearly in (s, a, b), one direction per
+    image, zero outside.
+    """
+    L, M, K, h, w = q.shape
+    if weights is not None:
+        q = q * weights.reshape(L, 1, 1, 1, 1).to(q)
+    if h == 1 and w == 1:
+        qp = F.pad(q[..., 0, 0].transpose(1, 2), (1, 1))  # (L, K, M + 2)
+        # p = (x.n / s_half + 1) (M - 1) / 2 + 1 in qp; normalised over M + 2: shift 0
+        scale = (M - 1) / ((M + 1) * dirs.s_half)
+        vec = dirs.normals
+        if L % 2:
+            qp = torch.cat([qp, torch.zeros_like(qp[:1])])
+            vec, scale = torch.cat([vec, torch.zeros_like(vec[:1])]), torch.cat([scale, torch.zeros_like(scale[:1])])
+        images = qp[0::2, :, :, None] + qp[1::2, :, None, :]  # (L / 2, K, M + 2, M + 2)
+        zero = torch.zeros_like(scale[0::2])
+        slots = [(vec[1::2], scale[1::2], zero), (vec[0::2], scale[0::2], zero)]
+        return images.contiguous(), slots, "border"
+    inp = q.permute(0, 2, 1, 3, 4).contiguous()  # (L, K, M, h, w)
+    s = (dirs.normals, 1 / dirs.s_half, torch.zeros_like(dirs.s_half))
+    a = (dirs.u, *_cell_affine(dirs.a_half, h, slice_size[0]))
+    b = (dirs.v, *_cell_affine(dirs.b_half, w, slice_size[1]))
+    return inp, [b, a, s], "zeros"
+
+
+def _sample(inp: Tensor, grid: Tensor, padding: str) -> Tensor:
+    """(images, K, n) samples of a (images, n, 2) or (images, n, 3) grid."""
+    g = grid[:, :, None] if grid.shape[-1] == 2 else grid[:, :, None, None]
+    vals = F.grid_sample(inp, g, mode="bilinear", padding_mode=padding, align_corners=True)
+    return vals.reshape(inp.shape[0], inp.shape[1], -1)
+
+
+def _block_budget(device: torch.device, budget: int | None) -> int:
+    if budget is not None:
+        return max(1, int(budget))
+    return BLOCK_BUDGET.get(device.type, BLOCK_BUDGET["cuda"])
+
+
+def backproject(
+    q: Tensor,
+    dirs: Directions,
+    points: Tensor,
+    slice_size: tuple[int, int],
+    weights: Tensor | None = None,
+    budget: int | None = None,
+) -> Tensor:
+    """Sum over directions of the interpolated profiles at arbitrary points.
+
+    Same arguments and result as :func:`backproject_reference`; ``budget`` (images x
+    points per block) defaults to :data:`BLOCK_BUDGET` of the device.
+    """
+    K = q.shape[2]
+    inp, slots, padding = _sampling_plan(q, dirs, weights, slice_size)
+    n_img, n_pts = inp.shape[0], points.shape[0]
+    out = torch.zeros(K, n_pts, device=q.device, dtype=q.dtype)
+    budget = _block_budget(q.device, budget)
+    lb = max(1, min(n_img, budget))
+    nb = max(1, budget // lb)
+    buf = torch.empty(lb * min(nb, n_pts) * len(slots), device=q.device, dtype=q.dtype)
+    for p0 in range(0, n_pts, nb):
+        x = points[p0 : p0 + nb].to(q)
+        for l0 in range(0, n_img, lb):
+            l1 = min(n_img, l0 + lb)
+            grid = buf[: (l1 - l0) * x.shape[0] * len(slots)].view(l1 - l0, x.shape[0], len(slots))
+            for col, (vec, scale, shift) in enumerate(slots):
+                # project, then scale: the reference's order of rounding
+                grid[..., col] = (vec[l0:l1] @ x.T) * scale[l0:l1, None] + shift[l0:l1, None]
+            out[:, p0 : p0 + x.shape[0]] += _sample(inp[l0:l1], grid, padding).sum(0)
+    return out
+
+
+def _axis_terms(vec: Tensor, scale: Tensor, shift: Tensor, shape: Sequence[int], e: Tensor) -> list[Tensor]:
+    """Per-axis terms ``T_ax[l, i]`` with ``g_l(i, j, k) = T_d[l, i] + T_h[l, j] + T_w[l, k]``."""
+    terms = []
+    for ax, n in enumerate(shape):
+        coord = float(e[ax]) * torch.linspace(-1, 1, n, device=vec.device, dtype=torch.float64)
+        t = (vec[:, ax : ax + 1].double() * scale[:, None].double()) * coord[None, :]
+        if ax == 0:
+            t = t + shift[:, None].double()
+        terms.append(t.to(vec.dtype))
+    return terms
+
+
+KERNELS = ("auto", "torch", "native", "triton")
+
+
+def _fused_kernel(kernel: str, device: torch.device):
+    """The fused scalar kernel module to use, or None for the torch path."""
+    if kernel == "triton" or (kernel == "auto" and device.type == "cuda" and _bp_triton.available()):
+        return _bp_triton
+    if kernel == "native" or (kernel == "auto" and device.type == "cpu" and _bp_native.available()):
+        return _bp_native
+    return None
+
+
+def backproject_grid(
+    q: Tensor,
+    dirs: Directions,
+    shape: Sequence[int],
+    e: Tensor,
+    slice_size: tuple[int, int],
+    weights: Tensor | None = None,
+    out: Tensor | None = None,
+    budget: int | None = None,
+    kernel: str = "auto",
+) -> Tensor:
+    """Sum over directions of the interpolated profiles at every voxel of a grid.
+
+    The voxels are those of :func:`tomofield.geometry.voxel_points` ``(shape, e)``, in
+    the same (flattened C) order.
+
+    Args:
+        q: (L, M, K, h, w) filtered scores.
+        dirs: the L directions (on ``q``'s device and dtype).
+        shape: output grid (D, H, W).
+        e: (3,) half-extents of the box the grid spans.
+        slice_size: (h_S, w_S) slice pixels, to place map cells.
+        weights: optional (L,) per-direction weights.
+        out: optional (K, D*H*W) accumulator; the sums are added to it in place.
+        budget: directions x voxels per block (default: :data:`BLOCK_BUDGET`).
+        kernel: ``auto``: for scalar profiles the fused kernel of the device (Triton on
+            CUDA, native on CPU) when available, else ``torch``; or one of
+            :data:`KERNELS` explicitly.
+
+    Returns:
+        ``out`` (a new zero-initialised one when not given) plus the (K, D*H*W) sums.
+    """
+    L, M, K, h, w = q.shape
+    D, H, W = (int(n) for n in shape)
+    if out is None:
+        out = torch.zeros(K, D * H * W, device=q.device, dtype=q.dtype)
+    if out.shape != (K, D * H * W):
+        raise ValueError(f"out must have shape {(K, D * H * W)}, got {tuple(out.shape)}")
+    if L == 0:
+        return out
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown backprojection kernel {kernel!r}; valid: {', '.join(KERNELS)}")
+    if h == 1 and w == 1 and kernel != "torch":
+        fused = _fused_kernel(kernel, q.device)
+        if fused is not None:
+            if weights is not None:
+                q = q * weights.reshape(L, 1, 1, 1, 1).to(q)
+            # p = (x.n / s_half + 1) (M - 1) / 2 + 1: the position in the profile padded with a zero
+            scale = (M - 1) / 2 / dirs.s_half
+            coef = _bp_triton.affine_coefficients(
+                scale, torch.full_like(scale, (M - 1) / 2 + 1), dirs.normals, shape, e
+            )
+            return fused.backproject_scalar(q[..., 0, 0].transpose(1, 2), coef, shape, out)
+    inp, slots, padding = _sampling_plan(q, dirs, weights, slice_size)
+    terms = [_axis_terms(vec, scale, shift, shape, e) for vec, scale, shift in slots]
+    n_img = inp.shape[0]
+    budget = _block_budget(q.device, budget)
+    lb = max(1, min(n_img, budget // W))  # images per block
+    rows = max(1, budget // (lb * W))  # (d, h) rows of W voxels per block
+    row_i = torch.arange(D * H, device=q.device)
+    buf = torch.empty(lb * min(rows, D * H) * W * len(slots), device=q.device, dtype=q.dtype)
+    for r0 in range(0, D * H, rows):
+        r1 = min(D * H, r0 + rows)
+        ri, rj = row_i[r0:r1] // H, row_i[r0:r1] % H
+        acc = out[:, r0 * W : r1 * W]
+        for l0 in range(0, n_img, lb):
+            l1 = min(n_img, l0 + lb)
+            grid = buf[: (l1 - l0) * (r1 - r0) * W * len(slots)].view(l1 - l0, r1 - r0, W, len(slots))
+            for col, (td, th, tw) in enumerate(terms):
+                row_term = td[l0:l1].index_select(1, ri) + th[l0:l1].index_select(1, rj)
+                torch.add(row_term[:, :, None], tw[l0:l1, None, :], out=grid[..., col])
+            acc += _sample(inp[l0:l1], grid.view(l1 - l0, -1, len(slots)), padding).sum(0)
+    return out
+
+
+def updates(shape: Sequence[int], directions: int) -> int:
+    """Voxel-direction updates of one backprojection: the unit of the benchmarks."""
+    return int(math.prod(shape)) * int(directions)

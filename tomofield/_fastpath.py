@@ -1,0 +1,238 @@
+"""The engine's fast path: slicing in normalised coordinates, skipping empty slices,
+and running the encoder in reduced precision, channels-last or compiled.
+
+Everything here is an implementation detail of :meth:`tomofield.Engine.reconstruct`;
+the settings live in :class:`tomofield.EngineConfig` (``amp``, ``channels_last``,
+``compile``, ``skip_empty``, ``empty_tol``) and docs/benchmarks.md holds the
+measurements behind their defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tomofield.geometry import Directions, slice_points
+
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: The occupancy test uses at most this many blocks per axis.
+OCCUPANCY_BLOCKS = 16
+
+_compiled: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of an ``amp`` setting: ``auto`` is bf16 on CUDA, off elsewhere."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"unknown amp mode {amp!r}; valid: {', '.join(AMP_MODES)}")
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return _AMP_DTYPES.get(amp)
+
+
+# -- empty slices ---------------------------------------------------------------------------
+@dataclass
+class Occupancy:
+    """Boxes that hold every voxel above ``tol``, each dilated by one voxel.
+
+    Trilinear interpolation reads the eight voxels around a point, so a slice sample is
+    above ``tol`` (in absolute value, in some channel) only inside one of these boxes: a
+    slice that misses all of them samples nothing above ``tol``. The test is
+    conservative (separating axes ``n``, ``u``, ``v`` of the slice rectangle only).
+
+    Attributes:
+        centre, half: (B, 3) box centres and half-sizes, (d, h, w), float64, host.
+    """
+
+    centre: Tensor
+    half: Tensor
+
+    @classmethod
+    def of(cls, volume: Tensor, e: Tensor, tol: float = 0.0, blocks: int = OCCUPANCY_BLOCKS) -> Occupancy:
+        """Occupancy of a (C, D, H, W) volume in the box of half-extents ``e``."""
+        busy = (volume.abs() > tol).any(0)  # (D, H, W)
+        shape = busy.shape
+        size = [math.ceil(n / blocks) for n in shape]
+        nb = [math.ceil(n / s) for n, s in zip(shape, size, strict=True)]
+        padded = F.pad(
+            busy[None, None].float(),
+            [0, nb[2] * size[2] - shape[2], 0, nb[1] * size[1] - shape[1], 0, nb[0] * size[0] - shape[0]],
+        )
+        occ = F.max_pool3d(padded, size)[0, 0].cpu() > 0  # (nb_d, nb_h, nb_w)
+        idx = occ.nonzero().double()  # (B, 3) block indices
+        e64 = e.detach().to("cpu", torch.float64)
+        lo, hi = [], []
+        for ax in range(3):
+            step = 2 * e64[ax] / (shape[ax] - 1)  # voxel spacing in box units
+            first = idx[:, ax] * size[ax]
+            last = torch.clamp(first + size[ax] - 1, max=shape[ax] - 1)
+            # one voxel of dilation for the interpolation, plus a hair for rounding
+            lo.append(-e64[ax] + (first - 1.001) * step)
+            hi.append(-e64[ax] + (last + 1.001) * step)
+        lo_t, hi_t = torch.stack(lo, 1), torch.stack(hi, 1)
+        return cls((lo_t + hi_t) / 2, (hi_t - lo_t) / 2)
+
+    def hits(self, dirs: Directions, offsets: Tensor) -> Tensor:
+        """(L, S) bool: whether slice ``(l, m)`` may touch a box (``False``: surely empty).
+
+        Args:
+            dirs: L directions (any device; read as float64 on the host).
+            offsets: (L, S) slice offsets.
+        """
+        L, S = offsets.shape
+        if self.centre.shape[0] == 0:
+            return torch.zeros(L, S, dtype=torch.bool)
+        f = lambda t: t.detach().to("cpu", torch.float64)  # noqa: E731
+        n, u, v, off = f(dirs.normals), f(dirs.u), f(dirs.v), f(offsets)
+        c, r = self.centre, self.half
+        inplane = ((c @ u.T).abs() - r @ u.abs().T <= f(dirs.a_half)) & (
+            (c @ v.T).abs() - r @ v.abs().T <= f(dirs.b_half)
+        )  # (B, L)
+        cn, rn = c @ n.T, r @ n.abs().T  # (B, L)
+        out = torch.zeros(L, S, dtype=torch.bool)
+        step = max(1, (1 << 22) // max(1, c.shape[0] * S))
+        for l0 in range(0, L, step):
+            sl = slice(l0, l0 + step)
+            near = (cn[:, sl, None] - off[None, sl]).abs() <= rn[:, sl, None]  # (B, l, S)
+            out[sl] = (near & inplane[:, sl, None]).any(0)
+        return out
+
+
+# -- slicing ----------------------------------------------------------------------------------
+def normalised_frames(dirs: Directions, e: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(n, u, v) / e`` in grid_sample's (x, y, z) = (w, h, d) order, (L, 3) each.
+
+    Slice points are linear in the frame vectors, so :func:`slice_points` on these
+    frames gives ``grid_sample``'s normalised grid directly: no division, no flip.
+    """
+    inv = (1 / e.to(dirs.normals)).flip(0)
+    return dirs.normals.flip(-1) * inv, dirs.u.flip(-1) * inv, dirs.v.flip(-1) * inv
+
+
+def cut_slices(
+    volume: Tensor,
+    frames: tuple[Tensor, Tensor, Tensor],
+    dirs: Directions,
+    rows: Tensor,
+    offsets: Tensor,
+    size: tuple[int, int],
+) -> Tensor:
+    """Slices (N, C, h, w) of ``volume`` for directions ``rows`` (N,) at ``offsets`` (N,).
+
+    Same samples as ``sample_slices(volume, slice_points(...), e)``.
+    """
+    n, u, v = frames
+    grid = slice_points(n[rows], u[rows], v[rows], offsets, dirs.a_half[rows], dirs.b_half[rows], size)
+    out = F.grid_sample(
+        volume[None], grid[None].to(volume.dtype), mode="bilinear", padding_mode="zeros", align_corners=True
+    )
+    return out[0].transpose(0, 1)
+
+
+# -- encoder ----------------------------------------------------------------------------------
+class _CompiledOrEager(nn.Module):
+    """Runs the compiled module; on its first failure warns once and stays eager.
+
+    ``torch.compile`` compiles lazily, so a missing C++ compiler or an unsupported
+    operator shows up at the first call, not when compiling is requested.
+    """
+
+    def __init__(self, eager: nn.Module, fast: Callable) -> None:
+        super().__init__()
+        self.eager = eager
+        object.__setattr__(self, "fast", fast)  # not a submodule: the parameters are eager's
+        self.failed = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.failed:
+            try:
+                return self.fast(x)
+            except Exception as exc:
+                self.failed = True
+                warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); running eagerly", stacklevel=2)
+        return self.eager(x)
+
+
+def compiled(encoder: nn.Module) -> nn.Module:
+    """``torch.compile(encoder)`` with frozen weights, built once per module and weights.
+
+    Freezing folds the weights into the graph (conv + batch-norm fusion, prepacked
+    oneDNN weights on CPU); the cache is keyed by the parameters' version counters, so
+    weights changed in place later get a fresh compilation. Runs the module itself, with
+    a warning, when compiling fails (no C++ compiler, unsupported platform).
+    """
+    versions = tuple(p._version for p in encoder.parameters())
+    cached = _compiled.get(encoder)
+    if cached is None or cached[0] != versions:
+        try:
+            fast = torch.compile(encoder, dynamic=False, options={"freezing": True})
+        except Exception as exc:
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); running eagerly", stacklevel=3)
+            fast = encoder
+        _compiled[encoder] = cached = (versions, _CompiledOrEager(encoder, fast))
+    return cached[1]
+
+
+@dataclass
+class Scorer:
+    """Runs a head on batches of slices with the engine's speed settings.
+
+    Attributes:
+        head: the head; ``head(encoder, slices)`` -> (N, K, h, w).
+        encoder: the (possibly compiled, channels-last) encoder, or None.
+        device: where the slices live.
+        dtype: autocast dtype, or None for float32.
+        channels_last: feed the encoder channels-last slices.
+        pad_to: pad every batch to this many slices (compiled encoders: one shape).
+    """
+
+    head: Callable
+    encoder: nn.Module | None
+    device: torch.device
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+    pad_to: int | None = None
+
+    @classmethod
+    def build(cls, head, encoder, device, *, amp: str, channels_last: bool, compile: bool, batch_size: int) -> Scorer:
+        if encoder is None:
+            return cls(head, None, device)
+        if channels_last:
+            encoder = encoder.to(memory_format=torch.channels_last)
+        # compiled graphs drop hooks and autograd tricks: only heads that just call the encoder
+        compile = compile and getattr(head, "name", None) == "logit"
+        if compile:
+            encoder = compiled(encoder)
+        return cls(head, encoder, device, amp_dtype(amp, device), channels_last, batch_size if compile else None)
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.dtype is None:
+            yield
+        else:
+            with torch.autocast(self.device.type, dtype=self.dtype):
+                yield
+
+    def __call__(self, slices: Tensor) -> Tensor:
+        """Float32 scores (N, K, h, w) of slices (N, C, h, w)."""
+        n = slices.shape[0]
+        if self.pad_to is not None and n < self.pad_to:
+            slices = torch.cat([slices, slices.new_zeros(self.pad_to - n, *slices.shape[1:])])
+        if self.channels_last:
+            slices = slices.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            scores = self.head(self.encoder, slices)
+        return scores[:n].float()
+
+    def empty_score(self, channels: int, size: tuple[int, int]) -> Tensor:
+        """Score (1, K, h, w) of a slice of zeros."""
+        return self(torch.zeros(1, channels, *size, device=self.device))
