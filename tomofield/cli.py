@@ -269,17 +269,27 @@ def plugins_cmd() -> None:
 
 @cli.command()
 @click.option("--output-dir", "-o", default="tomofield-demo", show_default=True, type=click.Path())
-@click.option("--directions", "-L", default=500, show_default=True)
-@click.option("--slices", "-M", default=48, show_default=True)
-@click.option("--slice-size", default=64, show_default=True)
+@click.option("--phantom", is_flag=True, help="Only the reconstruction sanity check on a ball phantom (sum head).")
+@click.option("--iterations", default=None, type=int, help="Training iterations (default 400).")
+@click.option("--directions", "-L", default=None, type=int, help="Directions (default 256; phantom 500).")
+@click.option("--slices", "-M", default=None, type=int, help="Slices per direction (default 32; phantom 48).")
+@click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo's outputs.")
 @friendly
-def demo(output_dir: str, directions: int, slices: int, slice_size: int, device: str, overwrite: bool) -> None:
-    """Reconstruct a ball phantom with the sum head: the pipeline's sanity check."""
-    from tomofield.demo import phantom_demo
+def demo(output_dir: str, phantom: bool, iterations: int | None, directions: int | None, slices: int | None,
+         seed: int, device: str, overwrite: bool) -> None:
+    """Synthesise data, train from volume labels, reconstruct held-out lesions (a few CPU minutes)."""
+    from tomofield.demo import DemoSettings, full_demo, phantom_demo
 
-    phantom_demo(Path(output_dir), directions, slices, slice_size, device, overwrite, slice_progress, out)
+    if phantom:
+        phantom_demo(Path(output_dir), directions or 500, slices or 48, 64, device, overwrite, slice_progress, out)
+        return
+    s = DemoSettings(seed=seed, device=device)
+    s.iterations = iterations or s.iterations
+    s.directions = directions or s.directions
+    s.slices = slices or s.slices
+    full_demo(Path(output_dir), s, overwrite, slice_progress, fit_with_progress, out)
 
 
 plugins.add_commands(cli)

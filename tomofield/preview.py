@@ -22,6 +22,7 @@ def write_preview(
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     title: str = "",
     overwrite: bool = False,
+    mask: np.ndarray | None = None,
 ) -> Path:
     """Write a PNG: input with the heatmap overlaid (top) and the heatmap alone (bottom).
 
@@ -29,6 +30,7 @@ def write_preview(
         heatmap: (D, H, W) values; planes pass through its maximum.
         volume: (D, H, W) input (first channel) on the same grid.
         spacing: (d, h, w) voxel size, for true aspect ratios.
+        mask: optional (D, H, W) ground truth, drawn as a cyan contour on every panel.
     """
     import matplotlib
 
@@ -43,8 +45,9 @@ def write_preview(
     lo, hi = np.percentile(heatmap, 1), float(heatmap.max())
     vlo, vhi = np.percentile(volume, [0.5, 99.5])
     fig, axes = plt.subplots(2, 3, figsize=(12, 8), constrained_layout=True)
-    for col, (img, heat, name, asp) in enumerate(
-        zip(_planes(volume, at), _planes(heatmap, at), names, aspects, strict=True)
+    masks = _planes(np.asarray(mask, dtype=np.float32), at) if mask is not None else [None] * 3
+    for col, (img, heat, name, asp, m) in enumerate(
+        zip(_planes(volume, at), _planes(heatmap, at), names, aspects, masks, strict=True)
     ):
         ax = axes[0, col]
         ax.imshow(img, cmap="gray", vmin=vlo, vmax=vhi, origin="lower", aspect=asp)
@@ -54,6 +57,9 @@ def write_preview(
         ax.axis("off")
         ax = axes[1, col]
         im = ax.imshow(heat, cmap="inferno", vmin=lo, vmax=hi, origin="lower", aspect=asp)
+        if m is not None and m.max() > 0:
+            for a in axes[:, col]:
+                a.contour(m, levels=[0.5], colors="cyan", linewidths=1.0)
         ax.set_title(f"heatmap, {name}")
         ax.axis("off")
     fig.colorbar(im, ax=axes[1, :], shrink=0.8, label="heatmap")

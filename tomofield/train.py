@@ -156,6 +156,23 @@ def volume_scores(model: nn.Module, vols: list[Loaded], cfg: TrainConfig, batch:
     return torch.stack(out).cpu()
 
 
+def best_threshold(scores: Tensor, labels: Tensor) -> float:
+    """The threshold on volume scores maximising balanced accuracy (midpoint between scores)."""
+    s = torch.sort(scores.double()).values
+    candidates = torch.cat([s[:1] - 1, (s[1:] + s[:-1]) / 2, s[-1:] + 1])
+    accs = [balanced_accuracy(labels, (scores.double() >= t).float()) for t in candidates]
+    return float(candidates[int(torch.tensor(accs).argmax())])
+
+
+def auc(scores: Tensor, labels: Tensor) -> float:
+    """Area under the ROC curve (probability a positive outscores a negative; ties count 1/2)."""
+    pos, neg = scores[labels == 1].double(), scores[labels == 0].double()
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+
+
 def balanced_accuracy(labels: Tensor, predicted: Tensor) -> float:
     """Mean of sensitivity and specificity (a missing class counts as 1)."""
     pos, neg = labels == 1, labels == 0
@@ -237,15 +254,24 @@ class Trainer:
         gen.set_state(tensors["rng"])
         return int(meta["iteration"]), json.loads(meta["history"])
 
-    def validate(self, model: nn.Module, vols: list[Loaded]) -> dict[str, float]:
+    def validate(self, model: nn.Module, vols: list[Loaded], train: list[Loaded]) -> dict[str, float]:
+        """Volume-level metrics: the max over a fixed set of slices is the volume's score.
+
+        The decision threshold is the one that maximises balanced accuracy on the
+        training volumes (slice logits of weakly labelled data are not calibrated at 0),
+        applied unchanged to the validation volumes.
+        """
         model.eval()
         try:
             scores = volume_scores(model, vols, self.cfg)
+            train_scores = volume_scores(model, train, self.cfg) if self.cfg.task == "classification" else None
         finally:
             model.train()
         labels = torch.tensor([v.label for v in vols])
-        if self.cfg.task == "classification":
-            return {"val_balanced_accuracy": balanced_accuracy(labels, (scores > 0).float())}
+        if train_scores is not None:
+            tau = best_threshold(train_scores, torch.tensor([v.label for v in train]))
+            return {"val_balanced_accuracy": balanced_accuracy(labels, (scores >= tau).float()),
+                    "val_auc": auc(scores, labels), "threshold": tau}
         return {"val_mae": float((scores - labels).abs().mean())}
 
     def fit(self, progress: Progress | None = None) -> dict[str, Any]:
@@ -277,7 +303,7 @@ class Trainer:
             loss_v = float(loss.detach())
             record: dict[str, Any] = {"iteration": step, "loss": loss_v, "lr": opt.param_groups[0]["lr"]}
             if val and (step % cfg.val_every == 0 or step == cfg.iterations):
-                record |= self.validate(model, val)
+                record |= self.validate(model, val, train)
                 history.append(record)
             if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
                 self._save(model, opt, gen, step, in_chans, history)
