@@ -219,13 +219,19 @@ def synth(out_dir: str, n: int, size: int, seed: int, val_fraction: float) -> No
 @click.option("--task", type=click.Choice(["classification", "regression"]), default="classification", show_default=True)
 @click.option("--loss", default=None, help="bce (classification), mse or huber (regression).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--recipe", default=None, help="Training settings of a registered dataset (e.g. mosmed); options given on the command line win.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
 @click.option("--device", default="auto", show_default=True)
 @friendly
-def train(dataset: str, run_dir: str, val_csv: str | None, device: str, resume: bool, **o: Any) -> None:
+def train(dataset: str, run_dir: str, val_csv: str | None, device: str, resume: bool, recipe: str | None,
+          **o: Any) -> None:
     """Train a slice encoder from volume-level labels (the paper's recipe)."""
     from tomofield.train import Trainer, config_from_options
 
+    if recipe:
+        preset = dict(getattr(plugins.get("dataset", recipe).factory(), "recipe", {}) or {})
+        o.update({k: v for k, v in preset.items() if k in o and not explicit(k)})
+        err.print(f"recipe {recipe}: " + ", ".join(f"{k}={v}" for k, v in preset.items()), highlight=False)
     if o["loss"] is None:
         o["loss"] = "bce" if o["task"] == "classification" else "mse"
     cfg = config_from_options(**o)
@@ -251,6 +257,26 @@ def fit_with_progress(trainer: Any) -> dict[str, Any]:
             bar.update(task, completed=rec["iteration"], info=info)
 
         return trainer.fit(progress)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("raw_dir", type=click.Path())
+@click.option("--output", "-o", "out_dir", required=True, type=click.Path(), help="Output dataset directory.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the patient-level train/validation split.")
+@click.option("--val-fraction", default=0.2, show_default=True)
+@friendly
+def prepare(name: str, raw_dir: str, out_dir: str, seed: int, val_fraction: float) -> None:
+    """Turn a public dataset, as downloaded, into tomofield dataset CSVs (plugins register NAME)."""
+    comp = plugins.get("dataset", name)
+    if not Path(raw_dir).is_dir():
+        raise InputError(f"raw dataset folder {raw_dir!r} does not exist or is not a folder")
+    if Path(out_dir).exists() and any(Path(out_dir).iterdir()):
+        raise InputError(f"output directory {out_dir!r} is not empty; choose another")
+    preparer = comp.factory()
+    with err.status(f"preparing {name} from {raw_dir}"):
+        paths = preparer.prepare(Path(raw_dir), Path(out_dir), seed=seed, val_fraction=val_fraction)
+    out.print(f"{name}: " + ", ".join(f"{k}: {v}" for k, v in paths.items()))
 
 
 @cli.command("plugins")
