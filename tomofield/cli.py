@@ -61,7 +61,7 @@ def friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except TomofieldError as exc:
-            err.print(f"[bold red]Error:[/] {exc}", highlight=False)
+            err.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
     return wrapper
@@ -148,13 +148,16 @@ def build_engine(o: dict[str, Any]):
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--output", "-o", required=True, type=click.Path(), help="Output heatmap (.nii or .nii.gz).")
+@click.option("--output", "-o", required=True, type=click.Path(),
+              help="Output heatmap (.nii or .nii.gz); a folder when the input is a dataset CSV.")
 @click.option("--preview", type=click.Path(), help="Also write a PNG of three planes through the maximum.")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (dataset runs skip finished volumes without it).")
 @engine_options
 @friendly
 def run(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bool, **o: Any) -> None:
-    """Reconstruct the heatmap of one volume (several INPUTS are stacked as channels)."""
+    """Reconstruct the heatmap of a volume (several INPUTS are its channels) or of every volume of a dataset CSV."""
+    if len(inputs) == 1 and inputs[0].lower().endswith(".csv"):
+        return run_csv(inputs[0], output, overwrite, o)
     from tomofield.io import check_output_path, load_volume, save_heatmap
 
     check_output_path(output, overwrite)
@@ -178,6 +181,73 @@ def run(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bo
         write_preview(preview, heat[0].cpu().numpy(), volume.data[0].numpy(), volume.spacing,
                       title=f"{o['head']} / {o['filter_']}: {volume.paths[0].name}", overwrite=overwrite)
     out.print(f"wrote {output}" + (f" and {preview}" if preview else "") + f" in {time.perf_counter() - t0:.1f} s")
+
+
+def run_csv(csv_path: str, out_dir: str, overwrite: bool, o: dict[str, Any], rank: int = 0, world: int = 1) -> Any:
+    """Dataset mode of ``run``: one heatmap per volume in ``out_dir``, finished ones skipped."""
+    from tomofield.batch import run_dataset, shard
+    from tomofield.dataset import read_dataset
+
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise InputError(f"output {out_dir!r} must be a folder when the input is a dataset CSV")
+    cases = shard(read_dataset(csv_path, require_files=True, task="any"), rank, world)
+    engine = build_engine(o)
+    t0 = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err) as bar:
+        vols = bar.add_task("volumes", total=len(cases))
+
+        def on_volume(case: Any, what: str) -> None:
+            if what != "start":
+                bar.update(vols, advance=1, description=f"volumes ({case.name} {what})")
+
+        result = run_dataset(engine, cases, out_dir, overwrite, on_volume)
+    out.print(f"{len(result.written)} heatmap(s) written, {len(result.skipped)} already done, in {out_dir} "
+              f"({time.perf_counter() - t0:.1f} s)")
+    return result
+
+
+@cli.command()
+@click.argument("heatmaps_dir", type=click.Path())
+@click.argument("dataset", type=click.Path())
+@click.option("--folds", default=10, show_default=True, help="Monte-Carlo cross-validation folds.")
+@click.option("--iou", default=0.125, show_default=True, help="IoU above which a component matches a lesion.")
+@click.option("--boxes", type=click.Path(), help="CSV image,d0,h0,w0,d1,h1,w1 for box-only data (MaxIoU).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--report", "-o", type=click.Path(), help="Write REPORT.json and REPORT.csv (default HEATMAPS_DIR/evaluation).")
+@click.option("--overwrite", is_flag=True)
+@friendly
+def evaluate(heatmaps_dir: str, dataset: str, folds: int, iou: float, boxes: str | None, seed: int,
+             report: str | None, overwrite: bool) -> None:
+    """Lesion-wise precision, recall, F1, Dice and balanced accuracy of a folder of heatmaps (paper A.7)."""
+    from tomofield.report import evaluate_heatmaps, write_reports
+
+    if folds < 1 or not 0 <= iou < 1:
+        raise InputError(f"need --folds >= 1 and 0 <= --iou < 1, got folds={folds}, iou={iou}")
+    prefix = Path(report) if report else Path(heatmaps_dir) / "evaluation"
+    for suffix in (".json", ".csv"):
+        if prefix.with_suffix(suffix).exists() and not overwrite:
+            raise InputError(f"report {str(prefix.with_suffix(suffix))!r} exists; pass --overwrite")
+    res = evaluate_heatmaps(heatmaps_dir, dataset, folds=folds, iou=iou, boxes_csv=boxes, seed=seed)
+    name = Path(heatmaps_dir).name
+    print_table({name: res}, f"{res['volumes']} volumes ({res['positives']} positive), {folds} folds")
+    paths = write_reports(prefix, {name: res}, overwrite)
+    out.print("wrote " + ", ".join(map(str, paths)))
+
+
+def print_table(results: dict[str, dict[str, Any]], caption: str = "") -> None:
+    """Mean +- std of each metric, one row per method."""
+    from tomofield.report import summary_rows
+
+    rows = summary_rows(results)
+    metrics = [m for m in ("precision", "recall", "f1", "dice", "max_iou", "balanced_accuracy") if any(m in r for r in rows)]
+    table = Table(title="evaluation (paper A.7)", caption=caption)
+    table.add_column("method")
+    for m in metrics:
+        table.add_column(m.replace("_", " "), justify="right")
+    for r in rows:
+        table.add_row(r["method"], *[f"{r[m]:.3f} ± {r[m + '_std']:.3f}" if m in r else "-" for m in metrics])
+    out.print(table)
 
 
 @cli.command()

@@ -58,7 +58,7 @@ def read_dataset(path: str | Path, task: str = "classification", require_files: 
                 label = float(row["label"])
             except ValueError:
                 raise InputError(f"{where}: label {row['label']!r} is not a number") from None
-            if task == "classification" and label not in (0.0, 1.0):
+            if task == "classification" and label not in (0.0, 1.0):  # "any" skips this check
                 raise InputError(f"{where}: label {row['label']!r} must be 0 or 1")
             if not math.isfinite(label):
                 raise InputError(f"{where}: label {row['label']!r} is not finite")

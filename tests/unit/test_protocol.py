@@ -22,16 +22,18 @@ def test_detection_threshold_weighted_vs_equal():
     labels = [1, 1, 0, 0, 0]
     # tau=0.2: sens 1, spec 0 -> wBA 5/6 (BA 1/2); tau=0.9: sens 1/2, spec 1 -> wBA 7/12 (BA 3/4)
     assert detection_threshold(scores, labels) == 0.2
-    assert detection_threshold(scores, labels, w_sens=1, w_spec=1) == 0.9
+    # best candidate 0.9, moved to the midpoint with the next lower score 0.5
+    assert detection_threshold(scores, labels, w_sens=1, w_spec=1) == pytest.approx(0.7)
 
 
 def test_detection_threshold_uses_ge_and_breaks_ties_upwards():
     scores = [0.1, 0.4, 0.35, 0.8]
     labels = [0, 0, 1, 1]
     # wBA: 0.1 -> 5/6, 0.35 -> 11/12, 0.4 -> 1/2 (0.4 itself counts positive), 0.8 -> 7/12
-    assert detection_threshold(scores, labels) == 0.35
-    # equal weights: 0.35 and 0.8 both give 3/4; the larger wins
-    assert detection_threshold(scores, labels, 1, 1) == 0.8
+    # best candidate 0.35, moved to the midpoint with the next lower score 0.1
+    assert detection_threshold(scores, labels) == pytest.approx(0.225)
+    # equal weights: 0.35 and 0.8 both give 3/4; the larger wins, then the midpoint with 0.4
+    assert detection_threshold(scores, labels, 1, 1) == pytest.approx(0.6)
 
 
 def test_detection_threshold_single_class():
@@ -150,7 +152,8 @@ def test_evaluate_perfect_heatmaps():
     for k in ("precision", "recall", "f1", "dice", "balanced_accuracy"):
         assert r[k] == pytest.approx(1.0), k
         assert r["std"][k] == pytest.approx(0.0), k
-    assert r["tau"] == 1.0 and 0.3 <= r["tau_prime"] < 1.0
+    # tau sits midway between the highest negative maximum (< 0.3) and the positives' 1.0
+    assert 0.6 < r["tau"] < 0.65 and 0.3 <= r["tau_prime"] < r["tau"]
     assert r["segmentation_metric"] == "dice" and r["n_folds"] == 4
     assert len(r["folds"]) == 4
     f = r["folds"][0]
@@ -195,7 +198,7 @@ def test_evaluate_is_deterministic_and_validates():
 def test_evaluate_fold_explicit_split():
     hs, ys, ms = synthetic(8, np.random.default_rng(6))
     f = evaluate_fold(hs, ys, [0, 1, 2, 3], [4, 5, 6, 7], ms, grid=10)
-    assert f["tau"] == 1.0 and f["f1"] == 1.0 and f["n_test_segmentation"] == 2
+    assert 0.5 < f["tau"] < 0.65 and f["f1"] == 1.0 and f["n_test_segmentation"] == 2
     # labels only: segmentation metrics undefined, balanced accuracy still computed
     g = evaluate_fold(hs, ys, [0, 1, 2, 3], [4, 5, 6, 7])
     assert np.isnan(g["f1"]) and g["balanced_accuracy"] == 1.0

@@ -48,7 +48,9 @@ def detection_threshold(
 
     ``scores`` are per-volume heatmap maxima, ``labels`` binary (nonzero = positive).
     Candidates are the observed scores and ``+inf`` (everything negative). Ties (within
-    1e-12) go to the largest ``tau``, i.e. the fewest positive predictions. With only
+    1e-12) go to the largest ``tau``, i.e. the fewest positive predictions; the result is
+    then moved down to the midpoint between that score and the next lower observed one
+    (same decisions on these volumes, largest margin). With only
     negatives the result is ``+inf``; with only positives it is the lowest score.
     """
     s = np.asarray(scores, dtype=np.float64).ravel()
@@ -68,7 +70,12 @@ def detection_threshold(
     else:
         wba = tp / pos.size if pos.size else tn / neg.size
     best = np.flatnonzero(wba >= wba.max() - _TIE_TOL)[-1]
-    return float(cands[best])
+    if best == 0 or not np.isfinite(cands[best]):
+        return float(cands[best])
+    # every tau in (cands[best - 1], cands[best]] decides the tuning volumes alike: take the
+    # midpoint, the largest margin to both, so that an unseen volume just below the lowest
+    # tuning positive is not rejected by construction
+    return float((cands[best - 1] + cands[best]) / 2)
 
 
 def _kept_over_grid(heatmap: np.ndarray, cands, tau: float, connectivity: int):
