@@ -235,6 +235,45 @@ def evaluate(heatmaps_dir: str, dataset: str, folds: int, iou: float, boxes: str
     out.print("wrote " + ", ".join(map(str, paths)))
 
 
+@cli.command()
+@click.argument("dataset", type=click.Path())
+@click.option("--weights", required=True, type=click.Path(), help="Run directory of tomofield train.")
+@click.option("--output", "-o", "report_dir", required=True, type=click.Path(), help="Report folder.")
+@click.option("--layers", default="1,2,3,4", show_default=True, help="CAM layers to try.")
+@click.option("--methods", "families", default=None, help="Comma-separated subset of the method families.")
+@click.option("--directions", "-L", default=256, show_default=True, help="ToNNO directions (paper: 2000).")
+@click.option("--slices", "-M", default=32, show_default=True, help="ToNNO slices per direction (paper: 100).")
+@click.option("--cam-directions", default=64, show_default=True, help="Averaged/Tomographic CAM directions (paper: 1000).")
+@click.option("--cam-slices", default=24, show_default=True)
+@click.option("--folds", default=10, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@friendly
+def compare(dataset: str, weights: str, report_dir: str, layers: str, families: str | None, **o: Any) -> None:
+    """Run and evaluate the paper's methods on a dataset: Table 2 (Markdown, CSV) and Fig. 6 (PNG)."""
+    from tomofield.compare import FAMILIES, CompareSettings, run_comparison, write_outputs
+
+    try:
+        layer_list = [int(x) for x in layers.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--layers must be comma-separated integers, got {layers!r}") from None
+    fams = [f.strip() for f in families.split(",")] if families else list(FAMILIES)
+    unknown = [f for f in fams if f not in FAMILIES]
+    if unknown:
+        raise InputError(f"unknown method(s) {', '.join(map(repr, unknown))}; valid: {', '.join(FAMILIES)}")
+    s = CompareSettings(layers=layer_list, families=fams, **o)
+
+    def on_method(m: Any, what: str) -> None:
+        if what == "start":
+            err.print(f"{m.name}: heatmaps and evaluation", highlight=False)
+
+    result = run_comparison(dataset, weights, report_dir, s, on_method)
+    best = {f: result["methods"][n] for f, n in result["best"].items()}
+    print_table(best, f"best layer per method, {s.folds} folds")
+    paths = write_outputs(report_dir, dataset, result)
+    out.print("wrote " + ", ".join(map(str, paths)))
+
+
 def print_table(results: dict[str, dict[str, Any]], caption: str = "") -> None:
     """Mean +- std of each metric, one row per method."""
     from tomofield.report import summary_rows

@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from tomofield.cli import cli
-from tomofield.io import affine_for_spacing, save_nifti
+from tomofield.io import save_nifti
 
 FAST = ["--head", "sum", "--filter", "tomo", "-L", "8", "-M", "6", "--slice-size", "16", "--device", "cpu"]
-
-
-@pytest.fixture
-def dataset(tmp_path: Path) -> Path:
-    """6 volumes of 16^3 with ball masks in the positives."""
-    rng = np.random.default_rng(0)
-    rows = []
-    zz, yy, xx = np.mgrid[:16, :16, :16]
-    for i in range(6):
-        vol = rng.normal(0, 0.1, (16, 16, 16)).astype(np.float32)
-        mask = np.zeros((16, 16, 16), np.float32)
-        if i % 2 == 0:
-            c = rng.integers(5, 11, 3)
-            mask[(zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= 9] = 1
-            vol += mask
-        save_nifti(tmp_path / f"img{i}.nii.gz", vol, affine_for_spacing((2, 1, 1)))
-        save_nifti(tmp_path / f"m{i}.nii.gz", mask, affine_for_spacing((2, 1, 1)))
-        rows.append(f"img{i}.nii.gz,{int(i % 2 == 0)},m{i}.nii.gz")
-    (tmp_path / "data.csv").write_text("image,label,mask\n" + "\n".join(rows) + "\n")
-    return tmp_path / "data.csv"
 
 
 def test_dataset_run_writes_one_heatmap_per_volume_and_skips_done_ones(dataset, tmp_path):

@@ -35,11 +35,11 @@ def test_fibonacci_sphere_matches_paper_formula():
     L = 7
     n = fibonacci_directions(L)
     golden = math.pi * (3 - math.sqrt(5))
-    for l in range(L):
-        y = 2 * l / (L - 1) - 1
+    for idx in range(L):
+        y = 2 * idx / (L - 1) - 1
         r = math.sqrt(1 - y * y)
-        expected = torch.tensor([r * math.cos(l * golden), y, r * math.sin(l * golden)], dtype=torch.float64)
-        torch.testing.assert_close(n[l], expected)
+        expected = torch.tensor([r * math.cos(idx * golden), y, r * math.sin(idx * golden)], dtype=torch.float64)
+        torch.testing.assert_close(n[idx], expected)
     torch.testing.assert_close(n.norm(dim=1), torch.ones(L, dtype=torch.float64))
 
 

@@ -1,0 +1,178 @@
+"""The paper's method comparison (Table 2 and Fig. 6) on one dataset.
+
+Each method is an Engine configuration; heatmaps go to ``REPORT_DIR/heatmaps/<method>``
+(resumable like any dataset run), each method is evaluated with the protocol of
+:mod:`tomofield.report`, and the best layer of each CAM family is reported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tomofield.batch import run_dataset
+from tomofield.dataset import Case, read_dataset
+from tomofield.engine import Engine
+from tomofield.io import atomic_write, load_volume
+from tomofield.report import evaluate_heatmaps, write_reports
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the comparison: a family (table row) at one layer."""
+
+    family: str
+    layer: int | None
+    head: str
+    filter: str
+    sampler: str
+
+    @property
+    def name(self) -> str:
+        return self.family if self.layer is None else f"{self.family}-layer{self.layer}"
+
+
+@dataclass
+class CompareSettings:
+    """Sizes of the comparison; the paper uses L = 2000, M = 100 (ToNNO) and L = 1000 (CAMs)."""
+
+    layers: Sequence[int] = (1, 2, 3, 4)
+    directions: int = 256
+    slices: int = 32
+    cam_directions: int = 64
+    cam_slices: int = 24
+    folds: int = 10
+    seed: int = 0
+    device: str = "auto"
+    families: Sequence[str] = field(default_factory=lambda: list(FAMILIES))
+
+
+FAMILIES = {
+    "GradCAM": ("gradcam", "none", "axial"),
+    "LayerCAM": ("layercam", "none", "axial"),
+    "GradCAM (3 axes)": ("gradcam", "none", "orthogonal"),
+    "LayerCAM (3 axes)": ("layercam", "none", "orthogonal"),
+    "ToNNO": ("logit", "tomo", "fibonacci"),
+    "Averaged LayerCAM": ("layercam", "none", "fibonacci"),
+    "Tomographic LayerCAM": ("layercam", "tomo", "fibonacci"),
+}
+
+
+def methods(s: CompareSettings) -> list[Method]:
+    out = []
+    for family in s.families:
+        head, filt, sampler = FAMILIES[family]
+        layers = [None] if head == "logit" else list(s.layers)
+        out.extend(Method(family, layer, head, filt, sampler) for layer in layers)
+    return out
+
+
+def slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name.lower().replace(" (3 axes)", "-3axes"))
+
+
+def engine_for(m: Method, weights: str | Path, s: CompareSettings) -> Engine:
+    cam = m.head != "logit"
+    opts = {"layer": m.layer} if cam else {}
+    return Engine(weights=weights, head=m.head, filter=m.filter, sampler=m.sampler, head_options=opts,
+                  directions=s.cam_directions if cam else s.directions, slices=s.cam_slices if cam else s.slices,
+                  seed=s.seed, device=s.device)
+
+
+def run_comparison(
+    dataset_csv: str | Path, weights: str | Path, report_dir: str | Path, s: CompareSettings,
+    on_method: Callable[[Method, str], None] | None = None,
+) -> dict[str, Any]:
+    """Heatmaps, evaluation and best layers of every method; returns all results."""
+    report_dir = Path(report_dir)
+    cases = read_dataset(dataset_csv)
+    results: dict[str, dict[str, Any]] = {}
+    for m in methods(s):
+        on_method and on_method(m, "start")
+        run_dataset(engine_for(m, weights, s), cases, report_dir / "heatmaps" / slug(m.name))
+        results[m.name] = evaluate_heatmaps(report_dir / "heatmaps" / slug(m.name), dataset_csv,
+                                            folds=s.folds, seed=s.seed)
+        results[m.name]["family"], results[m.name]["layer"] = m.family, m.layer
+        on_method and on_method(m, "done")
+    best = best_layers(results)
+    return {"methods": results, "best": best}
+
+
+def best_layers(results: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Per family, the method (layer) with the highest F1 (ties: higher Dice)."""
+    best: dict[str, str] = {}
+    for name, r in results.items():
+        key = (_num(r.get("f1")), _num(r.get("dice")))
+        cur = best.get(r["family"])
+        if cur is None or key > (_num(results[cur].get("f1")), _num(results[cur].get("dice"))):
+            best[r["family"]] = name
+    return best
+
+
+def _num(x: Any) -> float:
+    return -1.0 if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def markdown_table(results: dict[str, dict[str, Any]], best: dict[str, str]) -> str:
+    """Table 2 layout: one row per family at its best layer, mean ± std over folds."""
+    cols = ["precision", "recall", "f1", "dice", "balanced_accuracy"]
+    lines = ["| method | best layer | precision | recall | F1 | Dice | balanced accuracy |",
+             "|---|---|---|---|---|---|---|"]
+    for family, name in best.items():
+        r = results[name]
+        cells = [f"{r[c]:.3f} ± {r['std'][c]:.3f}" if c in r and not math.isnan(r[c]) else "-" for c in cols]
+        lines.append(f"| {family} | {r['layer'] if r['layer'] is not None else '-'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(report_dir: str | Path, dataset_csv: str | Path, out: dict[str, Any], overwrite: bool = True) -> list[Path]:
+    """``table.md``, ``results.csv``/``results.json`` and ``figure.png`` in ``report_dir``."""
+    report_dir = Path(report_dir)
+    md = markdown_table(out["methods"], out["best"])
+    paths = [atomic_write(report_dir / "table.md", lambda t: t.write_text(md), overwrite=overwrite)]
+    paths += write_reports(report_dir / "results", out["methods"], overwrite=overwrite)
+    paths.append(figure(report_dir / "figure.png", dataset_csv, report_dir / "heatmaps", out))
+    return paths
+
+
+def figure(path: Path, dataset_csv: str | Path, heat_root: Path, out: dict[str, Any], n_cases: int = 3) -> Path:
+    """Fig. 6 layout: input, ground truth, and each family's heatmap and binarized mask."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tomofield.evaluation import binarize
+
+    cases: list[Case] = [c for c in read_dataset(dataset_csv) if c.label == 1 and c.mask][:n_cases]
+    fams = list(out["best"].items())
+    ncol = 2 + 2 * len(fams)
+    fig, axes = plt.subplots(len(cases), ncol, figsize=(1.6 * ncol, 1.8 * len(cases) + 0.6), squeeze=False)
+    for row, case in enumerate(cases):
+        vol = load_volume(list(case.images)).data[0].numpy()
+        mask = load_volume(case.mask).data[0].numpy() > 0
+        d = int(np.argmax(mask.sum(axis=(1, 2))))
+        panels: list[tuple[str, np.ndarray, str]] = [("input", vol[d], "gray"), ("ground truth", mask[d], "gray")]
+        for family, name in fams:
+            r = out["methods"][name]
+            heat = load_volume(heat_root / slug(name) / f"{case.name}.nii.gz").data[0].numpy()
+            binm = binarize(heat, min(r["tau_prime"], r["tau"]), r["tau"])
+            panels += [(family, heat[d], "inferno"), (f"{family}\nmask", binm[d], "gray")]
+        for col, (title, img, cmap) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(img, cmap=cmap, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=7)
+        axes[row, 0].set_ylabel(case.name, fontsize=7)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda t: fig.savefig(t, dpi=90, format="png"), overwrite=True)
+    finally:
+        plt.close(fig)
