@@ -43,6 +43,7 @@ def run_dataset(
     overwrite: bool = False,
     on_volume: Callable[[Case, str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    nan_policy: str = "refuse",
 ) -> DatasetRunResult:
     """Reconstruct every case into ``out_dir``; finished heatmaps are skipped unless ``overwrite``.
 
@@ -65,7 +66,7 @@ def run_dataset(
             on_volume and on_volume(case, "skipped")
             continue
         on_volume and on_volume(case, "start")
-        volume = load_volume(list(case.images))
+        volume = load_volume(list(case.images), nan_policy=nan_policy, check_content=True)
         heat = engine.reconstruct(volume.data, volume.spacing, progress=progress)
         save_heatmap(target, heat.cpu(), volume, overwrite=True)
         result.written.append(case.name)

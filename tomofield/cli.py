@@ -97,6 +97,8 @@ def engine_options(fn: Callable) -> Callable:
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."),
         click.option("--batch-size", default=64, show_default=True, help="Slices per encoder batch."),
         click.option("--post", multiple=True, help="Post-processor(s), applied in order (e.g. clip-negative)."),
+        click.option("--nan-policy", type=click.Choice(["refuse", "zero"]), default="refuse", show_default=True,
+                     help="NaN/Inf voxels: refuse the volume, or replace them by 0 (reported)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -163,7 +165,9 @@ def run(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bo
     check_output_path(output, overwrite)
     if preview:
         check_output_path(preview, overwrite, suffixes=(".png",))
-    volume = load_volume(inputs)
+    volume = load_volume(inputs, nan_policy=o["nan_policy"], check_content=True)
+    if volume.replaced:
+        err.print(f"[yellow]replaced {volume.replaced} non-finite voxel(s) by 0[/]")
     engine = build_engine(o)
     c, *shape = volume.data.shape
     err.print(
@@ -201,7 +205,7 @@ def run_csv(csv_path: str, out_dir: str, overwrite: bool, o: dict[str, Any], ran
             if what != "start":
                 bar.update(vols, advance=1, description=f"volumes ({case.name} {what})")
 
-        result = run_dataset(engine, cases, out_dir, overwrite, on_volume)
+        result = run_dataset(engine, cases, out_dir, overwrite, on_volume, nan_policy=o["nan_policy"])
     out.print(f"{len(result.written)} heatmap(s) written, {len(result.skipped)} already done, in {out_dir} "
               f"({time.perf_counter() - t0:.1f} s)")
     return result

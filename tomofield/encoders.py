@@ -105,6 +105,9 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise InputError(f"weights file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise InputError(f"weights {str(path)!r} is a folder but not a run directory (no config.json); "
+                         "give a .safetensors file or the output folder of tomofield train")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise InputError(
             f"refusing to load {str(path)!r}: pickle-based checkpoints can run arbitrary code. "

@@ -67,7 +67,12 @@ def register_postprocessors(register: Register) -> None:
 
 @hookspec
 def register_datasets(register: Register) -> None:
-    """Register dataset preparers: ``factory() -> prepare(raw_dir, out_dir, **options)``."""
+    """Register datasets for ``tomofield prepare NAME`` and ``tomofield train --recipe NAME``.
+
+    ``factory()`` returns an object with ``prepare(raw_dir, out_dir, *, seed, val_fraction)
+    -> dict[str, Path]`` (writes volumes and dataset CSVs, returns their paths) and
+    ``recipe``, a dict of training options (fields of ``tomofield.train.TrainConfig``).
+    """
 
 
 @hookspec

@@ -33,6 +33,7 @@ class Volume:
     spacing: tuple[float, float, float]
     header: object
     paths: list[Path]
+    replaced: int = 0  #: non-finite voxels set to 0 under nan_policy="zero"
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -43,7 +44,10 @@ def spacing_from_affine(affine: np.ndarray, source: str = "") -> tuple[float, fl
     """Voxel size per (d, h, w) axis: the column norms of the affine's 3x3 block."""
     block = np.asarray(affine, dtype=np.float64)[:3, :3]
     ijk = np.linalg.norm(block, axis=0)
-    if not np.all(np.isfinite(ijk)) or np.any(ijk <= 0) or abs(np.linalg.det(block)) < 1e-12:
+    degenerate = not np.all(np.isfinite(ijk)) or np.any(ijk <= 0)
+    if not degenerate:  # columns (nearly) linearly dependent, whatever their lengths
+        degenerate = abs(np.linalg.det(block)) / float(np.prod(ijk)) < 1e-6
+    if degenerate:
         raise InputError(f"{source}: the affine is not invertible (voxel sizes {ijk.tolist()}); cannot place voxels in space")
     return float(ijk[2]), float(ijk[1]), float(ijk[0])
 
@@ -71,11 +75,25 @@ def _load_one(path: Path) -> tuple[np.ndarray, object]:
     return arr, img
 
 
-def load_volume(paths: str | Path | Sequence[str | Path]) -> Volume:
+NAN_POLICIES = ("refuse", "zero")
+#: Voxel sizes (mm) outside this range are taken for a broken header.
+SPACING_RANGE = (1e-3, 1e3)
+
+
+def load_volume(
+    paths: str | Path | Sequence[str | Path], nan_policy: str = "refuse", check_content: bool = False
+) -> Volume:
     """Load one NIfTI (3D, or 4D with channels last) or several, stacked as channels.
 
     Several files must share their grid: same shape and affine.
+
+    Args:
+        nan_policy: ``refuse`` NaN/Inf voxels, or replace them by ``zero`` (the count is
+            kept in ``Volume.replaced``).
+        check_content: also refuse constant volumes (nothing to reconstruct).
     """
+    if nan_policy not in NAN_POLICIES:
+        raise InputError(f"unknown NaN policy {nan_policy!r}; valid: {', '.join(NAN_POLICIES)}")
     if isinstance(paths, (str, Path)):
         paths = [paths]
     paths = [Path(p) for p in paths]
@@ -96,12 +114,29 @@ def load_volume(paths: str | Path | Sequence[str | Path]) -> Volume:
     assert first is not None
     data = np.concatenate(arrays, axis=3)
     bad = ~np.isfinite(data)
-    if bad.any():
-        raise InputError(f"{', '.join(map(str, paths))}: {int(bad.sum())} non-finite voxel(s) (NaN or Inf); fix them first")
+    replaced = int(bad.sum())
+    if replaced and nan_policy == "refuse":
+        raise InputError(
+            f"{', '.join(map(str, paths))}: {replaced} non-finite voxel(s) (NaN or Inf); fix them first or "
+            "pass --nan-policy zero to replace them by 0"
+        )
+    if replaced:
+        data = np.where(bad, np.float32(0), data)
+    if check_content:
+        for c in range(data.shape[3]):
+            lo, hi = float(data[..., c].min()), float(data[..., c].max())
+            if lo == hi:
+                raise InputError(f"{', '.join(map(str, paths))}: channel {c} is constant ({lo}): nothing to reconstruct")
     img = first[2]
     spacing = spacing_from_affine(img.affine, str(paths[0]))
+    lo, hi = SPACING_RANGE
+    if not all(lo <= s <= hi for s in spacing):
+        raise InputError(
+            f"{paths[0]}: voxel size {tuple(round(s, 6) for s in spacing)} mm is outside [{lo}, {hi}] mm; "
+            "the header's affine is probably wrong (fix it, e.g. in 3D Slicer, or use --geometry normalized)"
+        )
     tensor = torch.from_numpy(np.ascontiguousarray(data.transpose(3, 2, 1, 0)))
-    return Volume(tensor, np.asarray(img.affine), spacing, img.header, paths)
+    return Volume(tensor, np.asarray(img.affine), spacing, img.header, paths, replaced)
 
 
 def check_output_path(path: str | Path, overwrite: bool = False, suffixes: Sequence[str] = NIFTI_SUFFIXES) -> Path:
