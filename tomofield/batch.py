@@ -58,6 +58,8 @@ def run_dataset(
 
         raise InputError(f"several volumes would write the same heatmap name: {', '.join(sorted(dupes))}")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for stale in Path(out_dir).glob(".*.tmp.nii*"):  # left by a run killed while writing
+        stale.unlink(missing_ok=True)
     result = DatasetRunResult()
     for case in cases:
         target = heatmap_path(out_dir, case)

@@ -201,6 +201,9 @@ class Trainer:
         state = self.run_dir / ck.STATE
         if resume and not state.is_file():
             raise InputError(f"--resume: no checkpoint {str(state)!r} to resume from")
+        if resume:
+            for stale in self.run_dir.glob(".*.tmp*"):  # a write cut short by a kill
+                stale.unlink(missing_ok=True)
         if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise InputError(f"run directory {str(self.run_dir)!r} is not empty; pass --resume to continue it or choose another")
 
