@@ -158,17 +158,33 @@ def build_engine(o: dict[str, Any]):
 @friendly
 def run(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bool, **o: Any) -> None:
     """Reconstruct the heatmap of a volume (several INPUTS are its channels) or of every volume of a dataset CSV."""
-    if len(inputs) == 1 and inputs[0].lower().endswith(".csv"):
-        return run_csv(inputs[0], output, overwrite, o)
+    from tomofield import distributed
+
+    rank, world = distributed.init(o["device"])
+    o["device"] = distributed.local_device(o["device"])
+    try:
+        if len(inputs) == 1 and inputs[0].lower().endswith(".csv"):
+            run_csv(inputs[0], output, overwrite, o, rank, world)
+        else:
+            run_volume(inputs, output, preview, overwrite, o, rank, world)
+    finally:
+        distributed.finish()
+
+
+def run_volume(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bool, o: dict[str, Any],
+               rank: int = 0, world: int = 1) -> None:
+    """One volume; under torchrun its directions are shared by the ranks and rank 0 writes."""
     from tomofield.io import check_output_path, load_volume, save_heatmap
 
     check_output_path(output, overwrite)
     if preview:
         check_output_path(preview, overwrite, suffixes=(".png",))
     volume = load_volume(inputs, nan_policy=o["nan_policy"], check_content=True)
-    if volume.replaced:
+    if volume.replaced and rank == 0:
         err.print(f"[yellow]replaced {volume.replaced} non-finite voxel(s) by 0[/]")
     engine = build_engine(o)
+    if world > 1:
+        engine = engine.with_options(shard_directions=True)
     c, *shape = volume.data.shape
     err.print(
         f"{volume.paths[0].name}: {c} channel(s), grid {tuple(shape)}, spacing "
@@ -176,8 +192,10 @@ def run(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bo
         f"slices of {engine.config.slice_size}px on {engine.device}", highlight=False,
     )
     t0 = time.perf_counter()
-    with slice_progress("slices") as tick:
+    with slice_progress("slices" if world == 1 else f"rank {rank}/{world} slices") as tick:
         heat = engine.reconstruct(volume.data, volume.spacing, progress=tick)
+    if rank != 0:
+        return
     save_heatmap(output, heat.cpu(), volume, overwrite)
     if preview:
         from tomofield.preview import write_preview
@@ -194,7 +212,8 @@ def run_csv(csv_path: str, out_dir: str, overwrite: bool, o: dict[str, Any], ran
 
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise InputError(f"output {out_dir!r} must be a folder when the input is a dataset CSV")
-    cases = shard(read_dataset(csv_path, require_files=True, task="any"), rank, world)
+    all_cases = read_dataset(csv_path, require_files=True, task="any")
+    cases = shard(all_cases, rank, world)
     engine = build_engine(o)
     t0 = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -206,8 +225,14 @@ def run_csv(csv_path: str, out_dir: str, overwrite: bool, o: dict[str, Any], ran
                 bar.update(vols, advance=1, description=f"volumes ({case.name} {what})")
 
         result = run_dataset(engine, cases, out_dir, overwrite, on_volume, nan_policy=o["nan_policy"])
-    out.print(f"{len(result.written)} heatmap(s) written, {len(result.skipped)} already done, in {out_dir} "
-              f"({time.perf_counter() - t0:.1f} s)")
+    from tomofield import distributed
+
+    parts = distributed.gather_objects((len(result.written), len(result.skipped)))
+    if rank == 0:
+        written, skipped = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        ranks = f" by {world} processes" if world > 1 else ""
+        out.print(f"{written} heatmap(s) written, {skipped} already done, in {out_dir}{ranks} "
+                  f"({time.perf_counter() - t0:.1f} s)")
     return result
 
 
@@ -345,11 +370,20 @@ def train(dataset: str, run_dir: str, val_csv: str | None, device: str, resume: 
         preset = dict(getattr(plugins.get("dataset", recipe).factory(), "recipe", {}) or {})
         o.update({k: v for k, v in preset.items() if k in o and not explicit(k)})
         err.print(f"recipe {recipe}: " + ", ".join(f"{k}={v}" for k, v in preset.items()), highlight=False)
+    from tomofield import distributed
+
     if o["loss"] is None:
         o["loss"] = "bce" if o["task"] == "classification" else "mse"
     cfg = config_from_options(**o)
-    trainer = Trainer(dataset, run_dir, cfg, val_csv=val_csv, device=device, resume=resume)
-    result = fit_with_progress(trainer)
+    rank, world = distributed.init(device)
+    try:
+        trainer = Trainer(dataset, run_dir, cfg, val_csv=val_csv, device=distributed.local_device(device),
+                          resume=resume)
+        result = fit_with_progress(trainer) if rank == 0 else trainer.fit()
+    finally:
+        distributed.finish()
+    if rank != 0:
+        return
     last = result["history"][-1] if result["history"] else {}
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("val_"))
     out.print(f"trained {result['iteration']} iterations, last loss {result['loss']:.4f}"

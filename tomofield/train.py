@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from tomofield import checkpoint as ck
+from tomofield import distributed
 from tomofield.dataset import Case, dataset_hash, read_dataset
 from tomofield.engine import resolve_device
 from tomofield.errors import InputError
@@ -198,6 +199,7 @@ class Trainer:
             raise InputError(f"{self.train_csv}: training needs both positive (1) and negative (0) volumes")
         self.hash = dataset_hash(self.train_csv, self.cases)
         self.resume = resume
+        self.loss_log: list[dict[str, float]] = []  # mean training loss between checkpoints
         state = self.run_dir / ck.STATE
         if resume and not state.is_file():
             raise InputError(f"--resume: no checkpoint {str(state)!r} to resume from")
@@ -225,15 +227,22 @@ class Trainer:
             "norm": self.cfg.norm, "slice_size": self.cfg.slice_size, "geometry": self.cfg.geometry,
             "extent": self.cfg.extent, "task": self.cfg.task, "training": asdict(self.cfg),
             "dataset": {"csv": str(self.train_csv.resolve()), "sha256": self.hash, "volumes": len(self.cases)},
-            "iteration": step, "metrics": metrics,
+            "iteration": step, "metrics": metrics, "loss_log": self.loss_log,
         }
 
     def _save(self, model, opt, gen, step, in_chans, history) -> None:
+        """Rank 0 writes; every rank's RNG state is kept so a resume continues each stream."""
+        states = distributed.gather_objects(gen.get_state())
+        rank, world = distributed.rank_world()
+        if rank != 0:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         opt_t, groups = ck.pack_optimizer(opt)
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_t | {"rng": gen.get_state()}
+        rngs = {"rng" if r == 0 else f"rng.{r}": st for r, st in enumerate(states)}
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_t | rngs
         meta = {"iteration": str(step), "param_groups": groups, "history": json.dumps(history),
-                "training": json.dumps(asdict(self.cfg)), "dataset_sha256": self.hash}
+                "loss_log": json.dumps(self.loss_log),
+                "training": json.dumps(asdict(self.cfg)), "dataset_sha256": self.hash, "world_size": str(world)}
         ck.save_tensors(self.run_dir / ck.STATE, tensors, meta)
         ck.save_tensors(self.run_dir / ck.MODEL, model.state_dict())
         ck.write_json(self.run_dir / ck.CONFIG, self.run_config(in_chans, step, history[-1] if history else {}))
@@ -251,10 +260,15 @@ class Trainer:
             raise InputError(f"--resume with different training arguments: {', '.join(f'{k} (was {saved.get(k)!r}, now {mine[k]!r})' for k in differ)}")
         if meta["dataset_sha256"] != self.hash:
             raise InputError(f"--resume: the dataset {str(self.train_csv)!r} changed since the checkpoint")
+        rank, world = distributed.rank_world()
+        if int(meta.get("world_size", "1")) != world:
+            raise InputError(f"--resume: the checkpoint was written by {meta.get('world_size', '1')} process(es), "
+                             f"this run has {world}; resume with the same number")
         tensors = load_file(str(path))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         ck.unpack_optimizer(opt, tensors, meta["param_groups"])
-        gen.set_state(tensors["rng"])
+        gen.set_state(tensors["rng" if rank == 0 else f"rng.{rank}"])
+        self.loss_log = json.loads(meta.get("loss_log", "[]"))
         return int(meta["iteration"]), json.loads(meta["history"])
 
     def validate(self, model: nn.Module, vols: list[Loaded], train: list[Loaded]) -> dict[str, float]:
@@ -287,28 +301,40 @@ class Trainer:
             raise InputError(f"validation volumes have {val[0].data.shape[0]} channels, training volumes {in_chans}")
         model = self._build(in_chans).train()
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        rank, world = distributed.rank_world()
+        # each rank draws its own volumes and augmentations; DDP averages the gradients
+        gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank)
         step, history = (self._restore(model, opt, gen) if self.resume else (0, []))
+        net = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         loss_fn = {"bce": F.binary_cross_entropy_with_logits, "mse": F.mse_loss, "huber": F.huber_loss}[cfg.loss]
         t0, seen, loss_v = time.perf_counter(), 0, float("nan")
+        window: list[float] = []  # losses since the last checkpoint
         while step < cfg.iterations:
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, cfg.iterations, cfg.lr, cfg.lr_end)
             vols = pick_volumes(train, cfg, gen)
             x = torch.cat([augmented_slices(v, cfg, gen) for v in vols])
             y = torch.tensor([v.label for v in vols], device=self.device).repeat_interleave(cfg.slices_per_volume)
-            loss = loss_fn(model(x)[:, 0], y)
+            loss = loss_fn(net(x)[:, 0], y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             seen += x.shape[0]
             loss_v = float(loss.detach())
+            window.append(loss_v)
             record: dict[str, Any] = {"iteration": step, "loss": loss_v, "lr": opt.param_groups[0]["lr"]}
-            if val and (step % cfg.val_every == 0 or step == cfg.iterations):
+            if val and rank == 0 and (step % cfg.val_every == 0 or step == cfg.iterations):
                 record |= self.validate(model, val, train)
                 history.append(record)
             if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+                mean = distributed.all_reduce_sum(torch.tensor([sum(window), len(window)], dtype=torch.float64))
+                self.loss_log.append({"iteration": step, "train_loss": float(mean[0] / mean[1])})
+                window = []
                 self._save(model, opt, gen, step, in_chans, history)
             if progress:
                 progress(record | {"total": cfg.iterations, "slices_per_s": seen / (time.perf_counter() - t0)})
