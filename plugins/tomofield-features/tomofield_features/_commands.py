@@ -33,7 +33,7 @@ from tomofield.errors import InputError
 @click.option("--hemisphere/--sphere", default=True, show_default=True)
 @click.option("--geometry", type=click.Choice(["physical", "normalized"]), default="physical", show_default=True)
 @click.option("--extent", type=click.Choice(["unit", "tight"]), default="unit", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the in-plane bases, the PCA sample and a random-init encoder.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--preview", type=click.Path(), help="Also write a PNG of the first three components as RGB.")
@@ -72,6 +72,10 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
     engine = Engine(encoder, "features", o["filter_"], o["sampler"], weights=o["weights"], device=o["device"],
                     head_options=head_options, **config)
     c, *shape = volume.data.shape
+    import torch
+
+    torch.manual_seed(o["seed"])  # a random-init encoder (no --weights) is the same on every run
+    engine.encoder_for(c)
     t0 = time.perf_counter()
     if comps and not o["projection"]:
         with err.status(f"fitting PCA ({comps} components) on {o['fit_slices']} slices"):
