@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 
 import torch
 
 from benchmarks import cases, suite
-from benchmarks.measure import fmt_bytes, machine, table
+from benchmarks.measure import fmt_bytes, machine, measure, table
 
 PIPE_COLS = [
     "method",
@@ -70,25 +69,24 @@ def _parser() -> argparse.ArgumentParser:
         "--configs",
         default=None,
         help=f"comma-separated fast-path configs among {', '.join(suite.FAST_CONFIGS)} "
-        "(default: fp32,bf16,bf16+compile; on CUDA bf16 first)",
+        "(default: fp32,compile,bf16,bf16+compile; on CUDA bf16,fp32,bf16+compile)",
     )
     p.add_argument("--batch-size", type=int, default=None, help="engine batch (default 32 CPU, 512 CUDA)")
     p.add_argument("--volume", default="body", choices=["body", "phantom"], help="pipeline input")
     p.add_argument("--skip-naive", action="store_true", help="pipeline: fast paths only")
     p.add_argument("--repeat", type=int, default=1, help="pipeline: runs per method, best counts")
     p.add_argument("--min-seconds", type=float, default=2.0, help="backprojector: time each for at least this")
-    p.add_argument("--amp", default="off", help="savings: encoder precision of every run")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "auto"], help="savings, memory: encoder precision")
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
     p.add_argument("--json", help="also write the results here")
     return p
 
 
 def _memory(args: argparse.Namespace, case: cases.Case) -> list[dict]:
-    """One reconstruction in this process; the process's peak RSS (ru_maxrss) at the end."""
+    """One reconstruction; the process's resident memory sampled while it runs."""
     from tomofield import Engine
 
     vol = cases.volume(case, args.volume)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     eng = Engine(
         encoder=cases.encoder(),
         head="logit",
@@ -98,7 +96,7 @@ def _memory(args: argparse.Namespace, case: cases.Case) -> list[dict]:
         slice_size=case.slice_size,
         device=args.device,
         batch_size=args.batch_size or 64,
-        amp="bf16" if args.amp == "bf16" else "auto",
+        amp=args.amp,
     )
     done = [0]
     t0 = time.perf_counter()
@@ -108,19 +106,19 @@ def _memory(args: argparse.Namespace, case: cases.Case) -> list[dict]:
         if done[0] % 20000 < n:
             print(f"  {done[0]}/{total} slices, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
-    heat = eng.reconstruct(vol, case.spacing, progress=progress)
-    secs = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with measure(args.device, interval=0.02) as m:
+        heat = eng.reconstruct(vol, case.spacing, progress=progress)
     return [
         dict(
             shape="x".join(map(str, case.shape)),
             directions=case.directions,
             slices=case.slices,
             slice_size=case.slice_size,
-            heatmap=fmt_bytes(heat.numel() * 4),
-            seconds=f"{secs:.0f}",
-            peak_rss_before=fmt_bytes(base),
-            peak_rss=fmt_bytes(peak),
+            volume_and_heatmap=fmt_bytes(vol.numel() * 4 + heat.numel() * 4),
+            seconds=f"{m.seconds:.0f}",
+            rss_at_start=fmt_bytes(m.peak_abs_bytes - m.peak_bytes),
+            peak_rss=fmt_bytes(m.peak_abs_bytes),
+            peak_rss_increase=fmt_bytes(m.peak_bytes),
         )
     ]
 
@@ -139,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         torch.backends.cudnn.benchmark = True
     batch = args.batch_size or (512 if cuda else 32)
-    configs = (args.configs or ("bf16,fp32,bf16+compile" if cuda else "fp32,bf16,bf16+compile")).split(",")
+    configs = (args.configs or ("bf16,fp32,bf16+compile" if cuda else "fp32,compile,bf16,bf16+compile")).split(",")
     unknown = [c for c in configs if c not in suite.FAST_CONFIGS]
     if unknown:
         raise SystemExit(f"unknown config(s) {unknown}; valid: {', '.join(suite.FAST_CONFIGS)}")

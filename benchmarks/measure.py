@@ -29,6 +29,7 @@ class Measurement:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     peak_bytes: int = 0
+    peak_abs_bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,11 +72,13 @@ def measure(device: torch.device | str = "cpu", interval: float = 0.005) -> Iter
         m.seconds = time.perf_counter() - t0
         m.cpu_seconds = time.process_time() - c0
         if dev.type == "cuda":
-            m.peak_bytes = torch.cuda.max_memory_allocated() - base_cuda
+            m.peak_abs_bytes = torch.cuda.max_memory_allocated()
+            m.peak_bytes = m.peak_abs_bytes - base_cuda
         elif thread is not None:
             stop.set()
             thread.join()
-            m.peak_bytes = max(peak, _rss_bytes()) - base
+            m.peak_abs_bytes = max(peak, _rss_bytes())
+            m.peak_bytes = m.peak_abs_bytes - base
 
 
 def timed_rate(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ import torch
 from benchmarks import cases
 from benchmarks.measure import Measurement, fmt_bytes, measure, sync, timed_rate
 from benchmarks.naive import half_extents, logit_scorer, naive_backprojection, naive_reconstruct, voxel_coordinates
-from tomofield import Engine, _bp_native, _bp_triton
+from tomofield import Engine, _bp_triton, _native
 from tomofield.backproject import backproject_grid, backproject_reference
 from tomofield.demo import correlation
 from tomofield.geometry import Directions, fibonacci_directions, random_bases, stack_extents
@@ -100,20 +101,20 @@ def pipeline(
                     min(old.seconds, m.seconds), min(old.cpu_seconds, m.cpu_seconds), max(old.peak_bytes, m.peak_bytes)
                 )
             )
-    base_name = "naive reference" if not skip_naive else None
+    base_name = next(iter(runners))  # the naive reference, or the first config without it
     rows = []
     for name, m in best.items():
-        base = best.get(base_name) if base_name else None
+        base = best[base_name]
         rows.append(
             dict(
                 method=name,
                 slices=n_slices,
                 seconds=f"{m.seconds:.2f}",
                 slices_per_s=f"{n_slices / m.seconds:.0f}",
-                ratio=f"{base.seconds / m.seconds:.2f}" if base else "",
+                ratio=f"{base.seconds / m.seconds:.2f}",
                 cpu_seconds=f"{m.cpu_seconds:.2f}",
-                ratio_cpu=f"{base.cpu_seconds / m.cpu_seconds:.2f}" if base else "",
-                corr=f"{correlation(heats[name], heats[base_name]):.5f}" if base else "",
+                ratio_cpu=f"{base.cpu_seconds / m.cpu_seconds:.2f}",
+                corr=f"{correlation(heats[name], heats[base_name]):.5f}",
                 peak_mem=fmt_bytes(m.peak_bytes),
                 warmup_s=f"{warm[name]:.1f}",
             )
@@ -147,7 +148,7 @@ def backprojector(case: cases.Case, device: str, min_seconds: float = 2.0) -> li
     if torch.device(device).type == "cuda":
         if _bp_triton.available():
             impls["fast (triton)"] = lambda n: backproject_grid(q[:n], dirs[:n], shape, e, size, kernel="triton")
-    elif _bp_native.available():
+    elif _native.available():
         impls["fast (native)"] = lambda n: backproject_grid(q[:n], dirs[:n], shape, e, size, kernel="native")
     check = min(L, 8)
     truth = impls["naive (one direction at a time)"](check)
@@ -229,10 +230,15 @@ def savings(case: cases.Case, device: str, batch_size: int, amp: str = "off") ->
     L = case.directions
 
     def run(vol, **opts) -> tuple[torch.Tensor, float, int]:
-        eng = _engine(case, enc, device, batch_size, amp=amp, **{"skip_empty": False, **opts})
+        eng = _engine(case, enc, device, batch_size, **{"amp": amp, "skip_empty": False, **opts})
         return _run(eng, vol, case.spacing, device)
 
     def row(idea: str, setting: str, heat, secs: float, evals: int, ref, ref_evals: int) -> dict[str, Any]:
+        print(
+            f"  {idea}, {setting}: {evals} encoder runs, corr {correlation(heat, ref):.4f}, {secs:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         return dict(
             idea=idea,
             setting=setting,

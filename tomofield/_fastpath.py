@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tomofield import _native
 from tomofield.geometry import Directions, slice_points
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -118,6 +119,23 @@ def normalised_frames(dirs: Directions, e: Tensor) -> tuple[Tensor, Tensor, Tens
     return dirs.normals.flip(-1) * inv, dirs.u.flip(-1) * inv, dirs.v.flip(-1) * inv
 
 
+def index_frames(dirs: Directions, rows: Tensor, offsets: Tensor, e: Tensor, shape, size) -> Tensor:
+    """(N, 9) voxel-index position of pixel (0, 0), row step, column step, of each slice.
+
+    Axis ``ax`` of ``n`` voxels maps ``x`` to the index ``(x / e + 1) (n - 1) / 2``.
+    """
+    f64 = lambda t: t.detach().to(torch.float64)  # noqa: E731
+    n, u, v = f64(dirs.normals[rows]), f64(dirs.u[rows]), f64(dirs.v[rows])
+    a, b = f64(dirs.a_half[rows])[:, None], f64(dirs.b_half[rows])[:, None]
+    nvox = torch.tensor([float(k) for k in shape], dtype=torch.float64, device=n.device)
+    g = (nvox - 1) / (2 * f64(e.to(n.device)))
+    h, w = size
+    origin = (f64(offsets)[:, None] * n - a * u - b * v) * g + (nvox - 1) / 2
+    row = (2 * a / max(h - 1, 1)) * u * g
+    col = (2 * b / max(w - 1, 1)) * v * g
+    return torch.cat([origin, row, col], dim=1).float()
+
+
 def cut_slices(
     volume: Tensor,
     frames: tuple[Tensor, Tensor, Tensor],
@@ -125,11 +143,17 @@ def cut_slices(
     rows: Tensor,
     offsets: Tensor,
     size: tuple[int, int],
+    e: Tensor | None = None,
 ) -> Tensor:
     """Slices (N, C, h, w) of ``volume`` for directions ``rows`` (N,) at ``offsets`` (N,).
 
-    Same samples as ``sample_slices(volume, slice_points(...), e)``.
+    Same samples as ``sample_slices(volume, slice_points(...), e)``: with the native
+    kernel on CPU (when it is available and ``e`` is given), else one ``grid_sample``
+    on the normalised ``frames`` of :func:`normalised_frames`.
     """
+    if e is not None and volume.device.type == "cpu" and volume.dtype == torch.float32 and _native.available():
+        fr = index_frames(dirs, rows, offsets, e, volume.shape[1:], size)
+        return _native.slice_trilinear(volume, fr, size)
     n, u, v = frames
     grid = slice_points(n[rows], u[rows], v[rows], offsets, dirs.a_half[rows], dirs.b_half[rows], size)
     out = F.grid_sample(
@@ -170,7 +194,10 @@ def compiled(encoder: nn.Module) -> nn.Module:
     weights changed in place later get a fresh compilation. Runs the module itself, with
     a warning, when compiling fails (no C++ compiler, unsupported platform).
     """
-    versions = tuple(p._version for p in encoder.parameters())
+    try:
+        versions = tuple(p._version for p in encoder.parameters())
+    except RuntimeError:  # inference tensors keep no version counter (and cannot change)
+        versions = ()
     cached = _compiled.get(encoder)
     if cached is None or cached[0] != versions:
         try:

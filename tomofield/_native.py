@@ -1,17 +1,25 @@
-"""Native CPU kernel for the backprojection of scalar profiles onto a voxel grid.
+"""Native CPU kernels: backprojection of scalar profiles and trilinear slicing.
 
-The same computation as the Triton kernel (see :mod:`tomofield._bp_triton`), written in
-C: for a run of 64 voxels along the last axis, every direction of the chunk is visited
-with the running sums kept in four AVX-512 registers (two gathers and one fused
-multiply-add per 16 voxel-direction updates); rows are spread over OpenMP threads. Without AVX-512
-the same loops are left to the compiler's vectoriser.
+Both are written in C with an AVX-512 path and a portable path left to the compiler's
+vectoriser; rows are handed out to OpenMP threads (``torch.get_num_threads()``) a few at
+a time, so a thread that the OS preempts on a busy machine does not hold the others up.
+
+* ``bp_scalar``: the computation of the Triton kernel (:mod:`tomofield._bp_triton`).
+  For a run of 64 voxels along the last axis every direction of the chunk is visited
+  with the running sums kept in four AVX-512 registers: two gathers and one fused
+  multiply-add per 16 voxel-direction updates, one write of the output.
+* ``slice_trilinear``: ``grid_sample(volume, grid, align_corners=True,
+  padding_mode="zeros")`` for the planar grids of slices, 16 pixels of a slice row at a
+  time: the sample position is affine in the pixel index, so no grid is materialised,
+  and the eight corners are masked gathers.
 
 The C source is compiled once per machine with the system C compiler (the one
 ``torch.compile`` uses on CPU) into a cache directory and loaded with ``ctypes``. When
 no compiler is found or compiling fails, :func:`available` is False (``reason`` says
-why) and the engine uses the ``torch`` backprojector. ``TOMOFIELD_NATIVE=0`` switches
-it off, ``TOMOFIELD_NATIVE=1`` warns when it cannot be built; ``TOMOFIELD_CACHE`` sets
-the cache directory (default ``~/.cache/tomofield``).
+why) and the engine uses its torch paths, which compute the same values.
+``TOMOFIELD_NATIVE=0`` switches the kernels off, ``TOMOFIELD_NATIVE=1`` warns when they
+cannot be built; ``TOMOFIELD_CACHE`` sets the cache directory (default
+``~/.cache/tomofield``).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from torch import Tensor
 
 _SOURCE = r"""
 #include <stdint.h>
+#include <math.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -41,7 +50,7 @@ _SOURCE = r"""
 void bp_scalar(const float* qp, const float* coef, float* out, int64_t L, int64_t MP,
                int64_t D, int64_t H, int64_t W, int nthreads) {
     const float hi = (float)(MP - 2);
-    #pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
+    #pragma omp parallel for collapse(2) schedule(dynamic, 8) num_threads(nthreads)
     for (int64_t i = 0; i < D; i++) {
         for (int64_t j = 0; j < H; j++) {
             float* o = out + (i * H + j) * W;
@@ -109,9 +118,90 @@ void bp_scalar(const float* qp, const float* coef, float* out, int64_t L, int64_
         }
     }
 }
+
+/* out (N, C, h, w) = trilinear samples of vol (C, D, H, W), zero outside, at voxel-index
+   positions frames[n] = (origin, row step, column step), 9 floats in (d, h, w) order:
+   pixel (i, j) of slice n samples origin + i * row + j * col. */
+void slice_trilinear(const float* vol, int64_t C, int64_t D, int64_t H, int64_t W,
+                     const float* frames, float* out, int64_t N, int64_t h, int64_t w, int nthreads) {
+    const int64_t plane = D * H * W;
+    #pragma omp parallel for collapse(2) schedule(dynamic, 8) num_threads(nthreads)
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t i = 0; i < h; i++) {
+            const float* f = frames + 9 * n;
+            const float bz = f[0] + (float)i * f[3], by = f[1] + (float)i * f[4], bx = f[2] + (float)i * f[5];
+            float* o = out + n * C * h * w + i * w;
+#ifdef __AVX512F__
+            const __m512 jofs = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            const __m512 lo = _mm512_set1_ps(-2.0f), one = _mm512_set1_ps(1.0f);
+            const __m512 hz = _mm512_set1_ps((float)D + 1), hy = _mm512_set1_ps((float)H + 1), hx = _mm512_set1_ps((float)W + 1);
+            const __m512i zero_i = _mm512_setzero_si512();
+            const __m512i nz = _mm512_set1_epi32((int)D), ny = _mm512_set1_epi32((int)H), nx = _mm512_set1_epi32((int)W);
+            const __m512i sh = _mm512_set1_epi32((int)H), sw = _mm512_set1_epi32((int)W);
+            for (int64_t j0 = 0; j0 < w; j0 += 16) {
+                __mmask16 m = (w - j0) >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (w - j0)) - 1u);
+                __m512 jv = _mm512_add_ps(jofs, _mm512_set1_ps((float)j0));
+                /* clamp to [-2, n + 1]: keeps every corner's in/out status, keeps ints small; NaN -> -2 */
+                __m512 z = _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(jv, _mm512_set1_ps(f[6]), _mm512_set1_ps(bz)), lo), hz);
+                __m512 y = _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(jv, _mm512_set1_ps(f[7]), _mm512_set1_ps(by)), lo), hy);
+                __m512 x = _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(jv, _mm512_set1_ps(f[8]), _mm512_set1_ps(bx)), lo), hx);
+                __m512 z0 = _mm512_roundscale_ps(z, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+                __m512 y0 = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+                __m512 x0 = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+                __m512 wz[2], wy[2], wx[2];
+                wz[1] = _mm512_sub_ps(z, z0); wz[0] = _mm512_sub_ps(one, wz[1]);
+                wy[1] = _mm512_sub_ps(y, y0); wy[0] = _mm512_sub_ps(one, wy[1]);
+                wx[1] = _mm512_sub_ps(x, x0); wx[0] = _mm512_sub_ps(one, wx[1]);
+                __m512i iz = _mm512_cvtps_epi32(z0), iy = _mm512_cvtps_epi32(y0), ix = _mm512_cvtps_epi32(x0);
+                __m512i idx[8];
+                __mmask16 ok[8];
+                __m512 wt[8];
+                for (int c8 = 0; c8 < 8; c8++) {
+                    int dz = c8 >> 2, dy = (c8 >> 1) & 1, dx = c8 & 1;
+                    __m512i zz = _mm512_add_epi32(iz, _mm512_set1_epi32(dz));
+                    __m512i yy = _mm512_add_epi32(iy, _mm512_set1_epi32(dy));
+                    __m512i xx = _mm512_add_epi32(ix, _mm512_set1_epi32(dx));
+                    ok[c8] = m & _mm512_cmpge_epi32_mask(zz, zero_i) & _mm512_cmplt_epi32_mask(zz, nz)
+                               & _mm512_cmpge_epi32_mask(yy, zero_i) & _mm512_cmplt_epi32_mask(yy, ny)
+                               & _mm512_cmpge_epi32_mask(xx, zero_i) & _mm512_cmplt_epi32_mask(xx, nx);
+                    idx[c8] = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_add_epi32(_mm512_mullo_epi32(zz, sh), yy), sw), xx);
+                    wt[c8] = _mm512_mul_ps(_mm512_mul_ps(wz[dz], wy[dy]), wx[dx]);
+                }
+                for (int64_t c = 0; c < C; c++) {
+                    const float* v = vol + c * plane;
+                    __m512 acc = _mm512_setzero_ps();
+                    for (int c8 = 0; c8 < 8; c8++)
+                        acc = _mm512_fmadd_ps(wt[c8], _mm512_mask_i32gather_ps(_mm512_setzero_ps(), ok[c8], idx[c8], v, 4), acc);
+                    _mm512_mask_storeu_ps(o + c * h * w + j0, m, acc);
+                }
+            }
+#else
+            for (int64_t j = 0; j < w; j++) {
+                float z = bz + (float)j * f[6], y = by + (float)j * f[7], x = bx + (float)j * f[8];
+                z = z > -2.0f ? z : -2.0f; z = z < (float)D + 1 ? z : (float)D + 1;
+                y = y > -2.0f ? y : -2.0f; y = y < (float)H + 1 ? y : (float)H + 1;
+                x = x > -2.0f ? x : -2.0f; x = x < (float)W + 1 ? x : (float)W + 1;
+                float z0 = floorf(z), y0 = floorf(y), x0 = floorf(x);
+                float wz[2] = {1 - (z - z0), z - z0}, wy[2] = {1 - (y - y0), y - y0}, wx[2] = {1 - (x - x0), x - x0};
+                int iz = (int)z0, iy = (int)y0, ix = (int)x0;
+                for (int64_t c = 0; c < C; c++) {
+                    const float* v = vol + c * plane;
+                    float acc = 0.0f;
+                    for (int c8 = 0; c8 < 8; c8++) {
+                        int zz = iz + (c8 >> 2), yy = iy + ((c8 >> 1) & 1), xx = ix + (c8 & 1);
+                        if (zz >= 0 && zz < D && yy >= 0 && yy < H && xx >= 0 && xx < W)
+                            acc += wz[c8 >> 2] * wy[(c8 >> 1) & 1] * wx[c8 & 1] * v[((int64_t)zz * H + yy) * W + xx];
+                    }
+                    o[c * h * w + j] = acc;
+                }
+            }
+#endif
+        }
+    }
+}
 """
 
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99", "-lm"]
 
 
 def _cache_dir() -> Path:
@@ -168,6 +258,8 @@ def load(flags: tuple[str, ...] = tuple(_FLAGS)) -> ctypes.CDLL | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     dll.bp_scalar.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int]
     dll.bp_scalar.restype = None
+    dll.slice_trilinear.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, i64, ctypes.c_int]
+    dll.slice_trilinear.restype = None
     return dll
 
 
@@ -206,4 +298,33 @@ def backproject_scalar(
         table = qp[:, k].contiguous()
         lib.bp_scalar(table.data_ptr(), coef.data_ptr(), out[k].data_ptr(), L, M + 3, D, H, W, torch.get_num_threads())
     assert out.shape[1] == n
+    return out
+
+
+def slice_trilinear(volume: Tensor, frames: Tensor, size: tuple[int, int], lib: ctypes.CDLL | None = None) -> Tensor:
+    """Slices (N, C, h, w) of a (C, D, H, W) float32 CPU volume; zero outside.
+
+    Args:
+        volume: the volume.
+        frames: (N, 9) per slice: the voxel-index position (d, h, w) of pixel (0, 0), then
+            the steps from one row and from one column to the next.
+        size: (h, w) pixels.
+        lib: a kernel from :func:`load` (default: the machine's own build).
+
+    Equals ``grid_sample(..., mode="bilinear", padding_mode="zeros", align_corners=True)``
+    at those positions.
+    """
+    lib = lib or load()
+    if lib is None:
+        raise RuntimeError("the native kernels are not available on this machine")
+    C, D, H, W = volume.shape
+    if D * H * W >= 2**31:
+        raise ValueError(f"volumes of 2^31 voxels or more are not supported natively, got {(D, H, W)}")
+    vol = volume.detach().to("cpu", torch.float32).contiguous()
+    fr = frames.detach().to("cpu", torch.float32).contiguous()
+    h, w = size
+    out = torch.empty(fr.shape[0], C, h, w)
+    lib.slice_trilinear(
+        vol.data_ptr(), C, D, H, W, fr.data_ptr(), out.data_ptr(), fr.shape[0], h, w, torch.get_num_threads()
+    )
     return out

@@ -19,7 +19,7 @@ Implementations of the same sum, all returning ``(K, N)``:
   broadcast additions of per-axis vectors (no ``(N, 3)`` point array), accumulated into
   ``out`` in place. Scalar profiles go to a fused kernel when the device has one: Triton
   on CUDA (:mod:`tomofield._bp_triton`), a compiled C kernel on CPU
-  (:mod:`tomofield._bp_native`); both keep every direction of a chunk in registers per
+  (:mod:`tomofield._native`); both keep every direction of a chunk in registers per
   run of voxels and write the output once.
 """
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tomofield import _bp_native, _bp_triton
+from tomofield import _bp_triton, _native
 from tomofield.geometry import Directions
 
 #: Upper bound on directions x voxels handled by one ``grid_sample`` call (reference).
@@ -214,8 +214,8 @@ def _fused_kernel(kernel: str, device: torch.device):
     """The fused scalar kernel module to use, or None for the torch path."""
     if kernel == "triton" or (kernel == "auto" and device.type == "cuda" and _bp_triton.available()):
         return _bp_triton
-    if kernel == "native" or (kernel == "auto" and device.type == "cpu" and _bp_native.available()):
-        return _bp_native
+    if kernel == "native" or (kernel == "auto" and device.type == "cpu" and _native.available()):
+        return _native
     return None
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tomofield import plugins
-from tomofield.backproject import backproject
+from tomofield import _fastpath, distributed, plugins
+from tomofield.backproject import backproject_grid
 from tomofield.checkpoint import is_run_dir, read_run
 from tomofield.encoders import first_conv_in_chans, load_weights, read_safetensors, timm_encoder
 from tomofield.errors import InputError
@@ -24,10 +24,7 @@ from tomofield.geometry import (
     EXTENTS,
     GEOMETRIES,
     half_extents,
-    sample_slices,
     slice_offsets,
-    slice_points,
-    voxel_points,
 )
 from tomofield.samplers import SamplingConfig
 
@@ -66,15 +63,29 @@ class EngineConfig:
     pretrained: bool = False
     norm: str = "frozen-bn"
     head_options: dict[str, Any] = field(default_factory=dict)
+    # Speed settings (docs/benchmarks.md has the measurements behind the defaults).
+    #: autocast of the encoder: auto (bf16 on CUDA, off on CPU), off, bf16, fp16.
+    amp: str = "auto"
+    #: feed the encoder channels-last slices.
+    channels_last: bool = True
+    #: torch.compile the encoder (logit head only; first batches pay the compile time).
+    compile: bool = False
+    #: give slices that sample nothing above empty_tol the score of a zero slice, unrun.
+    skip_empty: bool = True
+    empty_tol: float = 0.0
+    #: under torch.distributed, share the directions of one volume among the ranks.
+    shard_directions: bool = False
 
     def validate(self) -> None:
         checks = [
-            (self.directions >= 1, f"directions must be >= 1, got {self.directions}"),
-            (self.slices >= 3, f"slices must be >= 3, got {self.slices}"),
-            (self.slice_size >= 8, f"slice size must be >= 8 pixels, got {self.slice_size}"),
+            (1 <= self.directions <= 100_000, f"directions must be in 1..100000, got {self.directions}"),
+            (3 <= self.slices <= 10_000, f"slices must be in 3..10000, got {self.slices}"),
+            (8 <= self.slice_size <= 4096, f"slice size must be in 8..4096 pixels, got {self.slice_size}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.geometry in GEOMETRIES, f"unknown geometry {self.geometry!r}; valid: {', '.join(GEOMETRIES)}"),
             (self.extent in EXTENTS, f"unknown extent {self.extent!r}; valid: {', '.join(EXTENTS)}"),
+            (self.amp in _fastpath.AMP_MODES, f"unknown amp mode {self.amp!r}; valid: {', '.join(_fastpath.AMP_MODES)}"),
+            (self.empty_tol >= 0, f"empty_tol must be >= 0, got {self.empty_tol}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -198,52 +209,88 @@ class Engine:
         spacing = tuple(float(s) for s in (spacing or (1.0, 1.0, 1.0)))
         shape = tuple(vol.shape[1:])
         e, groups = self.plan(shape, spacing)
-        dev = self.device
-        vol = vol.to(dev, torch.float32)
+        dev, cfg = self.device, self.config
+        vol = vol.to(torch.float32)
+        if dev.type == "cuda" and vol.device.type == "cpu":
+            vol = vol.pin_memory().to(dev, non_blocking=True)  # asynchronous, no stream sync
+        vol = vol.to(dev)
         encoder = self.encoder_for(vol.shape[0])
-        points = voxel_points(shape, e, dev)
         e_dev = e.to(dev, torch.float32)
         pad = self.filter.pad
         n_dirs = sum(len(g) for g in groups)
         total = self.count_slices(shape, spacing)
-        size = (self.config.slice_size, self.config.slice_size)
-        done, out = 0, None
+        rank, world = distributed.rank_world() if cfg.shard_directions else (0, 1)
+        if world > 1:  # each rank takes every world-th direction; the sums meet in an all-reduce
+            distributed.check_enough(n_dirs, world)
+            starts = [sum(len(g) for g in groups[:i]) for i in range(len(groups))]
+            groups = [g[distributed.shard_indices(st, len(g), rank, world)] for g, st in zip(groups, starts, strict=True)]
+            groups = [g for g in groups if len(g)]
+            total = sum(len(g) * (g.num_slices + 2 * pad) for g in groups)
+        size = (cfg.slice_size, cfg.slice_size)
+        out = None
         grad = getattr(self.head, "needs_grad", False)
         ctx = torch.no_grad if grad else torch.inference_mode
+        scorer = _fastpath.Scorer.build(
+            self.head, encoder, dev, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
+            batch_size=cfg.batch_size,
+        )
+        tick = lambda n: progress and progress(n, total)  # noqa: E731
         with ctx():
+            skip = _fastpath.Occupancy.of(vol, e, cfg.empty_tol) if cfg.skip_empty else None
+            empty = scorer.empty_score(vol.shape[0], size) if skip is not None else None
             for group in groups:
                 gdev = group.to(dev)
                 per_dir = group.num_slices + 2 * pad
-                chunk = max(1, math.ceil(self.config.batch_size / per_dir), 4096 // per_dir)
+                chunk = max(1, math.ceil(cfg.batch_size / per_dir), 4096 // per_dir)
                 for start in range(0, len(gdev), chunk):
                     dirs = gdev[start : start + chunk]
-                    scores = self._score(vol, e_dev, dirs, pad, size, encoder, lambda n: progress and progress(n, total))
-                    done += scores.shape[0] * scores.shape[1]
+                    hits = None
+                    if skip is not None:
+                        host = group[start : start + chunk]
+                        hits = skip.hits(host, slice_offsets(host.s_half, host.num_slices, pad))
+                    scores = self._score(vol, e_dev, dirs, pad, size, scorer, tick, hits, empty)
                     q = self.filter(scores, dirs.slice_spacing())
                     weight = torch.full((len(dirs),), self.filter.constant * 4 * math.pi / n_dirs, device=dev)
                     if self.filter.integral:
                         weight = weight * 4 * dirs.a_half * dirs.b_half
-                    part = backproject(q, dirs, points, size, weights=weight)
-                    out = part if out is None else out + part
+                    if out is None:
+                        out = torch.zeros(q.shape[2], math.prod(shape), device=dev, dtype=q.dtype)
+                    backproject_grid(q, dirs, shape, e, size, weights=weight, out=out)
         assert out is not None
+        if world > 1:
+            distributed.all_reduce_sum(out)
         heat = out.reshape(-1, *shape)
         for post in self.postprocess:
             heat = post(heat, vol)
         return heat
 
-    def _score(self, vol, e, dirs, pad, size, encoder, tick) -> Tensor:
-        """Scores (L, S, K, h, w) of every slice of a chunk of directions."""
+    def _score(self, vol, e, dirs, pad, size, scorer, tick, hits=None, empty=None) -> Tensor:
+        """Scores (L, S, K, h, w) of every slice of a chunk of directions.
+
+        Slices cut in batches across directions; where ``hits`` (L, S) is False the
+        slice samples nothing above the empty tolerance and gets ``empty`` unrun.
+        """
         L, S = len(dirs), dirs.num_slices + 2 * pad
         offsets = slice_offsets(dirs.s_half, dirs.num_slices, pad).reshape(-1)
-        idx = torch.arange(L, device=vol.device).repeat_interleave(S)
+        frames = _fastpath.normalised_frames(dirs, e)
+        if hits is None:
+            run = torch.arange(L * S, device=vol.device)
+        else:
+            run = hits.reshape(-1).nonzero()[:, 0].to(vol.device, non_blocking=True)
+        bs, n_run = self.config.batch_size, run.shape[0]
         outs = []
-        for b in range(0, L * S, self.config.batch_size):
-            i, off = idx[b : b + self.config.batch_size], offsets[b : b + self.config.batch_size]
-            pts = slice_points(dirs.normals[i], dirs.u[i], dirs.v[i], off, dirs.a_half[i], dirs.b_half[i], size)
-            slices = sample_slices(vol, pts, e)
-            outs.append(self.head(encoder, slices))
-            tick(len(i))
-        scores = torch.cat(outs)
+        for b in range(0, n_run, bs):
+            j = run[b : b + bs]
+            slices = _fastpath.cut_slices(vol, frames, dirs, j // S, offsets[j], size, e)
+            outs.append(scorer(slices))
+            tick(j.shape[0])
+        if hits is None:
+            scores = torch.cat(outs)
+        else:
+            scores = empty.expand(L * S, *empty.shape[1:]).clone()
+            if outs:
+                scores[run] = torch.cat(outs)
+            tick(L * S - n_run)
         return scores.reshape(L, S, *scores.shape[1:])
 
     def with_options(self, **changes: Any) -> Engine:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from tomofield import Engine, InputError, _bp_native, _fastpath
+from tomofield import Engine, InputError, _fastpath, _native
 from tomofield.backproject import backproject, backproject_grid, backproject_reference
 from tomofield.geometry import (
     Directions,
@@ -29,7 +29,9 @@ from tomofield.phantom import ball_phantom
 
 E = torch.tensor([1.0, 0.4, 0.7], dtype=torch.float64)
 #: CPU kernels of backproject_grid: the torch path, and the native one where it builds.
-KERNELS = ["torch", "native"] if _bp_native.available() else ["torch"]
+KERNELS = ["torch", "native"] if _native.available() else ["torch"]
+#: Compiler flags of a build without AVX-512: the loops other x86 CPUs run.
+PORTABLE = ("-O3", "-march=x86-64-v2", "-fopenmp", "-shared", "-fPIC", "-std=c99", "-lm")
 
 
 def _dirs(L: int, M: int, extent: str = "tight", hemisphere: bool = False, seed: int = 1) -> Directions:
@@ -94,7 +96,7 @@ def test_grid_backprojection_accumulates_into_out(kernel):
 @pytest.mark.parametrize("W", [64, 83, 150])
 def test_native_kernel_on_long_rows(W):
     """Runs of 64 voxels, then 16, then a partial tail, along the last axis."""
-    if not _bp_native.available():
+    if not _native.available():
         pytest.skip("no native kernel on this machine")
     dirs = _dirs(9, 11)
     q, w = torch.randn(9, 11, 1, 1, 1), torch.rand(9)
@@ -105,12 +107,12 @@ def test_native_kernel_on_long_rows(W):
 
 def test_portable_native_kernel_matches_reference(monkeypatch, tmp_path):
     """The C kernel's loop without AVX-512 (what other CPUs compile), built for x86-64-v2."""
-    if not _bp_native.available() or os.uname().machine != "x86_64":
+    if not _native.available() or os.uname().machine != "x86_64":
         pytest.skip("no native kernel on this machine")
     monkeypatch.setenv("TOMOFIELD_CACHE", str(tmp_path))
-    lib = _bp_native.load(("-O3", "-march=x86-64-v2", "-fopenmp", "-shared", "-fPIC", "-std=c99"))
-    assert lib is not None, _bp_native.reason
-    monkeypatch.setattr(_bp_native, "load", lambda *a: lib)
+    lib = _native.load(PORTABLE)
+    assert lib is not None, _native.reason
+    monkeypatch.setattr(_native, "load", lambda *a: lib)
     dirs = _dirs(9, 7)
     q, w = torch.randn(9, 7, 2, 1, 1), torch.rand(9)
     shape = (5, 6, 21)  # W not a multiple of 16: the tail of each row too
@@ -145,21 +147,45 @@ def test_triton_kernel_matches_reference_in_interpreter():
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
 
 
-def test_cut_slices_equal_sample_slices():
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("size", [(11, 10), (5, 37), (1, 1)])
+def test_cut_slices_equal_sample_slices(native, size, monkeypatch):
+    """Both slicers against the geometry module: oblique stacks of a multichannel volume,
+    padded slices reaching outside the box, rows longer than one 16-pixel vector."""
+    if native and not _native.available():
+        pytest.skip("no native kernel on this machine")
+    monkeypatch.setattr(_native, "available", lambda: native)
     vol = torch.randn(2, 9, 7, 5)
     e = half_extents((9, 7, 5), (2.0, 1.0, 1.5), "physical").float()
     dirs = _dirs(6, 5).to("cpu")
-    offsets = slice_offsets(dirs.s_half, 5, 1).reshape(-1)
+    offsets = slice_offsets(dirs.s_half * 1.3, 5, 1).reshape(-1)
     rows = torch.arange(6).repeat_interleave(7)
-    ref = sample_slices(
-        vol,
-        slice_points(
-            dirs.normals[rows], dirs.u[rows], dirs.v[rows], offsets, dirs.a_half[rows], dirs.b_half[rows], (11, 10)
-        ),
-        e,
+    pts = slice_points(
+        dirs.normals[rows], dirs.u[rows], dirs.v[rows], offsets, dirs.a_half[rows], dirs.b_half[rows], size
     )
-    got = _fastpath.cut_slices(vol, _fastpath.normalised_frames(dirs, e), dirs, rows, offsets, (11, 10))
+    ref = sample_slices(vol, pts, e)
+    if size != (1, 1):  # a 1-pixel slice samples its corner (-a_half, -b_half): outside
+        assert bool((ref == 0).any()) and bool((ref != 0).any())
+    got = _fastpath.cut_slices(vol, _fastpath.normalised_frames(dirs, e), dirs, rows, offsets, size, e)
     _close(got, ref)
+
+
+def test_portable_native_slicer_matches_reference(monkeypatch, tmp_path):
+    if not _native.available() or os.uname().machine != "x86_64":
+        pytest.skip("no native kernel on this machine")
+    monkeypatch.setenv("TOMOFIELD_CACHE", str(tmp_path))
+    lib = _native.load(PORTABLE)
+    assert lib is not None, _native.reason
+    vol = torch.randn(3, 6, 8, 7)
+    e = half_extents((6, 8, 7), (1.0, 1.0, 1.0), "normalized").float()
+    dirs = _dirs(5, 4).to("cpu")
+    offsets = slice_offsets(dirs.s_half, 4, 1).reshape(-1)
+    rows = torch.arange(5).repeat_interleave(6)
+    pts = slice_points(
+        dirs.normals[rows], dirs.u[rows], dirs.v[rows], offsets, dirs.a_half[rows], dirs.b_half[rows], (9, 19)
+    )
+    frames = _fastpath.index_frames(dirs, rows, offsets, e, (6, 8, 7), (9, 19))
+    _close(_native.slice_trilinear(vol, frames, (9, 19), lib=lib), sample_slices(vol, pts, e))
 
 
 def _old_reconstruct(eng: Engine, vol: torch.Tensor, spacing) -> torch.Tensor:
