@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from tomofield import Engine
-from tomofield.synth import make_case
 from tomofield_features import fit_projection
 from tomofield_features.probe import LinearProbe, dice, sample_labelled, voxel_rows
 from tomofield_features.ssl import SimCLRConfig, build_encoder, pretrain_simclr
+
+from tomofield import Engine
+from tomofield.synth import make_case
 
 METHODS = {  # name: (sampler, filter, slice-size factor)
     "axial slice-wise": ("axial", "none", 1),
@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--negatives", type=int, default=100, help="labelled background voxels per labelled volume")
     ap.add_argument("--ssl-iterations", type=int, default=150)
     ap.add_argument("--draws", type=int, default=5)
+    ap.add_argument("--with-intensity", action="store_true", help="also probe features + raw intensity")
     ap.add_argument("--out", default="examples/out/features_probe.json")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -96,8 +97,15 @@ def main() -> None:
                 "test": [eng.reconstruct(v).numpy() for v, _ in test],
             }
             print(f"{enc_name:12s} {method:28s} features in {time.perf_counter() - t0:.0f} s", flush=True)
+    if a.with_intensity:  # the same features with the raw intensity as one more channel
+        for (method, enc_name), f in list(all_feats.items()):
+            if enc_name:
+                all_feats[(method + " + intensity", enc_name)] = {
+                    part: [np.concatenate([fi, ii]) for fi, ii in zip(f[part], feats_int[part], strict=True)]
+                    for part in ("lab", "test")
+                }
     for (method, enc_name), f in all_feats.items():
-        scores, aucs = [], []
+        scores = []
         for draw in range(draws):
             rng = np.random.default_rng(1000 + draw)
             xs, ys = [], []

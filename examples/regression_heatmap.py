@@ -29,7 +29,7 @@ import torch
 from tomofield import Engine
 from tomofield.io import affine_for_spacing, save_nifti
 from tomofield.synth import make_case
-from tomofield.train import Trainer, TrainConfig
+from tomofield.train import TrainConfig, Trainer
 
 
 def write_cases(root: Path, name: str, seeds, size: int) -> tuple[Path, list]:
@@ -86,10 +86,12 @@ def main() -> None:
         eng = Engine(head="regression", filter="tomo", weights=str(root / "run"), directions=a.directions,
                      slices=a.slices, device="cpu")
         enc = eng.encoder_for(1)
-        integrals, maxima, means, targets = [], [], [], []
+        integrals, positive, maxima, means, targets = [], [], [], [], []
         for vol, _mask, target in test:
             heat = eng.reconstruct(vol, spacing=(1, 1, 1))[0]
             integrals.append(float(heat.sum()) * 1.0)  # x voxel volume (1 mm^3)
+            body = vol > 0.02  # the positive part inside the body: drops the shell at the body's surface
+            positive.append(float(heat.clamp_min(0)[body].sum()))
             probe = Engine(enc, "regression", "none", directions=16, slices=16, slice_size=a.slice_size, device="cpu")
             flat = probe.with_options(skip_empty=False)
             slice_mean = float(flat.reconstruct(vol)[0].mean())
@@ -98,12 +100,14 @@ def main() -> None:
             targets.append(target)
     res = {
         "pearson_integral": pearson(integrals, targets),
+        "pearson_positive_in_body": pearson(positive, targets),
         "pearson_heatmap_max": pearson(maxima, targets),
         "pearson_mean_slice_prediction": pearson(means, targets),
-        "targets_ml": targets, "integrals": integrals,
+        "targets_ml": targets, "integrals": integrals, "positive_in_body": positive,
         "settings": vars(a),
     }
     print(f"Pearson r (heatmap integral, lesion volume) = {res['pearson_integral']:.3f} over {len(targets)} held-out volumes")
+    print(f"  r(integral of the positive part inside the body) = {res['pearson_positive_in_body']:.3f}")
     print(f"  context: r(heatmap max) = {res['pearson_heatmap_max']:.3f}, "
           f"r(mean slice prediction) = {res['pearson_mean_slice_prediction']:.3f}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

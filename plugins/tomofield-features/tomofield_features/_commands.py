@@ -45,7 +45,6 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
     from tomofield.checkpoint import is_run_dir
     from tomofield.engine import Engine
     from tomofield.io import check_output_path, load_volume, save_nifti
-
     from tomofield_features.projection import fit_projection
 
     check_output_path(output, overwrite)
@@ -120,7 +119,6 @@ def pretrain(dataset: str, run_dir: str, method: str, device: str, **o: Any) -> 
     from tomofield.dataset import read_dataset
     from tomofield.engine import resolve_device
     from tomofield.io import load_volume
-
     from tomofield_features.ssl import SimCLRConfig, pretrain_simclr
 
     cfg = SimCLRConfig(**o)

@@ -14,7 +14,6 @@ from torch import Tensor
 from tomofield.engine import Engine, validate_volume
 from tomofield.errors import InputError
 from tomofield.geometry import sample_slices, slice_offsets, slice_points
-
 from tomofield_features.heads import FeaturesHead, Projection
 
 

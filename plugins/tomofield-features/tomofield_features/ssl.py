@@ -27,7 +27,6 @@ from tomofield.engine import validate_volume
 from tomofield.errors import InputError
 from tomofield.geometry import half_extents, sample_slices, slice_points, stack_extents
 from tomofield.train import cosine_lr
-
 from tomofield_features.heads import encoder_features
 
 
