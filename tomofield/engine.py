@@ -168,6 +168,7 @@ class Engine:
                 factory = plugins.get("encoder", name).factory
             except LookupError:
                 factory = timm_encoder
+            torch.manual_seed(self.config.seed)  # a randomly initialised encoder is reproducible too
             model = factory(
                 name, in_chans=in_chans, num_classes=self.config.num_classes,
                 pretrained=self.config.pretrained and self._weights is None, norm=self.config.norm,
