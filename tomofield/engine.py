@@ -168,11 +168,12 @@ class Engine:
                 factory = plugins.get("encoder", name).factory
             except LookupError:
                 factory = timm_encoder
-            torch.manual_seed(self.config.seed)  # a randomly initialised encoder is reproducible too
-            model = factory(
-                name, in_chans=in_chans, num_classes=self.config.num_classes,
-                pretrained=self.config.pretrained and self._weights is None, norm=self.config.norm,
-            )
+            with torch.random.fork_rng(devices=[]):  # reproducible random init, caller's RNG untouched
+                torch.manual_seed(self.config.seed)
+                model = factory(
+                    name, in_chans=in_chans, num_classes=self.config.num_classes,
+                    pretrained=self.config.pretrained and self._weights is None, norm=self.config.norm,
+                )
             if self._weights is not None:
                 load_weights(model, self._weights, str(self._weights_path))
             self._encoders[in_chans] = model.to(self.device).eval()
