@@ -88,7 +88,7 @@ class DemoSettings:
     slice_size: int = 48
     lr: float = 1e-3
     norm: str = "group-norm"
-    directions: int = 256
+    directions: int = 128
     slices: int = 32
     device: str = "auto"
 
