@@ -8,6 +8,8 @@ output grid. Memory is bounded by the chunk, whatever the number of directions.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -256,6 +258,7 @@ class Engine:
                     if self.filter.integral:
                         weight = weight * 4 * dirs.a_half * dirs.b_half
                     if out is None:
+                        check_memory(q.shape[2], shape, dev)
                         out = torch.zeros(q.shape[2], math.prod(shape), device=dev, dtype=q.dtype)
                     backproject_grid(q, dirs, shape, e, size, weights=weight, out=out)
         assert out is not None
@@ -279,12 +282,25 @@ class Engine:
             run = torch.arange(L * S, device=vol.device)
         else:
             run = hits.reshape(-1).nonzero()[:, 0].to(vol.device, non_blocking=True)
-        bs, n_run = self.config.batch_size, run.shape[0]
-        outs = []
-        for b in range(0, n_run, bs):
+        n_run = run.shape[0]
+        outs, b = [], 0
+        while b < n_run:
+            bs = self.config.batch_size
             j = run[b : b + bs]
-            slices = _fastpath.cut_slices(vol, frames, dirs, j // S, offsets[j], size, e)
-            outs.append(scorer(slices))
+            try:
+                slices = _fastpath.cut_slices(vol, frames, dirs, j // S, offsets[j], size, e)
+                outs.append(scorer(slices))
+            except torch.OutOfMemoryError:
+                if bs == 1:
+                    raise
+                # carry on with half the batch (kept for the rest of this engine's work)
+                self.config.batch_size = max(1, bs // 2)
+                if vol.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                warnings.warn(f"out of memory with batches of {bs} slices; continuing with {self.config.batch_size}",
+                              RuntimeWarning, stacklevel=2)
+                continue
+            b += j.shape[0]
             tick(j.shape[0])
         if hits is None:
             scores = torch.cat(outs)
@@ -302,6 +318,27 @@ class Engine:
         new.config = replace(self.config, **changes)
         new.config.validate()
         return new
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device`` (CUDA: the driver's count; CPU: available physical pages)."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+
+
+def check_memory(channels: int, shape: Sequence[int], device: torch.device, free: int | None = None) -> None:
+    """Refuse an output grid whose accumulator and result would not fit, saying how much they need."""
+    need = 2 * channels * math.prod(shape) * 4  # float32 accumulator + the returned heatmap
+    free = available_memory(device) if free is None else free
+    if free is not None and need > free:
+        raise InputError(
+            f"the output grid {tuple(shape)} with {channels} channel(s) needs {need / 2**30:.2f} GiB on {device} "
+            f"but {free / 2**30:.2f} GiB are free; use fewer head channels (e.g. a projection) or a smaller volume"
+        )
 
 
 def validate_volume(volume: Tensor) -> Tensor:
