@@ -1,0 +1,358 @@
+"""Synthetic weakly supervised lesion dataset, the project's built-in default data.
+
+Every case is an anatomy-like volume (roughly CT / 1000, background ~0): a body with a fat
+layer, textured soft tissue, plain and air-filled organs, one enhancing organ, a vessel tree,
+calcifications and cysts, drawn alike in both classes. Positives carry 1-3 bright lobulated
+lesions with a mottled interior. In negatives the enhancing organ grows to hold the lesions'
+intensity mass instead, so global intensity statistics do not tell the classes apart: only
+the lesions do. The negative drawn from a generator state is the lesion-free twin of the
+positive drawn from the same state. Sizes are in mm, relative to 48 reference voxels along
+the shortest physical axis, so anisotropic spacing still gives physically round lesions.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = ["make_case", "write_dataset"]
+
+_REF = 48.0
+ORGAN_RADIUS = (7.0, 14.0)  # equivalent radius of the enhancing organ, reference voxels
+ORGAN_CONTRAST = (0.4, 0.9)  # above tissue; lesions are 0.4-0.9 above their surroundings
+
+
+def _soft(signed_dist: np.ndarray, width: float) -> np.ndarray:
+    """Partial-volume weight: 1 inside (distance < 0), 0 outside, linear ramp of ``width``."""
+    return np.clip(0.5 - signed_dist / width, 0.0, 1.0).astype(np.float32)
+
+
+def _rotation(rng: np.random.Generator) -> np.ndarray:
+    """Uniformly random 3D rotation matrix."""
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def _in_ball(rng: np.random.Generator) -> np.ndarray:
+    """Uniform random point in the unit ball."""
+    v = rng.standard_normal(3)
+    return v / np.linalg.norm(v) * rng.uniform() ** (1 / 3)
+
+
+def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma_vox) -> np.ndarray:
+    """Gaussian-filtered white noise normalised to unit standard deviation."""
+    n = ndi.gaussian_filter(rng.standard_normal(tuple(shape)).astype(np.float32), sigma_vox)
+    return n / max(float(n.std()), 1e-6)
+
+
+class _Grid:
+    """Physical (mm) coordinates of a (D, H, W) grid, centred on the volume."""
+
+    def __init__(self, shape: Sequence[int], spacing: Sequence[float]):
+        self.shape = tuple(int(s) for s in shape)
+        self.sp = np.asarray(spacing, dtype=float)
+        self.half = (np.asarray(self.shape) - 1) / 2
+
+    def box(self, center: np.ndarray, radius: float):
+        """Index box of half-size ``radius`` mm around ``center`` and its local mm offsets."""
+        sl, offs = [], []
+        for ax in range(3):
+            c = center[ax] / self.sp[ax] + self.half[ax]
+            lo = max(int(np.floor(c - radius / self.sp[ax])), 0)
+            hi = min(int(np.ceil(c + radius / self.sp[ax])) + 1, self.shape[ax])
+            sl.append(slice(lo, max(hi, lo)))
+            offs.append(((np.arange(lo, max(hi, lo)) - c) * self.sp[ax]).astype(np.float32))
+        return tuple(sl), np.ix_(*offs)
+
+
+def _ellipsoid_r(offs, axes: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """Normalised radius (1 on the surface) of a rotated ellipsoid at local offsets."""
+    q = 0.0
+    for i in range(3):
+        u = rot[i, 0] * offs[0] + rot[i, 1] * offs[1] + rot[i, 2] * offs[2]
+        q = q + (u / axes[i]) ** 2
+    return np.sqrt(q)
+
+
+def _bezier(p0, p1, p2, step: float) -> np.ndarray:
+    """Quadratic Bezier curve sampled every ~``step`` mm."""
+    n = int((np.linalg.norm(p1 - p0) + np.linalg.norm(p2 - p1)) / step) + 2
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    return (1 - t) ** 2 * p0 + 2 * t * (1 - t) * p1 + t**2 * p2
+
+
+def _vessels(rng, ctr, axes, unit: float, step: float):
+    """A vessel tree: long curved trunks crossing the body and thinner branches off them.
+
+    Returns the centre-line points (mm) and the radius (mm) and contrast at each point.
+    """
+    pts, rad, con = [], [], []
+    for i in range(rng.integers(2, 4) + rng.integers(1, 4)):
+        if i < 2 or rng.uniform() < 0.3 or not pts:  # trunk
+            u = rng.standard_normal(3)
+            v = -u + 0.6 * rng.standard_normal(3)
+            p0 = ctr + 0.9 * axes * u / np.linalg.norm(u)
+            p2 = ctr + 0.9 * axes * v / np.linalg.norm(v)
+            r0 = rng.uniform(1.2, 1.8) * unit
+        else:  # branch from a point of an earlier vessel
+            trunk = pts[rng.integers(len(pts))]
+            p0 = trunk[rng.integers(len(trunk))]
+            p2 = ctr + 0.85 * axes * _in_ball(rng)
+            r0 = rng.uniform(0.7, 1.2) * unit
+        p = _bezier(p0, (p0 + p2) / 2 + 0.35 * axes * _in_ball(rng), p2, step)
+        pts.append(p)
+        rad.append(np.linspace(r0, r0 * rng.uniform(0.6, 0.9), len(p)))
+        con.append(np.full(len(p), rng.uniform(0.4, 0.8)))
+    return pts, rad, con
+
+
+def _lesion(rng, g: _Grid, center: np.ndarray, radius: float, edge: float):
+    """One lobulated, boundary-perturbed ellipsoid: (slices, mask, soft weight, texture)."""
+    axes = radius * rng.uniform(0.8, 1.2, 3)
+    axes *= radius / np.prod(axes) ** (1 / 3)
+    rot = _rotation(rng)
+    lobes = [(rng.standard_normal(3), rng.uniform(0.5, 0.8), rng.uniform(0.35, 0.6))
+             for _ in range(rng.integers(0, 4))]
+    extent = max([1.25 * axes.max()] + [(d + 1.25 * r) * radius for _, d, r in lobes])
+    sl, offs = g.box(center, extent + 2 * edge)
+    r = _ellipsoid_r(offs, axes, rot)
+    for direction, dist, lobe_r in lobes:
+        c = direction / np.linalg.norm(direction) * dist * radius
+        d2 = sum((offs[i] - c[i]) ** 2 for i in range(3))
+        r = np.minimum(r, np.sqrt(d2) / (lobe_r * radius))
+    shape = r.shape
+    noise = np.clip(_smooth_noise(rng, shape, 0.35 * radius / g.sp), -2.0, 2.0)
+    mask = r + rng.uniform(0.05, 0.12) * noise < 1.0
+    lab, n = ndi.label(mask)
+    if n > 1:
+        mask = lab == np.argmax(np.bincount(lab.ravel())[1:]) + 1
+    mask = ndi.binary_fill_holes(mask)
+    soft = ndi.gaussian_filter(mask.astype(np.float32), 0.6 * edge / g.sp)
+    texture = _smooth_noise(rng, shape, 1.0 * edge / g.sp)
+    return sl, mask, soft, texture
+
+
+def _place(rng, g: _Grid, radius: float, edge: float, allowed: np.ndarray):
+    """Draw a lesion of about ``radius`` mm inside ``allowed``; shrink it if there is no room."""
+    room = ndi.distance_transform_edt(allowed, sampling=g.sp)
+    for _ in range(60):
+        cand = np.flatnonzero(room.ravel() > 1.15 * radius + edge)
+        if cand.size:
+            idx = np.unravel_index(rng.choice(cand), g.shape)
+            center = (np.asarray(idx) - g.half + rng.uniform(-0.5, 0.5, 3)) * g.sp
+            sl, m, soft, tex = _lesion(rng, g, center, radius, edge)
+            if m.any() and not (m & ~allowed[sl]).any():
+                return sl, m, soft, tex
+        radius *= 0.95
+    raise RuntimeError(f"no room for lesions in {g.shape} x {tuple(g.sp)} mm")
+
+
+def _blob(rng, g: _Grid, center: np.ndarray, axes: np.ndarray, edge: float):
+    """Smooth rotated ellipsoid: (slices, partial-volume weight)."""
+    sl, offs = g.box(center, axes.max() + 2 * edge)
+    r = _ellipsoid_r(offs, axes, _rotation(rng))
+    return sl, _soft((r - 1.0) * axes.mean(), 1.5 * edge)
+
+
+def _tubes(rng, g: _Grid, ctr: np.ndarray, b_ax: np.ndarray, unit: float, edge: float):
+    """Vessel tree and calcification dots, rendered from one distance transform."""
+    pts, rad, con = _vessels(rng, ctr, b_ax, unit, 0.4 * edge)
+    n_dots = rng.integers(3, 9)
+    pts.append(ctr + b_ax * 0.8 * np.stack([_in_ball(rng) for _ in range(n_dots)]))
+    rad.append(rng.uniform(0.6, 1.1, n_dots) * unit)
+    con.append(rng.uniform(0.9, 1.4, n_dots))
+    pts, rad, con = np.concatenate(pts), np.concatenate(rad), np.concatenate(con)
+    idx = np.clip(np.rint(pts / g.sp + g.half).astype(int), 0, np.asarray(g.shape) - 1)
+    owner = np.full(g.shape, -1, dtype=np.int64)
+    owner[tuple(idx.T)] = np.arange(len(pts))
+    _, near = ndi.distance_transform_edt(owner < 0, sampling=g.sp, return_indices=True)
+    k = owner[tuple(near)]
+    _, coords = g.box(np.zeros(3), float(np.max(np.asarray(g.shape) * g.sp)))
+    d = np.sqrt(sum((coords[i] - pts[k, i]) ** 2 for i in range(3)))
+    return con[k].astype(np.float32) * _soft(d - rad[k], edge)
+
+
+def make_case(
+    shape: Sequence[int] = (48, 48, 48),
+    *,
+    positive: bool,
+    rng: np.random.Generator,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    n_lesions: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one synthetic case.
+
+    Args:
+        shape: grid size (D, H, W).
+        positive: whether the case carries lesions.
+        rng: source of randomness; the case is a deterministic function of its state, and
+            the negative drawn from a given state is the anatomy of the positive drawn from it.
+        spacing: voxel size in mm per (D, H, W) axis.
+        n_lesions: number of lesions of a positive (default: 1 to 3 at random).
+
+    Returns:
+        ``(image, mask)``: float32 image (roughly CT / 1000, background ~0) and uint8 lesion
+        mask, both of shape (D, H, W); the mask is all zero for negatives.
+    """
+    if n_lesions is not None and (n_lesions < 1 if positive else n_lesions != 0):
+        raise ValueError(f"n_lesions={n_lesions} is invalid for positive={positive}")
+    g = _Grid(shape, spacing)
+    if len(g.shape) != 3 or min(g.shape) < 8 or (g.sp <= 0).any():
+        raise ValueError(f"need a 3D shape of at least 8^3 and positive spacing, got {shape}")
+    ext = np.asarray(g.shape) * g.sp
+    unit = ext.min() / _REF  # mm per reference voxel
+    edge = float(g.sp.min())  # partial-volume ramp width (mm)
+    _, (zz, yy, xx) = g.box(np.zeros(3), ext.max())
+
+    # Body: ellipsoid with a fat layer; organs on a tissue level map.
+    ctr = ext * rng.uniform(-0.03, 0.03, 3)
+    b_ax = ext / 2 * rng.uniform(0.82, 0.94, 3)
+    dist = _ellipsoid_r((zz - ctr[0], yy - ctr[1], xx - ctr[2]), b_ax, np.eye(3)) - 1.0
+    dist *= b_ax.mean()  # approximate signed distance to the skin (mm)
+    fat_mm = rng.uniform(2.0, 4.0) * unit
+    body, core = _soft(dist, edge), _soft(dist + fat_mm, edge)
+    tissue = rng.uniform(0.15, 0.3)
+    level = np.full(g.shape, tissue, dtype=np.float32)
+    for _ in range(rng.integers(2, 6)):  # plain (near tissue) or air-filled organs
+        sl, w = _blob(rng, g, ctr + b_ax * _in_ball(rng) * 0.55, unit * rng.uniform(5, 11, 3), edge)
+        air = rng.uniform() < 0.2
+        value = rng.uniform(-0.75, -0.55) if air else tissue + rng.uniform(-0.15, 0.15)
+        level[sl] += w * (value - level[sl])
+    # Lesions are drawn in both classes (a negative is its positive twin's anatomy) and
+    # rendered in positives only, as textured lobulated blobs brighter than their surroundings.
+    obj_rng = np.random.default_rng(rng.integers(2**63))
+    n_obj = int(obj_rng.integers(1, 4)) if n_lesions is None else int(n_lesions)
+    radii = unit * obj_rng.uniform(3.0, 8.0, n_obj)
+    radii *= min(1.0, 8.0 * unit / np.cbrt((radii**3).sum()))  # cap the total volume
+    mask, lesions = np.zeros(g.shape, dtype=bool), []
+    for radius in np.maximum(radii, max(2.5 * unit, 1.5 * edge)):
+        allowed = (core > 0.999) & ~ndi.binary_dilation(mask, iterations=2)
+        sl, m, soft, tex = _place(obj_rng, g, radius, edge, allowed)
+        mask[sl] |= m
+        local = np.percentile(level[sl][ndi.binary_dilation(m, iterations=2)], 90)
+        tex = np.clip(tex, -2.0, 2.0) * obj_rng.uniform(0.2, 0.35)
+        lesions.append((sl, soft, local + obj_rng.uniform(0.4, 0.9) * (1.0 + tex)))
+    # One enhancing organ in every case, larger, smoother and dimmer than lesions, away from
+    # them: a bright blob alone does not make a positive. The lesions' own intensity mass is
+    # under 1% of the body's, far below the random global gain below, so global statistics
+    # do not separate the classes (tested).
+    r_eq, contrast = unit * rng.uniform(*ORGAN_RADIUS), rng.uniform(*ORGAN_CONTRAST)
+    clear = ndi.distance_transform_edt(~mask, sampling=g.sp)
+    cand = np.flatnonzero((clear > r_eq + 2 * edge) & (dist < -fat_mm - 0.6 * r_eq))
+    cand = cand if cand.size else np.flatnonzero(clear == clear[dist < -fat_mm].max())
+    center = (np.asarray(np.unravel_index(rng.choice(cand), g.shape)) - g.half) * g.sp
+    ratios = rng.uniform(0.7, 1.3, 3)
+    sl, w = _blob(rng, g, center, r_eq * ratios / np.cbrt(ratios.prod()), edge)
+    level[sl] += w * (tissue + contrast - level[sl])
+    fat = rng.uniform(-0.15, -0.08)
+    img = fat * body + core * (level - fat)
+    img += core * rng.uniform(0.04, 0.1) * _smooth_noise(rng, g.shape, 5.0 * unit / g.sp)
+
+    img += core * _tubes(rng, g, ctr, b_ax, unit, edge)
+    for _ in range(rng.integers(0, 4)):  # dark cysts
+        sl, w = _blob(rng, g, ctr + b_ax * _in_ball(rng) * 0.7,
+                      unit * rng.uniform(2.0, 4.5) * rng.uniform(0.85, 1.15, 3), edge)
+        img[sl] -= core[sl] * w * rng.uniform(0.3, 0.5)
+
+    post_rng = np.random.default_rng(rng.integers(2**63))
+    for sl, soft, target in lesions if positive else []:
+        img[sl] += soft * (target - img[sl])
+    mask &= positive
+    img += post_rng.normal(0.0, 0.02, g.shape).astype(np.float32)
+    img = np.clip(img, -1.0, 2.0) * post_rng.uniform(0.8, 1.2) + post_rng.uniform(-0.03, 0.03)
+    return img.astype(np.float32), mask.astype(np.uint8)
+
+
+def _save(path: Path, array_dhw: np.ndarray, spacing: Sequence[float]) -> None:
+    """Atomically write a (D, H, W) array as NIfTI (stored W, H, D; affine diag(sW, sH, sD))."""
+    import nibabel as nib
+
+    path = Path(path)
+    dtype = np.uint8 if array_dhw.dtype in (np.bool_, np.uint8) else np.float32
+    s_d, s_h, s_w = (float(s) for s in spacing)
+    affine = np.diag([s_w, s_h, s_d, 1.0])
+    nii = nib.Nifti1Image(np.ascontiguousarray(array_dhw.astype(dtype).transpose(2, 1, 0)), affine)
+    nii.set_data_dtype(dtype)
+    nii.set_qform(affine, code=1)
+    nii.set_sform(affine, code=1)
+    nii.header.set_xyzt_units("mm")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".nii.gz")
+    os.close(fd)
+    try:
+        nib.save(nii, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_csv(path: Path, rows: list[tuple[str, int, str]]) -> None:
+    """Atomically write an ``image,label,mask`` CSV."""
+    tmp = path.with_name(f".tmp_{path.name}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "label", "mask"])
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def write_dataset(
+    out_dir: str | os.PathLike,
+    *,
+    n: int = 40,
+    size: int = 48,
+    seed: int = 0,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    val_fraction: float = 0.25,
+) -> dict[str, Path]:
+    """Write ``n`` cases (half positive) as NIfTI plus ``dataset/train/val`` CSVs.
+
+    Args:
+        out_dir: new or empty directory; a non-empty one is refused.
+        n: number of cases (at least 4).
+        size: grid size along each axis.
+        seed: seed of the case order, the contents and the split.
+        spacing: voxel size in mm per (D, H, W) axis.
+        val_fraction: fraction of each class held out for validation.
+
+    Returns:
+        Paths of the CSVs, keyed ``"dataset"``, ``"train"`` and ``"val"``.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and is not an empty directory.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"refusing to write into non-empty {out}")
+    if n < 4 or not 0.0 < val_fraction < 1.0:
+        raise ValueError("need n >= 4 and 0 < val_fraction < 1")
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % 2)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
+    width = max(3, len(str(n - 1)))
+    rows = []
+    for i, label in enumerate(labels):
+        case_rng = np.random.default_rng([seed, i])
+        image, mask = make_case((size,) * 3, positive=bool(label), rng=case_rng, spacing=spacing)
+        name = f"case_{i:0{width}d}.nii.gz"
+        _save(out / "images" / name, image, spacing)
+        _save(out / "masks" / name, mask, spacing)
+        rows.append((f"images/{name}", int(label), f"masks/{name}"))
+    val = set()
+    for c in (0, 1):
+        members = np.flatnonzero(labels == c)
+        k = min(max(1, round(val_fraction * len(members))), len(members) - 1)
+        val.update(int(i) for i in rng.permutation(members)[:k])
+    paths = {key: out / f"{key}.csv" for key in ("dataset", "train", "val")}
+    _write_csv(paths["dataset"], rows)
+    _write_csv(paths["train"], [r for i, r in enumerate(rows) if i not in val])
+    _write_csv(paths["val"], [r for i, r in enumerate(rows) if i in val])
+    return paths
