@@ -2,12 +2,14 @@
 
 Commands (default ``compare``):
 
-* ``compare``: ``pipeline`` then ``backprojector``, in one run.
+* ``compare``: ``pipeline``, ``backprojector`` and ``slicer``, in one run.
 * ``pipeline``: whole reconstructions, naive reference vs engine fast paths, same
   volume, directions and seeds; slices/s, ratio, heatmap correlation, peak memory.
 * ``backprojector``: voxel-direction updates/s of the backprojectors alone.
+* ``slicer``: slices/s of the slicers alone.
 * ``savings``: encoder evaluations saved against heatmap quality (hemisphere,
   skipping empty slices, bf16).
+* ``precision``: bf16 and fp16 encoders against fp32: logits and filtered profiles.
 * ``memory``: peak host memory of one large reconstruction (own process).
 
 ``--case cpu`` (64^3 volume, 64 x 64 slices, L = 256, M = 32) or ``--case paper``
@@ -49,6 +51,7 @@ BP_COLS = [
     "ratio",
     "max_rel_err",
 ]
+SLICE_COLS = ["slicer", "slices", "seconds", "slices_per_s", "samples_per_s", "ratio", "max_rel_err"]
 SAVE_COLS = ["idea", "setting", "encoder_runs", "saved", "corr_vs_full", "max_abs_diff", "seconds"]
 
 
@@ -57,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "command", nargs="?", default="compare", choices=["compare", "pipeline", "backprojector", "savings", "memory"]
+        "command",
+        nargs="?",
+        default="compare",
+        choices=["compare", "pipeline", "backprojector", "slicer", "savings", "precision", "memory"],
     )
     p.add_argument("--case", default="cpu", choices=sorted(cases.CASES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -69,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         "--configs",
         default=None,
         help=f"comma-separated fast-path configs among {', '.join(suite.FAST_CONFIGS)} "
-        "(default: fp32,compile,bf16,bf16+compile; on CUDA bf16,fp32,bf16+compile)",
+        "(default: fp32,compile,bf16,bf16+compile; on CUDA fp16,bf16,fp32)",
     )
     p.add_argument("--batch-size", type=int, default=None, help="engine batch (default 32 CPU, 512 CUDA)")
     p.add_argument("--volume", default="body", choices=["body", "phantom"], help="pipeline input")
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         torch.backends.cudnn.benchmark = True
     batch = args.batch_size or (512 if cuda else 32)
-    configs = (args.configs or ("bf16,fp32,bf16+compile" if cuda else "fp32,compile,bf16,bf16+compile")).split(",")
+    configs = (args.configs or ("fp16,bf16,fp32" if cuda else "fp32,compile,bf16,bf16+compile")).split(",")
     unknown = [c for c in configs if c not in suite.FAST_CONFIGS]
     if unknown:
         raise SystemExit(f"unknown config(s) {unknown}; valid: {', '.join(suite.FAST_CONFIGS)}")
@@ -158,6 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         results["backprojector"] = suite.backprojector(case, args.device, args.min_seconds)
         print("\n## backprojector alone\n")
         print(table(results["backprojector"], BP_COLS))
+    if args.command in ("compare", "slicer"):
+        results["slicer"] = suite.slicer(case, args.device, args.min_seconds)
+        print("\n## slicer alone\n")
+        print(table(results["slicer"], SLICE_COLS))
+    if args.command == "precision":
+        results["precision"] = suite.precision(case, args.device, batch)
+        print("\n## encoder precision against fp32\n")
+        print(table(results["precision"], list(results["precision"][0])))
     if args.command == "savings":
         results["savings"] = suite.savings(case, args.device, batch, args.amp)
         print("\n## less work for the same answer\n")

@@ -12,19 +12,21 @@ import torch
 from benchmarks import cases
 from benchmarks.measure import Measurement, fmt_bytes, measure, sync, timed_rate
 from benchmarks.naive import half_extents, logit_scorer, naive_backprojection, naive_reconstruct, voxel_coordinates
-from tomofield import Engine, _bp_triton, _native
+from tomofield import Engine, _bp_triton, _fastpath, _native
 from tomofield.backproject import backproject_grid, backproject_reference
 from tomofield.demo import correlation
-from tomofield.geometry import Directions, fibonacci_directions, random_bases, stack_extents
+from tomofield.geometry import Directions, fibonacci_directions, random_bases, slice_offsets, stack_extents
 
 #: Engine settings of the fast-path configurations the pipeline benchmark can run.
 FAST_CONFIGS: dict[str, dict[str, Any]] = {
     "fp32": {"amp": "off"},
     "bf16": {"amp": "bf16"},
     "fp16": {"amp": "fp16"},
+    "fp16+compile": {"amp": "fp16", "compile": True},
     "compile": {"compile": True},
     "bf16+compile": {"amp": "bf16", "compile": True},
     "fp32-nocl": {"amp": "off", "channels_last": False},
+    "bf16-nocl": {"amp": "bf16", "channels_last": False},
 }
 
 
@@ -198,6 +200,95 @@ def backprojector(case: cases.Case, device: str, min_seconds: float = 2.0) -> li
         )
     sync(device)
     return rows
+
+
+def slicer(case: cases.Case, device: str, min_seconds: float = 2.0) -> list[dict[str, Any]]:
+    """Slices per second of the slicers alone: every slice of the case's first directions."""
+    vol = cases.volume(case).to(device)
+    shape, M, size = case.shape, case.slices, (case.slice_size, case.slice_size)
+    e = half_extents(shape, case.spacing, "physical")
+    dirs = _directions(case.directions, M, device)
+    S = M + 2
+    offsets = slice_offsets(dirs.s_half, M, 1).reshape(-1)
+    ab = torch.linspace(-1, 1, case.slice_size, dtype=torch.float64)
+
+    def naive(n: int) -> torch.Tensor:  # benchmarks/naive.py's slicing, one direction at a time
+        out = []
+        for l in range(n):  # noqa: E741
+            nn_, u, v = (t[l].double().cpu() for t in (dirs.normals, dirs.u, dirs.v))
+            off = offsets[l * S : (l + 1) * S].double().cpu()
+            pts = off[:, None, None, None] * nn_ + ab[None, :, None, None] * u + ab[None, None, :, None] * v
+            grid = (pts / e).flip(-1).float().to(device)
+            out.append(torch.nn.functional.grid_sample(vol[None], grid[None], align_corners=True)[0].transpose(0, 1))
+        return torch.cat(out)
+
+    def engine(n: int, native: bool) -> torch.Tensor:
+        rows = torch.arange(n, device=device).repeat_interleave(S)
+        frames = _fastpath.normalised_frames(dirs, e.to(device, torch.float32))
+        return _fastpath.cut_slices(vol, frames, dirs, rows, offsets[: n * S], size, e if native else None)
+
+    impls = {"naive (one direction at a time)": naive, "engine (grid_sample)": lambda n: engine(n, False)}
+    if torch.device(device).type == "cpu" and _native.available():
+        impls["engine (native)"] = lambda n: engine(n, True)
+    check = min(case.directions, 4)
+    truth = naive(check)
+    rows_out: list[dict[str, Any]] = []
+    base = None
+    for name, fn in impls.items():
+        err = float((fn(check) - truth).abs().max() / truth.abs().max())
+        n, dt = timed_rate(fn, 1, min_seconds, case.directions, device)
+        rate = n * S / dt
+        base = base or rate
+        rows_out.append(
+            dict(
+                slicer=name,
+                slices=n * S,
+                seconds=f"{dt:.2f}",
+                slices_per_s=f"{rate:.0f}",
+                samples_per_s=f"{rate * size[0] * size[1]:.3g}",
+                ratio=f"{rate / base:.1f}",
+                max_rel_err=f"{err:.1e}",
+            )
+        )
+    return rows_out
+
+
+def precision(case: cases.Case, device: str, batch_size: int) -> list[dict[str, Any]]:
+    """Encoder precision against fp32 on the case's first directions: logit error and the
+    correlation of the tomo-filtered profiles (second differences), what the heatmap sums."""
+    vol = cases.volume(case).to(device)
+    enc = cases.encoder().to(device).to(memory_format=torch.channels_last)
+    shape, M, size = case.shape, case.slices, (case.slice_size, case.slice_size)
+    e = half_extents(shape, case.spacing, "physical")
+    dirs = _directions(case.directions, M, device)
+    S, L = M + 2, case.directions
+    rows = torch.arange(L, device=device).repeat_interleave(S)
+    offsets = slice_offsets(dirs.s_half, M, 1).reshape(-1)
+    frames = _fastpath.normalised_frames(dirs, e.to(device, torch.float32))
+    slices = _fastpath.cut_slices(vol, frames, dirs, rows, offsets, size, e)
+    slices = slices.contiguous(memory_format=torch.channels_last)
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    res = {}
+    for name, dt in dtypes.items():
+        with (
+            torch.inference_mode(),
+            torch.autocast(torch.device(device).type, dtype=dt or torch.float16, enabled=dt is not None),
+        ):
+            p = torch.cat([enc(slices[i : i + batch_size]).float() for i in range(0, len(slices), batch_size)])
+        p = p[:, 0].reshape(L, S).cpu()
+        res[name] = (p, p[:, 2:] + p[:, :-2] - 2 * p[:, 1:-1])
+    p32, q32 = res["fp32"]
+    return [
+        dict(
+            encoder=name,
+            directions=L,
+            slices=L * S,
+            logit_std_across_slices=f"{float(p32.std()):.2e}",
+            max_logit_error=f"{float((p - p32).abs().max()):.2e}",
+            corr_filtered_profiles=f"{correlation(q, q32):.4f}",
+        )
+        for name, (p, q) in res.items()
+    ]
 
 
 def _run(eng: Engine, vol, spacing, device: str) -> tuple[torch.Tensor, float, int]:

@@ -32,11 +32,18 @@ _compiled: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], nn.Module
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of an ``amp`` setting: ``auto`` is bf16 on CUDA, off elsewhere."""
+    """The autocast dtype of an ``amp`` setting: ``auto`` is fp16 on CUDA, off elsewhere.
+
+    fp16 rather than bf16: the tomo filter takes second differences of the logits of
+    neighbouring slices, which bf16's 8-bit mantissa blurs (docs/benchmarks.md: filtered
+    profiles correlate at 0.91 with fp32 in bf16, 0.998 in fp16, at the paper's M = 100);
+    on GPUs both run the tensor cores at the same rate. On CPU fp16 is not faster than
+    fp32 and bf16 is only fast with native bf16 units, so ``auto`` stays in fp32 there.
+    """
     if amp not in AMP_MODES:
         raise ValueError(f"unknown amp mode {amp!r}; valid: {', '.join(AMP_MODES)}")
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        return torch.float16 if device.type == "cuda" else None
     return _AMP_DTYPES.get(amp)
 
 
@@ -219,7 +226,8 @@ class Scorer:
         device: where the slices live.
         dtype: autocast dtype, or None for float32.
         channels_last: feed the encoder channels-last slices.
-        pad_to: pad every batch to this many slices (compiled encoders: one shape).
+        pad_to: pad every batch to this many slices (compiled encoders: one shape); a
+            callable is asked at each batch.
     """
 
     head: Callable
@@ -227,10 +235,12 @@ class Scorer:
     device: torch.device
     dtype: torch.dtype | None = None
     channels_last: bool = False
-    pad_to: int | None = None
+    pad_to: int | Callable[[], int] | None = None
 
     @classmethod
-    def build(cls, head, encoder, device, *, amp: str, channels_last: bool, compile: bool, batch_size: int) -> Scorer:
+    def build(
+        cls, head, encoder, device, *, amp: str, channels_last: bool, compile: bool, batch_size: int | Callable[[], int]
+    ) -> Scorer:
         if encoder is None:
             return cls(head, None, device)
         if channels_last:
@@ -252,8 +262,9 @@ class Scorer:
     def __call__(self, slices: Tensor) -> Tensor:
         """Float32 scores (N, K, h, w) of slices (N, C, h, w)."""
         n = slices.shape[0]
-        if self.pad_to is not None and n < self.pad_to:
-            slices = torch.cat([slices, slices.new_zeros(self.pad_to - n, *slices.shape[1:])])
+        pad_to = self.pad_to() if callable(self.pad_to) else self.pad_to
+        if pad_to is not None and n < pad_to:
+            slices = torch.cat([slices, slices.new_zeros(pad_to - n, *slices.shape[1:])])
         if self.channels_last:
             slices = slices.contiguous(memory_format=torch.channels_last)
         with self._autocast():

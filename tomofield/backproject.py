@@ -25,7 +25,6 @@ Implementations of the same sum, all returning ``(K, N)``:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -293,7 +292,3 @@ def backproject_grid(
             acc += _sample(inp[l0:l1], grid.view(l1 - l0, -1, len(slots)), padding).sum(0)
     return out
 
-
-def updates(shape: Sequence[int], directions: int) -> int:
-    """Voxel-direction updates of one backprojection: the unit of the benchmarks."""
-    return int(math.prod(shape)) * int(directions)

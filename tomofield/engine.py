@@ -66,7 +66,7 @@ class EngineConfig:
     norm: str = "frozen-bn"
     head_options: dict[str, Any] = field(default_factory=dict)
     # Speed settings (docs/benchmarks.md has the measurements behind the defaults).
-    #: autocast of the encoder: auto (bf16 on CUDA, off on CPU), off, bf16, fp16.
+    #: autocast of the encoder: auto (fp16 on CUDA, off on CPU), off, bf16, fp16.
     amp: str = "auto"
     #: feed the encoder channels-last slices.
     channels_last: bool = True
@@ -236,7 +236,7 @@ class Engine:
         ctx = torch.no_grad if grad else torch.inference_mode
         scorer = _fastpath.Scorer.build(
             self.head, encoder, dev, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
-            batch_size=cfg.batch_size,
+            batch_size=lambda: self.config.batch_size,  # read at each batch: it may shrink after an OOM
         )
         tick = lambda n: progress and progress(n, total)  # noqa: E731
         with ctx():
@@ -262,6 +262,11 @@ class Engine:
                         out = torch.zeros(q.shape[2], math.prod(shape), device=dev, dtype=q.dtype)
                     backproject_grid(q, dirs, shape, e, size, weights=weight, out=out)
         assert out is not None
+        if scorer.dtype is not None and not bool(torch.isfinite(out).all()):
+            raise InputError(
+                f"the heatmap has non-finite values: the encoder overflowed under amp={cfg.amp!r} "
+                f"({scorer.dtype}); rerun with amp='bf16' (wider range) or amp='off'"
+            )
         if world > 1:
             distributed.all_reduce_sum(out)
         heat = out.reshape(-1, *shape)

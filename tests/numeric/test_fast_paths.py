@@ -339,3 +339,30 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, when):
     torch.testing.assert_close(
         Engine(encoder=net, compile=True, **kw).reconstruct(vol), Engine(encoder=net, **kw).reconstruct(vol)
     )
+
+
+def test_compiled_batches_follow_the_current_batch_size():
+    """Padding for a compiled encoder reads the batch size at each call (it may shrink after an OOM)."""
+    seen, size = [], [8]
+    scorer = _fastpath.Scorer(
+        lambda enc, s: seen.append(s.shape[0]) or s.mean(dim=(1, 2, 3))[:, None, None, None],
+        nn.Identity(),
+        torch.device("cpu"),
+        pad_to=lambda: size[0],
+    )
+    assert scorer(torch.ones(5, 1, 4, 4)).shape == (5, 1, 1, 1)
+    size[0] = 4
+    scorer(torch.ones(3, 1, 4, 4))
+    assert seen == [8, 4]
+
+
+def test_overflow_under_amp_is_reported():
+    """A logit beyond fp16's range becomes inf under fp16 autocast: a clear error, not a NaN heatmap."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))
+    with torch.no_grad():
+        net[1].weight.fill_(1e4)
+    vol = torch.rand(1, 8, 8, 8) + 1
+    kw = dict(encoder=net, head="logit", directions=4, slices=5, slice_size=8, device="cpu", channels_last=False)
+    assert bool(torch.isfinite(Engine(amp="off", **kw).reconstruct(vol)).all())
+    with pytest.raises(InputError, match="overflowed under amp='fp16'"):
+        Engine(amp="fp16", **kw).reconstruct(vol)
