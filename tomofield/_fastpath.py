@@ -249,7 +249,10 @@ class Scorer:
         compile = compile and getattr(head, "name", None) == "logit"
         if compile:
             encoder = compiled(encoder)
-        return cls(head, encoder, device, amp_dtype(amp, device), channels_last, batch_size if compile else None)
+        dtype = amp_dtype(amp, device)
+        if amp == "auto" and getattr(head, "needs_grad", False):
+            dtype = None  # gradients (CAM heads) can underflow in fp16: reduced precision only on request
+        return cls(head, encoder, device, dtype, channels_last, batch_size if compile else None)
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:

@@ -66,7 +66,7 @@ class EngineConfig:
     norm: str = "frozen-bn"
     head_options: dict[str, Any] = field(default_factory=dict)
     # Speed settings (docs/benchmarks.md has the measurements behind the defaults).
-    #: autocast of the encoder: auto (fp16 on CUDA, off on CPU), off, bf16, fp16.
+    #: autocast of the encoder: auto (fp16 on CUDA but fp32 for CAM heads, off on CPU), off, bf16, fp16.
     amp: str = "auto"
     #: feed the encoder channels-last slices.
     channels_last: bool = True

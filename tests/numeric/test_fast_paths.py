@@ -366,3 +366,24 @@ def test_overflow_under_amp_is_reported():
     assert bool(torch.isfinite(Engine(amp="off", **kw).reconstruct(vol)).all())
     with pytest.raises(InputError, match="overflowed under amp='fp16'"):
         Engine(amp="fp16", **kw).reconstruct(vol)
+
+
+def test_auto_amp_is_fp16_on_cuda_for_plain_heads_only():
+    class GradHead:
+        name, needs_grad = "gradcam", True
+
+    class PlainHead:
+        name, needs_grad = "logit", False
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+
+    def build(head, dev, amp):
+        return _fastpath.Scorer.build(
+            head, TinyNet(), dev, amp=amp, channels_last=False, compile=False, batch_size=4
+        ).dtype
+
+    assert build(PlainHead(), cuda, "auto") == torch.float16
+    assert build(GradHead(), cuda, "auto") is None
+    assert build(GradHead(), cuda, "bf16") == torch.bfloat16
+    assert build(PlainHead(), cpu, "auto") is None
+    assert build(PlainHead(), cpu, "off") is None
