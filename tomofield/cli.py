@@ -97,6 +97,14 @@ def engine_options(fn: Callable) -> Callable:
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."),
         click.option("--batch-size", default=64, show_default=True, help="Slices per encoder batch."),
         click.option("--post", multiple=True, help="Post-processor(s), applied in order (e.g. clip-negative)."),
+        click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True,
+                     help="Encoder autocast: auto = fp16 on CUDA (fp32 for CAM heads), off on CPU."),
+        click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
+                     help="torch.compile the encoder (logit head; pays off on long runs)."),
+        click.option("--skip-empty/--no-skip-empty", default=True, show_default=True,
+                     help="Give slices that sample nothing the score of an empty slice without running the encoder."),
+        click.option("--empty-tol", default=0.0, show_default=True, help="Values up to this count as empty."),
+        click.option("--channels-last/--no-channels-last", default=True, show_default=True),
         click.option("--nan-policy", type=click.Choice(["refuse", "zero"]), default="refuse", show_default=True,
                      help="NaN/Inf voxels: refuse the volume, or replace them by 0 (reported)."),
     ]
@@ -143,7 +151,10 @@ def build_engine(o: dict[str, Any]):
                 o.pop(key, None)
     head_options = head_options_for(o["head"], o)
     config = {k: o[k] for k in ("directions", "slices", "slice_size", "hemisphere", "geometry", "extent",
-                                "seed", "batch_size", "pretrained") if k in o}
+                                "seed", "batch_size", "pretrained", "amp", "skip_empty", "empty_tol",
+                                "channels_last") if k in o}
+    if "compile_" in o:
+        config["compile"] = o["compile_"]
     return Engine(o.get("encoder"), o["head"], o["filter_"], o["sampler"], list(o["post"]), weights=o["weights"],
                   device=o["device"], head_options=head_options, **config)
 
