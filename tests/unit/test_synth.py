@@ -112,13 +112,14 @@ def test_negative_twin_shares_the_anatomy():
 
 
 def test_global_statistics_do_not_separate_the_classes():
+    # 80 cases: with 40 the best threshold on pure noise already reaches ~0.7 now and then.
     features = {
         "mean": np.mean, "std": np.std, "max": np.max,
         "p5": lambda a: np.percentile(a, 5), "p50": np.median,
         "p95": lambda a: np.percentile(a, 95), "p99": lambda a: np.percentile(a, 99),
     }
     rows, labels = [], []
-    for i in range(100):  # with 40 cases a useless feature reaches 0.75 by chance
+    for i in range(80):
         img, _ = _case(1000 + i, i % 2 == 0)
         rows.append([f(img) for f in features.values()])
         labels.append(i % 2 == 0)
