@@ -204,8 +204,10 @@ class Trainer:
         if resume and not state.is_file():
             raise InputError(f"--resume: no checkpoint {str(state)!r} to resume from")
         if resume:
-            for stale in self.run_dir.glob(".*.tmp*"):  # a write cut short by a kill
-                stale.unlink(missing_ok=True)
+            # writes cut short by a kill: ours (.NAME.XXXX.tmp.EXT) and safetensors' own (.tmpXXXXXX)
+            for stale in [*self.run_dir.glob(".*.tmp*"), *self.run_dir.glob(".tmp*")]:
+                if stale.is_file():
+                    stale.unlink(missing_ok=True)
         if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise InputError(f"run directory {str(self.run_dir)!r} is not empty; pass --resume to continue it or choose another")
 
