@@ -132,3 +132,15 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
         first = str(exc).strip().splitlines()
         raise InputError(f"weights {source!r} do not fit the encoder: {' '.join(first[:4])}") from exc
     return model
+
+
+def build_encoder(name: str, *, in_chans: int, num_classes: int = 1, pretrained: bool = False,
+                  norm: str = "frozen-bn") -> nn.Module:
+    """A registered encoder by name, else the timm model of that name."""
+    from tomofield import plugins
+
+    try:
+        factory = plugins.get("encoder", name).factory
+    except LookupError:
+        factory = timm_encoder
+    return factory(name, in_chans=in_chans, num_classes=num_classes, pretrained=pretrained, norm=norm)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from tomofield import _fastpath, distributed, plugins
 from tomofield.backproject import backproject_grid
 from tomofield.checkpoint import is_run_dir, read_run
-from tomofield.encoders import first_conv_in_chans, load_weights, read_safetensors, timm_encoder
+from tomofield.encoders import build_encoder, first_conv_in_chans, load_weights, read_safetensors
 from tomofield.errors import InputError
 from tomofield.geometry import (
     EXTENTS,
@@ -166,13 +166,9 @@ class Engine:
                         f"volume has {in_chans}; give {expected} input file(s) or a {expected}-channel 4D NIfTI"
                     )
             name = self._encoder_spec
-            try:
-                factory = plugins.get("encoder", name).factory
-            except LookupError:
-                factory = timm_encoder
             with torch.random.fork_rng(devices=[]):  # reproducible random init, caller's RNG untouched
                 torch.manual_seed(self.config.seed)
-                model = factory(
+                model = build_encoder(
                     name, in_chans=in_chans, num_classes=self.config.num_classes,
                     pretrained=self.config.pretrained and self._weights is None, norm=self.config.norm,
                 )

@@ -212,16 +212,11 @@ class Trainer:
             raise InputError(f"run directory {str(self.run_dir)!r} is not empty; pass --resume to continue it or choose another")
 
     def _build(self, in_chans: int) -> nn.Module:
-        from tomofield.encoders import timm_encoder
-        from tomofield.plugins import get
+        from tomofield.encoders import build_encoder
 
-        try:
-            factory = get("encoder", self.cfg.encoder).factory
-        except LookupError:
-            factory = timm_encoder
         torch.manual_seed(self.cfg.seed)
-        return factory(self.cfg.encoder, in_chans=in_chans, num_classes=1, pretrained=self.cfg.pretrained,
-                       norm=self.cfg.norm).to(self.device)
+        return build_encoder(self.cfg.encoder, in_chans=in_chans, num_classes=1, pretrained=self.cfg.pretrained,
+                             norm=self.cfg.norm).to(self.device)
 
     def run_config(self, in_chans: int, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         return {
