@@ -454,7 +454,7 @@ def plugins_cmd() -> None:
 @cli.command()
 @click.option("--output-dir", "-o", default="tomofield-demo", show_default=True, type=click.Path())
 @click.option("--phantom", is_flag=True, help="Only the reconstruction sanity check on a ball phantom (sum head).")
-@click.option("--iterations", default=None, type=int, help="Training iterations (default 400).")
+@click.option("--iterations", default=None, type=int, help="Training iterations (default 1200).")
 @click.option("--directions", "-L", default=None, type=int, help="Directions (default 128; phantom 500).")
 @click.option("--slices", "-M", default=None, type=int, help="Slices per direction (default 32; phantom 48).")
 @click.option("--seed", default=0, show_default=True)

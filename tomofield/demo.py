@@ -80,10 +80,10 @@ def phantom_demo(
 class DemoSettings:
     """Sizes of the full demo, chosen to finish in a few minutes on 2 CPU cores."""
 
-    n: int = 40
+    n: int = 60
     size: int = 48
     seed: int = 0
-    iterations: int = 400
+    iterations: int = 1200
     slices_per_volume: int = 32
     slice_size: int = 48
     lr: float = 1e-3
