@@ -90,8 +90,9 @@ def naive_reconstruct(
     ds = 2 / (M - 1)
     ab = torch.linspace(-1, 1, slice_size, dtype=torch.float64)
     x = voxel_coordinates(shape, e).to(device)
-    # G = c |S^2| / L sum_l q_l,  c = -1 / (8 pi^2), slices of area 4 (the integral, Eq. 1)
-    weight = -1 / (8 * math.pi**2) * 4 * math.pi / directions * 4
+    # G = c |S^2| / L sum_l q_l,  c = -1 / (8 pi^2), slices of area 4 S^2 / (S - 1)^2: the mean of
+    # S x S pixels one step 2 / (S - 1) apart, times it, is the plane integral (Eq. 1)
+    weight = -1 / (8 * math.pi**2) * 4 * math.pi / directions * 4 * (slice_size / (slice_size - 1)) ** 2
     out = None
     for l in range(directions):  # noqa: E741
         n, u, v = normals[l], us[l], vs[l]

@@ -26,6 +26,7 @@ from tomofield.geometry import (
     EXTENTS,
     GEOMETRIES,
     half_extents,
+    slice_area,
     slice_offsets,
 )
 from tomofield.samplers import SamplingConfig
@@ -252,7 +253,7 @@ class Engine:
                     q = self.filter(scores, dirs.slice_spacing())
                     weight = torch.full((len(dirs),), self.filter.constant * 4 * math.pi / n_dirs, device=dev)
                     if self.filter.integral:
-                        weight = weight * 4 * dirs.a_half * dirs.b_half
+                        weight = weight * slice_area(dirs.a_half, dirs.b_half, size)
                     if out is None:
                         check_memory(q.shape[2], shape, dev)
                         out = torch.zeros(q.shape[2], math.prod(shape), device=dev, dtype=q.dtype)

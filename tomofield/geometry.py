@@ -49,6 +49,17 @@ def half_extents(shape: Sequence[int], spacing: Sequence[float], geometry: str) 
     return ext / ext.max()
 
 
+def unit_volume_mm3(shape: Sequence[int], spacing: Sequence[float], geometry: str) -> float:
+    """Cubic millimetres per unit cube of the geometry's coordinates (the map's Jacobian).
+
+    The box ``[-e, e]`` of :func:`half_extents` stands for the volume's
+    ``(shape - 1) * spacing`` millimetres, so an integral over the geometry's coordinates
+    times this factor is an integral over millimetres.
+    """
+    e_mm = (torch.as_tensor(shape, dtype=torch.float64) - 1) * torch.as_tensor(spacing, dtype=torch.float64) / 2
+    return float(e_mm.prod() / half_extents(shape, spacing, geometry).prod())
+
+
 def fibonacci_directions(n: int, hemisphere: bool = False) -> Tensor:
     """Unit normals from the Fibonacci lattice, shape (n, 3), float64.
 
@@ -146,6 +157,17 @@ def stack_extents(
     s_half = (normals.abs() * e).sum(-1)
     ab_half = torch.maximum((u.abs() * e).sum(-1), (v.abs() * e).sum(-1))
     return s_half, ab_half, ab_half.clone()
+
+
+def slice_area(a_half: Tensor, b_half: Tensor, size: tuple[int, int]) -> Tensor:
+    """The area a slice's mean pixel stands for: mean x area = the plane integral.
+
+    The ``(h, w)`` pixels of :func:`slice_points` sit on ``linspace(-a, a, h)`` x
+    ``linspace(-b, b, w)``, a step of ``2 a / (h - 1)``; the rectangle rule on that grid
+    gives ``(2 a h / (h - 1)) (2 b w / (w - 1))`` (not ``4 a b``, which is 2/h + 2/w low).
+    """
+    h, w = size
+    return (2 * a_half * h / (h - 1)) * (2 * b_half * w / (w - 1))
 
 
 def slice_offsets(s_half: Tensor, num_slices: int, pad: int = 0) -> Tensor:

@@ -20,6 +20,7 @@ from tomofield.geometry import (
     half_extents,
     random_bases,
     sample_slices,
+    slice_area,
     slice_offsets,
     slice_points,
     stack_extents,
@@ -205,7 +206,7 @@ def _old_reconstruct(eng: Engine, vol: torch.Tensor, spacing) -> torch.Tensor:
             q = eng.filter(scores.reshape(len(dirs), S, *scores.shape[1:]), dirs.slice_spacing())
             w = torch.full((len(dirs),), eng.filter.constant * 4 * math.pi / n_dirs)
             if eng.filter.integral:
-                w = w * 4 * dirs.a_half * dirs.b_half
+                w = w * slice_area(dirs.a_half, dirs.b_half, size)
             out = out + backproject_reference(q, dirs, pts, size, weights=w)
     return out.reshape(-1, *shape)
 
