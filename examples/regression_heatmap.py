@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--directions", type=int, default=64)
     ap.add_argument("--slices", type=int, default=32)
     ap.add_argument("--slice-size", type=int, default=48)
+    ap.add_argument("--slices-per-volume", type=int, default=16, help="training slices per volume and step")
     ap.add_argument("--extent", choices=["unit", "tight"], default="tight",
                     help="slice-stack extent for training and reconstruction (tight: every stack covers the "
                          "volume's whole support)")
@@ -82,7 +83,7 @@ def main() -> None:
         root = Path(tmp)
         train_csv, _ = write_cases(root, "train", range(a.seed, a.seed + a.train), size)
         _, test = write_cases(root, "test", range(a.test_seed, a.test_seed + a.test), size)
-        cfg = TrainConfig(task="regression", loss=a.loss, iterations=a.iterations, slices_per_volume=16,
+        cfg = TrainConfig(task="regression", loss=a.loss, iterations=a.iterations, slices_per_volume=a.slices_per_volume,
                           slice_size=a.slice_size, batch_volumes=4, lr=a.lr, lr_end=1e-6, norm="group-norm",
                           extent=a.extent, seed=a.seed, checkpoint_every=a.iterations, val_every=a.iterations)
         t0 = time.perf_counter()
@@ -94,7 +95,7 @@ def main() -> None:
         integrals, positive, maxima, means, targets = [], [], [], [], []
         for vol, _mask, target in test:
             heat = eng.reconstruct(vol, spacing=(1, 1, 1))[0]
-            integrals.append(float(heat.sum()) * 1.0)  # x voxel volume (1 mm^3)
+            integrals.append(float(heat.sum()) * 1.0 / 1000)  # x voxel volume (1 mm^3) -> mL
             body = vol > 0.02  # the positive part inside the body: drops the shell at the body's surface
             positive.append(float(heat.clamp_min(0)[body].sum()))
             probe = Engine(enc, "regression", "none", directions=16, slices=16, slice_size=a.slice_size, device="cpu")
@@ -108,10 +109,13 @@ def main() -> None:
         "pearson_positive_in_body": pearson(positive, targets),
         "pearson_heatmap_max": pearson(maxima, targets),
         "pearson_mean_slice_prediction": pearson(means, targets),
+        "mean_abs_error_ml": float(np.mean(np.abs(np.asarray(integrals) - np.asarray(targets)))),
         "targets_ml": targets, "integrals": integrals, "positive_in_body": positive,
         "settings": vars(a),
     }
     print(f"Pearson r (heatmap integral, lesion volume) = {res['pearson_integral']:.3f} over {len(targets)} held-out volumes")
+    print(f"  heatmap integral - target: mean |error| {res['mean_abs_error_ml']:.3f} mL "
+          f"(targets {min(targets):.2f}-{max(targets):.2f} mL)")
     print(f"  r(integral of the positive part inside the body) = {res['pearson_positive_in_body']:.3f}")
     print(f"  context: r(heatmap max) = {res['pearson_heatmap_max']:.3f}, "
           f"r(mean slice prediction) = {res['pearson_mean_slice_prediction']:.3f}")

@@ -366,7 +366,7 @@ def synth(out_dir: str, n: int, size: int, seed: int, val_fraction: float) -> No
 @click.option("--geometry", type=click.Choice(["physical", "normalized"]), default="physical", show_default=True)
 @click.option("--extent", type=click.Choice(["unit", "tight"]), default="unit", show_default=True)
 @click.option("--task", type=click.Choice(["classification", "regression"]), default="classification", show_default=True)
-@click.option("--loss", default=None, help="bce (classification); mse, huber or integral (regression: the slice stack integrates to the target).")
+@click.option("--loss", default=None, help="bce (classification), mse or huber (regression).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--recipe", default=None, help="Training settings of a registered dataset (e.g. mosmed); options given on the command line win.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")

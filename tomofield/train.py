@@ -5,17 +5,6 @@ positive and one negative), one uniform random normal per volume and ``M`` slice
 random offsets, with random in-plane bases of random lengths (anisotropic scale),
 in-plane translation and an affine intensity change; binary cross-entropy (or MSE /
 Huber for regression), Adam, a cosine learning-rate schedule updated every step.
-
-Regression has a third loss, ``integral``: the volume's ``M`` slices (stratified offsets
-along its normal) are a quadrature of the volume integral, ``V = sum_k w_k g_k`` with
-``w_k`` the slice's area times the slice spacing in mm^3 (/1000: mL), and
-the loss is the squared error of ``V`` against the volume's target. Only the volume
-target is used, yet the best slice score ``g`` is then the mean of the density over the
-slice, i.e. its plane integral divided by the slice area: the quantity the ``tomo``
-filter inverts exactly (the ``sum`` head's convention), so the heatmap is that density
-and integrates to the target. Augmentation keeps every slice covering the stack's
-cross-section (zoom out only, translation within the margin) so the plane integrals are
-unchanged.
 """
 
 from __future__ import annotations
@@ -38,18 +27,11 @@ from tomofield import distributed
 from tomofield.dataset import Case, dataset_hash, read_dataset
 from tomofield.engine import resolve_device
 from tomofield.errors import InputError
-from tomofield.geometry import (
-    half_extents,
-    sample_slices,
-    slice_area,
-    slice_points,
-    stack_extents,
-    unit_volume_mm3,
-)
+from tomofield.geometry import half_extents, sample_slices, slice_points, stack_extents
 from tomofield.io import load_volume
 from tomofield.samplers import FibonacciSampler, SamplingConfig
 
-TASKS = {"classification": ("bce",), "regression": ("mse", "huber", "integral")}
+TASKS = {"classification": ("bce",), "regression": ("mse", "huber")}
 
 
 @dataclass
@@ -106,7 +88,6 @@ class Loaded:
     e: Tensor
     label: float
     case: Case
-    mm3: float = 1.0  # cubic millimetres per unit cube of the geometry (geometry.unit_volume_mm3)
 
 
 def load_cases(cases: list[Case], geometry: str, device: torch.device) -> list[Loaded]:
@@ -114,20 +95,15 @@ def load_cases(cases: list[Case], geometry: str, device: torch.device) -> list[L
     for c in cases:
         vol = load_volume(list(c.images))
         e = half_extents(vol.data.shape[1:], vol.spacing, geometry).to(device, torch.float32)
-        mm3 = unit_volume_mm3(vol.data.shape[1:], vol.spacing, geometry)
-        out.append(Loaded(vol.data.to(device), e, c.label, c, mm3))
+        out.append(Loaded(vol.data.to(device), e, c.label, c))
     chans = {v.data.shape[0] for v in out}
     if len(chans) > 1:
         raise InputError(f"volumes have different channel counts {sorted(chans)}; every volume needs the same")
     return out
 
 
-def augmented_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """``M`` randomly oriented, scaled, shifted, intensity-jittered slices (M, C, S, S).
-
-    Also returns each slice's quadrature weight (M,): its area times the spacing of the
-    stack in mm^3, /1000 (mL), used by the ``integral`` loss.
-    """
+def augmented_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> Tensor:
+    """``M`` randomly oriented, scaled, shifted, intensity-jittered slices (M, C, S, S)."""
     M, dev = cfg.slices_per_volume, vol.data.device
     U = lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1  # noqa: E731
     n = torch.randn(3, generator=gen, dtype=torch.float64)
@@ -137,23 +113,15 @@ def augmented_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> tup
     u = u / u.norm(dim=-1, keepdim=True)
     v = torch.linalg.cross(n, u, dim=-1)
     s_half, a_half, b_half = stack_extents(vol.e.cpu().double(), n, u, v, cfg.extent)
-    if cfg.loss == "integral":  # stratified offsets; zoom out only and shift within the margin: full coverage
-        offsets = (-1 + (2 * torch.arange(M, dtype=torch.float64) + 1 + U(M)) / M) * s_half
-        za, zb = 1 + cfg.scale_jitter * U(M).abs(), 1 + cfg.scale_jitter * U(M).abs()
-        shift = (cfg.translation * U(M, 1) * ((za - 1) * a_half)[:, None]) * u \
-            + (cfg.translation * U(M, 1) * ((zb - 1) * b_half)[:, None]) * v
-        a_half, b_half = a_half * za, b_half * zb
-    else:
-        offsets = U(M) * s_half
-        a_half = a_half * (1 + cfg.scale_jitter * U(M))
-        b_half = b_half * (1 + cfg.scale_jitter * U(M))
-        shift = (cfg.translation * U(M, 1) * a_half[:, None]) * u + (cfg.translation * U(M, 1) * b_half[:, None]) * v
-    weight = slice_area(a_half, b_half, (cfg.slice_size,) * 2) * (2 * s_half / M) * vol.mm3 / 1000
+    offsets = U(M) * s_half
+    a_half = a_half * (1 + cfg.scale_jitter * U(M))
+    b_half = b_half * (1 + cfg.scale_jitter * U(M))
+    shift = (cfg.translation * U(M, 1) * a_half[:, None]) * u + (cfg.translation * U(M, 1) * b_half[:, None]) * v
     gain, bias = cfg.intensity_jitter * U(M, 1, 1, 1), cfg.intensity_jitter * U(M, 1, 1, 1)
     f = lambda t: t.to(dev, torch.float32)  # noqa: E731
     pts = slice_points(f(n), f(u), f(v), f(offsets), f(a_half), f(b_half), (cfg.slice_size, cfg.slice_size))
     x = sample_slices(vol.data, pts + f(shift)[:, None, None, :], vol.e)
-    return (1 + f(gain)) * x + f(bias), f(weight)
+    return (1 + f(gain)) * x + f(bias)
 
 
 def pick_volumes(train: list[Loaded], cfg: TrainConfig, gen: torch.Generator) -> list[Loaded]:
@@ -171,30 +139,21 @@ def pick_volumes(train: list[Loaded], cfg: TrainConfig, gen: torch.Generator) ->
 
 @torch.inference_mode()
 def volume_scores(model: nn.Module, vols: list[Loaded], cfg: TrainConfig, batch: int = 128) -> Tensor:
-    """Each volume's prediction from a fixed set of slices.
-
-    The max of the slice logits, or with the ``integral`` loss the mean over directions of
-    the stack's quadrature ``sum_k w_k g_k`` (the quantity that loss trains).
-    """
+    """Max over a fixed set of slices of each volume's logit (the volume-level prediction)."""
     sampler, out = FibonacciSampler(), []
     scfg = SamplingConfig(directions=cfg.val_directions, slices=cfg.val_slices, hemisphere=True, seed=0, extent=cfg.extent)
-    integral = cfg.loss == "integral"
     for vol in vols:
         d = sampler.plan(vol.data.shape[1:], vol.e.cpu().double(), scfg)[0].to(vol.data.device)
         L, M = len(d), d.num_slices
         off = (d.s_half[:, None] * torch.linspace(-1, 1, M, device=vol.data.device)).reshape(-1)
         idx = torch.arange(L, device=vol.data.device).repeat_interleave(M)
-        weight = (slice_area(d.a_half, d.b_half, (cfg.slice_size,) * 2) * 2 * d.s_half / (M - 1) * vol.mm3 / 1000)[idx]
         best = torch.tensor(-math.inf, device=vol.data.device)
-        total = torch.zeros((), device=vol.data.device)
         for b in range(0, L * M, batch):
             i = idx[b : b + batch]
             pts = slice_points(d.normals[i], d.u[i], d.v[i], off[b : b + batch], d.a_half[i], d.b_half[i],
                                (cfg.slice_size, cfg.slice_size))
-            g = model(sample_slices(vol.data, pts, vol.e))[:, 0]
-            best = torch.maximum(best, g.max())
-            total = total + (g * weight[b : b + batch]).sum()
-        out.append(total / L if integral else best)
+            best = torch.maximum(best, model(sample_slices(vol.data, pts, vol.e))[:, 0].max())
+        out.append(best)
     return torch.stack(out).cpu()
 
 
@@ -349,21 +308,16 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             net = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        loss_fn = {"bce": F.binary_cross_entropy_with_logits, "mse": F.mse_loss, "huber": F.huber_loss,
-                   "integral": F.mse_loss}[cfg.loss]
+        loss_fn = {"bce": F.binary_cross_entropy_with_logits, "mse": F.mse_loss, "huber": F.huber_loss}[cfg.loss]
         t0, seen, loss_v = time.perf_counter(), 0, float("nan")
         window: list[float] = []  # losses since the last checkpoint
         while step < cfg.iterations:
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, cfg.iterations, cfg.lr, cfg.lr_end)
             vols = pick_volumes(train, cfg, gen)
-            xs, ws = zip(*(augmented_slices(v, cfg, gen) for v in vols), strict=True)
-            x = torch.cat(xs)
-            target = torch.tensor([v.label for v in vols], device=self.device, dtype=torch.float32)
-            if cfg.loss == "integral":  # one quadrature of each volume's integral against its target
-                loss = F.mse_loss((net(x)[:, 0] * torch.cat(ws)).view(len(vols), -1).sum(1), target)
-            else:
-                loss = loss_fn(net(x)[:, 0], target.repeat_interleave(cfg.slices_per_volume))
+            x = torch.cat([augmented_slices(v, cfg, gen) for v in vols])
+            y = torch.tensor([v.label for v in vols], device=self.device).repeat_interleave(cfg.slices_per_volume)
+            loss = loss_fn(net(x)[:, 0], y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
