@@ -92,12 +92,13 @@ def main() -> None:
         eng = Engine(head="regression", filter="tomo", weights=str(root / "run"), directions=a.directions,
                      slices=a.slices, device="cpu")
         enc = eng.encoder_for(1)
-        integrals, positive, maxima, means, targets = [], [], [], [], []
+        integrals, positive, in_body, maxima, means, targets = [], [], [], [], [], []
         for vol, _mask, target in test:
             heat = eng.reconstruct(vol, spacing=(1, 1, 1))[0]
             integrals.append(float(heat.sum()) * 1.0 / 1000)  # x voxel volume (1 mm^3) -> mL
             body = vol > 0.02  # the positive part inside the body: drops the shell at the body's surface
             positive.append(float(heat.clamp_min(0)[body].sum()))
+            in_body.append(float(heat[body].sum()) / 1000)
             probe = Engine(enc, "regression", "none", directions=16, slices=16, slice_size=a.slice_size, device="cpu")
             flat = probe.with_options(skip_empty=False)
             slice_mean = float(flat.reconstruct(vol)[0].mean())
@@ -107,6 +108,7 @@ def main() -> None:
     res = {
         "pearson_integral": pearson(integrals, targets),
         "pearson_positive_in_body": pearson(positive, targets),
+        "pearson_integral_in_body": pearson(in_body, targets),
         "pearson_heatmap_max": pearson(maxima, targets),
         "pearson_mean_slice_prediction": pearson(means, targets),
         "mean_abs_error_ml": float(np.mean(np.abs(np.asarray(integrals) - np.asarray(targets)))),
@@ -116,7 +118,8 @@ def main() -> None:
     print(f"Pearson r (heatmap integral, lesion volume) = {res['pearson_integral']:.3f} over {len(targets)} held-out volumes")
     print(f"  heatmap integral - target: mean |error| {res['mean_abs_error_ml']:.3f} mL "
           f"(targets {min(targets):.2f}-{max(targets):.2f} mL)")
-    print(f"  r(integral of the positive part inside the body) = {res['pearson_positive_in_body']:.3f}")
+    print(f"  r(integral inside the body) = {res['pearson_integral_in_body']:.3f}, "
+          f"r(integral of its positive part) = {res['pearson_positive_in_body']:.3f}")
     print(f"  context: r(heatmap max) = {res['pearson_heatmap_max']:.3f}, "
           f"r(mean slice prediction) = {res['pearson_mean_slice_prediction']:.3f}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
