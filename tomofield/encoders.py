@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from tomofield.errors import InputError, UnknownComponentError
+from tomofield.io import atomic_write
 
 NORMS = ("frozen-bn", "batch-norm", "group-norm")
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar")
@@ -159,16 +159,7 @@ def packaged_weights(name: str) -> Path | None:
 
     reference = timm.create_model(name, pretrained=False).state_dict()
     state = rename_in_order(torch.load(files[0], map_location="cpu", weights_only=True), reference)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp_", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return out
+    return atomic_write(out, lambda tmp: save_file(state, str(tmp)), overwrite=True)
 
 
 def first_conv_in_chans(state: dict[str, torch.Tensor]) -> int | None:
