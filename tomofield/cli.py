@@ -367,6 +367,11 @@ def synth(out_dir: str, n: int, size: int, seed: int, val_fraction: float) -> No
 @click.option("--extent", type=click.Choice(["unit", "tight"]), default="unit", show_default=True)
 @click.option("--task", type=click.Choice(["classification", "regression"]), default="classification", show_default=True)
 @click.option("--loss", default=None, help="bce (classification), mse or huber (regression).")
+@click.option("--teacher", type=click.Path(), default=None,
+              help="Regression: a classification run on the same data; trains a density encoder whose tomo "
+                   "heatmap integrates to the target (docs/features.md). Encoder and norm default to the teacher's.")
+@click.option("--teacher-quantile", default=0.95, show_default=True,
+              help="The teacher's baseline: this quantile of its slice scores on target-0 volumes.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--recipe", default=None, help="Training settings of a registered dataset (e.g. mosmed); options given on the command line win.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
@@ -385,6 +390,12 @@ def train(dataset: str, run_dir: str, val_csv: str | None, device: str, resume: 
 
     if o["loss"] is None:
         o["loss"] = "bce" if o["task"] == "classification" else "mse"
+    if o.get("teacher"):
+        from tomofield.checkpoint import is_run_dir, read_run
+
+        if is_run_dir(o["teacher"]):
+            run = read_run(o["teacher"])[1]
+            o.update({k: run[k] for k in ("encoder", "norm") if not explicit(k) and k in run})
     cfg = config_from_options(**o)
     rank, world = distributed.init(device)
     try:

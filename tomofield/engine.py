@@ -111,7 +111,8 @@ class Engine:
         sampler: sampler name or object (``fibonacci``, ``axial``, ``orthogonal``).
         postprocess: post-processor names or callables, applied in order.
         weights: a ``.safetensors`` file, or a run directory of ``tomofield train`` whose
-            encoder name, norm, slice size, geometry and extent become the defaults.
+            encoder name, norm, slice size, geometry and extent become the defaults (and,
+            for the head it names in ``head_defaults``, that head's options).
         device: ``auto``, ``cpu``, ``cuda``...
         **config: fields of :class:`EngineConfig` (directions, slices, slice_size, ...).
 
@@ -138,6 +139,9 @@ class Engine:
             inherited = {k: run[k] for k in RUN_FIELDS if k in run}
             config = {**inherited, **config}
             encoder = run["encoder"] if encoder is None else encoder
+        if isinstance(head, str) and head in run.get("head_defaults", {}):
+            # the run knows how its outputs read under this head (e.g. a density's units); explicit options win
+            config["head_options"] = {**run["head_defaults"][head], **config.get("head_options", {})}
         self.config = EngineConfig(**config)
         self.config.validate()
         self.run = run

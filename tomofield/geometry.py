@@ -49,6 +49,17 @@ def half_extents(shape: Sequence[int], spacing: Sequence[float], geometry: str) 
     return ext / ext.max()
 
 
+def unit_volume_mm3(shape: Sequence[int], spacing: Sequence[float], geometry: str) -> float:
+    """Cubic millimetres per unit cube of the geometry's coordinates (the map's Jacobian).
+
+    The box ``[-e, e]`` of :func:`half_extents` stands for the volume's
+    ``(shape - 1) * spacing`` millimetres, so an integral over the geometry's coordinates
+    times this factor is an integral over millimetres.
+    """
+    e_mm = (torch.as_tensor(shape, dtype=torch.float64) - 1) * torch.as_tensor(spacing, dtype=torch.float64) / 2
+    return float(e_mm.prod() / half_extents(shape, spacing, geometry).prod())
+
+
 def fibonacci_directions(n: int, hemisphere: bool = False) -> Tensor:
     """Unit normals from the Fibonacci lattice, shape (n, 3), float64.
 

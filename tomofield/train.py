@@ -5,6 +5,17 @@ positive and one negative), one uniform random normal per volume and ``M`` slice
 random offsets, with random in-plane bases of random lengths (anisotropic scale),
 in-plane translation and an affine intensity change; binary cross-entropy (or MSE /
 Huber for regression), Adam, a cosine learning-rate schedule updated every step.
+
+Regression with a ``teacher`` (a classification run on the same kind of data) trains an
+encoder whose slice score is a *density*: the mean over the slice of target units per
+mL, what the ``tomo`` filter inverts, so the heatmap integrates to the target. Each step
+cuts every drawn volume into one full stack of ``M`` parallel slices (stratified offsets
+over the volume's support; augmentation that never crops the cross-section), the
+teacher scores the slices, and the volume's target is spread over the slices in
+proportion to the teacher's excess over its score on negative volumes, so that the stack's
+quadrature ``sum_k w_k d_k`` (``w_k`` = slice area x spacing in mL) is exactly the target
+(:func:`spread_targets`). The student, initialised from the teacher, regresses those
+densities slice by slice. Only volume-level labels are used (docs/features.md).
 """
 
 from __future__ import annotations
@@ -27,7 +38,14 @@ from tomofield import distributed
 from tomofield.dataset import Case, dataset_hash, read_dataset
 from tomofield.engine import resolve_device
 from tomofield.errors import InputError
-from tomofield.geometry import half_extents, sample_slices, slice_points, stack_extents
+from tomofield.geometry import (
+    half_extents,
+    sample_slices,
+    slice_area,
+    slice_points,
+    stack_extents,
+    unit_volume_mm3,
+)
 from tomofield.io import load_volume
 from tomofield.samplers import FibonacciSampler, SamplingConfig
 
@@ -59,6 +77,10 @@ class TrainConfig:
     val_directions: int = 8
     val_slices: int = 16
     checkpoint_every: int = 100
+    #: regression only: run directory of a classification encoder that places each target (module doc).
+    teacher: str | None = None
+    #: the teacher's baseline: this quantile of its slice scores on the volumes whose target is 0.
+    teacher_quantile: float = 0.95
 
     def validate(self) -> None:
         if self.task not in TASKS:
@@ -71,6 +93,10 @@ class TrainConfig:
                 raise InputError(f"{name.replace('_', '-')} must be >= {lo}, got {getattr(self, name)}")
         if self.task == "classification" and self.batch_volumes % 2:
             raise InputError(f"batch-volumes must be even (pairs of one positive and one negative), got {self.batch_volumes}")
+        if self.teacher is not None and self.task != "regression":
+            raise InputError(f"--teacher is for --task regression, got task {self.task!r}")
+        if not 0 < self.teacher_quantile < 1:
+            raise InputError(f"teacher-quantile must be in (0, 1), got {self.teacher_quantile}")
         if not self.lr > 0 or not self.lr_end >= 0:
             raise InputError(f"learning rates must be positive, got lr={self.lr}, lr_end={self.lr_end}")
 
@@ -88,6 +114,7 @@ class Loaded:
     e: Tensor
     label: float
     case: Case
+    mm3: float = 1.0  # cubic millimetres per unit cube of the geometry (geometry.unit_volume_mm3)
 
 
 def load_cases(cases: list[Case], geometry: str, device: torch.device) -> list[Loaded]:
@@ -95,7 +122,8 @@ def load_cases(cases: list[Case], geometry: str, device: torch.device) -> list[L
     for c in cases:
         vol = load_volume(list(c.images))
         e = half_extents(vol.data.shape[1:], vol.spacing, geometry).to(device, torch.float32)
-        out.append(Loaded(vol.data.to(device), e, c.label, c))
+        mm3 = unit_volume_mm3(vol.data.shape[1:], vol.spacing, geometry)
+        out.append(Loaded(vol.data.to(device), e, c.label, c, mm3))
     chans = {v.data.shape[0] for v in out}
     if len(chans) > 1:
         raise InputError(f"volumes have different channel counts {sorted(chans)}; every volume needs the same")
@@ -124,6 +152,102 @@ def augmented_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> Ten
     return (1 + f(gain)) * x + f(bias)
 
 
+def stack_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One full stack of ``M`` parallel slices (M, C, S, S) and each slice's weight in mL (M,).
+
+    Offsets are stratified over the stack (one per ``2 s_half / M`` bin, random within
+    it) along one random normal; the in-plane frame only zooms out (up to ``1 +
+    scale_jitter``) and shifts within the margin that opens, so every slice still covers
+    the whole cross-section and ``sum_k w_k mean(slice_k)`` is a quadrature of the volume's
+    integral (in mL when the volume is a density per mL).
+    """
+    M, dev = cfg.slices_per_volume, vol.data.device
+    U = lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1  # noqa: E731
+    n = torch.randn(3, generator=gen, dtype=torch.float64)
+    n = (n / n.norm()).expand(M, 3)
+    g = torch.randn(M, 3, generator=gen, dtype=torch.float64)
+    u = g - (g * n).sum(-1, keepdim=True) * n
+    u = u / u.norm(dim=-1, keepdim=True)
+    v = torch.linalg.cross(n, u, dim=-1)
+    s_half, a_half, b_half = stack_extents(vol.e.cpu().double(), n, u, v, cfg.extent)
+    offsets = (-1 + (2 * torch.arange(M, dtype=torch.float64) + 1 + U(M)) / M) * s_half
+    za, zb = 1 + cfg.scale_jitter * U(M).abs(), 1 + cfg.scale_jitter * U(M).abs()
+    shift = (cfg.translation * U(M, 1) * ((za - 1) * a_half)[:, None]) * u \
+        + (cfg.translation * U(M, 1) * ((zb - 1) * b_half)[:, None]) * v
+    a_half, b_half = a_half * za, b_half * zb
+    weight = slice_area(a_half, b_half, (cfg.slice_size,) * 2) * (2 * s_half / M) * vol.mm3 / 1000
+    gain, bias = cfg.intensity_jitter * U(M, 1, 1, 1), cfg.intensity_jitter * U(M, 1, 1, 1)
+    f = lambda t: t.to(dev, torch.float32)  # noqa: E731
+    pts = slice_points(f(n), f(u), f(v), f(offsets), f(a_half), f(b_half), (cfg.slice_size, cfg.slice_size))
+    x = sample_slices(vol.data, pts + f(shift)[:, None, None, :], vol.e)
+    return (1 + f(gain)) * x + f(bias), f(weight)
+
+
+def spread_targets(excess: Tensor, weight: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Spread each stack's target over its slices in proportion to ``excess``.
+
+    Args:
+        excess: (B, M) non-negative evidence per slice (the teacher's score above its baseline).
+        weight: (B, M) quadrature weight per slice (area x spacing, mL).
+        target: (B,) volume-level targets.
+
+    Returns:
+        ``(density, usable)``: (B, M) densities with ``sum_k weight_k density_k = target``
+        for every usable stack (0 everywhere when the target is 0), and (B,) whether the
+        stack is usable: a positive target with no evidence anywhere in the stack is not.
+    """
+    total = (excess * weight).sum(1, keepdim=True)
+    t = target.to(excess)[:, None]
+    usable = (t[:, 0] == 0) | (total[:, 0] > 0)
+    density = torch.where(t != 0, t * excess / total.clamp_min(torch.finfo(excess.dtype).tiny), torch.zeros_like(excess))
+    return density * usable[:, None], usable
+
+
+class Teacher:
+    """A classification run's encoder that says where in a stack each target lies."""
+
+    def __init__(self, run_dir: str | Path, in_chans: int, device: torch.device) -> None:
+        from tomofield.checkpoint import is_run_dir, read_run
+        from tomofield.encoders import build_encoder, load_weights
+
+        if not is_run_dir(run_dir):
+            raise InputError(f"--teacher {str(run_dir)!r} is not a run directory of tomofield train")
+        self.state, self.run = read_run(run_dir)
+        if self.run.get("task", "classification") != "classification":
+            raise InputError(f"--teacher {str(run_dir)!r} is a {self.run.get('task')!r} run; it must be a classification run")
+        if int(self.run.get("in_chans", in_chans)) != in_chans:
+            raise InputError(f"--teacher {str(run_dir)!r} takes {self.run['in_chans']} channel(s), the volumes have {in_chans}")
+        self.model = build_encoder(self.run["encoder"], in_chans=in_chans, num_classes=1, norm=self.run["norm"])
+        load_weights(self.model, self.state, str(run_dir))
+        self.model.to(device).eval().requires_grad_(False)
+        self.baseline = 0.0
+
+    @torch.no_grad()
+    def excess(self, x: Tensor) -> Tensor:
+        return (self.model(x)[:, 0] - self.baseline).clamp_min(0)
+
+    @torch.no_grad()
+    def calibrate(self, train: list[Loaded], cfg: TrainConfig, draws: int = 2) -> float:
+        """Set the baseline from the negatives; return a density scale (median peak density of the positives)."""
+        gen = torch.Generator().manual_seed(cfg.seed + 17)
+        stacks = [(v, *stack_slices(v, cfg, gen)) for v in train for _ in range(draws)]
+        neg = [self.model(x)[:, 0] for v, x, _ in stacks if v.label == 0]
+        if not neg or not any(v.label != 0 for v in train):
+            raise InputError("training with --teacher needs volumes whose target is 0 and volumes whose target is not")
+        self.baseline = float(torch.quantile(torch.cat(neg).float().cpu(), cfg.teacher_quantile))
+        peaks = []
+        for v, x, w in stacks:
+            if v.label != 0:
+                d, ok = spread_targets(self.excess(x)[None], w[None], torch.tensor([v.label]))
+                if ok[0]:
+                    peaks.append(float(d.abs().max()))
+        if not peaks:
+            raise InputError(f"the teacher's scores never exceed its baseline ({self.baseline:.3g}, the "
+                             f"{cfg.teacher_quantile} quantile on target-0 volumes) in a volume with a target: "
+                             "it does not see what the target measures")
+        return float(torch.tensor(peaks).median())
+
+
 def pick_volumes(train: list[Loaded], cfg: TrainConfig, gen: torch.Generator) -> list[Loaded]:
     """Pairs of one positive and one negative (classification) or a random draw."""
     if cfg.task != "classification":
@@ -139,21 +263,30 @@ def pick_volumes(train: list[Loaded], cfg: TrainConfig, gen: torch.Generator) ->
 
 @torch.inference_mode()
 def volume_scores(model: nn.Module, vols: list[Loaded], cfg: TrainConfig, batch: int = 128) -> Tensor:
-    """Max over a fixed set of slices of each volume's logit (the volume-level prediction)."""
+    """Each volume's prediction from a fixed set of slices.
+
+    The max of the slice logits, or for a density encoder (regression with a teacher) the
+    mean over directions of each stack's quadrature ``sum_k w_k max(g_k, 0)`` in mL.
+    """
     sampler, out = FibonacciSampler(), []
     scfg = SamplingConfig(directions=cfg.val_directions, slices=cfg.val_slices, hemisphere=True, seed=0, extent=cfg.extent)
+    integral = cfg.teacher is not None
     for vol in vols:
         d = sampler.plan(vol.data.shape[1:], vol.e.cpu().double(), scfg)[0].to(vol.data.device)
         L, M = len(d), d.num_slices
         off = (d.s_half[:, None] * torch.linspace(-1, 1, M, device=vol.data.device)).reshape(-1)
         idx = torch.arange(L, device=vol.data.device).repeat_interleave(M)
+        weight = (slice_area(d.a_half, d.b_half, (cfg.slice_size,) * 2) * 2 * d.s_half / (M - 1) * vol.mm3 / 1000)[idx]
         best = torch.tensor(-math.inf, device=vol.data.device)
+        total = torch.zeros((), device=vol.data.device)
         for b in range(0, L * M, batch):
             i = idx[b : b + batch]
             pts = slice_points(d.normals[i], d.u[i], d.v[i], off[b : b + batch], d.a_half[i], d.b_half[i],
                                (cfg.slice_size, cfg.slice_size))
-            best = torch.maximum(best, model(sample_slices(vol.data, pts, vol.e))[:, 0].max())
-        out.append(best)
+            g = model(sample_slices(vol.data, pts, vol.e))[:, 0]
+            best = torch.maximum(best, g.max())
+            total = total + (g.clamp_min(0) * weight[b : b + batch]).sum()
+        out.append(total / L if integral else best)
     return torch.stack(out).cpu()
 
 
@@ -182,6 +315,17 @@ def balanced_accuracy(labels: Tensor, predicted: Tensor) -> float:
     return (sens + spec) / 2
 
 
+class Scaled(nn.Module):
+    """``scale x model(x)``: a density encoder's outputs in target units per mL."""
+
+    def __init__(self, model: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * self.model(x)
+
+
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -200,6 +344,7 @@ class Trainer:
         self.hash = dataset_hash(self.train_csv, self.cases)
         self.resume = resume
         self.loss_log: list[dict[str, float]] = []  # mean training loss between checkpoints
+        self.scale, self.baseline = 1.0, 0.0  # density regression: output units, the teacher's baseline
         state = self.run_dir / ck.STATE
         if resume and not state.is_file():
             raise InputError(f"--resume: no checkpoint {str(state)!r} to resume from")
@@ -225,7 +370,8 @@ class Trainer:
             "extent": self.cfg.extent, "task": self.cfg.task, "training": asdict(self.cfg),
             "dataset": {"csv": str(self.train_csv.resolve()), "sha256": self.hash, "volumes": len(self.cases)},
             "iteration": step, "metrics": metrics, "loss_log": self.loss_log,
-        }
+        } | ({"teacher": str(Path(self.cfg.teacher).resolve()), "teacher_baseline": self.baseline,
+              "head_defaults": {"regression": {"scale": self.scale, "nonnegative": True}}} if self.cfg.teacher else {})
 
     def _save(self, model, opt, gen, step, in_chans, history) -> None:
         """Rank 0 writes; every rank's RNG state is kept so a resume continues each stream."""
@@ -277,7 +423,7 @@ class Trainer:
         """
         model.eval()
         try:
-            scores = volume_scores(model, vols, self.cfg)
+            scores = volume_scores(Scaled(model, self.scale) if self.cfg.teacher else model, vols, self.cfg)
             train_scores = volume_scores(model, train, self.cfg) if self.cfg.task == "classification" else None
         finally:
             model.train()
@@ -298,6 +444,16 @@ class Trainer:
         if val and int(val[0].data.shape[0]) != in_chans:
             raise InputError(f"validation volumes have {val[0].data.shape[0]} channels, training volumes {in_chans}")
         model = self._build(in_chans).train()
+        teacher = None
+        if cfg.teacher is not None:
+            teacher = Teacher(cfg.teacher, in_chans, self.device)
+            mine, theirs = (cfg.encoder, cfg.norm), (teacher.run["encoder"], teacher.run["norm"])
+            if mine != theirs:
+                raise InputError(f"the student starts from the teacher, so it needs the teacher's encoder and norm "
+                                 f"{theirs}, got {mine}")
+            self.scale = teacher.calibrate(train, cfg)
+            self.baseline = teacher.baseline
+            model.load_state_dict(teacher.model.state_dict())
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
         rank, world = distributed.rank_world()
         # each rank draws its own volumes and augmentations; DDP averages the gradients
@@ -315,9 +471,17 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, cfg.iterations, cfg.lr, cfg.lr_end)
             vols = pick_volumes(train, cfg, gen)
-            x = torch.cat([augmented_slices(v, cfg, gen) for v in vols])
-            y = torch.tensor([v.label for v in vols], device=self.device).repeat_interleave(cfg.slices_per_volume)
-            loss = loss_fn(net(x)[:, 0], y)
+            if teacher is None:
+                x = torch.cat([augmented_slices(v, cfg, gen) for v in vols])
+                y = torch.tensor([v.label for v in vols], device=self.device).repeat_interleave(cfg.slices_per_volume)
+                loss = loss_fn(net(x)[:, 0], y)
+            else:  # density regression: the teacher spreads each target over a full stack
+                xs, ws = zip(*[stack_slices(v, cfg, gen) for v in vols], strict=True)
+                x, w = torch.cat(xs), torch.stack(ws)
+                targets = torch.tensor([v.label for v in vols], device=self.device)
+                density, usable = spread_targets(teacher.excess(x).reshape(len(vols), -1), w, targets)
+                per_slice = loss_fn(net(x)[:, 0].reshape(len(vols), -1), density / self.scale, reduction="none")
+                loss = (per_slice * usable[:, None]).sum() / (usable.sum() * cfg.slices_per_volume).clamp_min(1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -133,6 +133,10 @@ def test_regression_head_scale_and_target(mean_encoder):
     x = torch.rand(4, 1, 8, 8)
     two = type(mean_encoder)(outputs=2)
     torch.testing.assert_close(RegressionHead(scale=3.0)(mean_encoder, x), 3 * x.mean(dim=(1, 2, 3))[:, None, None, None])
+    signed = x - 0.5
+    torch.testing.assert_close(RegressionHead(scale=2.0, nonnegative=True)(mean_encoder, signed),
+                               (2 * signed.mean(dim=(1, 2, 3))).clamp_min(0)[:, None, None, None])
+    assert (RegressionHead()(mean_encoder, -x) < 0).all()
     with pytest.raises(InputError, match="regression target 2 out of range: the encoder has 2 outputs"):
         RegressionHead(target=2)(two, x)
 

@@ -24,20 +24,23 @@ class RegressionHead:
     """One scalar per slice from a regression-trained encoder (``tomofield train --task regression``).
 
     Same computation as the core ``logit`` head, plus an optional ``scale`` (e.g. to turn
-    the target's units into voxels). With the ``tomo`` filter the reconstruction is a
-    heatmap whose integral tracks the volume-level target (docs/features.md).
+    the target's units into voxels) and ``nonnegative`` (clamp at 0: a density's plane
+    integral cannot be negative). A density encoder (``tomofield train --task regression
+    --teacher RUN``) gives the tomo filter a heatmap in target units per mL whose integral
+    estimates the target; its run directory sets both options (docs/features.md).
 
     Args:
         target: output index of the encoder.
         scale: multiplies every slice score.
+        nonnegative: clamp the (scaled) scores at 0.
     """
 
     name = "regression"
     needs_encoder = True
     needs_grad = False
 
-    def __init__(self, target: int = 0, scale: float = 1.0) -> None:
-        self.target, self.scale = int(target), float(scale)
+    def __init__(self, target: int = 0, scale: float = 1.0, nonnegative: bool = False) -> None:
+        self.target, self.scale, self.nonnegative = int(target), float(scale), bool(nonnegative)
 
     def __call__(self, encoder: nn.Module | None, slices: Tensor) -> Tensor:
         assert encoder is not None
@@ -46,7 +49,8 @@ class RegressionHead:
             raise InputError(f"the regression head needs an encoder returning (N, outputs), got {tuple(out.shape)}")
         if not 0 <= self.target < out.shape[1]:
             raise InputError(f"regression target {self.target} out of range: the encoder has {out.shape[1]} outputs")
-        return self.scale * out[:, self.target, None, None, None]
+        score = self.scale * out[:, self.target, None, None, None]
+        return score.clamp_min(0) if self.nonnegative else score
 
 
 def _stage_count(encoder: nn.Module) -> int | None:
