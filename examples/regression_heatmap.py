@@ -16,7 +16,7 @@ volume. Reported: Pearson r between the heatmap's integral (sum over voxels x vo
 mL) and the target, and, for context, the same r for the max and the mean of the slice
 predictions.
 
-    OMP_NUM_THREADS=1 python examples/regression_heatmap.py            # ~20 CPU minutes
+    OMP_NUM_THREADS=1 python examples/regression_heatmap.py            # ~20 CPU minutes (48 training volumes)
     OMP_NUM_THREADS=1 python examples/regression_heatmap.py --method slice --iterations 400
     OMP_NUM_THREADS=1 python examples/regression_heatmap.py --quick
 
@@ -67,7 +67,7 @@ def pearson(a, b) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--train", type=int, default=32, help="training volumes (half positive)")
+    ap.add_argument("--train", type=int, default=48, help="training volumes (half positive)")
     ap.add_argument("--test", type=int, default=16, help="held-out volumes (half positive)")
     ap.add_argument("--method", choices=["density", "slice"], default="density")
     ap.add_argument("--iterations", type=int, default=800, help="regression (student) iterations")
@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--test-seed", type=int, default=10_000,
                     help="first seed of the held-out volumes (fixed, independent of --seed)")
     ap.add_argument("--out", default="examples/out/regression_heatmap.json")
+    ap.add_argument("--figure", default=None, help="also write a PNG: heatmaps of six held-out volumes and integral vs target")
     a = ap.parse_args()
     torch.set_num_threads(1)
     if a.quick:
@@ -120,9 +121,11 @@ def main() -> None:
         eng = Engine(head="regression", filter="tomo", weights=str(root / "run"), directions=a.directions,
                      slices=a.slices, device="cpu")
         enc = eng.encoder_for(1)
-        integrals, positive, in_body, maxima, means, targets = [], [], [], [], [], []
-        for vol, _mask, target in test:
+        integrals, positive, in_body, maxima, means, targets, shown = [], [], [], [], [], [], []
+        for vol, mask, target in test:
             heat = eng.reconstruct(vol, spacing=(1, 1, 1))[0]
+            if len(shown) < 6:
+                shown.append((vol.numpy(), mask, heat.numpy(), target))
             integrals.append(float(heat.sum()) * 1.0 / 1000)  # x voxel volume (1 mm^3) -> mL
             body = vol > 0.02  # the positive part inside the body: drops the shell at the body's surface
             positive.append(float(heat.clamp_min(0)[body].sum()))
@@ -152,6 +155,42 @@ def main() -> None:
           f"r(mean slice prediction) = {res['pearson_mean_slice_prediction']:.3f}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
+    if a.figure:
+        figure(a.figure, shown, integrals, targets, f"--method {a.method} --seed {a.seed}: r = {res['pearson_integral']:.2f}")
+
+
+def figure(path: str, shown: list, integrals: list, targets: list, title: str) -> None:
+    """Axial plane through each shown volume's lesion (or centre): image, heatmap; and integral vs target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(2, len(shown) + 1, figsize=(2.6 * (len(shown) + 1), 5.6), constrained_layout=True)
+    top = max(float(np.abs(h).max()) for _, _, h, _ in shown) * 0.6
+    for j, ((vol, mask, heat, target), integral) in enumerate(zip(shown, integrals, strict=False)):
+        z = int(np.argmax(mask.sum((1, 2)))) if mask.any() else vol.shape[0] // 2
+        ax[0, j].imshow(vol[z], cmap="gray", origin="lower")
+        im = ax[1, j].imshow(heat[z], cmap="RdBu_r", vmin=-top, vmax=top, origin="lower")
+        for a in ax[:, j]:
+            if mask[z].any():
+                a.contour(mask[z], levels=[0.5], colors="lime", linewidths=0.8)
+            a.axis("off")
+        ax[0, j].set_title(f"target {target:.2f} mL", fontsize=9)
+        ax[1, j].set_title(f"integral {integral:.2f} mL", fontsize=9)
+    fig.colorbar(im, ax=ax[1, : len(shown)], shrink=0.8, label="heatmap (mL per mL)")
+    sc = ax[0, -1]
+    sc.scatter(targets, integrals, s=14)
+    hi = max(max(targets), max(integrals)) * 1.05
+    sc.plot([0, hi], [0, hi], "k--", lw=0.8)
+    sc.set_xlabel("target (mL)")
+    sc.set_ylabel("heatmap integral (mL)")
+    sc.set_title("all held-out volumes", fontsize=9)
+    ax[1, -1].axis("off")
+    fig.suptitle(title)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
