@@ -130,16 +130,22 @@ def load_cases(cases: list[Case], geometry: str, device: torch.device) -> list[L
     return out
 
 
-def augmented_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> Tensor:
-    """``M`` randomly oriented, scaled, shifted, intensity-jittered slices (M, C, S, S)."""
-    M, dev = cfg.slices_per_volume, vol.data.device
-    U = lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1  # noqa: E731
+def random_frame(M: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """One uniform random normal shared by ``M`` slices, each with its own random in-plane basis; (M, 3) each."""
     n = torch.randn(3, generator=gen, dtype=torch.float64)
     n = (n / n.norm()).expand(M, 3)
     g = torch.randn(M, 3, generator=gen, dtype=torch.float64)
     u = g - (g * n).sum(-1, keepdim=True) * n
     u = u / u.norm(dim=-1, keepdim=True)
     v = torch.linalg.cross(n, u, dim=-1)
+    return n, u, v
+
+
+def augmented_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> Tensor:
+    """``M`` randomly oriented, scaled, shifted, intensity-jittered slices (M, C, S, S)."""
+    M, dev = cfg.slices_per_volume, vol.data.device
+    U = lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1  # noqa: E731
+    n, u, v = random_frame(M, gen)
     s_half, a_half, b_half = stack_extents(vol.e.cpu().double(), n, u, v, cfg.extent)
     offsets = U(M) * s_half
     a_half = a_half * (1 + cfg.scale_jitter * U(M))
@@ -163,12 +169,7 @@ def stack_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> tuple[T
     """
     M, dev = cfg.slices_per_volume, vol.data.device
     U = lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1  # noqa: E731
-    n = torch.randn(3, generator=gen, dtype=torch.float64)
-    n = (n / n.norm()).expand(M, 3)
-    g = torch.randn(M, 3, generator=gen, dtype=torch.float64)
-    u = g - (g * n).sum(-1, keepdim=True) * n
-    u = u / u.norm(dim=-1, keepdim=True)
-    v = torch.linalg.cross(n, u, dim=-1)
+    n, u, v = random_frame(M, gen)
     s_half, a_half, b_half = stack_extents(vol.e.cpu().double(), n, u, v, cfg.extent)
     offsets = (-1 + (2 * torch.arange(M, dtype=torch.float64) + 1 + U(M)) / M) * s_half
     za, zb = 1 + cfg.scale_jitter * U(M).abs(), 1 + cfg.scale_jitter * U(M).abs()
