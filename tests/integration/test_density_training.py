@@ -121,3 +121,19 @@ def test_cli_student_takes_the_teachers_encoder_and_norm(datasets, teacher, tmp_
     cfg = json.loads((tmp_path / "cli/config.json").read_text())
     assert (cfg["encoder"], cfg["norm"]) == ("resnet10t", "group-norm")  # the teacher's; the CLI default is frozen-bn
     assert cfg["head_defaults"]["regression"]["nonnegative"] is True
+    # tomofield run with the run as --weights reads the regression head's units from it
+    from tomofield.io import load_volume
+
+    heat_path = tmp_path / "heat.nii.gz"
+    res = CliRunner().invoke(cli, ["run", str(tmp_path / "v0.nii.gz"), "-o", str(heat_path), "--head", "regression",
+                                   "--filter", "tomo", "--weights", str(tmp_path / "cli"), "-L", "6", "-M", "6",
+                                   "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    got = load_volume([heat_path]).data[0]
+    vol = load_volume([tmp_path / "v0.nii.gz"])
+    opts = dict(directions=6, slices=6, device="cpu")
+    want = Engine(head="regression", filter="tomo", weights=str(tmp_path / "cli"), **opts).reconstruct(vol.data, vol.spacing)[0]
+    raw = Engine(head="regression", filter="tomo", weights=str(tmp_path / "cli"), head_options={"scale": 1.0,
+                 "nonnegative": False}, **opts).reconstruct(vol.data, vol.spacing)[0]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(got, raw, rtol=0.1)
