@@ -229,17 +229,25 @@ class Teacher:
 
     @torch.no_grad()
     def calibrate(self, train: list[Loaded], cfg: TrainConfig, draws: int = 2) -> float:
-        """Set the baseline from the negatives; return a density scale (median peak density of the positives)."""
+        """Set the baseline from the negatives; return a density scale (median peak density of the positives).
+
+        Scores ``draws`` stacks of every training volume; only the scores and weights are
+        kept (M numbers per stack), so memory does not grow with the slices.
+        """
         gen = torch.Generator().manual_seed(cfg.seed + 17)
-        stacks = [(v, *stack_slices(v, cfg, gen)) for v in train for _ in range(draws)]
-        neg = [self.model(x)[:, 0] for v, x, _ in stacks if v.label == 0]
-        if not neg or not any(v.label != 0 for v in train):
+        scored = []
+        for v in train:
+            for _ in range(draws):
+                x, w = stack_slices(v, cfg, gen)
+                scored.append((v.label, self.model(x)[:, 0].float(), w))
+        neg = [g for label, g, _ in scored if label == 0]
+        if not neg or len(neg) == len(scored):
             raise InputError("training with --teacher needs volumes whose target is 0 and volumes whose target is not")
-        self.baseline = float(torch.quantile(torch.cat(neg).float().cpu(), cfg.teacher_quantile))
+        self.baseline = float(torch.quantile(torch.cat(neg).cpu(), cfg.teacher_quantile))
         peaks = []
-        for v, x, w in stacks:
-            if v.label != 0:
-                d, ok = spread_targets(self.excess(x)[None], w[None], torch.tensor([v.label]))
+        for label, g, w in scored:
+            if label != 0:
+                d, ok = spread_targets((g - self.baseline).clamp_min(0)[None], w[None], torch.tensor([label]))
                 if ok[0]:
                     peaks.append(float(d.abs().max()))
         if not peaks:
