@@ -369,7 +369,8 @@ def synth(out_dir: str, n: int, size: int, seed: int, val_fraction: float) -> No
 @click.option("--loss", default=None, help="bce (classification), mse or huber (regression).")
 @click.option("--teacher", type=click.Path(), default=None,
               help="Regression: a classification run on the same data; trains a density encoder whose tomo "
-                   "heatmap integrates to the target (docs/features.md). Encoder and norm default to the teacher's.")
+                   "heatmap integrates to the target (docs/features.md). Encoder, norm, slice size, geometry "
+                   "and extent default to the teacher's.")
 @click.option("--teacher-quantile", default=0.95, show_default=True,
               help="The teacher's baseline: this quantile of its slice scores on target-0 volumes.")
 @click.option("--seed", default=0, show_default=True)
@@ -395,7 +396,8 @@ def train(dataset: str, run_dir: str, val_csv: str | None, device: str, resume: 
 
         if is_run_dir(o["teacher"]):
             run = read_run(o["teacher"])[1]
-            o.update({k: run[k] for k in ("encoder", "norm") if not explicit(k) and k in run})
+            o.update({k: run[k] for k in ("encoder", "norm", "slice_size", "geometry", "extent")
+                      if not explicit(k) and k in run})
     cfg = config_from_options(**o)
     rank, world = distributed.init(device)
     try:

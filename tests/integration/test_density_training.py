@@ -108,18 +108,18 @@ def test_bad_teachers_are_refused(datasets, teacher, tmp_path):
         Trainer(only_positive, tmp_path / "e", student(teacher), device="cpu").fit()
 
 
-def test_cli_student_takes_the_teachers_encoder_and_norm(datasets, teacher, tmp_path):
+def test_cli_student_takes_the_teachers_slicing_and_encoder(datasets, teacher, tmp_path):
     from click.testing import CliRunner
 
     from tomofield.cli import cli
 
     args = ["train", str(datasets[1]), "-o", str(tmp_path / "cli"), "--task", "regression", "--teacher", str(teacher),
-            "--teacher-quantile", "0.5", "--iterations", "1", "--slices-per-volume", "4", "--slice-size", "16",
-            "--extent", "tight", "--device", "cpu"]
+            "--teacher-quantile", "0.5", "--iterations", "1", "--slices-per-volume", "4", "--device", "cpu"]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     cfg = json.loads((tmp_path / "cli/config.json").read_text())
-    assert (cfg["encoder"], cfg["norm"]) == ("resnet10t", "group-norm")  # the teacher's; the CLI default is frozen-bn
+    # the teacher's; the CLI defaults are frozen-bn, 224 px, unit extent
+    assert (cfg["encoder"], cfg["norm"], cfg["slice_size"], cfg["extent"]) == ("resnet10t", "group-norm", 16, "tight")
     assert cfg["head_defaults"]["regression"]["nonnegative"] is True
     # tomofield run with the run as --weights reads the regression head's units from it
     from tomofield.io import load_volume
