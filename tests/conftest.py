@@ -61,3 +61,17 @@ def dataset(tmp_path: Path) -> Path:
         rows.append(f"img{i}.nii.gz,{int(i % 2 == 0)},m{i}.nii.gz")
     (tmp_path / "data.csv").write_text("image,label,mask\n" + "\n".join(rows) + "\n")
     return tmp_path / "data.csv"
+
+
+@pytest.fixture
+def cube_volumes(write_nifti) -> list[tuple[str, bool]]:
+    """8 volumes of 20^3 (2 x 1 x 1 mm) written to tmp_path: the positives (even i) hold a bright 6^3 cube."""
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(8):
+        vol = rng.normal(0, 0.1, (20, 20, 20))
+        if i % 2 == 0:
+            vol[6:12, 7:13, 5:11] += 1.0
+        write_nifti(f"v{i}.nii.gz", vol, spacing=(2.0, 1.0, 1.0))
+        out.append((f"v{i}.nii.gz", i % 2 == 0))
+    return out

@@ -38,10 +38,8 @@ def is_run_dir(path: str | Path) -> bool:
     return p.is_dir() and (p / CONFIG).is_file()
 
 
-def read_run(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The encoder weights and config of a run directory."""
-    from tomofield.encoders import read_safetensors
-
+def read_run_config(path: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a run directory (no weights read)."""
     p = Path(path)
     if not is_run_dir(p):
         raise InputError(f"{str(p)!r} is not a run directory (no {CONFIG}); expected the output of tomofield train")
@@ -51,7 +49,15 @@ def read_run(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
         raise InputError(f"cannot read {str(p / CONFIG)!r}: {exc}") from exc
     if cfg.get("format") != FORMAT:
         raise InputError(f"{str(p / CONFIG)!r} has format {cfg.get('format')!r}; this tomofield reads {FORMAT!r}")
-    return read_safetensors(p / MODEL), cfg
+    return cfg
+
+
+def read_run(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The encoder weights and config of a run directory."""
+    from tomofield.encoders import read_safetensors
+
+    cfg = read_run_config(path)
+    return read_safetensors(Path(path) / MODEL), cfg
 
 
 def pack_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:

@@ -392,10 +392,10 @@ def train(dataset: str, run_dir: str, val_csv: str | None, device: str, resume: 
     if o["loss"] is None:
         o["loss"] = "bce" if o["task"] == "classification" else "mse"
     if o.get("teacher"):
-        from tomofield.checkpoint import is_run_dir, read_run
+        from tomofield.checkpoint import is_run_dir, read_run_config
 
-        if is_run_dir(o["teacher"]):
-            run = read_run(o["teacher"])[1]
+        if is_run_dir(o["teacher"]):  # else the trainer says what is wrong with it
+            run = read_run_config(o["teacher"])
             o.update({k: run[k] for k in ("encoder", "norm", "slice_size", "geometry", "extent")
                       if not explicit(k) and k in run})
     cfg = config_from_options(**o)

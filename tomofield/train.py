@@ -141,9 +141,22 @@ def random_frame(M: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     return n, u, v
 
 
+def cut_jittered(vol: Loaded, cfg: TrainConfig, gen: torch.Generator, frame: tuple[Tensor, Tensor, Tensor],
+                 offsets: Tensor, a_half: Tensor, b_half: Tensor, shift: Tensor) -> Tensor:
+    """Sample the slices of ``frame`` (normals, u, v) with an affine intensity jitter (M, C, S, S)."""
+    jitter = lambda: cfg.intensity_jitter * (torch.rand(len(offsets), 1, 1, 1, generator=gen, dtype=torch.float64) * 2 - 1)  # noqa: E731
+    gain = jitter()
+    bias = jitter()
+    f = lambda t: t.to(vol.data.device, torch.float32)  # noqa: E731
+    n, u, v = frame
+    pts = slice_points(f(n), f(u), f(v), f(offsets), f(a_half), f(b_half), (cfg.slice_size, cfg.slice_size))
+    x = sample_slices(vol.data, pts + f(shift)[:, None, None, :], vol.e)
+    return (1 + f(gain)) * x + f(bias)
+
+
 def augmented_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> Tensor:
     """``M`` randomly oriented, scaled, shifted, intensity-jittered slices (M, C, S, S)."""
-    M, dev = cfg.slices_per_volume, vol.data.device
+    M = cfg.slices_per_volume
     U = lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1  # noqa: E731
     n, u, v = random_frame(M, gen)
     s_half, a_half, b_half = stack_extents(vol.e.cpu().double(), n, u, v, cfg.extent)
@@ -151,11 +164,7 @@ def augmented_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> Ten
     a_half = a_half * (1 + cfg.scale_jitter * U(M))
     b_half = b_half * (1 + cfg.scale_jitter * U(M))
     shift = (cfg.translation * U(M, 1) * a_half[:, None]) * u + (cfg.translation * U(M, 1) * b_half[:, None]) * v
-    gain, bias = cfg.intensity_jitter * U(M, 1, 1, 1), cfg.intensity_jitter * U(M, 1, 1, 1)
-    f = lambda t: t.to(dev, torch.float32)  # noqa: E731
-    pts = slice_points(f(n), f(u), f(v), f(offsets), f(a_half), f(b_half), (cfg.slice_size, cfg.slice_size))
-    x = sample_slices(vol.data, pts + f(shift)[:, None, None, :], vol.e)
-    return (1 + f(gain)) * x + f(bias)
+    return cut_jittered(vol, cfg, gen, (n, u, v), offsets, a_half, b_half, shift)
 
 
 def stack_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -167,7 +176,7 @@ def stack_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> tuple[T
     the whole cross-section and ``sum_k w_k mean(slice_k)`` is a quadrature of the volume's
     integral (in mL when the volume is a density per mL).
     """
-    M, dev = cfg.slices_per_volume, vol.data.device
+    M = cfg.slices_per_volume
     U = lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1  # noqa: E731
     n, u, v = random_frame(M, gen)
     s_half, a_half, b_half = stack_extents(vol.e.cpu().double(), n, u, v, cfg.extent)
@@ -177,11 +186,8 @@ def stack_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> tuple[T
         + (cfg.translation * U(M, 1) * ((zb - 1) * b_half)[:, None]) * v
     a_half, b_half = a_half * za, b_half * zb
     weight = slice_area(a_half, b_half, (cfg.slice_size,) * 2) * (2 * s_half / M) * vol.mm3 / 1000
-    gain, bias = cfg.intensity_jitter * U(M, 1, 1, 1), cfg.intensity_jitter * U(M, 1, 1, 1)
-    f = lambda t: t.to(dev, torch.float32)  # noqa: E731
-    pts = slice_points(f(n), f(u), f(v), f(offsets), f(a_half), f(b_half), (cfg.slice_size, cfg.slice_size))
-    x = sample_slices(vol.data, pts + f(shift)[:, None, None, :], vol.e)
-    return (1 + f(gain)) * x + f(bias), f(weight)
+    x = cut_jittered(vol, cfg, gen, (n, u, v), offsets, a_half, b_half, shift)
+    return x, weight.to(x.device, torch.float32)
 
 
 def spread_targets(excess: Tensor, weight: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -223,9 +229,13 @@ class Teacher:
         self.model.to(device).eval().requires_grad_(False)
         self.baseline = 0.0
 
+    def above_baseline(self, scores: Tensor) -> Tensor:
+        return (scores - self.baseline).clamp_min(0)
+
     @torch.no_grad()
     def excess(self, x: Tensor) -> Tensor:
-        return (self.model(x)[:, 0] - self.baseline).clamp_min(0)
+        """The teacher's evidence per slice: its score above the baseline, (N,)."""
+        return self.above_baseline(self.model(x)[:, 0])
 
     @torch.no_grad()
     def calibrate(self, train: list[Loaded], cfg: TrainConfig, draws: int = 2) -> float:
@@ -247,7 +257,7 @@ class Teacher:
         peaks = []
         for label, g, w in scored:
             if label != 0:
-                d, ok = spread_targets((g - self.baseline).clamp_min(0)[None], w[None], torch.tensor([label]))
+                d, ok = spread_targets(self.above_baseline(g)[None], w[None], torch.tensor([label]))
                 if ok[0]:
                     peaks.append(float(d.abs().max()))
         if not peaks:

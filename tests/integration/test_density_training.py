@@ -19,19 +19,11 @@ CUBE_ML = 6 * 6 * 6 * 2.0 / 1000  # the positives' bright cube, 2 mm^3 voxels
 
 
 @pytest.fixture
-def datasets(write_nifti, tmp_path: Path) -> tuple[Path, Path]:
-    """8 volumes of 20^3 (positives hold a bright cube): presence labels and volume targets (mL)."""
-    rng = np.random.default_rng(0)
-    presence, volume = [], []
-    for i in range(8):
-        vol = rng.normal(0, 0.1, (20, 20, 20))
-        if i % 2 == 0:
-            vol[6:12, 7:13, 5:11] += 1.0
-        write_nifti(f"v{i}.nii.gz", vol, spacing=(2.0, 1.0, 1.0))
-        presence.append(f"v{i}.nii.gz,{int(i % 2 == 0)}")
-        volume.append(f"v{i}.nii.gz,{CUBE_ML * (i % 2 == 0)}")
-    (tmp_path / "presence.csv").write_text("image,label\n" + "\n".join(presence) + "\n")
-    (tmp_path / "volume.csv").write_text("image,label\n" + "\n".join(volume) + "\n")
+def datasets(cube_volumes, tmp_path: Path) -> tuple[Path, Path]:
+    """The cube volumes with presence labels and with volume targets (mL)."""
+    for csv, label in (("presence.csv", lambda pos: int(pos)), ("volume.csv", lambda pos: CUBE_ML * pos)):
+        rows = "\n".join(f"{name},{label(pos)}" for name, pos in cube_volumes)
+        (tmp_path / csv).write_text("image,label\n" + rows + "\n")
     return tmp_path / "presence.csv", tmp_path / "volume.csv"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -16,18 +15,10 @@ from tomofield.train import TrainConfig, Trainer, cosine_lr
 
 
 @pytest.fixture
-def tiny_dataset(write_nifti, tmp_path: Path) -> Path:
+def tiny_dataset(cube_volumes, tmp_path: Path) -> Path:
     """8 volumes of 20^3: positives hold a bright cube."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(8):
-        vol = rng.normal(0, 0.1, (20, 20, 20))
-        if i % 2 == 0:
-            vol[6:12, 7:13, 5:11] += 1.0
-        write_nifti(f"v{i}.nii.gz", vol, spacing=(2.0, 1.0, 1.0))
-        rows.append(f"v{i}.nii.gz,{int(i % 2 == 0)}")
     csv = tmp_path / "train.csv"
-    csv.write_text("image,label\n" + "\n".join(rows) + "\n")
+    csv.write_text("image,label\n" + "\n".join(f"{name},{int(pos)}" for name, pos in cube_volumes) + "\n")
     return csv
 
 
