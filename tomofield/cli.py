@@ -425,6 +425,9 @@ def fit_with_progress(trainer: Any) -> dict[str, Any]:
             if "val_balanced_accuracy" in rec:
                 bar.console.print(f"iteration {rec['iteration']}: validation balanced accuracy "
                                   f"{rec['val_balanced_accuracy']:.3f}", highlight=False)
+            elif "val_mae" in rec:
+                bar.console.print(f"iteration {rec['iteration']}: validation mean abs. error {rec['val_mae']:.4g}, "
+                                  f"Pearson r {rec['val_pearson']:.3f}", highlight=False)
             bar.update(task, completed=rec["iteration"], info=info)
 
         return trainer.fit(progress)

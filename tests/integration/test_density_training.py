@@ -106,9 +106,11 @@ def test_cli_student_takes_the_teachers_slicing_and_encoder(datasets, teacher, t
     from tomofield.cli import cli
 
     args = ["train", str(datasets[1]), "-o", str(tmp_path / "cli"), "--task", "regression", "--teacher", str(teacher),
-            "--teacher-quantile", "0.5", "--iterations", "1", "--slices-per-volume", "4", "--device", "cpu"]
+            "--teacher-quantile", "0.5", "--iterations", "1", "--slices-per-volume", "4", "--device", "cpu",
+            "--val", str(datasets[1]), "--val-every", "1"]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
+    assert "validation mean abs. error" in res.output and "Pearson r" in res.output
     cfg = json.loads((tmp_path / "cli/config.json").read_text())
     # the teacher's; the CLI defaults are frozen-bn, 224 px, unit extent
     assert (cfg["encoder"], cfg["norm"], cfg["slice_size"], cfg["extent"]) == ("resnet10t", "group-norm", 16, "tight")
