@@ -12,10 +12,12 @@ import torch
 from benchmarks import cases
 from benchmarks.measure import Measurement, fmt_bytes, measure, sync, timed_rate
 from benchmarks.naive import half_extents, logit_scorer, naive_backprojection, naive_reconstruct, voxel_coordinates
-from tomofield import Engine, _bp_triton, _fastpath, _native
+from tomofield import Engine, _fastpath
 from tomofield.backproject import backproject_grid, backproject_reference
 from tomofield.demo import correlation
 from tomofield.geometry import Directions, fibonacci_directions, random_bases, slice_offsets, stack_extents
+from tomofield.kernels import native as native_kernels
+from tomofield.kernels import triton_bp
 
 #: Engine settings of the fast-path configurations the pipeline benchmark can run.
 FAST_CONFIGS: dict[str, dict[str, Any]] = {
@@ -148,9 +150,9 @@ def backprojector(case: cases.Case, device: str, min_seconds: float = 2.0) -> li
         "fast (torch)": lambda n: backproject_grid(q[:n], dirs[:n], shape, e, size, kernel="torch"),
     }
     if torch.device(device).type == "cuda":
-        if _bp_triton.available():
+        if triton_bp.available():
             impls["fast (triton)"] = lambda n: backproject_grid(q[:n], dirs[:n], shape, e, size, kernel="triton")
-    elif _native.available():
+    elif native_kernels.available():
         impls["fast (native)"] = lambda n: backproject_grid(q[:n], dirs[:n], shape, e, size, kernel="native")
     check = min(L, 8)
     truth = impls["naive (one direction at a time)"](check)
@@ -228,7 +230,7 @@ def slicer(case: cases.Case, device: str, min_seconds: float = 2.0) -> list[dict
         return _fastpath.cut_slices(vol, frames, dirs, rows, offsets[: n * S], size, e if native else None)
 
     impls = {"naive (one direction at a time)": naive, "engine (grid_sample)": lambda n: engine(n, False)}
-    if torch.device(device).type == "cpu" and _native.available():
+    if torch.device(device).type == "cpu" and native_kernels.available():
         impls["engine (native)"] = lambda n: engine(n, True)
     check = min(case.directions, 4)
     truth = naive(check)

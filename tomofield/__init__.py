@@ -3,12 +3,13 @@
 from tomofield.engine import Engine, EngineConfig
 from tomofield.errors import InputError, TomofieldError, UnknownComponentError
 from tomofield.hookspecs import hookimpl
-from tomofield.io import Volume, load_volume, save_heatmap
+from tomofield.io import Heatmap, Volume, load_volume, save_heatmap
 
 __version__ = "0.1.0"
 __all__ = [
     "Engine",
     "EngineConfig",
+    "Heatmap",
     "InputError",
     "TomofieldError",
     "UnknownComponentError",

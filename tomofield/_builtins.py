@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from tomofield import filters, heads, postprocess, samplers
+from tomofield import encoders, filters, heads, postprocess, samplers
 from tomofield.hookspecs import hookimpl
 
 
@@ -20,7 +20,8 @@ def register_heads(register):
         "scorecam": "Score-CAM (Wang et al. 2020)",
     }
     for method, paper in cams.items():
-        register(method, functools.partial(heads.CamHead, method), f"{paper} map at --layer")
+        register(method, functools.partial(heads.CamHead, method), f"{paper} map at --layer",
+                 options=heads.CamHead.options)
 
 
 @hookimpl
@@ -45,6 +46,4 @@ def register_postprocessors(register):
 
 @hookimpl
 def register_encoders(register):
-    from tomofield.encoders import timm_encoder
-
-    register("resnet10t", timm_encoder, "timm ResNet-10-T (paper default); any other timm name works too")
+    register("resnet10t", encoders.timm_encoder, "timm ResNet-10-T (paper default); any other timm name works too")

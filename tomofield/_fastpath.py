@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tomofield import _native
 from tomofield.geometry import Directions, slice_points
+from tomofield.kernels import native
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -158,9 +158,9 @@ def cut_slices(
     kernel on CPU (when it is available and ``e`` is given), else one ``grid_sample``
     on the normalised ``frames`` of :func:`normalised_frames`.
     """
-    if e is not None and volume.device.type == "cpu" and volume.dtype == torch.float32 and _native.available():
+    if e is not None and volume.device.type == "cpu" and volume.dtype == torch.float32 and native.available():
         fr = index_frames(dirs, rows, offsets, e, volume.shape[1:], size)
-        return _native.slice_trilinear(volume, fr, size)
+        return native.slice_trilinear(volume, fr, size)
     n, u, v = frames
     grid = slice_points(n[rows], u[rows], v[rows], offsets, dirs.a_half[rows], dirs.b_half[rows], size)
     out = F.grid_sample(

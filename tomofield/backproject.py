@@ -18,8 +18,8 @@ Implementations of the same sum, all returning ``(K, N)``:
   sampling coordinate is affine in the voxel index, so a block's coordinates are two
   broadcast additions of per-axis vectors (no ``(N, 3)`` point array), accumulated into
   ``out`` in place. Scalar profiles go to a fused kernel when the device has one: Triton
-  on CUDA (:mod:`tomofield._bp_triton`), a compiled C kernel on CPU
-  (:mod:`tomofield._native`); both keep every direction of a chunk in registers per
+  on CUDA (:mod:`tomofield.kernels.triton_bp`), a compiled C kernel on CPU
+  (:mod:`tomofield.kernels.native`); both keep every direction of a chunk in registers per
   run of voxels and write the output once.
 """
 
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tomofield import _bp_triton, _native
 from tomofield.geometry import Directions
+from tomofield.kernels import native, triton_bp
 
 #: Upper bound on directions x voxels handled by one ``grid_sample`` call (reference).
 DEFAULT_BUDGET = 1 << 22
@@ -211,10 +211,10 @@ KERNELS = ("auto", "torch", "native", "triton")
 
 def _fused_kernel(kernel: str, device: torch.device):
     """The fused scalar kernel module to use, or None for the torch path."""
-    if kernel == "triton" or (kernel == "auto" and device.type == "cuda" and _bp_triton.available()):
-        return _bp_triton
-    if kernel == "native" or (kernel == "auto" and device.type == "cpu" and _native.available()):
-        return _native
+    if kernel == "triton" or (kernel == "auto" and device.type == "cuda" and triton_bp.available()):
+        return triton_bp
+    if kernel == "native" or (kernel == "auto" and device.type == "cpu" and native.available()):
+        return native
     return None
 
 
@@ -267,7 +267,7 @@ def backproject_grid(
                 q = q * weights.reshape(L, 1, 1, 1, 1).to(q)
             # p = (x.n / s_half + 1) (M - 1) / 2 + 1: the position in the profile padded with a zero
             scale = (M - 1) / 2 / dirs.s_half
-            coef = _bp_triton.affine_coefficients(
+            coef = triton_bp.affine_coefficients(
                 scale, torch.full_like(scale, (M - 1) / 2 + 1), dirs.normals, shape, e
             )
             return fused.backproject_scalar(q[..., 0, 0].transpose(1, 2), coef, shape, out)

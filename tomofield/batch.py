@@ -22,9 +22,6 @@ class DatasetRunResult:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
-    def merge(self, other: DatasetRunResult) -> DatasetRunResult:
-        return DatasetRunResult(self.written + other.written, self.skipped + other.skipped)
-
 
 def heatmap_path(out_dir: str | Path, case: Case) -> Path:
     """Where the heatmap of ``case`` goes: ``OUT_DIR/<first image name>.nii.gz``."""

@@ -38,26 +38,71 @@ def is_run_dir(path: str | Path) -> bool:
     return p.is_dir() and (p / CONFIG).is_file()
 
 
+#: What a run directory provides to an :class:`~tomofield.Engine` built on it (under explicit settings).
+ENGINE_INHERITED = ("encoder", "slice_size", "geometry", "extent", "norm", "num_classes")
+#: What a teacher run provides to a :class:`~tomofield.train.TrainConfig` (under explicit settings).
+TRAINING_INHERITED = ("encoder", "norm", "slice_size", "geometry", "extent")
+
+
+class RunDir:
+    """A run directory of ``tomofield train``, read once: the one resolver of runs.
+
+    :class:`~tomofield.Engine` (``weights=RUN``), the trainer (``teacher=RUN``) and the
+    CLI all take their inherited settings from here, so the library and the command line
+    inherit exactly the same things.
+
+    Attributes:
+        path: the folder.
+        config: its ``config.json``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not is_run_dir(self.path):
+            raise InputError(
+                f"{str(self.path)!r} is not a run directory (no {CONFIG}); expected the output of tomofield train"
+            )
+        try:
+            cfg = json.loads((self.path / CONFIG).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read {str(self.path / CONFIG)!r}: {exc}") from exc
+        if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+            got = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
+            raise InputError(f"{str(self.path / CONFIG)!r} has format {got!r}; this tomofield reads {FORMAT!r}")
+        self.config: dict[str, Any] = cfg
+
+    def inherited(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """The values of ``keys`` this run records (absent keys left out)."""
+        return {k: self.config[k] for k in keys if k in self.config}
+
+    def engine_defaults(self) -> dict[str, Any]:
+        """Engine settings this run provides: :data:`ENGINE_INHERITED`."""
+        return self.inherited(ENGINE_INHERITED)
+
+    def training_defaults(self) -> dict[str, Any]:
+        """Training settings this run provides as a teacher: :data:`TRAINING_INHERITED`."""
+        return self.inherited(TRAINING_INHERITED)
+
+    def head_defaults(self, head: str) -> dict[str, Any]:
+        """Options of head ``head`` this run records (e.g. a density run's regression scale)."""
+        return dict(self.config.get("head_defaults", {}).get(head, {}))
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The encoder's weights (``model.safetensors``)."""
+        from tomofield.encoders import read_safetensors
+
+        return read_safetensors(self.path / MODEL)
+
+
 def read_run_config(path: str | Path) -> dict[str, Any]:
     """The ``config.json`` of a run directory (no weights read)."""
-    p = Path(path)
-    if not is_run_dir(p):
-        raise InputError(f"{str(p)!r} is not a run directory (no {CONFIG}); expected the output of tomofield train")
-    try:
-        cfg = json.loads((p / CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read {str(p / CONFIG)!r}: {exc}") from exc
-    if cfg.get("format") != FORMAT:
-        raise InputError(f"{str(p / CONFIG)!r} has format {cfg.get('format')!r}; this tomofield reads {FORMAT!r}")
-    return cfg
+    return RunDir(path).config
 
 
 def read_run(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The encoder weights and config of a run directory."""
-    from tomofield.encoders import read_safetensors
-
-    cfg = read_run_config(path)
-    return read_safetensors(Path(path) / MODEL), cfg
+    run = RunDir(path)
+    return run.weights(), run.config
 
 
 def pack_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:

@@ -1,70 +1,50 @@
-"""Command-line interface: a thin layer of click and rich over :class:`tomofield.Engine`."""
+"""Command-line interface: a thin layer of click and rich over the library.
+
+Every option that stands for a library setting defaults to "not given": only what the
+user set is passed on, so the library's defaults (and a run directory's) apply exactly
+as they do from Python. The shared toolkit (errors, progress, engine options) is
+:mod:`tomofield.commands`, which plugins' commands use as well.
+"""
 
 from __future__ import annotations
 
-import functools
-import sys
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
-    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
-from rich.text import Text
 
 from tomofield import plugins
-from tomofield.errors import InputError, TomofieldError
-
-_WIDTH = None if sys.stdout.isatty() else 200  # no wrapping when piped or captured
-err = Console(stderr=True)
-out = Console(width=_WIDTH)
-
-
-class _Rate(ProgressColumn):
-    def render(self, task: Any) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} slices/s" if speed else "- slices/s", style="cyan")
-
-
-@contextmanager
-def slice_progress(description: str):
-    """A rich progress bar; yields ``callback(n, total)`` for :meth:`Engine.reconstruct`."""
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
-    ) as bar:
-        task = bar.add_task(description, total=None)
-
-        def tick(n: int, total: int) -> None:
-            bar.update(task, total=total, advance=n)
-
-        yield tick
-
-
-def friendly(fn: Callable) -> Callable:
-    """Turn tomofield's own errors into a one-line message and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TomofieldError as exc:
-            err.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(2)
-
-    return wrapper
+from tomofield.commands import (
+    EngineCommand,
+    build_engine,
+    default_of,
+    engine_options,
+    err,
+    friendly,
+    given,
+    out,
+    setting_option,
+    slice_progress,
+    with_default,
+)
+from tomofield.compare import FAMILIES, CompareSettings
+from tomofield.encoders import NORMS
+from tomofield.errors import InputError
+from tomofield.geometry import EXTENTS, GEOMETRIES
+from tomofield.report import METRICS, evaluate_heatmaps
+from tomofield.synth import write_dataset
+from tomofield.train import DEFAULTS as TRAIN_DEFAULTS
+from tomofield.train import TASKS, TrainConfig
 
 
 @click.group()
@@ -73,106 +53,27 @@ def cli() -> None:
     """tomofield: turn any 2D image encoder into a dense 3D predictor (ToNNO)."""
 
 
-def engine_options(fn: Callable) -> Callable:
-    """Options shared by every command that builds an Engine."""
-    opts = [
-        click.option("--encoder", default="resnet10t", show_default=True, help="Registered or timm encoder name."),
-        click.option("--weights", type=click.Path(dir_okay=True), help="Encoder weights (.safetensors)."),
-        click.option("--pretrained/--no-pretrained", default=False, show_default=True,
-                     help="timm pretrained weights from the local cache (never downloaded)."),
-        click.option("--head", default="logit", show_default=True, help="Per-slice score head."),
-        click.option("--target", default=0, show_default=True, help="Output logit used by the logit and CAM heads."),
-        click.option("--layer", default=4, show_default=True, help="Encoder stage of CAM heads (1..4 for a ResNet)."),
-        click.option("--pool", default=16, show_default=True, help="Pooling of the avgpool head."),
-        click.option("--filter", "filter_", default="tomo", show_default=True, help="none | tomo | plugin filter."),
-        click.option("--sampler", default="fibonacci", show_default=True, help="fibonacci | axial | orthogonal."),
-        click.option("--directions", "-L", default=500, show_default=True, help="Number of slicing directions L."),
-        click.option("--slices", "-M", default=48, show_default=True, help="Slices per direction M."),
-        click.option("--slice-size", default=224, show_default=True, help="Slice side in pixels."),
-        click.option("--hemisphere/--sphere", default=True, show_default=True, help="Directions on a hemisphere (half the work) or the sphere."),
-        click.option("--geometry", type=click.Choice(["physical", "normalized"]), default="physical", show_default=True),
-        click.option("--extent", type=click.Choice(["unit", "tight"]), default="unit", show_default=True,
-                     help="Slice offsets in [-1, 1] (paper) or covering the volume's whole support."),
-        click.option("--seed", default=0, show_default=True, help="Seed of the random in-plane bases."),
-        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."),
-        click.option("--batch-size", default=64, show_default=True, help="Slices per encoder batch."),
-        click.option("--post", multiple=True, help="Post-processor(s), applied in order (e.g. clip-negative)."),
-        click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True,
-                     help="Encoder autocast: auto = fp16 on CUDA (fp32 for CAM heads), off on CPU."),
-        click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
-                     help="torch.compile the encoder (logit head; pays off on long runs)."),
-        click.option("--skip-empty/--no-skip-empty", default=True, show_default=True,
-                     help="Give slices that sample nothing the score of an empty slice without running the encoder."),
-        click.option("--empty-tol", default=0.0, show_default=True, help="Values up to this count as empty."),
-        click.option("--channels-last/--no-channels-last", default=True, show_default=True),
-        click.option("--nan-policy", type=click.Choice(["refuse", "zero"]), default="refuse", show_default=True,
-                     help="NaN/Inf voxels: refuse the volume, or replace them by 0 (reported)."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
-
-
-CAM_HEADS = ("gradcam", "gradcam++", "layercam", "scorecam")
-
-
-def head_options_for(head: str, o: dict[str, Any]) -> dict[str, Any]:
-    """The CLI options a built-in head takes (plugin heads take none from the CLI)."""
-    if head == "logit":
-        return {"target": o["target"]}
-    if head in CAM_HEADS:
-        return {"layer": o["layer"], "target": o["target"]}
-    if head == "avgpool":
-        return {"pool": o["pool"]}
-    return {}
-
-
-#: Options a run directory given to --weights provides unless set on the command line.
-RUN_INHERITED = ("encoder", "slice_size", "geometry", "extent")
-
-
-def explicit(name: str) -> bool:
-    """Whether option ``name`` was given on the command line (not its default)."""
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return True
-    src = ctx.get_parameter_source(name)
-    return src is not None and src != click.core.ParameterSource.DEFAULT
-
-
-def build_engine(o: dict[str, Any]):
-    from tomofield.checkpoint import is_run_dir
-    from tomofield.engine import Engine
-
-    o = dict(o)
-    if o.get("weights") and is_run_dir(o["weights"]):
-        for key in RUN_INHERITED:
-            if not explicit(key):
-                o.pop(key, None)
-    head_options = head_options_for(o["head"], o)
-    config = {k: o[k] for k in ("directions", "slices", "slice_size", "hemisphere", "geometry", "extent",
-                                "seed", "batch_size", "pretrained", "amp", "skip_empty", "empty_tol",
-                                "channels_last") if k in o}
-    if "compile_" in o:
-        config["compile"] = o["compile_"]
-    return Engine(o.get("encoder"), o["head"], o["filter_"], o["sampler"], list(o["post"]), weights=o["weights"],
-                  device=o["device"], head_options=head_options, **config)
-
-
-@cli.command()
+@cli.command(cls=EngineCommand)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path(),
               help="Output heatmap (.nii or .nii.gz); a folder when the input is a dataset CSV.")
 @click.option("--preview", type=click.Path(), help="Also write a PNG of three planes through the maximum.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (dataset runs skip finished volumes without it).")
-@engine_options
+@engine_options()
 @friendly
 def run(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bool, **o: Any) -> None:
-    """Reconstruct the heatmap of a volume (several INPUTS are its channels) or of every volume of a dataset CSV."""
-    from tomofield import distributed
+    """Reconstruct the heatmap of a volume (several INPUTS are its channels) or of every volume of a dataset CSV.
 
-    rank, world = distributed.init(o["device"])
-    o["device"] = distributed.local_device(o["device"])
+    Head options (--target, --layer, --pool, and those plugin heads declare) apply to the
+    heads that declare them; `tomofield plugins` lists the heads.
+    """
+    from tomofield import distributed
+    from tomofield.engine import Engine
+
+    device = o["device"] or default_of(Engine, "device")
+    rank, world = distributed.init(device)
+    if o["device"] is not None or distributed.launched():
+        o["device"] = distributed.local_device(device)
     try:
         if len(inputs) == 1 and inputs[0].lower().endswith(".csv"):
             run_csv(inputs[0], output, overwrite, o, rank, world)
@@ -190,7 +91,7 @@ def run_volume(inputs: tuple[str, ...], output: str, preview: str | None, overwr
     check_output_path(output, overwrite)
     if preview:
         check_output_path(preview, overwrite, suffixes=(".png",))
-    volume = load_volume(inputs, nan_policy=o["nan_policy"], check_content=True)
+    volume = load_volume(inputs, check_content=True, **given({"nan_policy": o["nan_policy"]}))
     if volume.replaced and rank == 0:
         err.print(f"[yellow]replaced {volume.replaced} non-finite voxel(s) by 0[/]")
     engine = build_engine(o)
@@ -212,7 +113,7 @@ def run_volume(inputs: tuple[str, ...], output: str, preview: str | None, overwr
         from tomofield.preview import write_preview
 
         write_preview(preview, heat[0].cpu().numpy(), volume.data[0].numpy(), volume.spacing,
-                      title=f"{o['head']} / {o['filter_']}: {volume.paths[0].name}", overwrite=overwrite)
+                      title=f"{engine.head_name} / {engine.filter_name}: {volume.paths[0].name}", overwrite=overwrite)
     out.print(f"wrote {output}" + (f" and {preview}" if preview else "") + f" in {time.perf_counter() - t0:.1f} s")
 
 
@@ -235,7 +136,7 @@ def run_csv(csv_path: str, out_dir: str, overwrite: bool, o: dict[str, Any], ran
             if what != "start":
                 bar.update(vols, advance=1, description=f"volumes ({case.name} {what})")
 
-        result = run_dataset(engine, cases, out_dir, overwrite, on_volume, nan_policy=o["nan_policy"])
+        result = run_dataset(engine, cases, out_dir, overwrite, on_volume, **given({"nan_policy": o["nan_policy"]}))
     from tomofield import distributed
 
     parts = distributed.gather_objects((len(result.written), len(result.skipped)))
@@ -250,25 +151,28 @@ def run_csv(csv_path: str, out_dir: str, overwrite: bool, o: dict[str, Any], ran
 @cli.command()
 @click.argument("heatmaps_dir", type=click.Path())
 @click.argument("dataset", type=click.Path())
-@click.option("--folds", default=10, show_default=True, help="Monte-Carlo cross-validation folds.")
-@click.option("--iou", default=0.125, show_default=True, help="IoU above which a component matches a lesion.")
-@click.option("--boxes", type=click.Path(), help="CSV image,d0,h0,w0,d1,h1,w1 for box-only data (MaxIoU).")
-@click.option("--seed", default=0, show_default=True)
+@setting_option(evaluate_heatmaps, "--folds", "Monte-Carlo cross-validation folds.", type=int)
+@setting_option(evaluate_heatmaps, "--iou", "IoU above which a component matches a lesion.",
+      type=float)
+@click.option("--boxes", "boxes_csv", type=click.Path(), help="CSV image,d0,h0,w0,d1,h1,w1 for box-only data (MaxIoU).")
+@setting_option(evaluate_heatmaps, "--seed", "Seed of the cross-validation folds.", type=int)
 @click.option("--report", "-o", type=click.Path(), help="Write REPORT.json and REPORT.csv (default HEATMAPS_DIR/evaluation).")
 @click.option("--overwrite", is_flag=True)
 @friendly
-def evaluate(heatmaps_dir: str, dataset: str, folds: int, iou: float, boxes: str | None, seed: int,
-             report: str | None, overwrite: bool) -> None:
+def evaluate(heatmaps_dir: str, dataset: str, report: str | None, overwrite: bool, **o: Any) -> None:
     """Lesion-wise precision, recall, F1, Dice and balanced accuracy of a folder of heatmaps (paper A.7)."""
-    from tomofield.report import evaluate_heatmaps, write_reports
+    from tomofield.report import write_reports
 
+    o = given(o)
+    folds = o.get("folds", default_of(evaluate_heatmaps, "folds"))
+    iou = o.get("iou", default_of(evaluate_heatmaps, "iou"))
     if folds < 1 or not 0 <= iou < 1:
         raise InputError(f"need --folds >= 1 and 0 <= --iou < 1, got folds={folds}, iou={iou}")
     prefix = Path(report) if report else Path(heatmaps_dir) / "evaluation"
     for suffix in (".json", ".csv"):
         if prefix.with_suffix(suffix).exists() and not overwrite:
             raise InputError(f"report {str(prefix.with_suffix(suffix))!r} exists; pass --overwrite")
-    res = evaluate_heatmaps(heatmaps_dir, dataset, folds=folds, iou=iou, boxes_csv=boxes, seed=seed)
+    res = evaluate_heatmaps(heatmaps_dir, dataset, **o)
     name = Path(heatmaps_dir).name
     print_table({name: res}, f"{res['volumes']} volumes ({res['positives']} positive), {folds} folds")
     paths = write_reports(prefix, {name: res}, overwrite)
@@ -279,29 +183,34 @@ def evaluate(heatmaps_dir: str, dataset: str, folds: int, iou: float, boxes: str
 @click.argument("dataset", type=click.Path())
 @click.option("--weights", required=True, type=click.Path(), help="Run directory of tomofield train.")
 @click.option("--output", "-o", "report_dir", required=True, type=click.Path(), help="Report folder.")
-@click.option("--layers", default="1,2,3,4", show_default=True, help="CAM layers to try.")
+@click.option("--layers", default=None, help=with_default("CAM layers to try, comma-separated.", "1,2,3,4"))
 @click.option("--methods", "families", default=None, help="Comma-separated subset of the method families.")
-@click.option("--directions", "-L", default=256, show_default=True, help="ToNNO directions (paper: 2000).")
-@click.option("--slices", "-M", default=32, show_default=True, help="ToNNO slices per direction (paper: 100).")
-@click.option("--cam-directions", default=64, show_default=True, help="Averaged/Tomographic CAM directions (paper: 1000).")
-@click.option("--cam-slices", default=24, show_default=True)
-@click.option("--folds", default=10, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@setting_option(CompareSettings, "--directions", "ToNNO directions (paper: 2000).", type=int)
+@click.option("-L", "directions", type=int, default=None, hidden=True)
+@setting_option(CompareSettings, "--slices", "ToNNO slices per direction (paper: 100).", type=int)
+@click.option("-M", "slices", type=int, default=None, hidden=True)
+@setting_option(CompareSettings, "--cam-directions", "Averaged/Tomographic CAM directions (paper: 1000).", type=int)
+@setting_option(CompareSettings, "--cam-slices", "Averaged/Tomographic CAM slices per direction.", type=int)
+@setting_option(CompareSettings, "--folds", "Monte-Carlo cross-validation folds.", type=int)
+@setting_option(CompareSettings, "--seed", "Seed of the directions and the folds.", type=int)
+@setting_option(CompareSettings, "--device", "auto | cpu | cuda | cuda:N.")
 @friendly
-def compare(dataset: str, weights: str, report_dir: str, layers: str, families: str | None, **o: Any) -> None:
+def compare(dataset: str, weights: str, report_dir: str, layers: str | None, families: str | None, **o: Any) -> None:
     """Run and evaluate the paper's methods on a dataset: Table 2 (Markdown, CSV) and Fig. 6 (PNG)."""
-    from tomofield.compare import FAMILIES, CompareSettings, run_comparison, write_outputs
+    from tomofield.compare import run_comparison, write_outputs
 
-    try:
-        layer_list = [int(x) for x in layers.split(",") if x.strip()]
-    except ValueError:
-        raise InputError(f"--layers must be comma-separated integers, got {layers!r}") from None
-    fams = [f.strip() for f in families.split(",")] if families else list(FAMILIES)
-    unknown = [f for f in fams if f not in FAMILIES]
-    if unknown:
-        raise InputError(f"unknown method(s) {', '.join(map(repr, unknown))}; valid: {', '.join(FAMILIES)}")
-    s = CompareSettings(layers=layer_list, families=fams, **o)
+    o = given(o)
+    if layers is not None:
+        try:
+            o["layers"] = [int(x) for x in layers.split(",") if x.strip()]
+        except ValueError:
+            raise InputError(f"--layers must be comma-separated integers, got {layers!r}") from None
+    if families:
+        o["families"] = [f.strip() for f in families.split(",")]
+        unknown = [f for f in o["families"] if f not in FAMILIES]
+        if unknown:
+            raise InputError(f"unknown method(s) {', '.join(map(repr, unknown))}; valid: {', '.join(FAMILIES)}")
+    s = CompareSettings(**o)
 
     def on_method(m: Any, what: str) -> None:
         if what == "start":
@@ -319,7 +228,7 @@ def print_table(results: dict[str, dict[str, Any]], caption: str = "") -> None:
     from tomofield.report import summary_rows
 
     rows = summary_rows(results)
-    metrics = [m for m in ("precision", "recall", "f1", "dice", "max_iou", "balanced_accuracy") if any(m in r for r in rows)]
+    metrics = [m for m in METRICS if any(m in r for r in rows)]
     table = Table(title="evaluation (paper A.7)", caption=caption)
     table.add_column("method")
     for m in metrics:
@@ -331,74 +240,76 @@ def print_table(results: dict[str, dict[str, Any]], caption: str = "") -> None:
 
 @cli.command()
 @click.argument("out_dir", type=click.Path())
-@click.option("--n", default=40, show_default=True, help="Number of volumes (half positive).")
-@click.option("--size", default=48, show_default=True, help="Volume side in voxels.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--val-fraction", default=0.25, show_default=True, help="Share of volumes in val.csv.")
+@setting_option(write_dataset, "--n", "Number of volumes (half positive).", type=int)
+@setting_option(write_dataset, "--size", "Volume side in voxels.", type=int)
+@setting_option(write_dataset, "--seed", "Seed of the volumes.", type=int)
+@setting_option(write_dataset, "--val-fraction", "Share of volumes in val.csv.", type=float)
 @friendly
-def synth(out_dir: str, n: int, size: int, seed: int, val_fraction: float) -> None:
+def synth(out_dir: str, **o: Any) -> None:
     """Write a synthetic weakly supervised dataset (NIfTI images, masks, CSVs)."""
-    from tomofield.synth import write_dataset
-
+    o = given(o)
+    n, size = o.get("n", default_of(write_dataset, "n")), o.get("size", default_of(write_dataset, "size"))
     if n < 4 or size < 16:
         raise InputError(f"need --n >= 4 and --size >= 16, got n={n}, size={size}")
     if Path(out_dir).exists() and any(Path(out_dir).iterdir()):
         raise InputError(f"output directory {out_dir!r} is not empty; choose another")
     with err.status(f"writing {n} volumes of {size}^3"):
-        paths = write_dataset(out_dir, n=n, size=size, seed=seed, val_fraction=val_fraction)
+        paths = write_dataset(out_dir, **o)
     out.print("wrote " + ", ".join(f"{k}: {v}" for k, v in paths.items()))
+
+
+def _train_default(name: str) -> Any:
+    """The library's default of a TrainConfig field (settings a teacher may provide: its DEFAULTS)."""
+    value = default_of(TrainConfig, name)
+    return TRAIN_DEFAULTS.get(name, value) if value is None else value
+
+
+def _topt(flag: str, help: str, **kw: Any) -> Any:
+    name = flag.lstrip("-").split("/")[0].replace("-", "_")
+    return click.option(flag, name, default=None, help=with_default(help, _train_default(name)), **kw)
 
 
 @cli.command()
 @click.argument("dataset", type=click.Path())
 @click.option("--output", "-o", "run_dir", required=True, type=click.Path(), help="Run directory.")
-@click.option("--encoder", default="resnet10t", show_default=True)
-@click.option("--norm", type=click.Choice(["frozen-bn", "group-norm", "batch-norm"]), default="frozen-bn", show_default=True)
-@click.option("--pretrained/--no-pretrained", default=False, show_default=True, help="timm weights from the local cache.")
-@click.option("--iterations", default=1000, show_default=True)
-@click.option("--slices-per-volume", default=120, show_default=True)
-@click.option("--slice-size", default=224, show_default=True)
-@click.option("--batch-volumes", default=2, show_default=True)
-@click.option("--lr", default=5e-5, show_default=True)
+@_topt("--encoder", "Registered or timm encoder name (a teacher's, with --teacher).")
+@_topt("--norm", "Normalisation layers.", type=click.Choice(NORMS))
+@_topt("--pretrained/--no-pretrained", "timm weights from the local cache.")
+@_topt("--iterations", "Training steps.", type=int)
+@_topt("--slices-per-volume", "Slices drawn per volume and step.", type=int)
+@_topt("--slice-size", "Slice side in pixels (a teacher's, with --teacher).", type=int)
+@_topt("--batch-volumes", "Volumes per step (pairs of one positive and one negative).", type=int)
+@_topt("--lr", "Peak learning rate (cosine schedule).", type=float)
 @click.option("--val", "val_csv", type=click.Path(), help="Validation dataset CSV.")
-@click.option("--val-every", default=100, show_default=True)
-@click.option("--checkpoint-every", default=100, show_default=True)
-@click.option("--geometry", type=click.Choice(["physical", "normalized"]), default="physical", show_default=True)
-@click.option("--extent", type=click.Choice(["unit", "tight"]), default="unit", show_default=True)
-@click.option("--task", type=click.Choice(["classification", "regression"]), default="classification", show_default=True)
-@click.option("--loss", default=None, help="bce (classification), mse or huber (regression).")
-@click.option("--teacher", type=click.Path(), default=None,
-              help="Regression: a classification run on the same data; trains a density encoder whose tomo "
-                   "heatmap integrates to the target (docs/features.md). Encoder, norm, slice size, geometry "
-                   "and extent default to the teacher's.")
-@click.option("--teacher-quantile", default=0.95, show_default=True,
-              help="The teacher's baseline: this quantile of its slice scores on target-0 volumes.")
-@click.option("--seed", default=0, show_default=True)
+@_topt("--val-every", "Validate every this many steps.", type=int)
+@_topt("--checkpoint-every", "Checkpoint every this many steps.", type=int)
+@_topt("--geometry", "Slicing geometry (a teacher's, with --teacher).", type=click.Choice(GEOMETRIES))
+@_topt("--extent", "Slice offsets (a teacher's, with --teacher).", type=click.Choice(EXTENTS))
+@_topt("--task", "What the volume-level targets are.", type=click.Choice(list(TASKS)))
+@click.option("--loss", default=None, help="bce (classification; the default), mse (regression; the default) or huber.")
+@_topt("--teacher", "Regression: a classification run on the same data; trains a density encoder whose tomo "
+       "heatmap integrates to the target (docs/features.md). Encoder, norm, slice size, geometry and extent "
+       "default to the teacher's.", type=click.Path())
+@_topt("--teacher-quantile", "The teacher's baseline: this quantile of its slice scores on target-0 volumes.",
+       type=float)
+@_topt("--seed", "Seed of the initialisation and of the draws.", type=int)
 @click.option("--recipe", default=None, help="Training settings of a registered dataset (e.g. mosmed); options given on the command line win.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default=None, help=with_default("auto | cpu | cuda | cuda:N.", "auto"))
 @friendly
-def train(dataset: str, run_dir: str, val_csv: str | None, device: str, resume: bool, recipe: str | None,
+def train(dataset: str, run_dir: str, val_csv: str | None, device: str | None, resume: bool, recipe: str | None,
           **o: Any) -> None:
     """Train a slice encoder from volume-level labels (the paper's recipe)."""
+    from tomofield import distributed
     from tomofield.train import Trainer, config_from_options
 
+    o = given(o)
     if recipe:
         preset = dict(getattr(plugins.get("dataset", recipe).factory(), "recipe", {}) or {})
-        o.update({k: v for k, v in preset.items() if k in o and not explicit(k)})
+        o = {**preset, **o}
         err.print(f"recipe {recipe}: " + ", ".join(f"{k}={v}" for k, v in preset.items()), highlight=False)
-    from tomofield import distributed
-
-    if o["loss"] is None:
-        o["loss"] = "bce" if o["task"] == "classification" else "mse"
-    if o.get("teacher"):
-        from tomofield.checkpoint import is_run_dir, read_run_config
-
-        if is_run_dir(o["teacher"]):  # else the trainer says what is wrong with it
-            run = read_run_config(o["teacher"])
-            o.update({k: run[k] for k in ("encoder", "norm", "slice_size", "geometry", "extent")
-                      if not explicit(k) and k in run})
     cfg = config_from_options(**o)
+    device = device or default_of(Trainer, "device")
     rank, world = distributed.init(device)
     try:
         trainer = Trainer(dataset, run_dir, cfg, val_csv=val_csv, device=distributed.local_device(device),

@@ -51,11 +51,6 @@ def local_device(device: str) -> str:
     return device
 
 
-def barrier() -> None:
-    if rank_world()[1] > 1:
-        dist.barrier()
-
-
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """In-place sum over ranks (no-op in a world of 1)."""
     if rank_world()[1] > 1:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tomofield.errors import InputError, UnknownComponentError
-from tomofield.io import atomic_write
+from tomofield.io import atomic_write, cache_dir
 
 NORMS = ("frozen-bn", "batch-norm", "group-norm")
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar")
@@ -146,9 +146,7 @@ def packaged_weights(name: str) -> Path | None:
     spec = importlib.util.find_spec(entry[0]) if entry else None
     if entry is None or spec is None or spec.origin is None:
         return None
-    from tomofield._native import _cache_dir
-
-    out = _cache_dir() / "weights" / f"{name}.safetensors"
+    out = cache_dir() / "weights" / f"{name}.safetensors"
     if out.is_file():
         return out
     files = sorted(Path(spec.origin).parent.glob(entry[1]))

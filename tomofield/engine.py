@@ -1,40 +1,35 @@
 """The library entry point: :class:`Engine` turns a volume into a heatmap.
 
-The engine streams chunks of directions: cut their slices in batches, score them
-with encoder + head, filter each stack along its normal and backproject into the
-output grid. Memory is bounded by the chunk, whatever the number of directions.
+The engine plans a volume once, then streams chunks of directions through the stages of
+:mod:`tomofield.pipeline`: the slicer cuts their slices in batches, the scorer runs
+encoder + head, the filter works along each stack's normal and the backprojector adds
+the result into the output grid. Memory is bounded by the chunk, whatever the number of
+directions. docs/design.md has the map.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from tomofield import _fastpath, distributed, plugins
-from tomofield.backproject import backproject_grid
-from tomofield.checkpoint import is_run_dir, read_run
+from tomofield import distributed, plugins
+from tomofield._fastpath import AMP_MODES
+from tomofield.checkpoint import RunDir, is_run_dir
 from tomofield.encoders import build_encoder, first_conv_in_chans, load_weights, read_safetensors
 from tomofield.errors import InputError
-from tomofield.geometry import (
-    EXTENTS,
-    GEOMETRIES,
-    half_extents,
-    slice_area,
-    slice_offsets,
-)
+from tomofield.geometry import EXTENTS, GEOMETRIES
+from tomofield.io import Heatmap, Volume
+from tomofield.pipeline import Backprojector, Plan, Scorer, Slicer
 from tomofield.samplers import SamplingConfig
 
 Progress = Callable[[int, int], None]
 
-#: Engine settings a run directory of ``tomofield train`` provides as defaults.
-RUN_FIELDS = ("slice_size", "geometry", "extent", "norm", "num_classes")
+#: The encoder an engine builds when none is given (nor a run directory that names one).
+DEFAULT_ENCODER = "resnet10t"
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -50,32 +45,46 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-@dataclass
-class EngineConfig:
-    """Everything that defines a reconstruction besides the components."""
+def setting(default: Any, help: str, *, short: str | None = None, off: str | None = None,
+            choices: Sequence[str] | None = None) -> Any:
+    """A field of :class:`EngineConfig` that front ends offer as an option.
 
-    directions: int = 500
-    slices: int = 48
-    slice_size: int = 224
-    hemisphere: bool = True
-    geometry: str = "physical"
-    extent: str = "unit"
-    seed: int = 0
-    batch_size: int = 64
+    The field's default is the library's (the only copy); ``help`` is its one-line help,
+    ``short`` a one-letter alias, ``off`` the negative spelling of a switch (default
+    ``--no-NAME``), ``choices`` the valid values.
+    """
+    return field(default=default, metadata={"help": help, "short": short, "off": off, "choices": choices})
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything that defines a reconstruction besides the components.
+
+    Frozen: an engine's settings never change while it works (the batch size a run falls
+    back to after running out of memory is the scorer's state, not the config).
+    """
+
+    directions: int = setting(500, "Number of slicing directions L.", short="-L")
+    slices: int = setting(48, "Slices per direction M.", short="-M")
+    slice_size: int = setting(224, "Slice side in pixels.")
+    hemisphere: bool = setting(True, "Directions on a hemisphere (half the work) or the whole sphere.", off="--sphere")
+    geometry: str = setting("physical", "physical: millimetres from the affine; normalized: the paper's cube.",
+                            choices=GEOMETRIES)
+    extent: str = setting("unit", "Slice offsets in [-1, 1] (paper) or covering the volume's whole support.",
+                          choices=EXTENTS)
+    seed: int = setting(0, "Seed of the random in-plane bases (and of a random-init encoder).")
+    batch_size: int = setting(64, "Slices per encoder batch.")
     num_classes: int = 1
-    pretrained: bool = False
+    pretrained: bool = setting(False, "timm pretrained weights from the local cache (never downloaded).")
     norm: str = "frozen-bn"
     head_options: dict[str, Any] = field(default_factory=dict)
     # Speed settings (docs/benchmarks.md has the measurements behind the defaults).
-    #: autocast of the encoder: auto (fp16 on CUDA but fp32 for CAM heads, off on CPU), off, bf16, fp16.
-    amp: str = "auto"
-    #: feed the encoder channels-last slices.
-    channels_last: bool = True
-    #: torch.compile the encoder (logit head only; first batches pay the compile time).
-    compile: bool = False
-    #: give slices that sample nothing above empty_tol the score of a zero slice, unrun.
-    skip_empty: bool = True
-    empty_tol: float = 0.0
+    amp: str = setting("auto", "Encoder autocast: auto = fp16 on CUDA (fp32 for CAM heads), off on CPU.",
+                       choices=AMP_MODES)
+    channels_last: bool = setting(True, "Feed the encoder channels-last slices.")
+    compile: bool = setting(False, "torch.compile the encoder (heads that allow it; pays off on long runs).")
+    skip_empty: bool = setting(True, "Give slices that sample nothing the score of an empty slice, unrun.")
+    empty_tol: float = setting(0.0, "Values up to this count as empty.")
     #: under torch.distributed, share the directions of one volume among the ranks.
     shard_directions: bool = False
 
@@ -87,7 +96,7 @@ class EngineConfig:
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.geometry in GEOMETRIES, f"unknown geometry {self.geometry!r}; valid: {', '.join(GEOMETRIES)}"),
             (self.extent in EXTENTS, f"unknown extent {self.extent!r}; valid: {', '.join(EXTENTS)}"),
-            (self.amp in _fastpath.AMP_MODES, f"unknown amp mode {self.amp!r}; valid: {', '.join(_fastpath.AMP_MODES)}"),
+            (self.amp in AMP_MODES, f"unknown amp mode {self.amp!r}; valid: {', '.join(AMP_MODES)}"),
             (self.empty_tol >= 0, f"empty_tol must be >= 0, got {self.empty_tol}"),
         ]
         for ok, msg in checks:
@@ -96,29 +105,59 @@ class EngineConfig:
 
 
 def _build(kind: str, spec: Any, **options: Any) -> Any:
-    if isinstance(spec, str):
-        return plugins.get(kind, spec).factory(**options)
-    return spec
+    """A component from its registered name (checking ``options`` against its declaration), or as given."""
+    if not isinstance(spec, str):
+        return spec
+    comp = plugins.get(kind, spec)
+    declared = {o.name for o in comp.options}
+    unknown = sorted(set(options) - declared)
+    if comp.options and unknown:
+        valid = ", ".join(sorted(declared))
+        raise InputError(f"{kind} {spec!r} has no option(s) {', '.join(unknown)}; its options: {valid}")
+    return comp.factory(**options)
 
 
 class Engine:
     """Reconstruct 3D heatmaps from a 2D encoder's slice scores.
 
     Args:
-        encoder: a registered or timm encoder name, or an ``nn.Module``.
+        encoder: a registered or timm encoder name, or an ``nn.Module`` (``weights``, if
+            given, are loaded into it, strictly).
         head: head name or object (``logit``, ``sum``, ...).
         filter: filter name or object (``tomo``, ``none``).
         sampler: sampler name or object (``fibonacci``, ``axial``, ``orthogonal``).
         postprocess: post-processor names or callables, applied in order.
         weights: a ``.safetensors`` file, or a run directory of ``tomofield train`` whose
-            encoder name, norm, slice size, geometry and extent become the defaults (and,
-            for the head it names in ``head_defaults``, that head's options).
+            settings (:data:`tomofield.checkpoint.ENGINE_INHERITED`: encoder name, norm,
+            slice size, geometry, extent) become the defaults, and whose ``head_defaults``
+            become the defaults of that head's options. What is given here wins.
         device: ``auto``, ``cpu``, ``cuda``...
         **config: fields of :class:`EngineConfig` (directions, slices, slice_size, ...).
 
     Example:
-        >>> engine = Engine(head="sum", filter="tomo", directions=200, slices=32, slice_size=48)
-        >>> heatmap = engine.reconstruct(volume, spacing=(2.5, 1.0, 1.0))  # (K, D, H, W)
+        The ``sum`` head needs no network: the reconstruction returns the input, here a
+        ball of radius 7 mm on a 24^3 grid of 1 mm voxels (docs/design.md, "Reconstruction
+        constants"): about 1 inside, about 0 outside.
+
+        >>> from tomofield import Engine
+        >>> from tomofield.phantom import ball_phantom
+        >>> ball = ball_phantom((24, 24, 24), (1.0, 1.0, 1.0), [((0.0, 0.0, 0.0), 7.0, 1.0)])
+        >>> engine = Engine(head="sum", filter="tomo", directions=200, slices=24, slice_size=32, device="cpu")
+        >>> heatmap = engine.reconstruct(ball, spacing=(1.0, 1.0, 1.0))
+        >>> tuple(heatmap.shape)
+        (1, 24, 24, 24)
+        >>> inside = heatmap[0][ball > 0.5].mean().item()
+        >>> outside = heatmap[0][ball < 0.5].abs().mean().item()
+        >>> round(inside, 1), outside < 0.05
+        (0.9, True)
+
+        A trained run directory gives the encoder, its weights and its slicing; the
+        ``Volume`` API keeps the grid and affine for the output (``run`` below is a
+        folder written by ``tomofield train``)::
+
+            volume = tomofield.load_volume(["ct.nii.gz"])
+            engine = Engine(weights="run/", head="layercam", filter="tomo", head_options={"layer": 3})
+            engine.run(volume).save("heatmap.nii.gz")
     """
 
     def __init__(
@@ -133,69 +172,89 @@ class Engine:
         device: str | torch.device = "auto",
         **config: Any,
     ) -> None:
-        run: dict[str, Any] = {}
-        if weights is not None and is_run_dir(weights):
-            state, run = read_run(weights)
-            inherited = {k: run[k] for k in RUN_FIELDS if k in run}
+        run = RunDir(weights) if weights is not None and is_run_dir(weights) else None
+        if run is not None:
+            inherited = run.engine_defaults()
+            encoder = inherited.pop("encoder", None) if encoder is None else encoder
+            inherited.pop("encoder", None)
             config = {**inherited, **config}
-            encoder = run["encoder"] if encoder is None else encoder
-        if isinstance(head, str) and head in run.get("head_defaults", {}):
-            # the run knows how its outputs read under this head (e.g. a density's units); explicit options win
-            config["head_options"] = {**run["head_defaults"][head], **config.get("head_options", {})}
+            if isinstance(head, str) and run.head_defaults(head):
+                # the run knows how its outputs read under this head (e.g. a density's units); explicit options win
+                config["head_options"] = {**run.head_defaults(head), **config.get("head_options", {})}
+        unknown = sorted(set(config) - {f.name for f in fields(EngineConfig)})
+        if unknown:
+            valid = ", ".join(f.name for f in fields(EngineConfig))
+            raise InputError(f"unknown engine setting(s) {', '.join(unknown)}; valid: {valid}")
         self.config = EngineConfig(**config)
         self.config.validate()
-        self.run = run
+        #: the config.json of the run directory given as weights ({} otherwise)
+        self.run_config = run.config if run is not None else {}
         self.device = resolve_device(device)
+        #: the components' names (a given object's ``name``, or its type's)
+        self.head_name, self.filter_name = (c if isinstance(c, str) else getattr(c, "name", type(c).__name__)
+                                            for c in (head, filter))
         self.head = _build("head", head, **self.config.head_options)
         self.filter = _build("filter", filter)
         self.sampler = _build("sampler", sampler)
         self.postprocess = [_build("postprocessor", p) for p in postprocess]
-        self._encoder_spec = "resnet10t" if encoder is None else encoder
+        self._encoder_spec = DEFAULT_ENCODER if encoder is None else encoder
         self._weights_path = str(weights) if weights is not None else None
-        self._weights = (state if run else read_safetensors(weights)) if weights is not None else None
+        self._weights = (run.weights() if run is not None else read_safetensors(weights)) if weights is not None else None
         self._encoders: dict[int, nn.Module] = {}
+        self._scorers: dict[int, Scorer] = {}
 
     # -- encoder -------------------------------------------------------------------------
+    def _check_channels(self, in_chans: int) -> None:
+        expected = first_conv_in_chans(self._weights) if self._weights is not None else None
+        if expected is not None and expected != in_chans:
+            raise InputError(
+                f"weights {self._weights_path!r} expect {expected} input channel(s) but the "
+                f"volume has {in_chans}; give {expected} input file(s) or a {expected}-channel 4D NIfTI"
+            )
+
     def encoder_for(self, in_chans: int) -> nn.Module | None:
         """The encoder for volumes of ``in_chans`` channels (built once, cached)."""
         if not getattr(self.head, "needs_encoder", True):
             return None
-        if isinstance(self._encoder_spec, nn.Module):
-            return self._encoder_spec.to(self.device).eval()
         if in_chans not in self._encoders:
-            if self._weights is not None:
-                expected = first_conv_in_chans(self._weights)
-                if expected is not None and expected != in_chans:
-                    raise InputError(
-                        f"weights {self._weights_path!r} expect {expected} input channel(s) but the "
-                        f"volume has {in_chans}; give {expected} input file(s) or a {expected}-channel 4D NIfTI"
+            self._check_channels(in_chans)
+            if isinstance(self._encoder_spec, nn.Module):
+                model = self._encoder_spec
+            else:
+                with torch.random.fork_rng(devices=[]):  # reproducible random init, caller's RNG untouched
+                    torch.manual_seed(self.config.seed)
+                    model = build_encoder(
+                        self._encoder_spec, in_chans=in_chans, num_classes=self.config.num_classes,
+                        pretrained=self.config.pretrained and self._weights is None, norm=self.config.norm,
                     )
-            name = self._encoder_spec
-            with torch.random.fork_rng(devices=[]):  # reproducible random init, caller's RNG untouched
-                torch.manual_seed(self.config.seed)
-                model = build_encoder(
-                    name, in_chans=in_chans, num_classes=self.config.num_classes,
-                    pretrained=self.config.pretrained and self._weights is None, norm=self.config.norm,
-                )
             if self._weights is not None:
                 load_weights(model, self._weights, str(self._weights_path))
             self._encoders[in_chans] = model.to(self.device).eval()
         return self._encoders[in_chans]
 
+    def scorer_for(self, in_chans: int) -> Scorer:
+        """The scorer for volumes of ``in_chans`` channels (kept: its batch size survives an OOM)."""
+        if in_chans not in self._scorers:
+            cfg = self.config
+            self._scorers[in_chans] = Scorer(
+                self.head, self.encoder_for(in_chans), self.device, amp=cfg.amp,
+                channels_last=cfg.channels_last, compile=cfg.compile, batch_size=cfg.batch_size,
+            )
+        return self._scorers[in_chans]
+
     # -- reconstruction ------------------------------------------------------------------
-    def plan(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[Tensor, list]:
-        """Half-extents and direction groups for a volume of spatial ``shape``."""
-        e = half_extents(shape, spacing, self.config.geometry)
-        cfg = SamplingConfig(
-            directions=self.config.directions, slices=self.config.slices,
-            hemisphere=self.config.hemisphere, seed=self.config.seed, extent=self.config.extent,
+    def plan(self, shape: Sequence[int], spacing: Sequence[float]) -> Plan:
+        """The plan (half-extents, direction groups, slice counts) for a volume of spatial ``shape``."""
+        cfg = self.config
+        sampling = SamplingConfig(
+            directions=cfg.directions, slices=cfg.slices, hemisphere=cfg.hemisphere, seed=cfg.seed, extent=cfg.extent
         )
-        return e, self.sampler.plan(tuple(shape), e, cfg)
+        return Plan.make(shape, spacing, self.sampler, sampling, cfg.geometry, self.filter.pad, cfg.slice_size,
+                         shard=cfg.shard_directions)
 
     def count_slices(self, shape: Sequence[int], spacing: Sequence[float] = (1, 1, 1)) -> int:
-        """Number of slices the encoder will see for a volume of this shape."""
-        _, groups = self.plan(shape, spacing)
-        return sum(len(g) * (g.num_slices + 2 * self.filter.pad) for g in groups)
+        """Number of slices the encoder will see for a volume of this shape (this rank's, when sharded)."""
+        return self.plan(shape, spacing).total_slices
 
     def reconstruct(
         self,
@@ -212,139 +271,51 @@ class Engine:
         """
         vol = validate_volume(volume)
         spacing = tuple(float(s) for s in (spacing or (1.0, 1.0, 1.0)))
-        shape = tuple(vol.shape[1:])
-        e, groups = self.plan(shape, spacing)
+        plan = self.plan(vol.shape[1:], spacing)
         dev, cfg = self.device, self.config
         vol = vol.to(torch.float32)
         if dev.type == "cuda" and vol.device.type == "cpu":
             vol = vol.pin_memory().to(dev, non_blocking=True)  # asynchronous, no stream sync
         vol = vol.to(dev)
-        encoder = self.encoder_for(vol.shape[0])
-        e_dev = e.to(dev, torch.float32)
-        pad = self.filter.pad
-        n_dirs = sum(len(g) for g in groups)
-        total = self.count_slices(shape, spacing)
-        rank, world = distributed.rank_world() if cfg.shard_directions else (0, 1)
-        if world > 1:  # each rank takes every world-th direction; the sums meet in an all-reduce
-            distributed.check_enough(n_dirs, world)
-            starts = [sum(len(g) for g in groups[:i]) for i in range(len(groups))]
-            groups = [g[distributed.shard_indices(st, len(g), rank, world)] for g, st in zip(groups, starts, strict=True)]
-            groups = [g for g in groups if len(g)]
-            total = sum(len(g) * (g.num_slices + 2 * pad) for g in groups)
-        size = (cfg.slice_size, cfg.slice_size)
-        out = None
-        grad = getattr(self.head, "needs_grad", False)
-        ctx = torch.no_grad if grad else torch.inference_mode
-        scorer = _fastpath.Scorer.build(
-            self.head, encoder, dev, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
-            batch_size=lambda: self.config.batch_size,  # read at each batch: it may shrink after an OOM
-        )
-        tick = lambda n: progress and progress(n, total)  # noqa: E731
+        scorer = self.scorer_for(vol.shape[0])
+        total = plan.total_slices
+        tick = (lambda n: progress(n, total)) if progress else (lambda n: None)
+        backprojector = Backprojector(plan, self.filter, dev)
+        ctx = torch.no_grad if getattr(self.head, "needs_grad", False) else torch.inference_mode
         with ctx():
-            skip = _fastpath.Occupancy.of(vol, e, cfg.empty_tol) if cfg.skip_empty else None
-            empty = scorer.empty_score(vol.shape[0], size) if skip is not None else None
-            for group in groups:
-                gdev = group.to(dev)
-                per_dir = group.num_slices + 2 * pad
-                chunk = max(1, math.ceil(cfg.batch_size / per_dir), 4096 // per_dir)
-                for start in range(0, len(gdev), chunk):
-                    dirs = gdev[start : start + chunk]
-                    hits = None
-                    if skip is not None:
-                        host = group[start : start + chunk]
-                        hits = skip.hits(host, slice_offsets(host.s_half, host.num_slices, pad))
-                    scores = self._score(vol, e_dev, dirs, pad, size, scorer, tick, hits, empty)
-                    q = self.filter(scores, dirs.slice_spacing())
-                    weight = torch.full((len(dirs),), self.filter.constant * 4 * math.pi / n_dirs, device=dev)
-                    if self.filter.integral:
-                        weight = weight * slice_area(dirs.a_half, dirs.b_half, size)
-                    if out is None:
-                        check_memory(q.shape[2], shape, dev)
-                        out = torch.zeros(q.shape[2], math.prod(shape), device=dev, dtype=q.dtype)
-                    backproject_grid(q, dirs, shape, e, size, weights=weight, out=out)
-        assert out is not None
-        if scorer.dtype is not None and not bool(torch.isfinite(out).all()):
+            slicer = Slicer(vol, plan, cfg.skip_empty, cfg.empty_tol)
+            empty = scorer.empty_score(vol.shape[0], plan.size) if slicer.occupancy is not None else None
+            for group in plan.groups:
+                for host, dirs in plan.chunks(group, scorer.batch_size, dev):
+                    scores = scorer.score_chunk(slicer, dirs, slicer.hits(host), empty, tick)
+                    backprojector.add(self.filter(scores, dirs.slice_spacing()), dirs)
+        heat = backprojector.result()
+        if scorer.dtype is not None and not bool(torch.isfinite(heat).all()):
             raise InputError(
                 f"the heatmap has non-finite values: the encoder overflowed under amp={cfg.amp!r} "
                 f"({scorer.dtype}); rerun with amp='bf16' (wider range) or amp='off'"
             )
-        if world > 1:
-            distributed.all_reduce_sum(out)
-        heat = out.reshape(-1, *shape)
+        if cfg.shard_directions and distributed.rank_world()[1] > 1:
+            distributed.all_reduce_sum(heat)
         for post in self.postprocess:
             heat = post(heat, vol)
         return heat
 
-    def _score(self, vol, e, dirs, pad, size, scorer, tick, hits=None, empty=None) -> Tensor:
-        """Scores (L, S, K, h, w) of every slice of a chunk of directions.
+    def run(self, volume: Volume, progress: Progress | None = None) -> Heatmap:
+        """The heatmap of a loaded :class:`~tomofield.Volume`, on its grid with its affine.
 
-        Slices cut in batches across directions; where ``hits`` (L, S) is False the
-        slice samples nothing above the empty tolerance and gets ``empty`` unrun.
+        Same computation as :meth:`reconstruct` on ``volume.data`` and ``volume.spacing``.
         """
-        L, S = len(dirs), dirs.num_slices + 2 * pad
-        offsets = slice_offsets(dirs.s_half, dirs.num_slices, pad).reshape(-1)
-        frames = _fastpath.normalised_frames(dirs, e)
-        if hits is None:
-            run = torch.arange(L * S, device=vol.device)
-        else:
-            run = hits.reshape(-1).nonzero()[:, 0].to(vol.device, non_blocking=True)
-        n_run = run.shape[0]
-        outs, b = [], 0
-        while b < n_run:
-            bs = self.config.batch_size
-            j = run[b : b + bs]
-            try:
-                slices = _fastpath.cut_slices(vol, frames, dirs, j // S, offsets[j], size, e)
-                outs.append(scorer(slices))
-            except torch.OutOfMemoryError:
-                if bs == 1:
-                    raise
-                # carry on with half the batch (kept for the rest of this engine's work)
-                self.config.batch_size = max(1, bs // 2)
-                if vol.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                warnings.warn(f"out of memory with batches of {bs} slices; continuing with {self.config.batch_size}",
-                              RuntimeWarning, stacklevel=2)
-                continue
-            b += j.shape[0]
-            tick(j.shape[0])
-        if hits is None:
-            scores = torch.cat(outs)
-        else:
-            scores = empty.expand(L * S, *empty.shape[1:]).clone()
-            if outs:
-                scores[run] = torch.cat(outs)
-            tick(L * S - n_run)
-        return scores.reshape(L, S, *scores.shape[1:])
+        return Heatmap.on(self.reconstruct(volume.data, volume.spacing, progress), volume)
 
     def with_options(self, **changes: Any) -> Engine:
-        """A copy of this engine with some config fields changed (components shared)."""
+        """A copy of this engine with some config fields changed (components shared, fresh scorers)."""
         new = object.__new__(Engine)
         new.__dict__.update(self.__dict__)
         new.config = replace(self.config, **changes)
         new.config.validate()
+        new._scorers = {}
         return new
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes on ``device`` (CUDA: the driver's count; CPU: available physical pages)."""
-    try:
-        if device.type == "cuda":
-            return int(torch.cuda.mem_get_info(device)[0])
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError, RuntimeError):
-        return None
-
-
-def check_memory(channels: int, shape: Sequence[int], device: torch.device, free: int | None = None) -> None:
-    """Refuse an output grid whose accumulator and result would not fit, saying how much they need."""
-    need = 2 * channels * math.prod(shape) * 4  # float32 accumulator + the returned heatmap
-    free = available_memory(device) if free is None else free
-    if free is not None and need > free:
-        raise InputError(
-            f"the output grid {tuple(shape)} with {channels} channel(s) needs {need / 2**30:.2f} GiB on {device} "
-            f"but {free / 2**30:.2f} GiB are free; use fewer head channels (e.g. a projection) or a smaller volume"
-        )
 
 
 def validate_volume(volume: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Reconstruction filters applied along the slice axis of each stack (DESIGN 1.6).
+"""Reconstruction filters applied along the slice axis of each stack (docs/design.md, "Reconstruction constants").
 
 A filter turns the scores ``p`` of ``M + 2 pad`` slices into ``M`` filtered values
 ``q`` and says how the backprojected sum is scaled: the reconstruction is

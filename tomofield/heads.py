@@ -1,8 +1,17 @@
-"""Per-slice score heads: slices (N, C, h, w) -> scores (N, K, h', w')."""
+"""Per-slice score heads: slices (N, C, h, w) -> scores (N, K, h', w').
+
+Each head satisfies :class:`tomofield.protocols.Head` and declares its options; the CLI
+builds ``--target``, ``--layer``, ``--pool`` from these declarations.
+"""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
+
+from tomofield.cam import CAM_METHODS, cam_maps
+from tomofield.protocols import Option
+
+TARGET = Option("target", int, 0, "Output logit the head reads.")
 
 
 class SumHead:
@@ -15,6 +24,8 @@ class SumHead:
     name = "sum"
     needs_encoder = False
     needs_grad = False
+    compilable = False
+    options = ()
 
     def __call__(self, encoder: nn.Module | None, slices: Tensor) -> Tensor:
         return slices.mean(dim=(2, 3), keepdim=True)
@@ -31,6 +42,8 @@ class LogitHead:
     name = "logit"
     needs_encoder = True
     needs_grad = False
+    compilable = True  # it only calls the encoder
+    options = (TARGET,)
 
     def __init__(self, target: int = 0) -> None:
         self.target = int(target)
@@ -50,24 +63,22 @@ class CamHead:
 
     Args:
         method: ``gradcam``, ``gradcam++``, ``layercam`` or ``scorecam`` (see
-            :mod:`tomofield._cam` for the papers).
+            :mod:`tomofield.cam` for the papers).
         layer: index into the encoder's ``feature_info`` (1..4 for a ResNet).
         target: output logit the map explains.
     """
 
     needs_encoder = True
     needs_grad = True
+    compilable = False  # hooks and gradients do not survive torch.compile
+    options = (Option("layer", int, 4, "Encoder stage of CAM heads (feature_info index: 1..4 for a ResNet)."), TARGET)
 
     def __init__(self, method: str, layer: int = 4, target: int = 0) -> None:
-        from tomofield._cam import CAM_METHODS
-
         if method not in CAM_METHODS:
             raise ValueError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
         self.name, self.method, self.layer, self.target = method, method, int(layer), int(target)
 
     def __call__(self, encoder: nn.Module | None, slices: Tensor) -> Tensor:
-        from tomofield._cam import cam_maps
-
         assert encoder is not None
         return cam_maps(encoder, slices, method=self.method, layer=self.layer, target=self.target)
 
@@ -82,6 +93,8 @@ class PooledSumHead:
     name = "avgpool"
     needs_encoder = False
     needs_grad = False
+    compilable = False
+    options = (Option("pool", int, 16, "Kernel and stride of the avgpool head, in slice pixels."),)
 
     def __init__(self, pool: int = 16) -> None:
         if pool < 1:

@@ -36,6 +36,48 @@ class Volume:
     replaced: int = 0  #: non-finite voxels set to 0 under nan_policy="zero"
 
 
+@dataclass
+class Heatmap:
+    """A reconstruction that knows its grid: data (K, D, H, W) on the grid of the volume it came from.
+
+    Attributes:
+        data: the heatmap, one channel per head output.
+        affine: the input's voxel-to-world affine (NIfTI's (i, j, k) convention, RAS mm).
+        spacing: voxel size per (d, h, w) axis in mm.
+        header: the input's NIfTI header (its geometry is written back), or None.
+    """
+
+    data: Tensor
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    header: object = None
+
+    @classmethod
+    def on(cls, data: Tensor, volume: Volume) -> Heatmap:
+        """``data`` on the grid of ``volume`` (refused when the grids differ)."""
+        if tuple(data.shape[-3:]) != tuple(volume.data.shape[1:]):
+            raise InputError(f"heatmap grid {tuple(data.shape[-3:])} differs from the input grid "
+                             f"{tuple(volume.data.shape[1:])}")
+        return cls(data, volume.affine, volume.spacing, volume.header)
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write as NIfTI with the input's affine and header geometry (atomic; no overwrite unless asked)."""
+        return save_nifti(path, self.data.detach().cpu(), self.affine, self.header, overwrite,
+                          description="tomofield heatmap")
+
+
+def cache_dir() -> Path:
+    """tomofield's cache directory: compiled kernels, converted weights.
+
+    ``TOMOFIELD_CACHE`` when set, else ``tomofield`` under ``XDG_CACHE_HOME`` (default
+    ``~/.cache``, so ``~/.cache/tomofield``). Nothing is created here.
+    """
+    base = os.environ.get("TOMOFIELD_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tomofield"
+    )
+    return Path(base)
+
+
 def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
@@ -219,11 +261,18 @@ def save_nifti(
     return atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite=overwrite)
 
 
-def save_heatmap(path: str | Path, heatmap: Tensor, reference: Volume, overwrite: bool = False) -> Path:
-    """Write a heatmap on the reference volume's grid with its affine and header geometry."""
-    if tuple(heatmap.shape[-3:]) != tuple(reference.data.shape[1:]):
-        raise InputError(f"heatmap grid {tuple(heatmap.shape[-3:])} differs from the input grid {tuple(reference.data.shape[1:])}")
-    return save_nifti(path, heatmap, reference.affine, reference.header, overwrite, description="tomofield heatmap")
+def save_heatmap(path: str | Path, heatmap: Tensor | Heatmap, reference: Volume | None = None,
+                 overwrite: bool = False) -> Path:
+    """Write a heatmap on the reference volume's grid with its affine and header geometry.
+
+    ``heatmap`` is a :class:`Heatmap` (``reference`` then unneeded) or a (K, D, H, W)
+    tensor on ``reference``'s grid.
+    """
+    if not isinstance(heatmap, Heatmap):
+        if reference is None:
+            raise InputError("save_heatmap needs the reference volume for a plain tensor heatmap")
+        heatmap = Heatmap.on(heatmap, reference)
+    return heatmap.save(path, overwrite)
 
 
 def affine_for_spacing(spacing: Sequence[float]) -> np.ndarray:

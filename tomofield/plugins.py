@@ -1,14 +1,19 @@
 """Plugin manager and component registry.
 
-Plugins come from three places, in this order: the built-ins
-(:mod:`tomofield._builtins`), the ``tomofield`` entry-point group of installed
-distributions, and objects registered at run time with :func:`register_plugin`.
+Plugins come from three places, in this order: the default plugins (the modules named
+in :data:`DEFAULT_PLUGINS`, tomofield's own components, imported by name as pytest does
+with its own), the ``tomofield`` entry-point group of installed distributions, and
+objects registered at run time with :func:`register_plugin`.
 Setting ``TOMOFIELD_PLUGINS`` to a comma-separated list of entry-point names loads only
 those third-party plugins (empty string: none); built-ins always load.
+
+This module is a leaf of the package: it imports no component module, so components
+(and the encoder lookup) may import it without a cycle.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from collections.abc import Callable
@@ -20,11 +25,14 @@ import pluggy
 
 from tomofield import hookspecs
 from tomofield.errors import TomofieldError, UnknownComponentError
+from tomofield.protocols import Option, check_options, options_of
 
 ENTRY_POINT_GROUP = "tomofield"
 ALLOW_ENV = "TOMOFIELD_PLUGINS"
 KINDS = ("encoder", "head", "filter", "sampler", "postprocessor", "dataset")
 BUILTIN = "tomofield.builtins"
+#: tomofield's own plugins: plugin name -> module, registered through the public hooks.
+DEFAULT_PLUGINS = {BUILTIN: "tomofield._builtins"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,8 @@ class Component:
     description: str
     plugin: str
     source: str
+    #: what the factory takes (:class:`tomofield.protocols.Option`), declared by the component.
+    options: tuple[Option, ...] = ()
 
 
 @dataclass
@@ -61,10 +71,9 @@ def _new_state() -> _State:
     pm = pluggy.PluginManager("tomofield")
     pm.add_hookspecs(hookspecs)
     state = _State(pm)
-    from tomofield import _builtins
-
-    pm.register(_builtins, name=BUILTIN)
-    state.sources[BUILTIN] = "tomofield (built-in)"
+    for name, module in DEFAULT_PLUGINS.items():
+        pm.register(importlib.import_module(module), name=name)
+        state.sources[name] = "tomofield (built-in)"
     allow = _allowed()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if allow is not None and ep.name not in allow:
@@ -128,7 +137,8 @@ def _collect(st: _State) -> dict[str, dict[str, Component]]:
             source = st.sources.get(impl.plugin_name, impl.plugin_name)
 
             def register(
-                name: str, factory: Callable[..., Any], description: str = "",
+                name: str, factory: Callable[..., Any], description: str = "", *,
+                options: tuple[Option, ...] | None = None,
                 _kind: str = kind, _plugin: str = impl.plugin_name, _source: str = source,
             ) -> None:
                 if not isinstance(name, str) or not name:
@@ -139,7 +149,11 @@ def _collect(st: _State) -> dict[str, dict[str, Component]]:
                         f"{_kind} {name!r} registered twice: by {prev.plugin!r} ({prev.source}) "
                         f"and by {_plugin!r} ({_source})"
                     )
-                table[_kind][name] = Component(_kind, name, factory, description, _plugin, _source)
+                try:
+                    opts = options_of(factory) if options is None else check_options(options)
+                except TypeError as exc:
+                    raise TomofieldError(f"plugin {_plugin!r} registered {_kind} {name!r} with bad options: {exc}") from exc
+                table[_kind][name] = Component(_kind, name, factory, description, _plugin, _source, opts)
 
             impl.function(register=register)
     return table

@@ -1,4 +1,4 @@
-"""Numeric tests of tomofield._cam: reference maps, batch semantics, hook hygiene, errors."""
+"""Numeric tests of tomofield.cam: reference maps, batch semantics, hook hygiene, errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tomofield._cam import CAM_METHODS, cam_maps, normalize_maps, stage_module
+from tomofield.cam import CAM_METHODS, cam_maps, normalize_maps, stage_module
 
 METHODS = ["gradcam", "gradcam++", "layercam", "scorecam"]
 GRAD_METHODS = ["gradcam", "gradcam++", "layercam"]

@@ -87,7 +87,7 @@ def test_validation_reports_the_integral_of_a_density_encoder():
     assert got.tolist() == pytest.approx([t1, t2], rel=0.04)
     # a scaled encoder scales the integral; the plain regression score is the max, another quantity
     torch.testing.assert_close(volume_scores(Scaled(SliceMean(), 3.0), [v1], cfg), 3 * got[:1])
-    plain = TrainConfig(task="regression", slice_size=64, val_directions=6, val_slices=40)
+    plain = TrainConfig(task="regression", slice_size=64, val_directions=6, val_slices=40).resolved()
     assert not torch.allclose(volume_scores(SliceMean(), [v1], plain), got[:1], rtol=0.2)
 
 

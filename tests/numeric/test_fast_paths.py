@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from tomofield import Engine, InputError, _fastpath, _native
+from tomofield import Engine, InputError, _fastpath, pipeline
+from tomofield.pipeline import Scorer
 from tomofield.backproject import backproject, backproject_grid, backproject_reference
 from tomofield.geometry import (
     Directions,
@@ -26,11 +27,12 @@ from tomofield.geometry import (
     stack_extents,
     voxel_points,
 )
+from tomofield.kernels import native as native_kernels
 from tomofield.phantom import ball_phantom
 
 E = torch.tensor([1.0, 0.4, 0.7], dtype=torch.float64)
 #: CPU kernels of backproject_grid: the torch path, and the native one where it builds.
-KERNELS = ["torch", "native"] if _native.available() else ["torch"]
+KERNELS = ["torch", "native"] if native_kernels.available() else ["torch"]
 #: Compiler flags of a build without AVX-512: the loops other x86 CPUs run.
 PORTABLE = ("-O3", "-march=x86-64-v2", "-fopenmp", "-shared", "-fPIC", "-std=c99", "-lm")
 
@@ -95,9 +97,9 @@ def test_grid_backprojection_accumulates_into_out(kernel):
 
 
 @pytest.mark.parametrize("W", [64, 83, 150])
-def test_native_kernel_on_long_rows(W):
+def test_cpu_kernel_on_long_rows(W):
     """Runs of 64 voxels, then 16, then a partial tail, along the last axis."""
-    if not _native.available():
+    if not native_kernels.available():
         pytest.skip("no native kernel on this machine")
     dirs = _dirs(9, 11)
     q, w = torch.randn(9, 11, 1, 1, 1), torch.rand(9)
@@ -106,14 +108,14 @@ def test_native_kernel_on_long_rows(W):
     _close(backproject_grid(q, dirs, shape, E, (8, 8), weights=w, kernel="native"), ref)
 
 
-def test_portable_native_kernel_matches_reference(monkeypatch, tmp_path):
+def test_portable_cpu_kernel_matches_reference(monkeypatch, tmp_path):
     """The C kernel's loop without AVX-512 (what other CPUs compile), built for x86-64-v2."""
-    if not _native.available() or os.uname().machine != "x86_64":
+    if not native_kernels.available() or os.uname().machine != "x86_64":
         pytest.skip("no native kernel on this machine")
     monkeypatch.setenv("TOMOFIELD_CACHE", str(tmp_path))
-    lib = _native.load(PORTABLE)
-    assert lib is not None, _native.reason
-    monkeypatch.setattr(_native, "load", lambda *a: lib)
+    lib = native_kernels.load(PORTABLE)
+    assert lib is not None, native_kernels.reason
+    monkeypatch.setattr(native_kernels, "load", lambda *a: lib)
     dirs = _dirs(9, 7)
     q, w = torch.randn(9, 7, 2, 1, 1), torch.rand(9)
     shape = (5, 6, 21)  # W not a multiple of 16: the tail of each row too
@@ -153,9 +155,9 @@ def test_triton_kernel_matches_reference_in_interpreter():
 def test_cut_slices_equal_sample_slices(native, size, monkeypatch):
     """Both slicers against the geometry module: oblique stacks of a multichannel volume,
     padded slices reaching outside the box, rows longer than one 16-pixel vector."""
-    if native and not _native.available():
+    if native and not native_kernels.available():
         pytest.skip("no native kernel on this machine")
-    monkeypatch.setattr(_native, "available", lambda: native)
+    monkeypatch.setattr(native_kernels, "available", lambda: native)
     vol = torch.randn(2, 9, 7, 5)
     e = half_extents((9, 7, 5), (2.0, 1.0, 1.5), "physical").float()
     dirs = _dirs(6, 5).to("cpu")
@@ -171,12 +173,12 @@ def test_cut_slices_equal_sample_slices(native, size, monkeypatch):
     _close(got, ref)
 
 
-def test_portable_native_slicer_matches_reference(monkeypatch, tmp_path):
-    if not _native.available() or os.uname().machine != "x86_64":
+def test_portable_cpu_slicer_matches_reference(monkeypatch, tmp_path):
+    if not native_kernels.available() or os.uname().machine != "x86_64":
         pytest.skip("no native kernel on this machine")
     monkeypatch.setenv("TOMOFIELD_CACHE", str(tmp_path))
-    lib = _native.load(PORTABLE)
-    assert lib is not None, _native.reason
+    lib = native_kernels.load(PORTABLE)
+    assert lib is not None, native_kernels.reason
     vol = torch.randn(3, 6, 8, 7)
     e = half_extents((6, 8, 7), (1.0, 1.0, 1.0), "normalized").float()
     dirs = _dirs(5, 4).to("cpu")
@@ -186,13 +188,14 @@ def test_portable_native_slicer_matches_reference(monkeypatch, tmp_path):
         dirs.normals[rows], dirs.u[rows], dirs.v[rows], offsets, dirs.a_half[rows], dirs.b_half[rows], (9, 19)
     )
     frames = _fastpath.index_frames(dirs, rows, offsets, e, (6, 8, 7), (9, 19))
-    _close(_native.slice_trilinear(vol, frames, (9, 19), lib=lib), sample_slices(vol, pts, e))
+    _close(native_kernels.slice_trilinear(vol, frames, (9, 19), lib=lib), sample_slices(vol, pts, e))
 
 
 def _old_reconstruct(eng: Engine, vol: torch.Tensor, spacing) -> torch.Tensor:
     """The engine loop as it was before the fast path: points, sample_slices, reference backprojection."""
     shape = tuple(vol.shape[1:])
-    e, groups = eng.plan(shape, spacing)
+    plan = eng.plan(shape, spacing)
+    e, groups = plan.e, plan.groups
     pad, size, n_dirs = eng.filter.pad, (eng.config.slice_size,) * 2, sum(len(g) for g in groups)
     enc, pts, out = eng.encoder_for(vol.shape[0]), voxel_points(shape, e), 0
     with torch.no_grad():
@@ -248,7 +251,8 @@ def test_engine_matches_the_loop_it_replaced(head, sampler):
 def _all_slices(eng: Engine, vol: torch.Tensor, spacing) -> tuple[torch.Tensor, torch.Tensor]:
     """Every slice of the plan (N, C, h, w) and the occupancy test's verdict (N,)."""
     shape = tuple(vol.shape[1:])
-    e, (dirs,) = eng.plan(shape, spacing)
+    plan = eng.plan(shape, spacing)
+    e, (dirs,) = plan.e, plan.groups
     S = dirs.num_slices + 2 * eng.filter.pad
     off = slice_offsets(dirs.s_half, dirs.num_slices, eng.filter.pad)
     hits = _fastpath.Occupancy.of(vol, e, eng.config.empty_tol).hits(dirs, off).reshape(-1)
@@ -304,7 +308,7 @@ def test_skip_tolerance_only_skips_slices_below_it():
 
 
 def test_scorer_returns_float32_under_bf16_and_bad_amp_is_refused():
-    scorer = _fastpath.Scorer.build(
+    scorer = Scorer(
         lambda enc, s: enc(s)[:, :, None, None],
         TinyNet(),
         torch.device("cpu"),
@@ -342,19 +346,45 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, when):
     )
 
 
-def test_compiled_batches_follow_the_current_batch_size():
-    """Padding for a compiled encoder reads the batch size at each call (it may shrink after an OOM)."""
-    seen, size = [], [8]
-    scorer = _fastpath.Scorer(
-        lambda enc, s: seen.append(s.shape[0]) or s.mean(dim=(1, 2, 3))[:, None, None, None],
-        nn.Identity(),
-        torch.device("cpu"),
-        pad_to=lambda: size[0],
-    )
+class _Compilable:
+    """A head that says it may be compiled, recording the batch sizes it sees."""
+
+    compilable, needs_grad = True, False
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def __call__(self, enc, s):
+        self.seen.append(s.shape[0])
+        return enc(s)[:, :, None, None]
+
+
+def test_compiled_batches_follow_the_current_batch_size(monkeypatch):
+    """Padding for a compiled encoder reads the scorer's batch size at each call (it shrinks after an OOM)."""
+    monkeypatch.setattr(pipeline, "compiled", lambda enc: enc)  # the padding is under test, not torch.compile
+    head = _Compilable()
+    scorer = Scorer(head, TinyNet(), torch.device("cpu"), compile=True, batch_size=8)
     assert scorer(torch.ones(5, 1, 4, 4)).shape == (5, 1, 1, 1)
-    size[0] = 4
+    scorer.batch_size = 4
     scorer(torch.ones(3, 1, 4, 4))
-    assert seen == [8, 4]
+    assert head.seen == [8, 4]
+
+
+def test_only_heads_that_allow_it_are_compiled(monkeypatch):
+    """Whether the encoder is compiled is the head's to say (``compilable``), not a check of its name."""
+    built = []
+    monkeypatch.setattr(pipeline, "compiled", lambda enc: built.append(enc) or enc)
+
+    class Named:  # named like the logit head but does not allow compilation
+        name, needs_grad = "logit", False
+
+        def __call__(self, enc, s):
+            return enc(s)[:, :, None, None]
+
+    Scorer(Named(), TinyNet(), torch.device("cpu"), compile=True)
+    assert built == []
+    Scorer(_Compilable(), TinyNet(), torch.device("cpu"), compile=True)
+    assert len(built) == 1
 
 
 def test_overflow_under_amp_is_reported():
@@ -379,9 +409,7 @@ def test_auto_amp_is_fp16_on_cuda_for_plain_heads_only():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
 
     def build(head, dev, amp):
-        return _fastpath.Scorer.build(
-            head, TinyNet(), dev, amp=amp, channels_last=False, compile=False, batch_size=4
-        ).dtype
+        return Scorer(head, TinyNet(), dev, amp=amp, channels_last=False, compile=False, batch_size=4).dtype
 
     assert build(PlainHead(), cuda, "auto") == torch.float16
     assert build(GradHead(), cuda, "auto") is None

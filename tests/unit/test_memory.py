@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tomofield import Engine, InputError
-from tomofield.engine import check_memory
+from tomofield.pipeline import check_memory
 
 
 class PickyHead:
@@ -33,8 +33,13 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_heatmap():
     eng = Engine(head=head, batch_size=64, **kw)
     with pytest.warns(RuntimeWarning, match="out of memory with batches of 64 slices; continuing with 32"):
         heat = eng.reconstruct(vol)
-    assert eng.config.batch_size == 8 and max(s for s in head.sizes[-5:]) <= 8
+    # the shrink is the scorer's state, kept for the engine's next volumes; the config is untouched
+    assert eng.scorer_for(1).batch_size == 8 and max(s for s in head.sizes[-5:]) <= 8
+    assert eng.config.batch_size == 64
     torch.testing.assert_close(heat, ref, atol=1e-5, rtol=1e-5)
+    head.sizes.clear()
+    torch.testing.assert_close(eng.reconstruct(vol), ref, atol=1e-5, rtol=1e-5)
+    assert max(head.sizes) <= 8  # the next volume starts at the size that fits
 
 
 def test_out_of_memory_at_batch_one_is_raised():

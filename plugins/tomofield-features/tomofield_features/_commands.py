@@ -8,42 +8,33 @@ from typing import Any
 
 import click
 
-from tomofield.cli import err, explicit, friendly, out, slice_progress
+from tomofield.commands import build_engine, engine_options, err, friendly, given, out, setting_option, slice_progress
+from tomofield.encoders import NORMS
 from tomofield.errors import InputError
+from tomofield.geometry import EXTENTS, GEOMETRIES
+from tomofield_features.ssl import SimCLRConfig
+
+#: This command's own choices for the engine (dense averaged features are the common case).
+FEATURES_DEFAULTS = {"filter": "none", "directions": 256, "slices": 32}
+#: The options of ``features`` that are its own, not the engine's.
+_OWN = ("stage", "pool", "components", "projection", "save_projection", "fit_slices")
 
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path(), help="Output feature volume (.nii/.nii.gz, K channels).")
-@click.option("--encoder", default="resnet10t", show_default=True, help="Registered or timm encoder name.")
-@click.option("--weights", type=click.Path(), help="Encoder weights (.safetensors or a run directory).")
-@click.option("--pretrained/--no-pretrained", default=False, show_default=True,
-              help="timm pretrained weights from the local cache (never downloaded).")
 @click.option("--stage", type=int, default=None, help="Encoder stage (feature_info index) whose map to use; default: pooled pre-logits.")
 @click.option("--pool", is_flag=True, help="Average the stage's map to one vector per slice.")
 @click.option("--components", "-k", default=16, show_default=True, help="PCA components (0: keep every channel).")
 @click.option("--projection", type=click.Path(), help="A given projection (.npy (C, K) or .npz with mean, matrix) instead of PCA.")
 @click.option("--save-projection", type=click.Path(), help="Write the fitted PCA (.npz) to reuse on other volumes.")
 @click.option("--fit-slices", default=256, show_default=True, help="Slices sampled to fit the PCA.")
-@click.option("--filter", "filter_", default="none", show_default=True, help="none (dense averaged features) | tomo.")
-@click.option("--sampler", default="fibonacci", show_default=True, help="fibonacci | axial | orthogonal.")
-@click.option("--directions", "-L", default=256, show_default=True)
-@click.option("--slices", "-M", default=32, show_default=True)
-@click.option("--slice-size", default=224, show_default=True)
-@click.option("--hemisphere/--sphere", default=True, show_default=True)
-@click.option("--geometry", type=click.Choice(["physical", "normalized"]), default="physical", show_default=True)
-@click.option("--extent", type=click.Choice(["unit", "tight"]), default="unit", show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Seed of the in-plane bases, the PCA sample and a random-init encoder.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", default=64, show_default=True)
 @click.option("--preview", type=click.Path(), help="Also write a PNG of the first three components as RGB.")
-@click.option("--nan-policy", type=click.Choice(["refuse", "zero"]), default="refuse", show_default=True)
 @click.option("--overwrite", is_flag=True)
+@engine_options(exclude=("head", "post"), defaults=FEATURES_DEFAULTS)
 @friendly
 def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bool, **o: Any) -> None:
     """Dense 3D features of a volume from a 2D encoder: a C x D x H x W (or K after PCA) NIfTI."""
-    from tomofield.checkpoint import is_run_dir
-    from tomofield.engine import Engine
     from tomofield.io import check_output_path, load_volume, save_nifti
     from tomofield_features.projection import fit_projection
 
@@ -52,33 +43,25 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
         check_output_path(preview, overwrite, suffixes=(".png",))
     if o["components"] < 0:
         raise InputError(f"--components must be >= 0, got {o['components']}")
-    volume = load_volume(inputs, nan_policy=o["nan_policy"], check_content=True)
-    config = {k: o[k] for k in ("directions", "slices", "slice_size", "hemisphere", "geometry", "extent", "seed",
-                                "batch_size", "pretrained")}
-    encoder: str | None = o["encoder"]
-    if o["weights"] and is_run_dir(o["weights"]):
-        for key in ("slice_size", "geometry", "extent"):
-            if not explicit(key):
-                config.pop(key)
-        if not explicit("encoder"):
-            encoder = None
+    volume = load_volume(inputs, check_content=True, **given({"nan_policy": o["nan_policy"]}))
     comps = o["components"] or None
     head_options: dict[str, Any] = {"stage": o["stage"], "pool": o["pool"]}
     if o["projection"]:
         head_options["projection"] = o["projection"]
     elif comps:
         head_options["components"] = comps
-    engine = Engine(encoder, "features", o["filter_"], o["sampler"], weights=o["weights"], device=o["device"],
-                    head_options=head_options, **config)
+    engine_opts = {k: v for k, v in o.items() if k not in _OWN}
+    engine = build_engine(engine_opts, head="features", head_options=head_options)
     c, *shape = volume.data.shape
     import torch
 
-    torch.manual_seed(o["seed"])  # a random-init encoder (no --weights) is the same on every run
+    torch.manual_seed(engine.config.seed)  # a random-init encoder (no --weights) is the same on every run
     engine.encoder_for(c)
     t0 = time.perf_counter()
     if comps and not o["projection"]:
         with err.status(f"fitting PCA ({comps} components) on {o['fit_slices']} slices"):
-            proj = fit_projection(engine, volume.data, [volume.spacing], samples=o["fit_slices"], seed=o["seed"])
+            proj = fit_projection(engine, volume.data, [volume.spacing], samples=o["fit_slices"],
+                                  seed=engine.config.seed)
         share = float(proj.explained.sum()) if proj.explained is not None else float("nan")
         err.print(f"PCA: {proj.channels} -> {proj.components} channels, {100 * share:.1f}% of the variance", highlight=False)
         if o["save_projection"]:
@@ -92,7 +75,7 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
         from tomofield_features.preview import write_rgb_preview
 
         write_rgb_preview(preview, feats.numpy(), volume.data[0].numpy(), volume.spacing,
-                          title=f"features / {o['filter_']}: {volume.paths[0].name}", overwrite=overwrite)
+                          title=f"features / {engine.filter_name}: {volume.paths[0].name}", overwrite=overwrite)
     out.print(f"wrote {output} ({feats.shape[0]} channels)" + (f" and {preview}" if preview else "")
               + f" in {time.perf_counter() - t0:.1f} s")
 
@@ -101,17 +84,17 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
 @click.argument("dataset", type=click.Path())
 @click.option("--output", "-o", "run_dir", required=True, type=click.Path(), help="Run directory (for --weights).")
 @click.option("--method", type=click.Choice(["simclr"]), default="simclr", show_default=True)
-@click.option("--encoder", default="resnet10t", show_default=True)
-@click.option("--norm", type=click.Choice(["frozen-bn", "group-norm", "batch-norm"]), default="group-norm", show_default=True)
-@click.option("--iterations", default=200, show_default=True)
-@click.option("--batch-volumes", default=2, show_default=True)
-@click.option("--slices-per-volume", default=16, show_default=True, help="Planes per volume (two views each).")
-@click.option("--slice-size", default=48, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--temperature", default=0.2, show_default=True)
-@click.option("--geometry", type=click.Choice(["physical", "normalized"]), default="physical", show_default=True)
-@click.option("--extent", type=click.Choice(["unit", "tight"]), default="unit", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@setting_option(SimCLRConfig, "--encoder", "Registered or timm encoder name.")
+@setting_option(SimCLRConfig, "--norm", "Normalisation layers.", type=click.Choice(NORMS))
+@setting_option(SimCLRConfig, "--iterations", "Training steps.", type=int)
+@setting_option(SimCLRConfig, "--batch-volumes", "Volumes per step.", type=int)
+@setting_option(SimCLRConfig, "--slices-per-volume", "Planes per volume (two views each).", type=int)
+@setting_option(SimCLRConfig, "--slice-size", "Slice side in pixels.", type=int)
+@setting_option(SimCLRConfig, "--lr", "Peak learning rate.", type=float)
+@setting_option(SimCLRConfig, "--temperature", "Contrastive temperature.", type=float)
+@setting_option(SimCLRConfig, "--geometry", "Slicing geometry.", type=click.Choice(GEOMETRIES))
+@setting_option(SimCLRConfig, "--extent", "Slice offsets.", type=click.Choice(EXTENTS))
+@setting_option(SimCLRConfig, "--seed", "Seed of the initialisation and the draws.", type=int)
 @click.option("--device", default="auto", show_default=True)
 @friendly
 def pretrain(dataset: str, run_dir: str, method: str, device: str, **o: Any) -> None:
@@ -119,9 +102,9 @@ def pretrain(dataset: str, run_dir: str, method: str, device: str, **o: Any) -> 
     from tomofield.dataset import read_dataset
     from tomofield.engine import resolve_device
     from tomofield.io import load_volume
-    from tomofield_features.ssl import SimCLRConfig, pretrain_simclr
+    from tomofield_features.ssl import pretrain_simclr
 
-    cfg = SimCLRConfig(**o)
+    cfg = SimCLRConfig(**given(o))
     cfg.validate()
     if Path(run_dir).exists() and any(Path(run_dir).iterdir()):
         raise InputError(f"run directory {run_dir!r} is not empty; choose another")

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from tomofield.errors import InputError
+from tomofield.protocols import Option
 
 
 class RegressionHead:
@@ -38,6 +39,12 @@ class RegressionHead:
     name = "regression"
     needs_encoder = True
     needs_grad = False
+    compilable = True  # it only calls the encoder
+    options = (
+        Option("target", int, 0, "Output index the head reads."),
+        Option("scale", float, 1.0, "Regression head: multiplies every slice score (a density run sets it)."),
+        Option("nonnegative", bool, False, "Regression head: clamp the scores at 0 (a density run sets it)."),
+    )
 
     def __init__(self, target: int = 0, scale: float = 1.0, nonnegative: bool = False) -> None:
         self.target, self.scale, self.nonnegative = int(target), float(scale), bool(nonnegative)
@@ -84,7 +91,7 @@ def encoder_features(encoder: nn.Module, slices: Tensor, stage: int | None = Non
             return encoder.forward_intermediates(slices, indices=[stage], intermediates_only=True, stop_early=True)[0]
         except TypeError:  # older timm signatures
             pass
-    from tomofield._cam import stage_module
+    from tomofield.cam import stage_module
 
     got: list[Tensor] = []
     handle = stage_module(encoder, stage).register_forward_hook(lambda m, a, out: got.append(out))
@@ -176,6 +183,13 @@ class FeaturesHead:
     name = "features"
     needs_encoder = True
     needs_grad = False
+    compilable = False
+    options = (
+        Option("stage", int, None, "Features head: encoder stage (feature_info index) whose map to use."),
+        Option("pool", bool, False, "Features head: average the stage's map to one vector per slice."),
+        Option("components", int, None, "Features head: project to this many channels (needs a projection)."),
+        Option("projection", str, None, "Features head: a projection file (.npy (C, K) or .npz)."),
+    )
 
     def __init__(
         self,

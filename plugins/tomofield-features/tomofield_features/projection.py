@@ -23,9 +23,8 @@ def engine_slices(
     """``count`` slices (count, C, S, S) drawn at random among those the engine would cut."""
     vol = validate_volume(volume).float()
     spacing = tuple(float(s) for s in (spacing or (1.0, 1.0, 1.0)))
-    e, groups = engine.plan(tuple(vol.shape[1:]), spacing)
-    pad = engine.filter.pad
-    size = (engine.config.slice_size, engine.config.slice_size)
+    plan = engine.plan(tuple(vol.shape[1:]), spacing)
+    e, groups, pad, size = plan.e, plan.groups, plan.pad, plan.size
     sizes = torch.tensor([len(g) * (g.num_slices + 2 * pad) for g in groups], dtype=torch.float64)
     which = torch.multinomial(sizes / sizes.sum(), count, replacement=True, generator=gen)
     out = []

@@ -1,7 +1,6 @@
 """The plugin's CLI command, added to ``tomofield`` through the ``register_commands`` hook.
 
-``tomofield.cli`` calls the hook while it is being imported, so its helpers are imported
-when the command runs, not when this module loads.
+Built on :mod:`tomofield.commands`, the toolkit tomofield offers plugins' commands.
 """
 
 from __future__ import annotations
@@ -10,22 +9,18 @@ from pathlib import Path
 
 import click
 
+from tomofield.commands import friendly, out
+from tomofield.errors import InputError
+from tomofield.io import check_output_path, save_nifti
+
 
 @click.command("dicom-to-nifti")
 @click.argument("series_dir", type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path(), help="Output volume (.nii or .nii.gz).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@friendly
 def dicom_to_nifti(series_dir: str, output: str, overwrite: bool) -> None:
     """Convert one DICOM series folder to NIfTI (slices sorted in space, affine from the headers)."""
-    from tomofield.cli import friendly
-
-    friendly(_convert)(series_dir, output, overwrite)
-
-
-def _convert(series_dir: str, output: str, overwrite: bool) -> None:
-    from tomofield.cli import out
-    from tomofield.errors import InputError
-    from tomofield.io import check_output_path, save_nifti
     from tomofield_medical._dicom import read_series
 
     check_output_path(output, overwrite)

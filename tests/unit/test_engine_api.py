@@ -1,0 +1,130 @@
+"""The library's entry points: Volume in, Heatmap out; weights into a given module; one owner of defaults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+from torch import nn
+
+import tomofield
+from tomofield import Engine, EngineConfig, Heatmap, InputError
+from tomofield.checkpoint import CONFIG, ENGINE_INHERITED, FORMAT, MODEL
+
+
+class TinyNet(nn.Module):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.conv(x)).mean(dim=(2, 3)) * 3)
+
+
+KW = dict(head="logit", directions=6, slices=5, slice_size=12, device="cpu")
+
+
+def test_run_takes_a_volume_and_returns_a_heatmap_on_its_grid(write_nifti, tmp_path):
+    affine = np.array([[0.0, -1.2, 0, 10], [0.9, 0, 0, -5], [0, 0, 2.5, 3], [0, 0, 0, 1]])
+    src = write_nifti("v.nii.gz", np.random.default_rng(0).random((9, 10, 11)), affine=affine)
+    volume = tomofield.load_volume([src])
+    engine = Engine(head="sum", directions=5, slices=4, slice_size=12, device="cpu")
+    heat = engine.run(volume)
+    assert isinstance(heat, Heatmap)
+    assert torch.equal(heat.data, engine.reconstruct(volume.data, volume.spacing))
+    np.testing.assert_array_equal(heat.affine, volume.affine)
+    out = heat.save(tmp_path / "h.nii.gz")
+    np.testing.assert_allclose(nib.load(out).affine, affine, atol=1e-6)
+    with pytest.raises(InputError, match="exists"):
+        heat.save(out)  # nothing overwritten without asking
+
+
+def test_weights_given_with_a_module_are_loaded_into_it(tmp_path):
+    vol = torch.rand(1, 10, 10, 10, generator=torch.Generator().manual_seed(1))
+    trained = TinyNet(seed=5)
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    got = Engine(encoder=TinyNet(seed=0), weights=str(tmp_path / "w.safetensors"), **KW).reconstruct(vol)
+    want = Engine(encoder=TinyNet(seed=5), **KW).reconstruct(vol)
+    assert torch.equal(got, want)
+    assert not torch.equal(Engine(encoder=TinyNet(seed=0), **KW).reconstruct(vol), want)
+    save_file({"conv.weight": torch.zeros(4, 1, 3, 3)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(InputError, match="do not fit the encoder"):
+        Engine(encoder=TinyNet(), weights=str(tmp_path / "bad.safetensors"), **KW).reconstruct(vol)
+
+
+def test_unknown_settings_and_head_options_are_refused_naming_the_valid_ones():
+    with pytest.raises(InputError, match="unknown engine setting.*directon.*valid: directions"):
+        Engine(head="sum", directon=5)
+    with pytest.raises(InputError, match="head 'logit' has no option.*pool.*its options: target"):
+        Engine(head="logit", head_options={"pool": 3})
+
+
+def test_config_is_frozen_and_the_oom_batch_lives_in_the_scorer():
+    engine = Engine(head="sum", batch_size=32, device="cpu")
+    with pytest.raises(AttributeError):
+        engine.config.batch_size = 4  # type: ignore[misc]
+    assert engine.scorer_for(1).batch_size == 32
+
+
+def _fake_run(tmp_path: Path, **settings) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    net = TinyNet(seed=3)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(run / MODEL))
+    cfg = {"format": FORMAT, "encoder": "tinynet", "in_chans": 1, "num_classes": 1, "norm": "frozen-bn", **settings}
+    (run / CONFIG).write_text(json.dumps(cfg))
+    return run
+
+
+@pytest.fixture
+def tinynet_encoder():
+    class Encoders:
+        @tomofield.hookimpl
+        def register_encoders(self, register):
+            register("tinynet", lambda name, **kw: TinyNet(), "test net")
+
+    tomofield.plugins.register_plugin(Encoders(), name="tinynet-test")
+
+
+def test_cli_and_library_inherit_the_same_from_a_run(tmp_path, write_nifti, tinynet_encoder):
+    """`tomofield run --weights RUN` and `Engine(weights=RUN)` get the run's settings from one resolver."""
+    run = _fake_run(tmp_path, slice_size=20, geometry="normalized", extent="tight")
+    engine = Engine(weights=str(run), head="logit", directions=5, slices=4, device="cpu")
+    for key in ("slice_size", "geometry", "extent"):
+        assert getattr(engine.config, key) == json.loads((run / CONFIG).read_text())[key]
+    assert set(ENGINE_INHERITED) >= {"encoder", "slice_size", "geometry", "extent", "norm"}
+    vol = np.random.default_rng(2).random((9, 10, 11)).astype(np.float32)
+    src = write_nifti("v.nii.gz", vol, spacing=(2.0, 1.0, 1.0))
+    from tomofield.cli import cli
+
+    out = tmp_path / "h.nii.gz"
+    res = CliRunner().invoke(cli, ["run", str(src), "-o", str(out), "--weights", str(run), "-L", "5", "-M", "4",
+                                   "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    volume = tomofield.load_volume([src])
+    want = engine.reconstruct(volume.data, volume.spacing)
+    assert torch.equal(tomofield.load_volume([out]).data, want)
+    # an explicit setting wins over the run's, from both
+    res = CliRunner().invoke(cli, ["run", str(src), "-o", str(tmp_path / "h2.nii.gz"), "--weights", str(run),
+                                   "-L", "5", "-M", "4", "--slice-size", "16", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    explicit = Engine(weights=str(run), head="logit", directions=5, slices=4, slice_size=16, device="cpu")
+    assert torch.equal(tomofield.load_volume([tmp_path / "h2.nii.gz"]).data,
+                       explicit.reconstruct(volume.data, volume.spacing))
+
+
+def test_cli_defaults_are_the_librarys(tmp_path, write_nifti):
+    """With no options the CLI builds the engine the library builds with no arguments."""
+    from tomofield.commands import build_engine
+
+    engine = build_engine({k: None for k in ("directions", "slices", "head", "filter", "seed")})
+    assert engine.config == EngineConfig()
+    assert (engine.head_name, engine.filter_name) == ("logit", "tomo")

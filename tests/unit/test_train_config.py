@@ -1,0 +1,166 @@
+"""TrainConfig: the library's defaults, a teacher run's inherited settings, validation, and balanced accuracy."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tomofield.checkpoint import FORMAT, TRAINING_INHERITED
+from tomofield.errors import InputError
+from tomofield.evaluation import metrics
+from tomofield.train import (
+    DEFAULTS,
+    TrainConfig,
+    Trainer,
+    balanced_accuracy,
+    config_from_options,
+    load_cases,
+    volume_scores,
+)
+
+#: Every default TrainConfig had before the defaults moved into the resolution.
+TODAY = dict(encoder="resnet10t", norm="frozen-bn", pretrained=False, iterations=1000, slices_per_volume=120,
+             slice_size=224, batch_volumes=2, lr=5e-5, lr_end=1e-7, seed=0, geometry="physical", extent="unit",
+             task="classification", loss="bce", scale_jitter=0.3, translation=0.3, intensity_jitter=0.3,
+             val_every=100, val_directions=8, val_slices=16, checkpoint_every=100, teacher=None,
+             teacher_quantile=0.95)
+TEACHER = dict(norm="group-norm", slice_size=16, geometry="normalized", extent="tight")
+
+
+@pytest.fixture
+def datasets(cube_volumes, tmp_path: Path) -> tuple[Path, Path]:
+    """The cube volumes with presence labels and with volume targets."""
+    for csv, label in (("presence.csv", lambda pos: int(pos)), ("volume.csv", lambda pos: 0.432 * pos)):
+        rows = "\n".join(f"{name},{label(pos)}" for name, pos in cube_volumes)
+        (tmp_path / csv).write_text("image,label\n" + rows + "\n")
+    return tmp_path / "presence.csv", tmp_path / "volume.csv"
+
+
+@pytest.fixture
+def teacher(datasets, tmp_path: Path) -> Path:
+    """A one-step classification run whose slicing and norm differ from the library's defaults."""
+    cfg = TrainConfig(iterations=1, slices_per_volume=2, lr=1e-3, seed=3, **TEACHER)
+    Trainer(datasets[0], tmp_path / "teacher", cfg, device="cpu").fit()
+    return tmp_path / "teacher"
+
+
+def fake_run(path: Path, **settings) -> Path:
+    """A run directory with only a config.json (enough to resolve from)."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"format": FORMAT, "task": "classification", **settings}))
+    return path
+
+
+def test_without_a_teacher_the_library_defaults_are_todays():
+    assert set(DEFAULTS) == set(TRAINING_INHERITED)
+    cfg = TrainConfig()
+    assert all(getattr(cfg, k) is None for k in (*TRAINING_INHERITED, "loss"))
+    assert asdict(cfg.resolved()) == TODAY
+    assert cfg.loss is None  # resolved() returns a new config
+    assert TrainConfig(task="regression").resolved().loss == "mse"
+    explicit = TrainConfig(slice_size=32, extent="tight", loss="bce").resolved()
+    assert (explicit.slice_size, explicit.extent, explicit.encoder) == (32, "tight", "resnet10t")
+
+
+def test_resolution_reads_the_teachers_run_and_explicit_values_win(tmp_path):
+    run = fake_run(tmp_path / "t", encoder="resnet18", norm="batch-norm", slice_size=48, geometry="normalized",
+                   extent="tight", in_chans=1)
+    got = TrainConfig(task="regression", teacher=str(run)).resolved()
+    assert {k: getattr(got, k) for k in TRAINING_INHERITED} == dict(
+        encoder="resnet18", norm="batch-norm", slice_size=48, geometry="normalized", extent="tight")
+    assert got.loss == "mse"
+    got = TrainConfig(task="regression", teacher=str(run), slice_size=24, loss="huber").resolved()
+    assert (got.slice_size, got.encoder, got.loss) == (24, "resnet18", "huber")
+    # what the run does not record falls back to the library's default
+    partial = fake_run(tmp_path / "p", slice_size=48)
+    got = TrainConfig(task="regression", teacher=str(partial)).resolved()
+    assert (got.slice_size, got.encoder, got.extent) == (48, "resnet10t", "unit")
+
+
+def test_a_teacher_that_is_not_a_run_is_refused_as_the_trainer_always_did(tmp_path):
+    where = str(tmp_path / "nowhere")
+    with pytest.raises(InputError, match=f"^--teacher {where!r} is not a run directory of tomofield train$"):
+        TrainConfig(task="regression", teacher=where).resolved()
+
+
+def test_trainer_inherits_the_teachers_settings(datasets, teacher, tmp_path):
+    run = json.loads((teacher / "config.json").read_text())
+    trainer = Trainer(datasets[1], tmp_path / "s", TrainConfig(task="regression", teacher=str(teacher)), device="cpu")
+    assert {k: getattr(trainer.cfg, k) for k in TRAINING_INHERITED} == {k: run[k] for k in TRAINING_INHERITED}
+    assert (trainer.cfg.norm, trainer.cfg.slice_size, trainer.cfg.loss) == ("group-norm", 16, "mse")
+    wins = Trainer(datasets[1], tmp_path / "w", TrainConfig(task="regression", teacher=str(teacher), slice_size=24),
+                   device="cpu")
+    assert (wins.cfg.slice_size, wins.cfg.extent) == (24, "tight")
+    plain = Trainer(datasets[1], tmp_path / "p", TrainConfig(task="regression"), device="cpu")
+    assert {k: getattr(plain.cfg, k) for k in TRAINING_INHERITED} == DEFAULTS
+
+
+def test_student_run_records_concrete_settings_and_resumes(datasets, teacher, tmp_path):
+    student = TrainConfig(task="regression", teacher=str(teacher), teacher_quantile=0.5, iterations=1,
+                          slices_per_volume=4, lr=1e-3, checkpoint_every=1)
+    Trainer(datasets[1], tmp_path / "s", student, device="cpu").fit()
+    cfg = json.loads((tmp_path / "s/config.json").read_text())
+    assert {k: cfg[k] for k in TEACHER} == TEACHER
+    assert {k: cfg["training"][k] for k in (*TEACHER, "encoder", "loss")} == {**TEACHER, "encoder": "resnet10t",
+                                                                            "loss": "mse"}
+    # the same (unresolved) arguments resume: the saved and current resolved arguments agree
+    result = Trainer(datasets[1], tmp_path / "s", replace(student, iterations=2), device="cpu", resume=True).fit()
+    assert result["iteration"] == 2
+    with pytest.raises(InputError, match=r"different training arguments: slice_size \(was 16, now 24\)"):
+        Trainer(datasets[1], tmp_path / "s", replace(student, slice_size=24), device="cpu", resume=True).fit()
+
+
+@pytest.mark.parametrize(("name", "value", "valid"), [("geometry", "spherical", "physical, normalized"),
+                                                      ("extent", "loose", "unit, tight"),
+                                                      ("norm", "layer-norm", "frozen-bn, batch-norm, group-norm")])
+def test_choices_are_validated_with_the_valid_values(name, value, valid):
+    with pytest.raises(InputError, match=f"unknown {name} '{value}'; valid: {valid}"):
+        TrainConfig(**{name: value}).validate()
+
+
+def test_an_invalid_setting_from_the_teacher_is_refused(datasets, tmp_path):
+    run = fake_run(tmp_path / "t", geometry="spherical")
+    with pytest.raises(InputError, match="unknown geometry 'spherical'; valid: physical, normalized"):
+        Trainer(datasets[1], tmp_path / "s", TrainConfig(task="regression", teacher=str(run)), device="cpu")
+
+
+def test_unresolved_configs_validate_and_options_skip_unknown_and_none():
+    TrainConfig().validate()  # what is not given is not checked
+    cfg = config_from_options(slice_size=None, extent="tight", output="x", resume=True, loss=None)
+    assert (cfg.slice_size, cfg.extent, cfg.loss) == (None, "tight", None)
+
+
+class SliceMean(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(1, 2, 3))[:, None]
+
+
+@pytest.mark.parametrize(("labels", "predicted"), [([1, 1, 1], [1, 0, 1]), ([0, 0], [1, 0]),
+                                                   ([1, 0, 1, 0, 1], [1, 1, 0, 0, 1])])
+def test_balanced_accuracy_is_the_evaluations(labels, predicted):
+    t, p = torch.tensor(labels, dtype=torch.float32), torch.tensor(predicted, dtype=torch.float32)
+    assert balanced_accuracy(t, p) == metrics.balanced_accuracy(np.array(labels), np.array(predicted))
+
+
+def test_validation_balanced_accuracy_is_the_evaluations(datasets, tmp_path):
+    """The trainer's validation metric, with both classes and with the negatives missing from the labels."""
+    cfg = TrainConfig(slice_size=16, val_directions=2, val_slices=4, norm="group-norm")
+    trainer = Trainer(datasets[0], tmp_path / "run", cfg, device="cpu")
+    train = load_cases(trainer.cases, trainer.cfg.geometry, trainer.device)  # the slice means separate them
+    mixed = [replace(v, label=1 - v.label) if i < 3 else v for i, v in enumerate(train)]
+    positive = [replace(v, label=1.0) for v in train]
+    got = {}
+    for name, val in (("mixed", mixed), ("positive", positive)):
+        out = trainer.validate(SliceMean(), val, train)
+        scores = volume_scores(SliceMean(), val, trainer.cfg).numpy()
+        labels = np.array([v.label for v in val])
+        assert out["val_balanced_accuracy"] == metrics.balanced_accuracy(labels, scores >= out["threshold"])
+        got[name] = out["val_balanced_accuracy"]
+    # a missing class's term is dropped (the sensitivity alone), not counted as 1
+    assert got == {"mixed": pytest.approx((2 / 3 + 3 / 5) / 2), "positive": 0.5}

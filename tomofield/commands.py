@@ -1,0 +1,296 @@
+"""The command-line toolkit shared by tomofield's commands and plugins' commands.
+
+A plugin that adds a command (hook ``register_commands``) builds it from this module,
+never from ``tomofield.cli``: error reporting (:func:`friendly`), the consoles
+(:data:`err`, :data:`out`), progress bars (:func:`slice_progress`) and the options of an
+engine (:func:`engine_options`, :class:`EngineCommand`, :func:`build_engine`).
+
+The library owns every default. Options that stand for an engine or trainer setting
+default to ``None`` ("not given") and only what the user gave is passed on, so a run
+directory's settings and the library's defaults apply exactly as from Python; help texts
+show the library's default, read from it. This module and ``tomofield.cli`` are the only
+ones that import click and rich.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from tomofield import plugins
+from tomofield.engine import Engine, EngineConfig
+from tomofield.errors import InputError, TomofieldError
+from tomofield.io import NAN_POLICIES, load_volume
+from tomofield.protocols import Option
+
+_WIDTH = None if sys.stdout.isatty() else 200  # no wrapping when piped or captured
+#: Messages, progress and warnings.
+err = Console(stderr=True)
+#: Results.
+out = Console(width=_WIDTH)
+
+__all__ = [
+    "EngineCommand",
+    "build_engine",
+    "default_of",
+    "engine_options",
+    "err",
+    "friendly",
+    "given",
+    "out",
+    "setting_option",
+    "slice_progress",
+    "with_default",
+]
+
+
+# -- reporting ------------------------------------------------------------------------------
+class _Rate(ProgressColumn):
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} slices/s" if speed else "- slices/s", style="cyan")
+
+
+@contextmanager
+def slice_progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar; yields ``callback(n, total)`` for :meth:`Engine.reconstruct`."""
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def tick(n: int, total: int) -> None:
+            bar.update(task, total=total, advance=n)
+
+        yield tick
+
+
+def friendly(fn: Callable) -> Callable:
+    """Turn tomofield's own errors into a one-paragraph message and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TomofieldError as exc:
+            err.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+# -- defaults -------------------------------------------------------------------------------
+def default_of(owner: Any, name: str) -> Any:
+    """The library's default of ``name``: a dataclass field's, or a callable's parameter's."""
+    if dataclasses.is_dataclass(owner):
+        f = {f.name: f for f in dataclasses.fields(owner)}[name]
+        if f.default is not dataclasses.MISSING:
+            return f.default
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+    return inspect.signature(owner).parameters[name].default
+
+
+def with_default(help: str, default: Any) -> str:
+    """``help`` with the library's default appended, as ``show_default`` would."""
+    if default is None or default == ():
+        return help
+    shown = default if not isinstance(default, bool) else str(default).lower()
+    return f"{help}  [default: {shown}]"
+
+
+def setting_option(owner: Any, flag: str, help: str, *, name: str | None = None, **kw: Any) -> Callable:
+    """A click option standing for setting ``name`` of the library's ``owner`` (a dataclass or callable).
+
+    Not given by default; the help shows ``owner``'s default, read from it (no copy).
+    ``name`` defaults to the flag's first spelling with dashes as underscores.
+    """
+    name = name or flag.lstrip("-").split("/")[0].replace("-", "_")
+    return click.option(flag, name, default=None, help=with_default(help, default_of(owner, name)), **kw)
+
+
+def given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options the user gave: those whose value is not None (an empty ``multiple``: not given)."""
+    return {k: v for k, v in options.items() if v is not None and v != ()}
+
+
+# -- engine options -------------------------------------------------------------------------
+#: Engine arguments that name components or places, with their help; defaults are Engine's.
+_COMPONENT_OPTIONS = {
+    "encoder": ("--encoder", "Registered or timm encoder name (a run directory's, with --weights RUN)."),
+    "weights": ("--weights", "Encoder weights: a .safetensors file or a run directory of tomofield train."),
+    "head": ("--head", "Per-slice score head (tomofield plugins lists them)."),
+    "filter": ("--filter", "Reconstruction filter: none | tomo | a plugin's."),
+    "sampler": ("--sampler", "Slice sampler: fibonacci | axial | orthogonal | a plugin's."),
+    "device": ("--device", "auto | cpu | cuda | cuda:N."),
+}
+
+
+def _setting_option(f: dataclasses.Field, default: Any) -> Callable:
+    meta = f.metadata
+    decls = [f"--{f.name.replace('_', '-')}"]
+    if isinstance(default, bool):
+        decls = [f"{decls[0]}/{meta.get('off') or '--no-' + f.name.replace('_', '-')}"]
+    if meta.get("short"):
+        decls.append(meta["short"])
+    kind = click.Choice(list(meta["choices"])) if meta.get("choices") else type(default)
+    if isinstance(default, bool):
+        return click.option(*decls, f.name, default=None, help=with_default(meta["help"], default))
+    return click.option(*decls, f.name, type=kind, default=None, help=with_default(meta["help"], default))
+
+
+def engine_options(exclude: Sequence[str] = (), defaults: dict[str, Any] | None = None) -> Callable:
+    """Click options for every setting of :class:`~tomofield.EngineConfig` and the components.
+
+    Settings come from the fields that :func:`tomofield.engine.setting` describes; each
+    option defaults to ``None`` (not given). Args:
+        exclude: option names to leave out (e.g. ``head`` for a command with a fixed head).
+        defaults: this command's own defaults, shown in help and passed on like given values
+            (by :func:`build_engine`) when the user gives nothing.
+    """
+    defaults = dict(defaults or {})
+
+    def decorate(fn: Callable) -> Callable:
+        opts: list[Callable] = []
+        for name, (flag, help) in _COMPONENT_OPTIONS.items():
+            if name in exclude:
+                continue
+            default = defaults.get(name, default_of(Engine, name))
+            opts.append(click.option(flag, name, default=None, type=click.Path() if name == "weights" else str,
+                                     help=with_default(help, default)))
+        if "post" not in exclude:
+            opts.append(click.option("--post", "post", multiple=True,
+                                     help="Post-processor(s), applied in order (e.g. clip-negative)."))
+        for f in dataclasses.fields(EngineConfig):
+            if "help" in f.metadata and f.name not in exclude:
+                opts.append(_setting_option(f, defaults.get(f.name, f.default)))
+        if "nan_policy" not in exclude:
+            opts.append(click.option("--nan-policy", "nan_policy", type=click.Choice(NAN_POLICIES), default=None,
+                                     help=with_default("NaN/Inf voxels: refuse the volume, or replace them by 0.",
+                                                       default_of(load_volume, "nan_policy"))))
+        for opt in reversed(opts):
+            fn = opt(fn)
+        fn.__tomofield_defaults__ = defaults
+        return fn
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class HeadParam:
+    """One command-line option standing for an option of one or more heads."""
+
+    param: str
+    option: Option
+    heads: tuple[str, ...]
+
+    @property
+    def flag(self) -> str:
+        return self.option.flag if self.param == f"head_{self.option.name}" else "--" + self.param[5:].replace("_", "-")
+
+
+def head_params() -> list[HeadParam]:
+    """The options the registered heads declare, one command-line option per name.
+
+    Heads that declare the same name with the same type share one option (``--target``);
+    a later head declaring the name with another type gets ``--HEAD-NAME``.
+    """
+    owners: dict[str, tuple[Option, list[str]]] = {}
+    extra: list[HeadParam] = []
+    for comp in plugins.components("head"):
+        for opt in comp.options:
+            if opt.name not in owners:
+                owners[opt.name] = (opt, [comp.name])
+            elif owners[opt.name][0].type is opt.type:
+                owners[opt.name][1].append(comp.name)
+            else:
+                safe = re.sub(r"\W+", "_", comp.name).strip("_")
+                extra.append(HeadParam(f"head_{safe}_{opt.name}", opt, (comp.name,)))
+    return [HeadParam(f"head_{n}", opt, tuple(heads)) for n, (opt, heads) in owners.items()] + extra
+
+
+def _head_click_option(hp: HeadParam) -> click.Option:
+    opt = hp.option
+    heads = ", ".join(hp.heads)
+    help = with_default(f"{opt.help} (heads: {heads})", opt.default)
+    if opt.type is bool:
+        name = hp.flag[2:]
+        return click.Option([f"--{name}/--no-{name}", hp.param], default=None, help=help)
+    kind = click.Choice([str(c) for c in opt.choices]) if opt.choices else opt.type
+    return click.Option([hp.flag, hp.param], type=kind, default=None, help=help)
+
+
+class EngineCommand(click.Command):
+    """A command whose heads' declared options become options of its own, read from the registry.
+
+    The options are looked up at each invocation, so a plugin's head gets its options
+    (``tomofield run --head NAME --its-option``) however it was registered.
+    """
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        help_option = self.get_help_option(ctx)
+        own = [p for p in params if p is not help_option]
+        taken = {p.name for p in own}
+        heads = [_head_click_option(hp) for hp in head_params() if hp.param not in taken]
+        return own + heads + ([help_option] if help_option is not None else [])
+
+
+def head_options(head: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The head options among a command's given ``options``, checked against head ``head``'s declaration."""
+    out_: dict[str, Any] = {}
+    for hp in head_params():
+        value = options.get(hp.param)
+        if value is None:
+            continue
+        if head not in hp.heads:
+            comp = plugins.get("head", head)
+            mine = [p.flag for p in head_params() if head in p.heads]
+            raise InputError(f"{hp.flag} is not an option of head {comp.name!r}; its options: "
+                             f"{', '.join(mine) if mine else '(none)'}")
+        out_[hp.option.name] = value
+    return out_
+
+
+def build_engine(options: dict[str, Any], **fixed: Any) -> Engine:
+    """An :class:`~tomofield.Engine` from a command's options: only what was given, then ``fixed``.
+
+    Args:
+        options: the command's keyword arguments (click's ``**options``); ``None`` is "not given".
+        **fixed: arguments the command sets itself (e.g. ``head="features"``, ``head_options``).
+    """
+    ctx = click.get_current_context(silent=True)
+    command_defaults = getattr(ctx.command.callback, "__tomofield_defaults__", {}) if ctx else {}
+    o = {**command_defaults, **given(options)}
+    settings = {f.name for f in dataclasses.fields(EngineConfig)}
+    kwargs: dict[str, Any] = {k: o[k] for k in ("encoder", "head", "filter", "sampler", "weights", "device") if k in o}
+    if "post" in o:
+        kwargs["postprocess"] = list(o["post"])
+    config = {k: v for k, v in o.items() if k in settings}
+    head = fixed.get("head", kwargs.get("head", default_of(Engine, "head")))
+    if isinstance(head, str):
+        plugins.get("head", head)  # an unknown head fails here, listing the valid ones
+        hopts = head_options(head, o)
+        if hopts:
+            config["head_options"] = {**hopts, **fixed.pop("head_options", {})}
+    return Engine(**{**kwargs, **config, **fixed})

@@ -1,0 +1,176 @@
+"""What a component of each kind must look like: the plugin contract, in one module.
+
+A plugin registers factories through the hooks of :mod:`tomofield.hookspecs`; what the
+factories build must satisfy the protocols below (structural typing: no base class to
+inherit). A component also declares the options it takes as a tuple of :class:`Option`
+in its ``options`` attribute, so every front end (the CLI, a config file) can offer them
+without knowing the component: ``tomofield run --head NAME`` gets one command-line option
+per declared option, the way the CAM heads get ``--layer``.
+
+docs/plugins.md documents the whole surface with an example plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # for the annotations only: this module stays a leaf
+    from torch import Tensor, nn
+
+    from tomofield.geometry import Directions
+    from tomofield.samplers import SamplingConfig
+
+#: Value types an :class:`Option` may declare.
+OPTION_TYPES = (int, float, bool, str)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a component, declared by the component itself.
+
+    Attributes:
+        name: the keyword the factory takes (``layer``); the CLI spells it ``--layer``.
+        type: ``int``, ``float``, ``bool`` (a ``--name/--no-name`` switch) or ``str``.
+        default: the factory's default, shown in help texts (the factory applies it).
+        help: one line for ``--help``.
+        choices: the valid values, if the option takes only a few.
+    """
+
+    name: str
+    type: type
+    default: Any = None
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"option name {self.name!r} is not a Python identifier")
+        if self.type not in OPTION_TYPES:
+            valid = ", ".join(t.__name__ for t in OPTION_TYPES)
+            raise ValueError(f"option {self.name!r} has type {self.type!r}; valid: {valid}")
+
+    @property
+    def flag(self) -> str:
+        """The command-line spelling, ``--name-with-dashes``."""
+        return "--" + self.name.replace("_", "-")
+
+
+def check_options(options: Sequence[Any]) -> tuple[Option, ...]:
+    """``options`` as a tuple, refusing anything but :class:`Option` and repeated names."""
+    opts = tuple(options or ())
+    bad = [o for o in opts if not isinstance(o, Option)]
+    if bad:
+        raise TypeError(f"options must be tomofield.protocols.Option objects, got {bad[0]!r}")
+    names = [o.name for o in opts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise TypeError(f"option(s) declared twice: {', '.join(twice)}")
+    return opts
+
+
+def options_of(obj: Any) -> tuple[Option, ...]:
+    """The options ``obj`` (a component class or factory) declares in ``options``; none if none."""
+    return check_options(getattr(obj, "options", ()))
+
+
+@runtime_checkable
+class EncoderFactory(Protocol):
+    """Builds a 2D encoder: ``factory(name, *, in_chans, num_classes, pretrained, norm)``.
+
+    The module maps slices (N, C, h, w) to logits (N, num_classes); CAM and feature heads
+    also use timm's ``feature_info`` when it has one.
+    """
+
+    def __call__(
+        self, name: str, *, in_chans: int, num_classes: int, pretrained: bool, norm: str
+    ) -> nn.Module: ...
+
+
+@runtime_checkable
+class Head(Protocol):
+    """Scores every slice: ``head(encoder, slices)`` with slices (N, C, h, w) -> (N, K, h', w').
+
+    Attributes:
+        needs_encoder: False for heads that read the slice only (``sum``); the engine
+            then builds no network.
+        needs_grad: True for heads that backpropagate (CAMs): the engine runs them under
+            ``no_grad`` instead of ``inference_mode`` and keeps float32 under ``amp=auto``.
+        compilable: True when the head only calls the encoder, so ``torch.compile`` of the
+            encoder is safe (hooks and autograd tricks do not survive compilation).
+        options: what the factory takes, as :class:`Option` (class attribute).
+    """
+
+    needs_encoder: bool
+    needs_grad: bool
+    compilable: bool
+    options: ClassVar[tuple[Option, ...]]
+
+    def __call__(self, encoder: nn.Module | None, slices: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class Filter(Protocol):
+    """Filters each stack along its normal: ``filter(p, ds) -> q``.
+
+    ``p`` (L, M + 2 pad, K, h, w) scores, ``ds`` (L,) slice spacing; ``q`` (L, M, K, h, w).
+    The reconstruction is ``constant * 4 pi / L * sum_l w_l q_l`` with ``w_l`` the slice
+    area when ``integral`` is true, else 1 (docs/design.md, "Reconstruction constants").
+    """
+
+    pad: int
+    integral: bool
+    constant: float
+
+    def __call__(self, p: Tensor, ds: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Chooses the stacks: ``plan(shape, e, config) -> list[Directions]``.
+
+    ``shape`` the (D, H, W) grid, ``e`` the box half-extents, ``config`` a
+    :class:`~tomofield.samplers.SamplingConfig`; all stacks of one group share a slice count.
+    """
+
+    def plan(self, shape: Sequence[int], e: Tensor, config: SamplingConfig) -> list[Directions]: ...
+
+
+#: A post-processor: ``post(heatmap (K, D, H, W), volume (C, D, H, W)) -> heatmap``.
+PostProcessor = Callable[["Tensor", "Tensor"], "Tensor"]
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """A public dataset for ``tomofield prepare NAME`` and ``tomofield train --recipe NAME``.
+
+    ``prepare`` writes volumes and dataset CSVs and returns their paths; ``recipe`` holds
+    training settings (fields of :class:`tomofield.train.TrainConfig`).
+    """
+
+    recipe: dict[str, Any]
+
+    def prepare(self, raw_dir: Path, out_dir: Path, *, seed: int, val_fraction: float) -> dict[str, Path]: ...
+
+
+def required_attributes(protocol: type) -> tuple[str, ...]:
+    """The attributes and methods an object must have to satisfy ``protocol`` (``options`` aside).
+
+    >>> required_attributes(Filter)
+    ('pad', 'integral', 'constant', '__call__')
+    """
+    names = [n for n in vars(protocol).get("__annotations__", {}) if n != "options"]
+    names += [n for n, v in vars(protocol).items() if callable(v) and (n == "__call__" or not n.startswith("_"))]
+    return tuple(names)
+
+
+#: The protocol each component kind's factory must build (the encoder entry is the factory itself).
+KIND_PROTOCOLS: dict[str, type] = {
+    "encoder": EncoderFactory,
+    "head": Head,
+    "filter": Filter,
+    "sampler": Sampler,
+    "dataset": Dataset,
+}

@@ -1,0 +1,121 @@
+"""Training data: volumes cached on the device, the volumes of a step and their augmented slices.
+
+Every function taking a :class:`~tomofield.train.TrainConfig` needs a resolved one
+(:meth:`~tomofield.train.TrainConfig.resolved`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from tomofield.dataset import Case
+from tomofield.errors import InputError
+from tomofield.geometry import half_extents, sample_slices, slice_area, slice_points, stack_extents, unit_volume_mm3
+from tomofield.io import load_volume
+
+if TYPE_CHECKING:
+    from tomofield.train.config import TrainConfig
+
+Frame = tuple[Tensor, Tensor, Tensor]
+
+
+@dataclass
+class Loaded:
+    """A volume cached on the device with its half-extents and target."""
+
+    data: Tensor
+    e: Tensor
+    label: float
+    case: Case
+    mm3: float = 1.0  # cubic millimetres per unit cube of the geometry (geometry.unit_volume_mm3)
+
+
+def load_cases(cases: list[Case], geometry: str, device: torch.device) -> list[Loaded]:
+    """Load every case onto ``device``; all must have the same number of channels."""
+    out = []
+    for c in cases:
+        vol = load_volume(list(c.images))
+        e = half_extents(vol.data.shape[1:], vol.spacing, geometry).to(device, torch.float32)
+        mm3 = unit_volume_mm3(vol.data.shape[1:], vol.spacing, geometry)
+        out.append(Loaded(vol.data.to(device), e, c.label, c, mm3))
+    chans = {v.data.shape[0] for v in out}
+    if len(chans) > 1:
+        raise InputError(f"volumes have different channel counts {sorted(chans)}; every volume needs the same")
+    return out
+
+
+def random_frame(M: int, gen: torch.Generator) -> Frame:
+    """One uniform random normal shared by ``M`` slices, each with its own random in-plane basis; (M, 3) each."""
+    n = torch.randn(3, generator=gen, dtype=torch.float64)
+    n = (n / n.norm()).expand(M, 3)
+    g = torch.randn(M, 3, generator=gen, dtype=torch.float64)
+    u = g - (g * n).sum(-1, keepdim=True) * n
+    u = u / u.norm(dim=-1, keepdim=True)
+    v = torch.linalg.cross(n, u, dim=-1)
+    return n, u, v
+
+
+def cut_jittered(vol: Loaded, cfg: TrainConfig, gen: torch.Generator, frame: Frame,
+                 offsets: Tensor, a_half: Tensor, b_half: Tensor, shift: Tensor) -> Tensor:
+    """Sample the slices of ``frame`` (normals, u, v) with an affine intensity jitter (M, C, S, S)."""
+    jitter = lambda: cfg.intensity_jitter * (torch.rand(len(offsets), 1, 1, 1, generator=gen, dtype=torch.float64) * 2 - 1)  # noqa: E731
+    gain = jitter()
+    bias = jitter()
+    f = lambda t: t.to(vol.data.device, torch.float32)  # noqa: E731
+    n, u, v = frame
+    pts = slice_points(f(n), f(u), f(v), f(offsets), f(a_half), f(b_half), (cfg.slice_size, cfg.slice_size))
+    x = sample_slices(vol.data, pts + f(shift)[:, None, None, :], vol.e)
+    return (1 + f(gain)) * x + f(bias)
+
+
+def augmented_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> Tensor:
+    """``M`` randomly oriented, scaled, shifted, intensity-jittered slices (M, C, S, S)."""
+    M = cfg.slices_per_volume
+    U = lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1  # noqa: E731
+    n, u, v = random_frame(M, gen)
+    s_half, a_half, b_half = stack_extents(vol.e.cpu().double(), n, u, v, cfg.extent)
+    offsets = U(M) * s_half
+    a_half = a_half * (1 + cfg.scale_jitter * U(M))
+    b_half = b_half * (1 + cfg.scale_jitter * U(M))
+    shift = (cfg.translation * U(M, 1) * a_half[:, None]) * u + (cfg.translation * U(M, 1) * b_half[:, None]) * v
+    return cut_jittered(vol, cfg, gen, (n, u, v), offsets, a_half, b_half, shift)
+
+
+def stack_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One full stack of ``M`` parallel slices (M, C, S, S) and each slice's weight in mL (M,).
+
+    Offsets are stratified over the stack (one per ``2 s_half / M`` bin, random within
+    it) along one random normal; the in-plane frame only zooms out (up to ``1 +
+    scale_jitter``) and shifts within the margin that opens, so every slice still covers
+    the whole cross-section and ``sum_k w_k mean(slice_k)`` is a quadrature of the volume's
+    integral (in mL when the volume is a density per mL).
+    """
+    M = cfg.slices_per_volume
+    U = lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1  # noqa: E731
+    n, u, v = random_frame(M, gen)
+    s_half, a_half, b_half = stack_extents(vol.e.cpu().double(), n, u, v, cfg.extent)
+    offsets = (-1 + (2 * torch.arange(M, dtype=torch.float64) + 1 + U(M)) / M) * s_half
+    za, zb = 1 + cfg.scale_jitter * U(M).abs(), 1 + cfg.scale_jitter * U(M).abs()
+    shift = (cfg.translation * U(M, 1) * ((za - 1) * a_half)[:, None]) * u \
+        + (cfg.translation * U(M, 1) * ((zb - 1) * b_half)[:, None]) * v
+    a_half, b_half = a_half * za, b_half * zb
+    weight = slice_area(a_half, b_half, (cfg.slice_size,) * 2) * (2 * s_half / M) * vol.mm3 / 1000
+    x = cut_jittered(vol, cfg, gen, (n, u, v), offsets, a_half, b_half, shift)
+    return x, weight.to(x.device, torch.float32)
+
+
+def pick_volumes(train: list[Loaded], cfg: TrainConfig, gen: torch.Generator) -> list[Loaded]:
+    """Pairs of one positive and one negative (classification) or a random draw."""
+    if cfg.task != "classification":
+        return [train[int(i)] for i in torch.randint(len(train), (cfg.batch_volumes,), generator=gen)]
+    pos = [v for v in train if v.label == 1]
+    neg = [v for v in train if v.label == 0]
+    out = []
+    for _ in range(cfg.batch_volumes // 2):
+        out.append(pos[int(torch.randint(len(pos), (1,), generator=gen))])
+        out.append(neg[int(torch.randint(len(neg), (1,), generator=gen))])
+    return out

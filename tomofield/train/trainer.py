@@ -1,0 +1,233 @@
+"""The training loop: :class:`Trainer` (fit, checkpoints, resume) and its learning-rate schedule."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from tomofield import checkpoint as ck
+from tomofield import distributed
+from tomofield.dataset import dataset_hash, read_dataset
+from tomofield.engine import resolve_device
+from tomofield.errors import InputError
+from tomofield.train.config import TrainConfig
+from tomofield.train.slicing import Loaded, augmented_slices, load_cases, pick_volumes, stack_slices
+from tomofield.train.teacher import Teacher, spread_targets
+from tomofield.train.validation import classification_metrics, regression_metrics, volume_scores
+
+Progress = Callable[[dict[str, Any]], None]
+LOSSES = {"bce": F.binary_cross_entropy_with_logits, "mse": F.mse_loss, "huber": F.huber_loss}
+
+
+def cosine_lr(step: int, total: int, lr: float, lr_end: float) -> float:
+    """Learning rate at ``step`` of ``total``: ``lr`` at 0 down to ``lr_end`` at the end."""
+    return lr_end + (lr - lr_end) * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+
+
+class Scaled(nn.Module):
+    """``scale x model(x)``: a density encoder's outputs in target units per mL."""
+
+    def __init__(self, model: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * self.model(x)
+
+
+class Trainer:
+    """Train an encoder from a dataset CSV into a run directory (resumable).
+
+    Attributes:
+        cfg: the resolved configuration (:meth:`TrainConfig.resolved`): every setting concrete,
+            as written to ``config.json`` and ``state.safetensors``.
+    """
+
+    def __init__(self, train_csv: str | Path, run_dir: str | Path, config: TrainConfig,
+                 val_csv: str | Path | None = None, device: str = "auto", resume: bool = False) -> None:
+        config = config.resolved()
+        config.validate()
+        self.cfg, self.run_dir, self.device = config, Path(run_dir), resolve_device(device)
+        self.train_csv, self.val_csv = Path(train_csv), Path(val_csv) if val_csv else None
+        self.cases = read_dataset(self.train_csv, config.task)
+        self.val_cases = read_dataset(self.val_csv, config.task) if self.val_csv else []
+        if config.task == "classification" and {c.label for c in self.cases} != {0.0, 1.0}:
+            raise InputError(f"{self.train_csv}: training needs both positive (1) and negative (0) volumes")
+        self.hash = dataset_hash(self.train_csv, self.cases)
+        self.resume = resume
+        self.loss_log: list[dict[str, float]] = []  # mean training loss between checkpoints
+        self.scale, self.baseline = 1.0, 0.0  # density regression: output units, the teacher's baseline
+        state = self.run_dir / ck.STATE
+        if resume and not state.is_file():
+            raise InputError(f"--resume: no checkpoint {str(state)!r} to resume from")
+        if resume:
+            # writes cut short by a kill: ours (.NAME.XXXX.tmp.EXT) and safetensors' own (.tmpXXXXXX)
+            for stale in [*self.run_dir.glob(".*.tmp*"), *self.run_dir.glob(".tmp*")]:
+                if stale.is_file():
+                    stale.unlink(missing_ok=True)
+        if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise InputError(f"run directory {str(self.run_dir)!r} is not empty; pass --resume to continue it or choose another")
+
+    def _build(self, in_chans: int) -> nn.Module:
+        from tomofield.encoders import build_encoder
+
+        torch.manual_seed(self.cfg.seed)
+        return build_encoder(self.cfg.encoder, in_chans=in_chans, num_classes=1, pretrained=self.cfg.pretrained,
+                             norm=self.cfg.norm).to(self.device)
+
+    def run_config(self, in_chans: int, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The run directory's ``config.json``."""
+        return {
+            "format": ck.FORMAT, "encoder": self.cfg.encoder, "in_chans": in_chans, "num_classes": 1,
+            "norm": self.cfg.norm, "slice_size": self.cfg.slice_size, "geometry": self.cfg.geometry,
+            "extent": self.cfg.extent, "task": self.cfg.task, "training": asdict(self.cfg),
+            "dataset": {"csv": str(self.train_csv.resolve()), "sha256": self.hash, "volumes": len(self.cases)},
+            "iteration": step, "metrics": metrics, "loss_log": self.loss_log,
+        } | ({"teacher": str(Path(self.cfg.teacher).resolve()), "teacher_baseline": self.baseline,
+              "head_defaults": {"regression": {"scale": self.scale, "nonnegative": True}}} if self.cfg.teacher else {})
+
+    def _save(self, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, step: int, in_chans: int,
+              history: list[dict[str, Any]]) -> None:
+        """Rank 0 writes (atomically, through :mod:`tomofield.checkpoint`); every rank's RNG state is kept."""
+        states = distributed.gather_objects(gen.get_state())
+        rank, world = distributed.rank_world()
+        if rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        opt_t, groups = ck.pack_optimizer(opt)
+        rngs = {"rng" if r == 0 else f"rng.{r}": st for r, st in enumerate(states)}
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_t | rngs
+        meta = {"iteration": str(step), "param_groups": groups, "history": json.dumps(history),
+                "loss_log": json.dumps(self.loss_log),
+                "training": json.dumps(asdict(self.cfg)), "dataset_sha256": self.hash, "world_size": str(world)}
+        ck.save_tensors(self.run_dir / ck.STATE, tensors, meta)
+        ck.save_tensors(self.run_dir / ck.MODEL, model.state_dict())
+        ck.write_json(self.run_dir / ck.CONFIG, self.run_config(in_chans, step, history[-1] if history else {}))
+
+    def _restore(self, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> tuple[int, list]:
+        """Load the checkpoint into ``model``, ``opt`` and ``gen``; return its step and history."""
+        from safetensors import safe_open
+
+        path = self.run_dir / ck.STATE
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata()
+        saved = json.loads(meta["training"])
+        mine = asdict(self.cfg)
+        differ = [k for k in mine if k != "iterations" and saved.get(k) != mine[k]]
+        if differ:
+            raise InputError(f"--resume with different training arguments: {', '.join(f'{k} (was {saved.get(k)!r}, now {mine[k]!r})' for k in differ)}")
+        if meta["dataset_sha256"] != self.hash:
+            raise InputError(f"--resume: the dataset {str(self.train_csv)!r} changed since the checkpoint")
+        rank, world = distributed.rank_world()
+        if int(meta.get("world_size", "1")) != world:
+            raise InputError(f"--resume: the checkpoint was written by {meta.get('world_size', '1')} process(es), "
+                             f"this run has {world}; resume with the same number")
+        tensors = load_file(str(path))
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        ck.unpack_optimizer(opt, tensors, meta["param_groups"])
+        gen.set_state(tensors["rng" if rank == 0 else f"rng.{rank}"])
+        self.loss_log = json.loads(meta.get("loss_log", "[]"))
+        return int(meta["iteration"]), json.loads(meta["history"])
+
+    def validate(self, model: nn.Module, vols: list[Loaded], train: list[Loaded]) -> dict[str, float]:
+        """Volume-level metrics: the max over a fixed set of slices is the volume's score.
+
+        The decision threshold is the one that maximises balanced accuracy on the
+        training volumes (slice logits of weakly labelled data are not calibrated at 0),
+        applied unchanged to the validation volumes.
+        """
+        model.eval()
+        try:
+            scores = volume_scores(Scaled(model, self.scale) if self.cfg.teacher else model, vols, self.cfg)
+            train_scores = volume_scores(model, train, self.cfg) if self.cfg.task == "classification" else None
+        finally:
+            model.train()
+        labels = torch.tensor([v.label for v in vols])
+        if train_scores is not None:
+            return classification_metrics(scores, labels, train_scores, torch.tensor([v.label for v in train]))
+        return regression_metrics(scores, labels)
+
+    def _teacher(self, model: nn.Module, train: list[Loaded], in_chans: int) -> Teacher:
+        """Load and calibrate the teacher and start ``model`` from its weights."""
+        cfg = self.cfg
+        teacher = Teacher(cfg.teacher, in_chans, self.device)
+        mine, theirs = (cfg.encoder, cfg.norm), (teacher.run["encoder"], teacher.run["norm"])
+        if mine != theirs:
+            raise InputError(f"the student starts from the teacher, so it needs the teacher's encoder and norm "
+                             f"{theirs}, got {mine}")
+        self.scale = teacher.calibrate(train, cfg)
+        self.baseline = teacher.baseline
+        model.load_state_dict(teacher.model.state_dict())
+        return teacher
+
+    def _loss(self, net: nn.Module, vols: list[Loaded], teacher: Teacher | None,
+              gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """One step's slices and loss: every slice takes its volume's label, or with a teacher its density."""
+        cfg, loss_fn = self.cfg, LOSSES[self.cfg.loss]
+        if teacher is None:
+            x = torch.cat([augmented_slices(v, cfg, gen) for v in vols])
+            y = torch.tensor([v.label for v in vols], device=self.device).repeat_interleave(cfg.slices_per_volume)
+            return x, loss_fn(net(x)[:, 0], y)
+        # density regression: the teacher spreads each target over a full stack
+        xs, ws = zip(*[stack_slices(v, cfg, gen) for v in vols], strict=True)
+        x, w = torch.cat(xs), torch.stack(ws)
+        targets = torch.tensor([v.label for v in vols], device=self.device)
+        density, usable = spread_targets(teacher.excess(x).reshape(len(vols), -1), w, targets)
+        per_slice = loss_fn(net(x)[:, 0].reshape(len(vols), -1), density / self.scale, reduction="none")
+        return x, (per_slice * usable[:, None]).sum() / (usable.sum() * cfg.slices_per_volume).clamp_min(1)
+
+    def fit(self, progress: Progress | None = None) -> dict[str, Any]:
+        """Train to ``iterations`` steps (continuing a checkpoint with ``resume``)."""
+        cfg = self.cfg
+        train = load_cases(self.cases, cfg.geometry, self.device)
+        val = load_cases(self.val_cases, cfg.geometry, self.device) if self.val_cases else []
+        in_chans = int(train[0].data.shape[0])
+        if val and int(val[0].data.shape[0]) != in_chans:
+            raise InputError(f"validation volumes have {val[0].data.shape[0]} channels, training volumes {in_chans}")
+        model = self._build(in_chans).train()
+        teacher = self._teacher(model, train, in_chans) if cfg.teacher is not None else None
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+        rank, world = distributed.rank_world()
+        # each rank draws its own volumes and augmentations; DDP averages the gradients
+        gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank)
+        step, history = (self._restore(model, opt, gen) if self.resume else (0, []))
+        net = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        t0, seen, loss_v = time.perf_counter(), 0, float("nan")
+        window: list[float] = []  # losses since the last checkpoint
+        while step < cfg.iterations:
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, cfg.iterations, cfg.lr, cfg.lr_end)
+            x, loss = self._loss(net, pick_volumes(train, cfg, gen), teacher, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            seen += x.shape[0]
+            loss_v = float(loss.detach())
+            window.append(loss_v)
+            record: dict[str, Any] = {"iteration": step, "loss": loss_v, "lr": opt.param_groups[0]["lr"]}
+            if val and rank == 0 and (step % cfg.val_every == 0 or step == cfg.iterations):
+                record |= self.validate(model, val, train)
+                history.append(record)
+            if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+                mean = distributed.all_reduce_sum(torch.tensor([sum(window), len(window)], dtype=torch.float64))
+                self.loss_log.append({"iteration": step, "train_loss": float(mean[0] / mean[1])})
+                window = []
+                self._save(model, opt, gen, step, in_chans, history)
+            if progress:
+                progress(record | {"total": cfg.iterations, "slices_per_s": seen / (time.perf_counter() - t0)})
+        return {"iteration": step, "loss": loss_v, "history": history, "run_dir": str(self.run_dir)}
