@@ -32,8 +32,20 @@ def _timed(args: list[str], procs: int, threads: int) -> float:
     if procs == 1:
         cmd = [sys.executable, "-m", "tomofield", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
-               "127.0.0.1", "--master-port", str(_port()), "-m", "tomofield", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(procs),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_port()),
+            "-m",
+            "tomofield",
+            *args,
+        ]
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     return time.perf_counter() - t0
@@ -54,8 +66,18 @@ def main() -> None:
         t = Path(tmp)
         csvs = write_dataset(t / "data", n=a.volumes, size=a.size, seed=0)
         vol = next((t / "data" / "images").glob("*.nii.gz"))
-        opts = ["--head", "logit", "-L", str(a.directions), "-M", str(a.slices), "--slice-size", str(a.size),
-                "--device", "cpu"]
+        opts = [
+            "--head",
+            "logit",
+            "-L",
+            str(a.directions),
+            "-M",
+            str(a.slices),
+            "--slice-size",
+            str(a.size),
+            "--device",
+            "cpu",
+        ]
         rows = []
         for label, args in [
             (f"dataset run, {a.volumes} volumes of {a.size}^3", ["run", str(csvs["dataset"]), *opts]),

@@ -24,8 +24,15 @@ def main(iterations: int = 40) -> None:
         root = Path(tmp)
         write_dataset(root / "data", n=8, size=48, seed=0)
         csv = next((root / "data").glob("*.csv"))
-        cfg = train.TrainConfig(iterations=iterations, slices_per_volume=32, slice_size=48, lr=1e-3, norm="group-norm",
-                                checkpoint_every=10_000, val_every=10_000)
+        cfg = train.TrainConfig(
+            iterations=iterations,
+            slices_per_volume=32,
+            slice_size=48,
+            lr=1e-3,
+            norm="group-norm",
+            checkpoint_every=10_000,
+            val_every=10_000,
+        )
         t0 = time.perf_counter()
         train.Trainer(csv, root / "run", cfg, device="cpu").fit()
         dt = time.perf_counter() - t0

@@ -78,9 +78,13 @@ def main() -> None:
     if a.encoder in ("simclr", "both"):
         unlab = cases(range(200, 204), size) + cases(range(204, 208), size, positive=False)
         t0 = time.perf_counter()
-        enc, hist = pretrain_simclr([v for v, _ in unlab], SimCLRConfig(iterations=a.ssl_iterations, slice_size=a.slice_size))
-        print(f"SimCLR: {a.ssl_iterations} iterations, loss {hist[0]['loss']:.3f} -> {np.mean([h['loss'] for h in hist[-10:]]):.3f} "
-              f"({time.perf_counter() - t0:.0f} s)")
+        enc, hist = pretrain_simclr(
+            [v for v, _ in unlab], SimCLRConfig(iterations=a.ssl_iterations, slice_size=a.slice_size)
+        )
+        print(
+            f"SimCLR: {a.ssl_iterations} iterations, loss {hist[0]['loss']:.3f} -> {np.mean([h['loss'] for h in hist[-10:]]):.3f} "
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
         encoders["SimCLR"] = enc
     results: dict[str, dict[str, float]] = {}
     # Intensity alone: what a probe gets without any encoder.
@@ -89,8 +93,17 @@ def main() -> None:
     for enc_name, enc in encoders.items():
         for method, (sampler, filt, zoom) in METHODS.items():
             t0 = time.perf_counter()
-            eng = Engine(enc, "features", filt, sampler, directions=a.directions, slices=a.slices,
-                         slice_size=zoom * a.slice_size, device="cpu", head_options={"stage": stage, "components": a.components})
+            eng = Engine(
+                enc,
+                "features",
+                filt,
+                sampler,
+                directions=a.directions,
+                slices=a.slices,
+                slice_size=zoom * a.slice_size,
+                device="cpu",
+                head_options={"stage": stage, "components": a.components},
+            )
             fit_projection(eng, [v for v, _ in labelled], samples=128)
             all_feats[(method, enc_name)] = {
                 "lab": [eng.reconstruct(v).numpy() for v, _ in labelled],

@@ -77,16 +77,30 @@ def main() -> None:
     ap.add_argument("--directions", type=int, default=64)
     ap.add_argument("--slices", type=int, default=32)
     ap.add_argument("--slice-size", type=int, default=48)
-    ap.add_argument("--slices-per-volume", type=int, default=None,
-                    help="training slices per volume and step (default: a stack of 24 (density), 16 (slice))")
-    ap.add_argument("--extent", choices=["unit", "tight"], default="tight",
-                    help="slice-stack extent for training and reconstruction (tight: every stack covers the "
-                         "volume's whole support)")
+    ap.add_argument(
+        "--slices-per-volume",
+        type=int,
+        default=None,
+        help="training slices per volume and step (default: a stack of 24 (density), 16 (slice))",
+    )
+    ap.add_argument(
+        "--extent",
+        choices=["unit", "tight"],
+        default="tight",
+        help="slice-stack extent for training and reconstruction (tight: every stack covers the "
+        "volume's whole support)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="training volumes and training seed")
-    ap.add_argument("--test-seed", type=int, default=10_000,
-                    help="first seed of the held-out volumes (fixed, independent of --seed)")
+    ap.add_argument(
+        "--test-seed",
+        type=int,
+        default=10_000,
+        help="first seed of the held-out volumes (fixed, independent of --seed)",
+    )
     ap.add_argument("--out", default="examples/out/regression_heatmap.json")
-    ap.add_argument("--figure", default=None, help="also write a PNG: heatmaps of six held-out volumes and integral vs target")
+    ap.add_argument(
+        "--figure", default=None, help="also write a PNG: heatmaps of six held-out volumes and integral vs target"
+    )
     a = ap.parse_args()
     torch.set_num_threads(1)
     if a.quick:
@@ -106,20 +120,49 @@ def main() -> None:
             with train_csv.open() as src, cls_csv.open("w", newline="") as dst:
                 rows = list(csv.reader(src))
                 csv.writer(dst).writerows([rows[0]] + [[r[0], int(float(r[1]) > 0), r[2]] for r in rows[1:]])
-            tcfg = TrainConfig(iterations=a.teacher_iterations, slices_per_volume=32, slice_size=a.slice_size, lr=1e-3,
-                               lr_end=1e-6, norm="group-norm", extent=a.extent, seed=a.seed,
-                               checkpoint_every=a.teacher_iterations, val_every=a.teacher_iterations)
+            tcfg = TrainConfig(
+                iterations=a.teacher_iterations,
+                slices_per_volume=32,
+                slice_size=a.slice_size,
+                lr=1e-3,
+                lr_end=1e-6,
+                norm="group-norm",
+                extent=a.extent,
+                seed=a.seed,
+                checkpoint_every=a.teacher_iterations,
+                val_every=a.teacher_iterations,
+            )
             Trainer(cls_csv, root / "teacher", tcfg, device="cpu").fit()
             teacher = str(root / "teacher")
             print(f"teacher: {a.teacher_iterations} iterations, {time.perf_counter() - t0:.0f} s")
-        cfg = TrainConfig(task="regression", loss=a.loss, iterations=a.iterations, slices_per_volume=a.slices_per_volume,
-                          slice_size=a.slice_size, batch_volumes=4, lr=a.lr, lr_end=1e-6, norm="group-norm",
-                          extent=a.extent, seed=a.seed, checkpoint_every=a.iterations, val_every=a.iterations,
-                          teacher=teacher)
+        cfg = TrainConfig(
+            task="regression",
+            loss=a.loss,
+            iterations=a.iterations,
+            slices_per_volume=a.slices_per_volume,
+            slice_size=a.slice_size,
+            batch_volumes=4,
+            lr=a.lr,
+            lr_end=1e-6,
+            norm="group-norm",
+            extent=a.extent,
+            seed=a.seed,
+            checkpoint_every=a.iterations,
+            val_every=a.iterations,
+            teacher=teacher,
+        )
         result = Trainer(train_csv, root / "run", cfg, device="cpu").fit()
-        print(f"trained {a.iterations} iterations ({a.loss}), last loss {result['loss']:.4f}, {time.perf_counter() - t0:.0f} s")
-        eng = Engine(head="regression", filter="tomo", weights=str(root / "run"), directions=a.directions,
-                     slices=a.slices, device="cpu")
+        print(
+            f"trained {a.iterations} iterations ({a.loss}), last loss {result['loss']:.4f}, {time.perf_counter() - t0:.0f} s"
+        )
+        eng = Engine(
+            head="regression",
+            filter="tomo",
+            weights=str(root / "run"),
+            directions=a.directions,
+            slices=a.slices,
+            device="cpu",
+        )
         enc = eng.encoder_for(1)
         integrals, positive, in_body, maxima, means, targets, shown = [], [], [], [], [], [], []
         for vol, mask, target in test:
@@ -143,20 +186,36 @@ def main() -> None:
         "pearson_heatmap_max": pearson(maxima, targets),
         "pearson_mean_slice_prediction": pearson(means, targets),
         "mean_abs_error_ml": float(np.mean(np.abs(np.asarray(integrals) - np.asarray(targets)))),
-        "targets_ml": targets, "integrals": integrals, "positive_in_body": positive,
+        "targets_ml": targets,
+        "integrals": integrals,
+        "positive_in_body": positive,
         "settings": vars(a),
     }
-    print(f"Pearson r (heatmap integral, lesion volume) = {res['pearson_integral']:.3f} over {len(targets)} held-out volumes")
-    print(f"  heatmap integral - target: mean |error| {res['mean_abs_error_ml']:.3f} mL "
-          f"(targets {min(targets):.2f}-{max(targets):.2f} mL)")
-    print(f"  r(integral inside the body) = {res['pearson_integral_in_body']:.3f}, "
-          f"r(integral of its positive part) = {res['pearson_positive_in_body']:.3f}")
-    print(f"  context: r(heatmap max) = {res['pearson_heatmap_max']:.3f}, "
-          f"r(mean slice prediction) = {res['pearson_mean_slice_prediction']:.3f}")
+    print(
+        f"Pearson r (heatmap integral, lesion volume) = {res['pearson_integral']:.3f} over {len(targets)} held-out volumes"
+    )
+    print(
+        f"  heatmap integral - target: mean |error| {res['mean_abs_error_ml']:.3f} mL "
+        f"(targets {min(targets):.2f}-{max(targets):.2f} mL)"
+    )
+    print(
+        f"  r(integral inside the body) = {res['pearson_integral_in_body']:.3f}, "
+        f"r(integral of its positive part) = {res['pearson_positive_in_body']:.3f}"
+    )
+    print(
+        f"  context: r(heatmap max) = {res['pearson_heatmap_max']:.3f}, "
+        f"r(mean slice prediction) = {res['pearson_mean_slice_prediction']:.3f}"
+    )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
     if a.figure:
-        figure(a.figure, shown, integrals, targets, f"--method {a.method} --seed {a.seed}: r = {res['pearson_integral']:.2f}")
+        figure(
+            a.figure,
+            shown,
+            integrals,
+            targets,
+            f"--method {a.method} --seed {a.seed}: r = {res['pearson_integral']:.2f}",
+        )
 
 
 def figure(path: str, shown: list, integrals: list, targets: list, title: str) -> None:

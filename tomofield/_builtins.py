@@ -20,8 +20,9 @@ def register_heads(register):
         "scorecam": "Score-CAM (Wang et al. 2020)",
     }
     for method, paper in cams.items():
-        register(method, functools.partial(heads.CamHead, method), f"{paper} map at --layer",
-                 options=heads.CamHead.options)
+        register(
+            method, functools.partial(heads.CamHead, method), f"{paper} map at --layer", options=heads.CamHead.options
+        )
 
 
 @hookimpl

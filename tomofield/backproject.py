@@ -267,9 +267,7 @@ def backproject_grid(
                 q = q * weights.reshape(L, 1, 1, 1, 1).to(q)
             # p = (x.n / s_half + 1) (M - 1) / 2 + 1: the position in the profile padded with a zero
             scale = (M - 1) / 2 / dirs.s_half
-            coef = triton_bp.affine_coefficients(
-                scale, torch.full_like(scale, (M - 1) / 2 + 1), dirs.normals, shape, e
-            )
+            coef = triton_bp.affine_coefficients(scale, torch.full_like(scale, (M - 1) / 2 + 1), dirs.normals, shape, e)
             return fused.backproject_scalar(q[..., 0, 0].transpose(1, 2), coef, shape, out)
     inp, slots, padding = _sampling_plan(q, dirs, weights, slice_size)
     terms = [_axis_terms(vec, scale, shift, shape, e) for vec, scale, shift in slots]
@@ -291,4 +289,3 @@ def backproject_grid(
                 torch.add(row_term[:, :, None], tw[l0:l1, None, :], out=grid[..., col])
             acc += _sample(inp[l0:l1], grid.view(l1 - l0, -1, len(slots)), padding).sum(0)
     return out
-

@@ -55,10 +55,17 @@ def cli() -> None:
 
 @cli.command(cls=EngineCommand)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--output", "-o", required=True, type=click.Path(),
-              help="Output heatmap (.nii or .nii.gz); a folder when the input is a dataset CSV.")
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(),
+    help="Output heatmap (.nii or .nii.gz); a folder when the input is a dataset CSV.",
+)
 @click.option("--preview", type=click.Path(), help="Also write a PNG of three planes through the maximum.")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs (dataset runs skip finished volumes without it).")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace existing outputs (dataset runs skip finished volumes without it)."
+)
 @engine_options()
 @friendly
 def run(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bool, **o: Any) -> None:
@@ -83,8 +90,15 @@ def run(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bo
         distributed.finish()
 
 
-def run_volume(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bool, o: dict[str, Any],
-               rank: int = 0, world: int = 1) -> None:
+def run_volume(
+    inputs: tuple[str, ...],
+    output: str,
+    preview: str | None,
+    overwrite: bool,
+    o: dict[str, Any],
+    rank: int = 0,
+    world: int = 1,
+) -> None:
     """One volume; under torchrun its directions are shared by the ranks and rank 0 writes."""
     from tomofield.io import check_output_path, load_volume, save_heatmap
 
@@ -101,7 +115,8 @@ def run_volume(inputs: tuple[str, ...], output: str, preview: str | None, overwr
     err.print(
         f"{volume.paths[0].name}: {c} channel(s), grid {tuple(shape)}, spacing "
         f"{tuple(round(s, 3) for s in volume.spacing)} mm; {engine.count_slices(shape, volume.spacing):,} "
-        f"slices of {engine.config.slice_size}px on {engine.device}", highlight=False,
+        f"slices of {engine.config.slice_size}px on {engine.device}",
+        highlight=False,
     )
     t0 = time.perf_counter()
     with slice_progress("slices" if world == 1 else f"rank {rank}/{world} slices") as tick:
@@ -112,8 +127,14 @@ def run_volume(inputs: tuple[str, ...], output: str, preview: str | None, overwr
     if preview:
         from tomofield.preview import write_preview
 
-        write_preview(preview, heat[0].cpu().numpy(), volume.data[0].numpy(), volume.spacing,
-                      title=f"{engine.head_name} / {engine.filter_name}: {volume.paths[0].name}", overwrite=overwrite)
+        write_preview(
+            preview,
+            heat[0].cpu().numpy(),
+            volume.data[0].numpy(),
+            volume.spacing,
+            title=f"{engine.head_name} / {engine.filter_name}: {volume.paths[0].name}",
+            overwrite=overwrite,
+        )
     out.print(f"wrote {output}" + (f" and {preview}" if preview else "") + f" in {time.perf_counter() - t0:.1f} s")
 
 
@@ -128,8 +149,14 @@ def run_csv(csv_path: str, out_dir: str, overwrite: bool, o: dict[str, Any], ran
     cases = shard(all_cases, rank, world)
     engine = build_engine(o)
     t0 = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=err) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    ) as bar:
         vols = bar.add_task("volumes", total=len(cases))
 
         def on_volume(case: Any, what: str) -> None:
@@ -143,8 +170,10 @@ def run_csv(csv_path: str, out_dir: str, overwrite: bool, o: dict[str, Any], ran
     if rank == 0:
         written, skipped = sum(p[0] for p in parts), sum(p[1] for p in parts)
         ranks = f" by {world} processes" if world > 1 else ""
-        out.print(f"{written} heatmap(s) written, {skipped} already done, in {out_dir}{ranks} "
-                  f"({time.perf_counter() - t0:.1f} s)")
+        out.print(
+            f"{written} heatmap(s) written, {skipped} already done, in {out_dir}{ranks} "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
     return result
 
 
@@ -152,11 +181,12 @@ def run_csv(csv_path: str, out_dir: str, overwrite: bool, o: dict[str, Any], ran
 @click.argument("heatmaps_dir", type=click.Path())
 @click.argument("dataset", type=click.Path())
 @setting_option(evaluate_heatmaps, "--folds", "Monte-Carlo cross-validation folds.", type=int)
-@setting_option(evaluate_heatmaps, "--iou", "IoU above which a component matches a lesion.",
-      type=float)
+@setting_option(evaluate_heatmaps, "--iou", "IoU above which a component matches a lesion.", type=float)
 @click.option("--boxes", "boxes_csv", type=click.Path(), help="CSV image,d0,h0,w0,d1,h1,w1 for box-only data (MaxIoU).")
 @setting_option(evaluate_heatmaps, "--seed", "Seed of the cross-validation folds.", type=int)
-@click.option("--report", "-o", type=click.Path(), help="Write REPORT.json and REPORT.csv (default HEATMAPS_DIR/evaluation).")
+@click.option(
+    "--report", "-o", type=click.Path(), help="Write REPORT.json and REPORT.csv (default HEATMAPS_DIR/evaluation)."
+)
 @click.option("--overwrite", is_flag=True)
 @friendly
 def evaluate(heatmaps_dir: str, dataset: str, report: str | None, overwrite: bool, **o: Any) -> None:
@@ -287,18 +317,28 @@ def _topt(flag: str, help: str, **kw: Any) -> Any:
 @_topt("--extent", "Slice offsets (a teacher's, with --teacher).", type=click.Choice(EXTENTS))
 @_topt("--task", "What the volume-level targets are.", type=click.Choice(list(TASKS)))
 @click.option("--loss", default=None, help="bce (classification; the default), mse (regression; the default) or huber.")
-@_topt("--teacher", "Regression: a classification run on the same data; trains a density encoder whose tomo "
-       "heatmap integrates to the target (docs/features.md). Encoder, norm, slice size, geometry and extent "
-       "default to the teacher's.", type=click.Path())
-@_topt("--teacher-quantile", "The teacher's baseline: this quantile of its slice scores on target-0 volumes.",
-       type=float)
+@_topt(
+    "--teacher",
+    "Regression: a classification run on the same data; trains a density encoder whose tomo "
+    "heatmap integrates to the target (docs/features.md). Encoder, norm, slice size, geometry and extent "
+    "default to the teacher's.",
+    type=click.Path(),
+)
+@_topt(
+    "--teacher-quantile", "The teacher's baseline: this quantile of its slice scores on target-0 volumes.", type=float
+)
 @_topt("--seed", "Seed of the initialisation and of the draws.", type=int)
-@click.option("--recipe", default=None, help="Training settings of a registered dataset (e.g. mosmed); options given on the command line win.")
+@click.option(
+    "--recipe",
+    default=None,
+    help="Training settings of a registered dataset (e.g. mosmed); options given on the command line win.",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
 @click.option("--device", default=None, help=with_default("auto | cpu | cuda | cuda:N.", "auto"))
 @friendly
-def train(dataset: str, run_dir: str, val_csv: str | None, device: str | None, resume: bool, recipe: str | None,
-          **o: Any) -> None:
+def train(
+    dataset: str, run_dir: str, val_csv: str | None, device: str | None, resume: bool, recipe: str | None, **o: Any
+) -> None:
     """Train a slice encoder from volume-level labels (the paper's recipe)."""
     from tomofield import distributed
     from tomofield.train import Trainer, config_from_options
@@ -312,8 +352,9 @@ def train(dataset: str, run_dir: str, val_csv: str | None, device: str | None, r
     device = device or default_of(Trainer, "device")
     rank, world = distributed.init(device)
     try:
-        trainer = Trainer(dataset, run_dir, cfg, val_csv=val_csv, device=distributed.local_device(device),
-                          resume=resume)
+        trainer = Trainer(
+            dataset, run_dir, cfg, val_csv=val_csv, device=distributed.local_device(device), resume=resume
+        )
         result = fit_with_progress(trainer) if rank == 0 else trainer.fit()
     finally:
         distributed.finish()
@@ -321,24 +362,39 @@ def train(dataset: str, run_dir: str, val_csv: str | None, device: str | None, r
         return
     last = result["history"][-1] if result["history"] else {}
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("val_"))
-    out.print(f"trained {result['iteration']} iterations, last loss {result['loss']:.4f}"
-              + (f", {metrics}" if metrics else "") + f"; run directory {run_dir}")
+    out.print(
+        f"trained {result['iteration']} iterations, last loss {result['loss']:.4f}"
+        + (f", {metrics}" if metrics else "")
+        + f"; run directory {run_dir}"
+    )
 
 
 def fit_with_progress(trainer: Any) -> dict[str, Any]:
     """Run ``trainer.fit`` under a rich progress bar showing loss and slices/s."""
-    with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err) as bar:
+    with Progress(
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    ) as bar:
         task = bar.add_task("train", total=trainer.cfg.iterations, info="")
 
         def progress(rec: dict[str, Any]) -> None:
             info = f"loss {rec['loss']:.4f}  {rec['slices_per_s']:,.0f} slices/s"
             if "val_balanced_accuracy" in rec:
-                bar.console.print(f"iteration {rec['iteration']}: validation balanced accuracy "
-                                  f"{rec['val_balanced_accuracy']:.3f}", highlight=False)
+                bar.console.print(
+                    f"iteration {rec['iteration']}: validation balanced accuracy {rec['val_balanced_accuracy']:.3f}",
+                    highlight=False,
+                )
             elif "val_mae" in rec:
-                bar.console.print(f"iteration {rec['iteration']}: validation mean abs. error {rec['val_mae']:.4g}, "
-                                  f"Pearson r {rec['val_pearson']:.3f}", highlight=False)
+                bar.console.print(
+                    f"iteration {rec['iteration']}: validation mean abs. error {rec['val_mae']:.4g}, "
+                    f"Pearson r {rec['val_pearson']:.3f}",
+                    highlight=False,
+                )
             bar.update(task, completed=rec["iteration"], info=info)
 
         return trainer.fit(progress)
@@ -388,8 +444,16 @@ def plugins_cmd() -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo's outputs.")
 @friendly
-def demo(output_dir: str, phantom: bool, iterations: int | None, directions: int | None, slices: int | None,
-         seed: int, device: str, overwrite: bool) -> None:
+def demo(
+    output_dir: str,
+    phantom: bool,
+    iterations: int | None,
+    directions: int | None,
+    slices: int | None,
+    seed: int,
+    device: str,
+    overwrite: bool,
+) -> None:
     """Synthesise data, train from volume labels, reconstruct held-out lesions (a few CPU minutes)."""
     from tomofield.demo import DemoSettings, full_demo, phantom_demo
 

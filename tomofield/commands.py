@@ -75,8 +75,14 @@ class _Rate(ProgressColumn):
 def slice_progress(description: str) -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar; yields ``callback(n, total)`` for :meth:`Engine.reconstruct`."""
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
     ) as bar:
         task = bar.add_task(description, total=None)
 
@@ -176,18 +182,37 @@ def engine_options(exclude: Sequence[str] = (), defaults: dict[str, Any] | None 
             if name in exclude:
                 continue
             default = defaults.get(name, default_of(Engine, name))
-            opts.append(click.option(flag, name, default=None, type=click.Path() if name == "weights" else str,
-                                     help=with_default(help, default)))
+            opts.append(
+                click.option(
+                    flag,
+                    name,
+                    default=None,
+                    type=click.Path() if name == "weights" else str,
+                    help=with_default(help, default),
+                )
+            )
         if "post" not in exclude:
-            opts.append(click.option("--post", "post", multiple=True,
-                                     help="Post-processor(s), applied in order (e.g. clip-negative)."))
+            opts.append(
+                click.option(
+                    "--post", "post", multiple=True, help="Post-processor(s), applied in order (e.g. clip-negative)."
+                )
+            )
         for f in dataclasses.fields(EngineConfig):
             if "help" in f.metadata and f.name not in exclude:
                 opts.append(_setting_option(f, defaults.get(f.name, f.default)))
         if "nan_policy" not in exclude:
-            opts.append(click.option("--nan-policy", "nan_policy", type=click.Choice(NAN_POLICIES), default=None,
-                                     help=with_default("NaN/Inf voxels: refuse the volume, or replace them by 0.",
-                                                       default_of(load_volume, "nan_policy"))))
+            opts.append(
+                click.option(
+                    "--nan-policy",
+                    "nan_policy",
+                    type=click.Choice(NAN_POLICIES),
+                    default=None,
+                    help=with_default(
+                        "NaN/Inf voxels: refuse the volume, or replace them by 0.",
+                        default_of(load_volume, "nan_policy"),
+                    ),
+                )
+            )
         for opt in reversed(opts):
             fn = opt(fn)
         fn.__tomofield_defaults__ = defaults
@@ -266,8 +291,10 @@ def head_options(head: str, options: dict[str, Any]) -> dict[str, Any]:
         if head not in hp.heads:
             comp = plugins.get("head", head)
             mine = [p.flag for p in head_params() if head in p.heads]
-            raise InputError(f"{hp.flag} is not an option of head {comp.name!r}; its options: "
-                             f"{', '.join(mine) if mine else '(none)'}")
+            raise InputError(
+                f"{hp.flag} is not an option of head {comp.name!r}; its options: "
+                f"{', '.join(mine) if mine else '(none)'}"
+            )
         out_[hp.option.name] = value
     return out_
 

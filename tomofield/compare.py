@@ -79,13 +79,24 @@ def slug(name: str) -> str:
 def engine_for(m: Method, weights: str | Path, s: CompareSettings) -> Engine:
     cam = m.head != "logit"
     opts = {"layer": m.layer} if cam else {}
-    return Engine(weights=weights, head=m.head, filter=m.filter, sampler=m.sampler, head_options=opts,
-                  directions=s.cam_directions if cam else s.directions, slices=s.cam_slices if cam else s.slices,
-                  seed=s.seed, device=s.device)
+    return Engine(
+        weights=weights,
+        head=m.head,
+        filter=m.filter,
+        sampler=m.sampler,
+        head_options=opts,
+        directions=s.cam_directions if cam else s.directions,
+        slices=s.cam_slices if cam else s.slices,
+        seed=s.seed,
+        device=s.device,
+    )
 
 
 def run_comparison(
-    dataset_csv: str | Path, weights: str | Path, report_dir: str | Path, s: CompareSettings,
+    dataset_csv: str | Path,
+    weights: str | Path,
+    report_dir: str | Path,
+    s: CompareSettings,
     on_method: Callable[[Method, str], None] | None = None,
 ) -> dict[str, Any]:
     """Heatmaps, evaluation and best layers of every method; returns all results."""
@@ -95,8 +106,9 @@ def run_comparison(
     for m in methods(s):
         on_method and on_method(m, "start")
         run_dataset(engine_for(m, weights, s), cases, report_dir / "heatmaps" / slug(m.name))
-        results[m.name] = evaluate_heatmaps(report_dir / "heatmaps" / slug(m.name), dataset_csv,
-                                            folds=s.folds, seed=s.seed)
+        results[m.name] = evaluate_heatmaps(
+            report_dir / "heatmaps" / slug(m.name), dataset_csv, folds=s.folds, seed=s.seed
+        )
         results[m.name]["family"], results[m.name]["layer"] = m.family, m.layer
         on_method and on_method(m, "done")
     best = best_layers(results)
@@ -121,8 +133,10 @@ def _num(x: Any) -> float:
 def markdown_table(results: dict[str, dict[str, Any]], best: dict[str, str]) -> str:
     """Table 2 layout: one row per family at its best layer, mean ± std over folds."""
     cols = ["precision", "recall", "f1", "dice", "balanced_accuracy"]
-    lines = ["| method | best layer | precision | recall | F1 | Dice | balanced accuracy |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | best layer | precision | recall | F1 | Dice | balanced accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for family, name in best.items():
         r = results[name]
         cells = [f"{r[c]:.3f} ± {r['std'][c]:.3f}" if c in r and not math.isnan(r[c]) else "-" for c in cols]
@@ -130,7 +144,9 @@ def markdown_table(results: dict[str, dict[str, Any]], best: dict[str, str]) -> 
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(report_dir: str | Path, dataset_csv: str | Path, out: dict[str, Any], overwrite: bool = True) -> list[Path]:
+def write_outputs(
+    report_dir: str | Path, dataset_csv: str | Path, out: dict[str, Any], overwrite: bool = True
+) -> list[Path]:
     """``table.md``, ``results.csv``/``results.json`` and ``figure.png`` in ``report_dir``."""
     report_dir = Path(report_dir)
     md = markdown_table(out["methods"], out["best"])

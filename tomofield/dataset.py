@@ -45,8 +45,10 @@ def read_dataset(path: str | Path, task: str = "classification", require_files: 
         cols = [c.strip() for c in (reader.fieldnames or [])]
         missing = {"image", "label"} - set(cols)
         if missing:
-            raise InputError(f"{path}: missing column(s) {', '.join(sorted(missing))}; found {cols or 'no header'} "
-                             "(expected image,label[,mask])")
+            raise InputError(
+                f"{path}: missing column(s) {', '.join(sorted(missing))}; found {cols or 'no header'} "
+                "(expected image,label[,mask])"
+            )
         cases, seen = [], {}
         for i, raw in enumerate(reader, start=2):
             row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}

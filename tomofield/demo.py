@@ -47,8 +47,14 @@ def best_dice(heatmaps: list[np.ndarray], masks: list[np.ndarray], n: int = 64) 
 
 
 def phantom_demo(
-    out_dir: Path, directions: int, slices: int, slice_size: int, device: str, overwrite: bool,
-    progress_cm: Any, console: Any,
+    out_dir: Path,
+    directions: int,
+    slices: int,
+    slice_size: int,
+    device: str,
+    overwrite: bool,
+    progress_cm: Any,
+    console: Any,
 ) -> float:
     """Write a phantom, reconstruct it with sum + tomo, report the correlation."""
     paths = {k: out_dir / f"{k}.nii.gz" for k in ("phantom", "heatmap")}
@@ -57,22 +63,41 @@ def phantom_demo(
         check_output_path(p, overwrite)
     check_output_path(png, overwrite, suffixes=(".png",))
     phantom = ball_phantom((64, 64, 64), SPACING)
-    save_nifti(paths["phantom"], phantom, affine_for_spacing(SPACING), overwrite=overwrite, description="tomofield phantom")
+    save_nifti(
+        paths["phantom"], phantom, affine_for_spacing(SPACING), overwrite=overwrite, description="tomofield phantom"
+    )
     volume = load_volume(paths["phantom"])
-    engine = Engine(head="sum", filter="tomo", directions=directions, slices=slices,
-                    slice_size=slice_size, device=device, geometry="physical")
-    console.print(f"phantom 64^3, spacing {SPACING} mm; sum head + tomo filter, L={directions}, M={slices}, "
-                  f"{slice_size}x{slice_size} slices, physical geometry")
+    engine = Engine(
+        head="sum",
+        filter="tomo",
+        directions=directions,
+        slices=slices,
+        slice_size=slice_size,
+        device=device,
+        geometry="physical",
+    )
+    console.print(
+        f"phantom 64^3, spacing {SPACING} mm; sum head + tomo filter, L={directions}, M={slices}, "
+        f"{slice_size}x{slice_size} slices, physical geometry"
+    )
     with progress_cm("slices") as tick:
         heat = engine.reconstruct(volume.data, volume.spacing, progress=tick).cpu()
     save_heatmap(paths["heatmap"], heat, volume, overwrite)
     from tomofield.preview import write_preview
 
-    write_preview(png, heat[0].numpy(), volume.data[0].numpy(), volume.spacing,
-                  title="sum head + tomo filter: reconstruction of the phantom", overwrite=overwrite)
+    write_preview(
+        png,
+        heat[0].numpy(),
+        volume.data[0].numpy(),
+        volume.spacing,
+        title="sum head + tomo filter: reconstruction of the phantom",
+        overwrite=overwrite,
+    )
     r = correlation(heat[0], volume.data[0])
-    console.print(f"correlation with the phantom: [bold]{r:.3f}[/]  (outputs in {out_dir}/: "
-                  "phantom.nii.gz, heatmap.nii.gz, preview.png)")
+    console.print(
+        f"correlation with the phantom: [bold]{r:.3f}[/]  (outputs in {out_dir}/: "
+        "phantom.nii.gz, heatmap.nii.gz, preview.png)"
+    )
     return r
 
 
@@ -109,18 +134,28 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
             shutil.rmtree(out_dir / sub, ignore_errors=True)
     console.print(f"[bold]1/3[/] synthesising {s.n} volumes of {s.size}^3 (half with 1-3 lesions) in {out_dir}/data")
     csvs = write_dataset(out_dir / "data", n=s.n, size=s.size, seed=s.seed)
-    console.print(f"[bold]2/3[/] training {s.iterations} iterations from volume-level labels only "
-                  f"({s.slices_per_volume} slices of {s.slice_size}px per volume, resnet10t, {s.norm})")
-    cfg = TrainConfig(iterations=s.iterations, slices_per_volume=s.slices_per_volume, slice_size=s.slice_size,
-                      lr=s.lr, norm=s.norm, seed=s.seed, val_every=max(s.iterations // 4, 1),
-                      checkpoint_every=max(s.iterations // 4, 1))
+    console.print(
+        f"[bold]2/3[/] training {s.iterations} iterations from volume-level labels only "
+        f"({s.slices_per_volume} slices of {s.slice_size}px per volume, resnet10t, {s.norm})"
+    )
+    cfg = TrainConfig(
+        iterations=s.iterations,
+        slices_per_volume=s.slices_per_volume,
+        slice_size=s.slice_size,
+        lr=s.lr,
+        norm=s.norm,
+        seed=s.seed,
+        val_every=max(s.iterations // 4, 1),
+        checkpoint_every=max(s.iterations // 4, 1),
+    )
     trainer = Trainer(csvs["train"], out_dir / "run", cfg, val_csv=csvs["val"], device=s.device)
     result = fit(trainer)
     bacc = result["history"][-1]["val_balanced_accuracy"] if result["history"] else float("nan")
     positives = [c for c in read_dataset(csvs["val"]) if c.label == 1 and c.mask is not None]
     console.print(f"[bold]3/3[/] ToNNO on {len(positives)} held-out positives: L={s.directions}, M={s.slices}")
-    engine = Engine(weights=out_dir / "run", head="logit", filter="tomo", directions=s.directions,
-                    slices=s.slices, device=s.device)
+    engine = Engine(
+        weights=out_dir / "run", head="logit", filter="tomo", directions=s.directions, slices=s.slices, device=s.device
+    )
     heats, masks = [], []
     for case in positives:
         vol = load_volume(list(case.images))
@@ -133,11 +168,19 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
     threshold, mean_dice = best_dice(heats, masks)
     first = positives[0]
     png = out_dir / "preview.png"
-    write_preview(png, heats[0], load_volume(list(first.images)).data[0].numpy(), engine_spacing(first),
-                  title=f"ToNNO heatmap of held-out {first.name} (trained on volume labels only)",
-                  overwrite=True, mask=masks[0])
-    console.print(f"validation balanced accuracy {bacc:.3f}; ToNNO mean Dice over {len(heats)} held-out positives "
-                  f"[bold]{mean_dice:.3f}[/] at the best single threshold {threshold:.3g}")
+    write_preview(
+        png,
+        heats[0],
+        load_volume(list(first.images)).data[0].numpy(),
+        engine_spacing(first),
+        title=f"ToNNO heatmap of held-out {first.name} (trained on volume labels only)",
+        overwrite=True,
+        mask=masks[0],
+    )
+    console.print(
+        f"validation balanced accuracy {bacc:.3f}; ToNNO mean Dice over {len(heats)} held-out positives "
+        f"[bold]{mean_dice:.3f}[/] at the best single threshold {threshold:.3g}"
+    )
     console.print(f"outputs: {out_dir}/data (dataset), {out_dir}/run (model), {out_dir}/heatmaps/*.nii.gz, {png}")
     return {"balanced_accuracy": bacc, "dice": mean_dice, "threshold": threshold, "volumes": len(heats)}
 

@@ -77,7 +77,11 @@ def convert_norm(model: nn.Module, norm: str) -> nn.Module:
 
 
 def timm_encoder(
-    name: str, *, in_chans: int = 1, num_classes: int = 1, pretrained: bool = False,
+    name: str,
+    *,
+    in_chans: int = 1,
+    num_classes: int = 1,
+    pretrained: bool = False,
     norm: str = "frozen-bn",
 ) -> nn.Module:
     """A timm model by name, with ``in_chans`` inputs and ``num_classes`` logits.
@@ -110,8 +114,13 @@ def timm_encoder(
                 f"--weights FILE.safetensors{hint}, or run without --pretrained."
             ) from exc
         # timm adapts the first conv to in_chans and drops the 1000-class head, as for its own weights
-        model = timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans,
-                                  pretrained_cfg_overlay={"file": str(packaged)})
+        model = timm.create_model(
+            name,
+            pretrained=True,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            pretrained_cfg_overlay={"file": str(packaged)},
+        )
     return convert_norm(model, norm)
 
 
@@ -128,8 +137,9 @@ def rename_in_order(state: dict[str, torch.Tensor], reference: dict[str, torch.T
     out = {}
     for (sk, sv), (rk, rv) in zip(src, ref, strict=True):
         if sv.shape != rv.shape:
-            raise InputError(f"cannot rename weights by position: {sk!r} {tuple(sv.shape)} does not fit "
-                             f"{rk!r} {tuple(rv.shape)}")
+            raise InputError(
+                f"cannot rename weights by position: {sk!r} {tuple(sv.shape)} does not fit {rk!r} {tuple(rv.shape)}"
+            )
         out[rk] = sv.detach().clone().contiguous()
     return out
 
@@ -174,12 +184,14 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise InputError(f"weights file {str(path)!r} does not exist")
     if path.is_dir():
-        raise InputError(f"weights {str(path)!r} is a folder but not a run directory (no config.json); "
-                         "give a .safetensors file or the output folder of tomofield train")
+        raise InputError(
+            f"weights {str(path)!r} is a folder but not a run directory (no config.json); "
+            "give a .safetensors file or the output folder of tomofield train"
+        )
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise InputError(
             f"refusing to load {str(path)!r}: pickle-based checkpoints can run arbitrary code. "
-            "Convert it once, in a trusted environment: python -c \"import torch; "
+            'Convert it once, in a trusted environment: python -c "import torch; '
             "from safetensors.torch import save_file; "
             f"save_file(torch.load('{path.name}', weights_only=True), '{path.stem}.safetensors')\""
         )
@@ -202,8 +214,9 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     return model
 
 
-def build_encoder(name: str, *, in_chans: int, num_classes: int = 1, pretrained: bool = False,
-                  norm: str = "frozen-bn") -> nn.Module:
+def build_encoder(
+    name: str, *, in_chans: int, num_classes: int = 1, pretrained: bool = False, norm: str = "frozen-bn"
+) -> nn.Module:
     """A registered encoder by name, else the timm model of that name."""
     from tomofield import plugins
 

@@ -45,8 +45,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def setting(default: Any, help: str, *, short: str | None = None, off: str | None = None,
-            choices: Sequence[str] | None = None) -> Any:
+def setting(
+    default: Any, help: str, *, short: str | None = None, off: str | None = None, choices: Sequence[str] | None = None
+) -> Any:
     """A field of :class:`EngineConfig` that front ends offer as an option.
 
     The field's default is the library's (the only copy); ``help`` is its one-line help,
@@ -68,10 +69,12 @@ class EngineConfig:
     slices: int = setting(48, "Slices per direction M.", short="-M")
     slice_size: int = setting(224, "Slice side in pixels.")
     hemisphere: bool = setting(True, "Directions on a hemisphere (half the work) or the whole sphere.", off="--sphere")
-    geometry: str = setting("physical", "physical: millimetres from the affine; normalized: the paper's cube.",
-                            choices=GEOMETRIES)
-    extent: str = setting("unit", "Slice offsets in [-1, 1] (paper) or covering the volume's whole support.",
-                          choices=EXTENTS)
+    geometry: str = setting(
+        "physical", "physical: millimetres from the affine; normalized: the paper's cube.", choices=GEOMETRIES
+    )
+    extent: str = setting(
+        "unit", "Slice offsets in [-1, 1] (paper) or covering the volume's whole support.", choices=EXTENTS
+    )
     seed: int = setting(0, "Seed of the random in-plane bases (and of a random-init encoder).")
     batch_size: int = setting(64, "Slices per encoder batch.")
     num_classes: int = 1
@@ -79,8 +82,9 @@ class EngineConfig:
     norm: str = "frozen-bn"
     head_options: dict[str, Any] = field(default_factory=dict)
     # Speed settings (docs/benchmarks.md has the measurements behind the defaults).
-    amp: str = setting("auto", "Encoder autocast: auto = fp16 on CUDA (fp32 for CAM heads), off on CPU.",
-                       choices=AMP_MODES)
+    amp: str = setting(
+        "auto", "Encoder autocast: auto = fp16 on CUDA (fp32 for CAM heads), off on CPU.", choices=AMP_MODES
+    )
     channels_last: bool = setting(True, "Feed the encoder channels-last slices.")
     compile: bool = setting(False, "torch.compile the encoder (heads that allow it; pays off on long runs).")
     skip_empty: bool = setting(True, "Give slices that sample nothing the score of an empty slice, unrun.")
@@ -191,15 +195,18 @@ class Engine:
         self.run_config = run.config if run is not None else {}
         self.device = resolve_device(device)
         #: the components' names (a given object's ``name``, or its type's)
-        self.head_name, self.filter_name = (c if isinstance(c, str) else getattr(c, "name", type(c).__name__)
-                                            for c in (head, filter))
+        self.head_name, self.filter_name = (
+            c if isinstance(c, str) else getattr(c, "name", type(c).__name__) for c in (head, filter)
+        )
         self.head = _build("head", head, **self.config.head_options)
         self.filter = _build("filter", filter)
         self.sampler = _build("sampler", sampler)
         self.postprocess = [_build("postprocessor", p) for p in postprocess]
         self._encoder_spec = DEFAULT_ENCODER if encoder is None else encoder
         self._weights_path = str(weights) if weights is not None else None
-        self._weights = (run.weights() if run is not None else read_safetensors(weights)) if weights is not None else None
+        self._weights = (
+            (run.weights() if run is not None else read_safetensors(weights)) if weights is not None else None
+        )
         self._encoders: dict[int, nn.Module] = {}
         self._scorers: dict[int, Scorer] = {}
 
@@ -224,8 +231,11 @@ class Engine:
                 with torch.random.fork_rng(devices=[]):  # reproducible random init, caller's RNG untouched
                     torch.manual_seed(self.config.seed)
                     model = build_encoder(
-                        self._encoder_spec, in_chans=in_chans, num_classes=self.config.num_classes,
-                        pretrained=self.config.pretrained and self._weights is None, norm=self.config.norm,
+                        self._encoder_spec,
+                        in_chans=in_chans,
+                        num_classes=self.config.num_classes,
+                        pretrained=self.config.pretrained and self._weights is None,
+                        norm=self.config.norm,
                     )
             if self._weights is not None:
                 load_weights(model, self._weights, str(self._weights_path))
@@ -237,8 +247,13 @@ class Engine:
         if in_chans not in self._scorers:
             cfg = self.config
             self._scorers[in_chans] = Scorer(
-                self.head, self.encoder_for(in_chans), self.device, amp=cfg.amp,
-                channels_last=cfg.channels_last, compile=cfg.compile, batch_size=cfg.batch_size,
+                self.head,
+                self.encoder_for(in_chans),
+                self.device,
+                amp=cfg.amp,
+                channels_last=cfg.channels_last,
+                compile=cfg.compile,
+                batch_size=cfg.batch_size,
             )
         return self._scorers[in_chans]
 
@@ -249,8 +264,16 @@ class Engine:
         sampling = SamplingConfig(
             directions=cfg.directions, slices=cfg.slices, hemisphere=cfg.hemisphere, seed=cfg.seed, extent=cfg.extent
         )
-        return Plan.make(shape, spacing, self.sampler, sampling, cfg.geometry, self.filter.pad, cfg.slice_size,
-                         shard=cfg.shard_directions)
+        return Plan.make(
+            shape,
+            spacing,
+            self.sampler,
+            sampling,
+            cfg.geometry,
+            self.filter.pad,
+            cfg.slice_size,
+            shard=cfg.shard_directions,
+        )
 
     def count_slices(self, shape: Sequence[int], spacing: Sequence[float] = (1, 1, 1)) -> int:
         """Number of slices the encoder will see for a volume of this shape (this rank's, when sharded)."""

@@ -169,15 +169,25 @@ class Directions:
 
     def __getitem__(self, sl: slice) -> Directions:
         return Directions(
-            self.normals[sl], self.u[sl], self.v[sl], self.s_half[sl], self.a_half[sl],
-            self.b_half[sl], self.num_slices,
+            self.normals[sl],
+            self.u[sl],
+            self.v[sl],
+            self.s_half[sl],
+            self.a_half[sl],
+            self.b_half[sl],
+            self.num_slices,
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Directions:
         f = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
         return Directions(
-            f(self.normals), f(self.u), f(self.v), f(self.s_half), f(self.a_half),
-            f(self.b_half), self.num_slices,
+            f(self.normals),
+            f(self.u),
+            f(self.v),
+            f(self.s_half),
+            f(self.a_half),
+            f(self.b_half),
+            self.num_slices,
         )
 
     def slice_spacing(self) -> Tensor:

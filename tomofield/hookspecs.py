@@ -27,7 +27,6 @@ hookspec = pluggy.HookspecMarker("tomofield")
 hookimpl = pluggy.HookimplMarker("tomofield")
 
 
-
 class Register(Protocol):
     """The callback every ``register_*`` hook receives."""
 

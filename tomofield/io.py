@@ -56,14 +56,16 @@ class Heatmap:
     def on(cls, data: Tensor, volume: Volume) -> Heatmap:
         """``data`` on the grid of ``volume`` (refused when the grids differ)."""
         if tuple(data.shape[-3:]) != tuple(volume.data.shape[1:]):
-            raise InputError(f"heatmap grid {tuple(data.shape[-3:])} differs from the input grid "
-                             f"{tuple(volume.data.shape[1:])}")
+            raise InputError(
+                f"heatmap grid {tuple(data.shape[-3:])} differs from the input grid {tuple(volume.data.shape[1:])}"
+            )
         return cls(data, volume.affine, volume.spacing, volume.header)
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write as NIfTI with the input's affine and header geometry (atomic; no overwrite unless asked)."""
-        return save_nifti(path, self.data.detach().cpu(), self.affine, self.header, overwrite,
-                          description="tomofield heatmap")
+        return save_nifti(
+            path, self.data.detach().cpu(), self.affine, self.header, overwrite, description="tomofield heatmap"
+        )
 
 
 def cache_dir() -> Path:
@@ -90,7 +92,9 @@ def spacing_from_affine(affine: np.ndarray, source: str = "") -> tuple[float, fl
     if not degenerate:  # columns (nearly) linearly dependent, whatever their lengths
         degenerate = abs(np.linalg.det(block)) / float(np.prod(ijk)) < 1e-6
     if degenerate:
-        raise InputError(f"{source}: the affine is not invertible (voxel sizes {ijk.tolist()}); cannot place voxels in space")
+        raise InputError(
+            f"{source}: the affine is not invertible (voxel sizes {ijk.tolist()}); cannot place voxels in space"
+        )
     return float(ijk[2]), float(ijk[1]), float(ijk[0])
 
 
@@ -113,7 +117,9 @@ def _load_one(path: Path) -> tuple[np.ndarray, object]:
     if arr.ndim != 4:
         raise InputError(f"{str(path)!r} has shape {arr.shape}: expected a 3D volume or 4D (channels last)")
     if min(arr.shape[:3]) < 2:
-        raise InputError(f"{str(path)!r} has shape {arr.shape[:3]}: a 2D image, not a volume (every axis needs >= 2 voxels)")
+        raise InputError(
+            f"{str(path)!r} has shape {arr.shape[:3]}: a 2D image, not a volume (every axis needs >= 2 voxels)"
+        )
     return arr, img
 
 
@@ -149,7 +155,9 @@ def load_volume(
         else:
             p0, shape0, img0 = first
             if arr.shape[:3] != shape0:
-                raise InputError(f"{str(p)!r} has grid {arr.shape[:3]} but {str(p0)!r} has {shape0}: channels must share a grid")
+                raise InputError(
+                    f"{str(p)!r} has grid {arr.shape[:3]} but {str(p0)!r} has {shape0}: channels must share a grid"
+                )
             if not np.allclose(img.affine, img0.affine, atol=1e-3):
                 raise InputError(f"{str(p)!r} and {str(p0)!r} have different affines: channels must be co-registered")
         arrays.append(arr)
@@ -168,7 +176,9 @@ def load_volume(
         for c in range(data.shape[3]):
             lo, hi = float(data[..., c].min()), float(data[..., c].max())
             if lo == hi:
-                raise InputError(f"{', '.join(map(str, paths))}: channel {c} is constant ({lo}): nothing to reconstruct")
+                raise InputError(
+                    f"{', '.join(map(str, paths))}: channel {c} is constant ({lo}): nothing to reconstruct"
+                )
     img = first[2]
     spacing = spacing_from_affine(img.affine, str(paths[0]))
     lo, hi = SPACING_RANGE
@@ -261,8 +271,9 @@ def save_nifti(
     return atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite=overwrite)
 
 
-def save_heatmap(path: str | Path, heatmap: Tensor | Heatmap, reference: Volume | None = None,
-                 overwrite: bool = False) -> Path:
+def save_heatmap(
+    path: str | Path, heatmap: Tensor | Heatmap, reference: Volume | None = None, overwrite: bool = False
+) -> Path:
     """Write a heatmap on the reference volume's grid with its affine and header geometry.
 
     ``heatmap`` is a :class:`Heatmap` (``reference`` then unneeded) or a (K, D, H, W)

@@ -29,9 +29,7 @@ def ball_phantom(
         balls: ``(centre, radius_mm, value)``; centres in [-1, 1] per axis, relative to
             the half-extent of the volume along that axis. Overlaps add up.
     """
-    axes = [
-        (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) * s for n, s in zip(shape, spacing, strict=True)
-    ]
+    axes = [(torch.arange(n, dtype=torch.float64) - (n - 1) / 2) * s for n, s in zip(shape, spacing, strict=True)]
     half = [(n - 1) / 2 * s for n, s in zip(shape, spacing, strict=True)]
     d, h, w = torch.meshgrid(*axes, indexing="ij")
     vol = torch.zeros(tuple(shape), dtype=torch.float64)

@@ -61,8 +61,15 @@ class Plan:
 
     @classmethod
     def make(
-        cls, shape: Sequence[int], spacing: Sequence[float], sampler, sampling: SamplingConfig, geometry: str,
-        pad: int, slice_size: int, shard: bool = False,
+        cls,
+        shape: Sequence[int],
+        spacing: Sequence[float],
+        sampler,
+        sampling: SamplingConfig,
+        geometry: str,
+        pad: int,
+        slice_size: int,
+        shard: bool = False,
     ) -> Plan:
         """The plan of a volume of spatial ``shape`` and ``spacing`` (mm per D, H, W axis)."""
         shape = tuple(int(n) for n in shape)
@@ -73,7 +80,9 @@ class Plan:
         if world > 1:  # each rank takes every world-th direction; the sums meet in an all-reduce
             distributed.check_enough(n_dirs, world)
             starts = [sum(len(g) for g in groups[:i]) for i in range(len(groups))]
-            groups = [g[distributed.shard_indices(st, len(g), rank, world)] for g, st in zip(groups, starts, strict=True)]
+            groups = [
+                g[distributed.shard_indices(st, len(g), rank, world)] for g, st in zip(groups, starts, strict=True)
+            ]
             groups = [g for g in groups if len(g)]
         return cls(shape, e, groups, n_dirs, pad, (slice_size, slice_size))
 
@@ -146,8 +155,15 @@ class Scorer:
     """
 
     def __init__(
-        self, head, encoder: nn.Module | None, device: torch.device, *, amp: str = "off",
-        channels_last: bool = False, compile: bool = False, batch_size: int = 64,
+        self,
+        head,
+        encoder: nn.Module | None,
+        device: torch.device,
+        *,
+        amp: str = "off",
+        channels_last: bool = False,
+        compile: bool = False,
+        batch_size: int = 64,
     ) -> None:
         self.head, self.device, self.batch_size = head, device, int(batch_size)
         self.dtype: torch.dtype | None = None
@@ -188,8 +204,9 @@ class Scorer:
         """Score (1, K, h, w) of a slice of zeros."""
         return self(torch.zeros(1, channels, *size, device=self.device))
 
-    def score_chunk(self, slicer: Slicer, dirs: Directions, hits: Tensor | None, empty: Tensor | None,
-                    tick: Tick) -> Tensor:
+    def score_chunk(
+        self, slicer: Slicer, dirs: Directions, hits: Tensor | None, empty: Tensor | None, tick: Tick
+    ) -> Tensor:
         """Scores (L, S, K, h, w) of every slice of a chunk of directions.
 
         Slices are cut in batches across directions; where ``hits`` (L, S) is False the
@@ -215,8 +232,11 @@ class Scorer:
                 self.batch_size = max(1, bs // 2)  # carry on with half the batch, from now on
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-                warnings.warn(f"out of memory with batches of {bs} slices; continuing with {self.batch_size}",
-                              RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"out of memory with batches of {bs} slices; continuing with {self.batch_size}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 continue
             b += j.shape[0]
             tick(j.shape[0])

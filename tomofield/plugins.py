@@ -137,9 +137,14 @@ def _collect(st: _State) -> dict[str, dict[str, Component]]:
             source = st.sources.get(impl.plugin_name, impl.plugin_name)
 
             def register(
-                name: str, factory: Callable[..., Any], description: str = "", *,
+                name: str,
+                factory: Callable[..., Any],
+                description: str = "",
+                *,
                 options: tuple[Option, ...] | None = None,
-                _kind: str = kind, _plugin: str = impl.plugin_name, _source: str = source,
+                _kind: str = kind,
+                _plugin: str = impl.plugin_name,
+                _source: str = source,
             ) -> None:
                 if not isinstance(name, str) or not name:
                     raise TomofieldError(f"plugin {_plugin!r} registered a {_kind} with a bad name {name!r}")
@@ -152,7 +157,9 @@ def _collect(st: _State) -> dict[str, dict[str, Component]]:
                 try:
                     opts = options_of(factory) if options is None else check_options(options)
                 except TypeError as exc:
-                    raise TomofieldError(f"plugin {_plugin!r} registered {_kind} {name!r} with bad options: {exc}") from exc
+                    raise TomofieldError(
+                        f"plugin {_plugin!r} registered {_kind} {name!r} with bad options: {exc}"
+                    ) from exc
                 table[_kind][name] = Component(_kind, name, factory, description, _plugin, _source, opts)
 
             impl.function(register=register)

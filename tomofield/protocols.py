@@ -84,9 +84,7 @@ class EncoderFactory(Protocol):
     also use timm's ``feature_info`` when it has one.
     """
 
-    def __call__(
-        self, name: str, *, in_chans: int, num_classes: int, pretrained: bool, norm: str
-    ) -> nn.Module: ...
+    def __call__(self, name: str, *, in_chans: int, num_classes: int, pretrained: bool, norm: str) -> nn.Module: ...
 
 
 @runtime_checkable

@@ -40,13 +40,20 @@ def load_heatmaps(heatmaps_dir: str | Path, cases: list[Case]) -> list[np.ndarra
     missing = [c.name for c in cases if not heatmap_path(heatmaps_dir, c).is_file()]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise InputError(f"{heatmaps_dir}: no heatmap for {', '.join(missing[:5])}{more}; run tomofield run DATASET.csv first")
+        raise InputError(
+            f"{heatmaps_dir}: no heatmap for {', '.join(missing[:5])}{more}; run tomofield run DATASET.csv first"
+        )
     return [load_volume(heatmap_path(heatmaps_dir, c)).data[0].numpy() for c in cases]
 
 
 def evaluate_heatmaps(
-    heatmaps_dir: str | Path, dataset_csv: str | Path, *, folds: int = 10, iou: float = 0.125,
-    boxes_csv: str | Path | None = None, seed: int = 0,
+    heatmaps_dir: str | Path,
+    dataset_csv: str | Path,
+    *,
+    folds: int = 10,
+    iou: float = 0.125,
+    boxes_csv: str | Path | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Run the evaluation protocol on the heatmaps of every volume of a dataset."""
     from tomofield.evaluation import evaluate

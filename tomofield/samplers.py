@@ -47,9 +47,7 @@ def _axis_stack(axis: int, shape: Sequence[int], e: Tensor) -> Directions:
     others = [i for i in range(3) if i != axis]
     n, u, v = _AXES[axis][None], _AXES[others[0]][None], _AXES[others[1]][None]
     e = e.to(torch.float64)
-    return Directions(
-        n, u, v, e[axis : axis + 1], e[others[0]][None], e[others[1]][None], int(shape[axis])
-    )
+    return Directions(n, u, v, e[axis : axis + 1], e[others[0]][None], e[others[1]][None], int(shape[axis]))
 
 
 class AxialSampler:

@@ -119,8 +119,7 @@ def _lesion(rng, g: _Grid, center: np.ndarray, radius: float, edge: float):
     axes = radius * rng.uniform(0.8, 1.2, 3)
     axes *= radius / np.prod(axes) ** (1 / 3)
     rot = _rotation(rng)
-    lobes = [(rng.standard_normal(3), rng.uniform(0.5, 0.8), rng.uniform(0.35, 0.6))
-             for _ in range(rng.integers(0, 4))]
+    lobes = [(rng.standard_normal(3), rng.uniform(0.5, 0.8), rng.uniform(0.35, 0.6)) for _ in range(rng.integers(0, 4))]
     extent = max([1.25 * axes.max()] + [(d + 1.25 * r) * radius for _, d, r in lobes])
     sl, offs = g.box(center, extent + 2 * edge)
     r = _ellipsoid_r(offs, axes, rot)
@@ -258,8 +257,9 @@ def make_case(
 
     img += core * _tubes(rng, g, ctr, b_ax, unit, edge)
     for _ in range(rng.integers(0, 4)):  # dark cysts
-        sl, w = _blob(rng, g, ctr + b_ax * _in_ball(rng) * 0.7,
-                      unit * rng.uniform(2.0, 4.5) * rng.uniform(0.85, 1.15, 3), edge)
+        sl, w = _blob(
+            rng, g, ctr + b_ax * _in_ball(rng) * 0.7, unit * rng.uniform(2.0, 4.5) * rng.uniform(0.85, 1.15, 3), edge
+        )
         img[sl] -= core[sl] * w * rng.uniform(0.3, 0.5)
 
     post_rng = np.random.default_rng(rng.integers(2**63))

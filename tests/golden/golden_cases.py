@@ -104,9 +104,7 @@ def case_logit_axial(inp, out):
 
 
 def case_logit_orthogonal_normalized(inp, out):
-    return _cli_case("--head", "logit", "--sampler", "orthogonal", "--geometry", "normalized", *_weights(inp))(
-        inp, out
-    )
+    return _cli_case("--head", "logit", "--sampler", "orthogonal", "--geometry", "normalized", *_weights(inp))(inp, out)
 
 
 def case_layercam_tomo(inp, out):
@@ -114,7 +112,9 @@ def case_layercam_tomo(inp, out):
 
 
 def case_gradcam_none_post(inp, out):
-    return _cli_case("--head", "gradcam", "--layer", "2", "--filter", "none", "--post", "normalize", *_weights(inp))(inp, out)
+    return _cli_case("--head", "gradcam", "--layer", "2", "--filter", "none", "--post", "normalize", *_weights(inp))(
+        inp, out
+    )
 
 
 def case_avgpool_tomo(inp, out):
@@ -132,13 +132,22 @@ def case_library_engine(inp, out):
 
     volume = tomofield.load_volume([inp["volume"]])
     engine = tomofield.Engine(
-        "resnet10t", "logit", "tomo", weights=str(inp["weights"]), device="cpu",
-        directions=9, slices=6, slice_size=20, extent="tight", seed=5, batch_size=7,
+        "resnet10t",
+        "logit",
+        "tomo",
+        weights=str(inp["weights"]),
+        device="cpu",
+        directions=9,
+        slices=6,
+        slice_size=20,
+        extent="tight",
+        seed=5,
+        batch_size=7,
     )
     return {"heatmap": engine.reconstruct(volume.data, volume.spacing).numpy()}
 
 
-CASES = {name[len("case_"):]: fn for name, fn in sorted(globals().items()) if name.startswith("case_")}
+CASES = {name[len("case_") :]: fn for name, fn in sorted(globals().items()) if name.startswith("case_")}
 
 
 def run_case(name: str, root: Path) -> dict[str, np.ndarray]:

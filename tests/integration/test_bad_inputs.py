@@ -54,9 +54,18 @@ CASES = [
     ("tiny spacing", lambda t: [vol(t, affine=np.diag([1e-6, 1e-6, 1e-6, 1]))], [], "outside [0.001, 1000.0] mm"),
     ("singular affine", lambda t: [zero_column(t)], [], "affine is not invertible"),
     ("not nifti", lambda t: [png(t)], [], "is not NIfTI"),
-    ("grids differ", lambda t: [vol(t, "a.nii.gz"), vol(t, "b.nii.gz", (10, 10, 12))], [], "channels must share a grid"),
-    ("affines differ", lambda t: [vol(t, "a.nii.gz"), vol(t, "b.nii.gz", affine=np.diag([2.0, 1, 1, 1]))], [],
-     "must be co-registered"),
+    (
+        "grids differ",
+        lambda t: [vol(t, "a.nii.gz"), vol(t, "b.nii.gz", (10, 10, 12))],
+        [],
+        "channels must share a grid",
+    ),
+    (
+        "affines differ",
+        lambda t: [vol(t, "a.nii.gz"), vol(t, "b.nii.gz", affine=np.diag([2.0, 1, 1, 1]))],
+        [],
+        "must be co-registered",
+    ),
     ("unknown filter", lambda t: [vol(t)], ["--filter", "ramp"], "unknown filter 'ramp'; valid: none, tomo"),
     ("unknown sampler", lambda t: [vol(t)], ["--sampler", "spiral"], "unknown sampler 'spiral'; valid:"),
     ("unknown post", lambda t: [vol(t)], ["--post", "blur"], "unknown postprocessor 'blur'; valid:"),
@@ -93,8 +102,9 @@ def test_nan_policy_zero_replaces_and_reports(tmp_path: Path):
     data = np.random.default_rng(1).random((10, 10, 10))
     data[2, 3, 4] = np.nan
     out = tmp_path / "o.nii.gz"
-    res = CliRunner().invoke(cli, ["run", str(nifti(tmp_path / "n.nii.gz", data)), "-o", str(out), *FAST,
-                                   "--nan-policy", "zero"])
+    res = CliRunner().invoke(
+        cli, ["run", str(nifti(tmp_path / "n.nii.gz", data)), "-o", str(out), *FAST, "--nan-policy", "zero"]
+    )
     assert res.exit_code == 0, res.output
     assert "replaced 1 non-finite voxel(s) by 0" in res.output
     assert np.isfinite(np.asarray(nib.load(out).dataobj)).all()

@@ -31,8 +31,28 @@ def test_phantom_reconstructs_through_cli(write_nifti, tmp_path: Path):
     phantom = ball_phantom((64, 64, 64), spacing)
     src = write_nifti("phantom.nii.gz", phantom, spacing)
     out, png = tmp_path / "heat.nii.gz", tmp_path / "heat.png"
-    res = invoke("run", src, "-o", out, "--head", "sum", "--filter", "tomo", "-L", "500", "-M", "48",
-                 "--slice-size", "64", "--geometry", "physical", "--device", "cpu", "--preview", png)
+    res = invoke(
+        "run",
+        src,
+        "-o",
+        out,
+        "--head",
+        "sum",
+        "--filter",
+        "tomo",
+        "-L",
+        "500",
+        "-M",
+        "48",
+        "--slice-size",
+        "64",
+        "--geometry",
+        "physical",
+        "--device",
+        "cpu",
+        "--preview",
+        png,
+    )
     assert res.exit_code == 0, res.output
     heat = np.asarray(nib.load(out).dataobj).transpose(2, 1, 0)
     assert correlation(torch.from_numpy(heat), phantom) >= 0.9

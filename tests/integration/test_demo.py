@@ -14,8 +14,7 @@ from tomofield.dataset import read_dataset
 from tomofield.demo import DemoSettings, best_dice, dice, full_demo
 from tomofield.errors import InputError
 
-TOY = DemoSettings(n=8, size=24, iterations=4, slices_per_volume=4, slice_size=24, directions=6, slices=6,
-                   device="cpu")
+TOY = DemoSettings(n=8, size=24, iterations=4, slices_per_volume=4, slice_size=24, directions=6, slices=6, device="cpu")
 
 
 def no_progress(_name):

@@ -28,8 +28,19 @@ def datasets(cube_volumes, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def config(**kw) -> TrainConfig:
-    base = dict(iterations=4, slices_per_volume=6, slice_size=16, lr=1e-3, checkpoint_every=2, val_every=4,
-                val_directions=2, val_slices=4, norm="group-norm", seed=3, extent="tight")
+    base = dict(
+        iterations=4,
+        slices_per_volume=6,
+        slice_size=16,
+        lr=1e-3,
+        checkpoint_every=2,
+        val_every=4,
+        val_directions=2,
+        val_slices=4,
+        norm="group-norm",
+        seed=3,
+        extent="tight",
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -44,7 +55,9 @@ def student(teacher: Path, **kw) -> TrainConfig:
 
 
 def test_student_run_starts_from_the_teacher_and_records_its_units(datasets, teacher, tmp_path):
-    trainer = Trainer(datasets[1], tmp_path / "s", student(teacher, iterations=1, seed=5), val_csv=datasets[1], device="cpu")
+    trainer = Trainer(
+        datasets[1], tmp_path / "s", student(teacher, iterations=1, seed=5), val_csv=datasets[1], device="cpu"
+    )
     result = trainer.fit()
     cfg = json.loads((tmp_path / "s/config.json").read_text())
     scale = cfg["head_defaults"]["regression"]["scale"]
@@ -105,9 +118,28 @@ def test_cli_student_takes_the_teachers_slicing_and_encoder(datasets, teacher, t
 
     from tomofield.cli import cli
 
-    args = ["train", str(datasets[1]), "-o", str(tmp_path / "cli"), "--task", "regression", "--teacher", str(teacher),
-            "--teacher-quantile", "0.5", "--iterations", "1", "--slices-per-volume", "4", "--device", "cpu",
-            "--val", str(datasets[1]), "--val-every", "1"]
+    args = [
+        "train",
+        str(datasets[1]),
+        "-o",
+        str(tmp_path / "cli"),
+        "--task",
+        "regression",
+        "--teacher",
+        str(teacher),
+        "--teacher-quantile",
+        "0.5",
+        "--iterations",
+        "1",
+        "--slices-per-volume",
+        "4",
+        "--device",
+        "cpu",
+        "--val",
+        str(datasets[1]),
+        "--val-every",
+        "1",
+    ]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert "validation mean abs. error" in res.output and "Pearson r" in res.output
@@ -119,15 +151,40 @@ def test_cli_student_takes_the_teachers_slicing_and_encoder(datasets, teacher, t
     from tomofield.io import load_volume
 
     heat_path = tmp_path / "heat.nii.gz"
-    res = CliRunner().invoke(cli, ["run", str(tmp_path / "v0.nii.gz"), "-o", str(heat_path), "--head", "regression",
-                                   "--filter", "tomo", "--weights", str(tmp_path / "cli"), "-L", "6", "-M", "6",
-                                   "--device", "cpu"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(tmp_path / "v0.nii.gz"),
+            "-o",
+            str(heat_path),
+            "--head",
+            "regression",
+            "--filter",
+            "tomo",
+            "--weights",
+            str(tmp_path / "cli"),
+            "-L",
+            "6",
+            "-M",
+            "6",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     got = load_volume([heat_path]).data[0]
     vol = load_volume([tmp_path / "v0.nii.gz"])
     opts = dict(directions=6, slices=6, device="cpu")
-    want = Engine(head="regression", filter="tomo", weights=str(tmp_path / "cli"), **opts).reconstruct(vol.data, vol.spacing)[0]
-    raw = Engine(head="regression", filter="tomo", weights=str(tmp_path / "cli"), head_options={"scale": 1.0,
-                 "nonnegative": False}, **opts).reconstruct(vol.data, vol.spacing)[0]
+    want = Engine(head="regression", filter="tomo", weights=str(tmp_path / "cli"), **opts).reconstruct(
+        vol.data, vol.spacing
+    )[0]
+    raw = Engine(
+        head="regression",
+        filter="tomo",
+        weights=str(tmp_path / "cli"),
+        head_options={"scale": 1.0, "nonnegative": False},
+        **opts,
+    ).reconstruct(vol.data, vol.spacing)[0]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(got, raw, rtol=0.1)

@@ -29,8 +29,20 @@ def tomofield(*args: str, procs: int = 1) -> subprocess.CompletedProcess:
     if procs == 1:
         cmd = [sys.executable, "-m", "tomofield", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs),
-               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "tomofield", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(procs),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(free_port()),
+            "-m",
+            "tomofield",
+            *args,
+        ]
     res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     return res
@@ -65,9 +77,27 @@ def test_sharded_dataset_run_equals_single_process(dataset, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_training_loss_goes_down(dataset, tmp_path):
-    tomofield("train", str(dataset), "-o", str(tmp_path / "run"), "--iterations", "30", "--slices-per-volume", "8",
-              "--slice-size", "16", "--lr", "2e-3", "--norm", "group-norm", "--checkpoint-every", "10",
-              "--device", "cpu", procs=2)
+    tomofield(
+        "train",
+        str(dataset),
+        "-o",
+        str(tmp_path / "run"),
+        "--iterations",
+        "30",
+        "--slices-per-volume",
+        "8",
+        "--slice-size",
+        "16",
+        "--lr",
+        "2e-3",
+        "--norm",
+        "group-norm",
+        "--checkpoint-every",
+        "10",
+        "--device",
+        "cpu",
+        procs=2,
+    )
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     log = [r["train_loss"] for r in cfg["loss_log"]]
     assert len(log) == 3 and log[-1] < log[0]

@@ -45,12 +45,16 @@ def test_dataset_run_killed_and_resumed(dataset, tmp_path):
     stamps = sorted(p.stat().st_mtime for p in ref.glob("*.nii.gz"))
     per_volume = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
     k = random.randint(1, 5)
-    kill_when([*RUN, "run", str(dataset), "-o", str(out), *opts],
-              lambda: out.exists() and len(list(out.glob("*.nii.gz"))) >= k, random.uniform(0, 0.8 * per_volume))
+    kill_when(
+        [*RUN, "run", str(dataset), "-o", str(out), *opts],
+        lambda: out.exists() and len(list(out.glob("*.nii.gz"))) >= k,
+        random.uniform(0, 0.8 * per_volume),
+    )
     done_before = sorted(p.name for p in out.glob("*.nii.gz"))
     assert 1 <= len(done_before) < 6
-    res = subprocess.run([*RUN, "run", str(dataset), "-o", str(out), *opts], env=ENV, check=True,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [*RUN, "run", str(dataset), "-o", str(out), *opts], env=ENV, check=True, capture_output=True, text=True
+    )
     assert f"{6 - len(done_before)} heatmap(s) written, {len(done_before)} already done" in res.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir())  # no leftovers
     for p in ref.iterdir():
@@ -59,14 +63,32 @@ def test_dataset_run_killed_and_resumed(dataset, tmp_path):
 
 @pytest.mark.slow
 def test_training_killed_and_resumed(dataset, tmp_path):
-    opts = ["--iterations", "12", "--slices-per-volume", "4", "--slice-size", "16", "--lr", "1e-3",
-            "--norm", "group-norm", "--checkpoint-every", "3", "--device", "cpu"]
+    opts = [
+        "--iterations",
+        "12",
+        "--slices-per-volume",
+        "4",
+        "--slice-size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--norm",
+        "group-norm",
+        "--checkpoint-every",
+        "3",
+        "--device",
+        "cpu",
+    ]
     full, cut = tmp_path / "full", tmp_path / "cut"
     subprocess.run([*RUN, "train", str(dataset), "-o", str(full), *opts], env=ENV, check=True, capture_output=True)
-    kill_when([*RUN, "train", str(dataset), "-o", str(cut), *opts],
-              lambda: (cut / "config.json").exists(), random.uniform(0, 0.5))
-    subprocess.run([*RUN, "train", str(dataset), "-o", str(cut), *opts, "--resume"], env=ENV, check=True,
-                   capture_output=True)
+    kill_when(
+        [*RUN, "train", str(dataset), "-o", str(cut), *opts],
+        lambda: (cut / "config.json").exists(),
+        random.uniform(0, 0.5),
+    )
+    subprocess.run(
+        [*RUN, "train", str(dataset), "-o", str(cut), *opts, "--resume"], env=ENV, check=True, capture_output=True
+    )
     a, b = load_file(full / "model.safetensors"), load_file(cut / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not [p for p in cut.iterdir() if ".tmp" in p.name]

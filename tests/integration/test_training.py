@@ -23,8 +23,18 @@ def tiny_dataset(cube_volumes, tmp_path: Path) -> Path:
 
 
 def config(**kw) -> TrainConfig:
-    base = dict(iterations=6, slices_per_volume=4, slice_size=16, lr=1e-3, checkpoint_every=2, val_every=3,
-                val_directions=2, val_slices=3, norm="group-norm", seed=3)
+    base = dict(
+        iterations=6,
+        slices_per_volume=4,
+        slice_size=16,
+        lr=1e-3,
+        checkpoint_every=2,
+        val_every=3,
+        val_directions=2,
+        val_slices=3,
+        norm="group-norm",
+        seed=3,
+    )
     return TrainConfig(**{**base, **kw})
 
 

@@ -30,8 +30,9 @@ def test_axial_and_orthogonal_baselines_return_slices_at_full_resolution():
     torch.manual_seed(0)
     vol = torch.randn(1, 24, 24, 24)
     for sampler in ("axial", "orthogonal"):
-        heat = Engine(head="avgpool", head_options={"pool": 1}, filter="none", sampler=sampler, slice_size=24,
-                      device="cpu").reconstruct(vol, (1.0, 1.0, 1.0))
+        heat = Engine(
+            head="avgpool", head_options={"pool": 1}, filter="none", sampler=sampler, slice_size=24, device="cpu"
+        ).reconstruct(vol, (1.0, 1.0, 1.0))
         torch.testing.assert_close(heat, vol, atol=1e-4, rtol=1e-4)
 
 
@@ -39,8 +40,9 @@ def test_axial_sampler_matches_slice_wise_upsampled_maps():
     """Slice-wise CAM: each D-slice's coarse map, upsampled bilinearly back to H x W."""
     torch.manual_seed(1)
     vol = torch.rand(1, 6, 32, 32)
-    heat = Engine(head="avgpool", head_options={"pool": 8}, filter="none", sampler="axial", slice_size=32,
-                  device="cpu").reconstruct(vol, (3.0, 1.0, 1.0))
+    heat = Engine(
+        head="avgpool", head_options={"pool": 8}, filter="none", sampler="axial", slice_size=32, device="cpu"
+    ).reconstruct(vol, (3.0, 1.0, 1.0))
     maps = torch.nn.functional.avg_pool2d(vol[0][:, None], 8)  # (D, 1, 4, 4)
     # the 4x4 cells are centred on pixels 3.5, 11.5, ...: interior pixels interpolate bilinearly
     up = torch.nn.functional.interpolate(maps, size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
@@ -52,8 +54,16 @@ def test_cam_heads_batch_equals_one_at_a_time():
     model = timm.create_model("resnet10t", num_classes=1, in_chans=1).eval()
     vol = torch.rand(1, 16, 16, 16)
     for head in ("gradcam", "layercam"):
-        kw = dict(encoder=model, head=head, head_options={"layer": 2}, filter="tomo", directions=3, slices=4,
-                  slice_size=32, device="cpu")
+        kw = dict(
+            encoder=model,
+            head=head,
+            head_options={"layer": 2},
+            filter="tomo",
+            directions=3,
+            slices=4,
+            slice_size=32,
+            device="cpu",
+        )
         one = Engine(batch_size=1, **kw).reconstruct(vol)
         many = Engine(batch_size=64, **kw).reconstruct(vol)
         assert one.shape == (1, 16, 16, 16) and one.abs().sum() > 0

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from tomofield import Engine, InputError, _fastpath, pipeline
-from tomofield.pipeline import Scorer
 from tomofield.backproject import backproject, backproject_grid, backproject_reference
 from tomofield.geometry import (
     Directions,
@@ -29,6 +28,7 @@ from tomofield.geometry import (
 )
 from tomofield.kernels import native as native_kernels
 from tomofield.phantom import ball_phantom
+from tomofield.pipeline import Scorer
 
 E = torch.tensor([1.0, 0.4, 0.7], dtype=torch.float64)
 #: CPU kernels of backproject_grid: the torch path, and the native one where it builds.

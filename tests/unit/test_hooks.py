@@ -104,8 +104,9 @@ def test_hook_register_heads(tmp_path, write_nifti):
         runs[gain] = tomofield.load_volume([out]).data
     torch.testing.assert_close(runs["3"], 3 * runs["1"], rtol=1e-5, atol=1e-6)
     # an option the chosen head does not declare is refused, naming the head's own
-    res = CliRunner().invoke(cli, ["run", str(src), "-o", str(tmp_path / "x.nii.gz"), "--head", "sum", "--gain", "2",
-                                   *fast])
+    res = CliRunner().invoke(
+        cli, ["run", str(src), "-o", str(tmp_path / "x.nii.gz"), "--head", "sum", "--gain", "2", *fast]
+    )
     assert res.exit_code == 2 and "--gain is not an option of head 'sum'" in res.output
 
 
@@ -155,13 +156,14 @@ def test_hook_register_postprocessors():
     class Posts:
         @tomofield.hookimpl
         def register_postprocessors(self, register):
-            register("negate", lambda: (lambda heat, vol: -heat), "minus the heatmap")
+            register("negate", lambda: lambda heat, vol: -heat, "minus the heatmap")
 
     _with_plugin(Posts(), "posts-test")
     vol = torch.rand(1, 8, 8, 8)
     kw = dict(head="sum", directions=4, slices=4, slice_size=8, device="cpu")
-    torch.testing.assert_close(tomofield.Engine(postprocess=["negate"], **kw).reconstruct(vol),
-                               -tomofield.Engine(**kw).reconstruct(vol))
+    torch.testing.assert_close(
+        tomofield.Engine(postprocess=["negate"], **kw).reconstruct(vol), -tomofield.Engine(**kw).reconstruct(vol)
+    )
 
 
 def test_hook_register_datasets(tmp_path):

@@ -43,8 +43,9 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_heatmap():
 
 
 def test_out_of_memory_at_batch_one_is_raised():
-    eng = Engine(head=PickyHead(limit=0), batch_size=4, directions=2, slices=3, slice_size=8, device="cpu",
-                 skip_empty=False)
+    eng = Engine(
+        head=PickyHead(limit=0), batch_size=4, directions=2, slices=3, slice_size=8, device="cpu", skip_empty=False
+    )
     with pytest.warns(RuntimeWarning), pytest.raises(torch.OutOfMemoryError):
         eng.reconstruct(torch.rand(1, 8, 8, 8))
 

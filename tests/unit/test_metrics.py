@@ -152,8 +152,7 @@ def test_balanced_accuracy_hand_table():
     assert sensitivity_specificity(y_true, y_pred) == pytest.approx((2 / 3, 1 / 2))
     assert balanced_accuracy(y_true, y_pred) == pytest.approx(7 / 12)
     assert weighted_balanced_accuracy(y_true, y_pred) == pytest.approx(23 / 36)
-    assert weighted_balanced_accuracy(y_true, y_pred, 1, 3) == pytest.approx(
-        (2 / 3 + 3 / 2) / 4)
+    assert weighted_balanced_accuracy(y_true, y_pred, 1, 3) == pytest.approx((2 / 3 + 3 / 2) / 4)
 
 
 def test_balanced_accuracy_single_class():

@@ -18,8 +18,15 @@ from tomofield.errors import TomofieldError, UnknownComponentError
 
 def test_builtins_registered_through_hooks():
     comps = {(c.kind, c.name): c for c in plugins.components()}
-    for key in [("head", "sum"), ("head", "logit"), ("filter", "tomo"), ("filter", "none"),
-                ("sampler", "fibonacci"), ("sampler", "axial"), ("encoder", "resnet10t")]:
+    for key in [
+        ("head", "sum"),
+        ("head", "logit"),
+        ("filter", "tomo"),
+        ("filter", "none"),
+        ("sampler", "fibonacci"),
+        ("sampler", "axial"),
+        ("encoder", "resnet10t"),
+    ]:
         assert comps[key].plugin == plugins.BUILTIN
         assert comps[key].source == "tomofield (built-in)"
 
@@ -89,7 +96,8 @@ def installed_plugin(tmp_path: Path, monkeypatch):
     """A tiny distribution with a 'tomofield' entry point, importable from tmp_path."""
     pkg = tmp_path / "tomofield_tinyplugin"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text(textwrap.dedent("""
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent("""
         import click
         import tomofield
 
@@ -108,7 +116,8 @@ def installed_plugin(tmp_path: Path, monkeypatch):
             @cli.command("tiny-hello")
             def hello():
                 click.echo("hello from tiny")
-    """))
+    """)
+    )
     dist = tmp_path / "tomofield_tinyplugin-1.2.3.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tomofield-tinyplugin\nVersion: 1.2.3\n")

@@ -119,8 +119,10 @@ def test_select_tau_prime_matches_brute_force():
     tau = float(np.median([h.max() for h in hs]))
     grid = np.linspace(-0.2, tau, 25)
     for conn in (6, 26):
-        mean_dice = [np.mean([dice(binarize(h, c, tau, connectivity=conn), m)
-                              for h, m in zip(hs, ms, strict=True)]) for c in grid]
+        mean_dice = [
+            np.mean([dice(binarize(h, c, tau, connectivity=conn), m) for h, m in zip(hs, ms, strict=True)])
+            for c in grid
+        ]
         best = grid[np.flatnonzero(np.isclose(mean_dice, max(mean_dice), atol=1e-12))[-1]]
         assert select_tau_prime(hs, ms, tau, grid=grid, connectivity=conn) == best
 

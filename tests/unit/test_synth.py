@@ -16,8 +16,7 @@ from tomofield.synth import make_case, write_dataset
 
 def _case(seed: int, positive: bool, size: int = 32, spacing=(1.0, 1.0, 1.0), **kw):
     shape = (size,) * 3 if isinstance(size, int) else size
-    return make_case(shape, positive=positive, rng=np.random.default_rng(seed), spacing=spacing,
-                     **kw)
+    return make_case(shape, positive=positive, rng=np.random.default_rng(seed), spacing=spacing, **kw)
 
 
 def _body(image: np.ndarray) -> np.ndarray:
@@ -114,9 +113,13 @@ def test_negative_twin_shares_the_anatomy():
 def test_global_statistics_do_not_separate_the_classes():
     # 80 cases: with 40 the best threshold on pure noise already reaches ~0.7 now and then.
     features = {
-        "mean": np.mean, "std": np.std, "max": np.max,
-        "p5": lambda a: np.percentile(a, 5), "p50": np.median,
-        "p95": lambda a: np.percentile(a, 95), "p99": lambda a: np.percentile(a, 99),
+        "mean": np.mean,
+        "std": np.std,
+        "max": np.max,
+        "p5": lambda a: np.percentile(a, 5),
+        "p50": np.median,
+        "p95": lambda a: np.percentile(a, 95),
+        "p99": lambda a: np.percentile(a, 99),
     }
     rows, labels = [], []
     for i in range(80):
@@ -165,8 +168,9 @@ def test_write_dataset_round_trip_and_csvs(tmp_path):
         assert img_nii.get_data_dtype() == np.float32 and mask_nii.get_data_dtype() == np.uint8
         img = np.asarray(img_nii.dataobj).transpose(2, 1, 0)
         mask = np.asarray(mask_nii.dataobj).transpose(2, 1, 0)
-        want_img, want_mask = make_case((24,) * 3, positive=row["label"] == "1",
-                                        rng=np.random.default_rng([5, i]), spacing=spacing)
+        want_img, want_mask = make_case(
+            (24,) * 3, positive=row["label"] == "1", rng=np.random.default_rng([5, i]), spacing=spacing
+        )
         np.testing.assert_array_equal(img, want_img)
         np.testing.assert_array_equal(mask, want_mask)
         assert mask.any() == (row["label"] == "1")

@@ -25,11 +25,31 @@ from tomofield.train import (
 )
 
 #: Every default TrainConfig had before the defaults moved into the resolution.
-TODAY = dict(encoder="resnet10t", norm="frozen-bn", pretrained=False, iterations=1000, slices_per_volume=120,
-             slice_size=224, batch_volumes=2, lr=5e-5, lr_end=1e-7, seed=0, geometry="physical", extent="unit",
-             task="classification", loss="bce", scale_jitter=0.3, translation=0.3, intensity_jitter=0.3,
-             val_every=100, val_directions=8, val_slices=16, checkpoint_every=100, teacher=None,
-             teacher_quantile=0.95)
+TODAY = dict(
+    encoder="resnet10t",
+    norm="frozen-bn",
+    pretrained=False,
+    iterations=1000,
+    slices_per_volume=120,
+    slice_size=224,
+    batch_volumes=2,
+    lr=5e-5,
+    lr_end=1e-7,
+    seed=0,
+    geometry="physical",
+    extent="unit",
+    task="classification",
+    loss="bce",
+    scale_jitter=0.3,
+    translation=0.3,
+    intensity_jitter=0.3,
+    val_every=100,
+    val_directions=8,
+    val_slices=16,
+    checkpoint_every=100,
+    teacher=None,
+    teacher_quantile=0.95,
+)
 TEACHER = dict(norm="group-norm", slice_size=16, geometry="normalized", extent="tight")
 
 
@@ -69,11 +89,19 @@ def test_without_a_teacher_the_library_defaults_are_todays():
 
 
 def test_resolution_reads_the_teachers_run_and_explicit_values_win(tmp_path):
-    run = fake_run(tmp_path / "t", encoder="resnet18", norm="batch-norm", slice_size=48, geometry="normalized",
-                   extent="tight", in_chans=1)
+    run = fake_run(
+        tmp_path / "t",
+        encoder="resnet18",
+        norm="batch-norm",
+        slice_size=48,
+        geometry="normalized",
+        extent="tight",
+        in_chans=1,
+    )
     got = TrainConfig(task="regression", teacher=str(run)).resolved()
     assert {k: getattr(got, k) for k in TRAINING_INHERITED} == dict(
-        encoder="resnet18", norm="batch-norm", slice_size=48, geometry="normalized", extent="tight")
+        encoder="resnet18", norm="batch-norm", slice_size=48, geometry="normalized", extent="tight"
+    )
     assert got.loss == "mse"
     got = TrainConfig(task="regression", teacher=str(run), slice_size=24, loss="huber").resolved()
     assert (got.slice_size, got.encoder, got.loss) == (24, "resnet18", "huber")
@@ -94,21 +122,32 @@ def test_trainer_inherits_the_teachers_settings(datasets, teacher, tmp_path):
     trainer = Trainer(datasets[1], tmp_path / "s", TrainConfig(task="regression", teacher=str(teacher)), device="cpu")
     assert {k: getattr(trainer.cfg, k) for k in TRAINING_INHERITED} == {k: run[k] for k in TRAINING_INHERITED}
     assert (trainer.cfg.norm, trainer.cfg.slice_size, trainer.cfg.loss) == ("group-norm", 16, "mse")
-    wins = Trainer(datasets[1], tmp_path / "w", TrainConfig(task="regression", teacher=str(teacher), slice_size=24),
-                   device="cpu")
+    wins = Trainer(
+        datasets[1], tmp_path / "w", TrainConfig(task="regression", teacher=str(teacher), slice_size=24), device="cpu"
+    )
     assert (wins.cfg.slice_size, wins.cfg.extent) == (24, "tight")
     plain = Trainer(datasets[1], tmp_path / "p", TrainConfig(task="regression"), device="cpu")
     assert {k: getattr(plain.cfg, k) for k in TRAINING_INHERITED} == DEFAULTS
 
 
 def test_student_run_records_concrete_settings_and_resumes(datasets, teacher, tmp_path):
-    student = TrainConfig(task="regression", teacher=str(teacher), teacher_quantile=0.5, iterations=1,
-                          slices_per_volume=4, lr=1e-3, checkpoint_every=1)
+    student = TrainConfig(
+        task="regression",
+        teacher=str(teacher),
+        teacher_quantile=0.5,
+        iterations=1,
+        slices_per_volume=4,
+        lr=1e-3,
+        checkpoint_every=1,
+    )
     Trainer(datasets[1], tmp_path / "s", student, device="cpu").fit()
     cfg = json.loads((tmp_path / "s/config.json").read_text())
     assert {k: cfg[k] for k in TEACHER} == TEACHER
-    assert {k: cfg["training"][k] for k in (*TEACHER, "encoder", "loss")} == {**TEACHER, "encoder": "resnet10t",
-                                                                            "loss": "mse"}
+    assert {k: cfg["training"][k] for k in (*TEACHER, "encoder", "loss")} == {
+        **TEACHER,
+        "encoder": "resnet10t",
+        "loss": "mse",
+    }
     # the same (unresolved) arguments resume: the saved and current resolved arguments agree
     result = Trainer(datasets[1], tmp_path / "s", replace(student, iterations=2), device="cpu", resume=True).fit()
     assert result["iteration"] == 2
@@ -116,9 +155,14 @@ def test_student_run_records_concrete_settings_and_resumes(datasets, teacher, tm
         Trainer(datasets[1], tmp_path / "s", replace(student, slice_size=24), device="cpu", resume=True).fit()
 
 
-@pytest.mark.parametrize(("name", "value", "valid"), [("geometry", "spherical", "physical, normalized"),
-                                                      ("extent", "loose", "unit, tight"),
-                                                      ("norm", "layer-norm", "frozen-bn, batch-norm, group-norm")])
+@pytest.mark.parametrize(
+    ("name", "value", "valid"),
+    [
+        ("geometry", "spherical", "physical, normalized"),
+        ("extent", "loose", "unit, tight"),
+        ("norm", "layer-norm", "frozen-bn, batch-norm, group-norm"),
+    ],
+)
 def test_choices_are_validated_with_the_valid_values(name, value, valid):
     with pytest.raises(InputError, match=f"unknown {name} '{value}'; valid: {valid}"):
         TrainConfig(**{name: value}).validate()
@@ -141,8 +185,9 @@ class SliceMean(nn.Module):
         return x.mean(dim=(1, 2, 3))[:, None]
 
 
-@pytest.mark.parametrize(("labels", "predicted"), [([1, 1, 1], [1, 0, 1]), ([0, 0], [1, 0]),
-                                                   ([1, 0, 1, 0, 1], [1, 1, 0, 0, 1])])
+@pytest.mark.parametrize(
+    ("labels", "predicted"), [([1, 1, 1], [1, 0, 1]), ([0, 0], [1, 0]), ([1, 0, 1, 0, 1], [1, 1, 0, 0, 1])]
+)
 def test_balanced_accuracy_is_the_evaluations(labels, predicted):
     t, p = torch.tensor(labels, dtype=torch.float32), torch.tensor(predicted, dtype=torch.float32)
     assert balanced_accuracy(t, p) == metrics.balanced_accuracy(np.array(labels), np.array(predicted))

@@ -224,8 +224,7 @@ def sensitivity_specificity(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[flo
     t = np.asarray(y_true).ravel() != 0
     p = np.asarray(y_pred).ravel() != 0
     if t.shape != p.shape or t.size == 0:
-        raise ValueError(f"y_true and y_pred must be non-empty and equal length, got "
-                         f"{t.size} and {p.size}")
+        raise ValueError(f"y_true and y_pred must be non-empty and equal length, got {t.size} and {p.size}")
     n_pos, n_neg = int(t.sum()), int((~t).sum())
     sens = np.count_nonzero(t & p) / n_pos if n_pos else float("nan")
     spec = np.count_nonzero(~t & ~p) / n_neg if n_neg else float("nan")

@@ -56,8 +56,7 @@ def detection_threshold(
     s = np.asarray(scores, dtype=np.float64).ravel()
     y = np.asarray(labels).ravel() != 0
     if s.size == 0 or s.size != y.size:
-        raise ValueError(f"need equal, non-zero numbers of scores and labels, got "
-                         f"{s.size} and {y.size}")
+        raise ValueError(f"need equal, non-zero numbers of scores and labels, got {s.size} and {y.size}")
     if np.isnan(s).any():
         raise ValueError("scores contain NaN")
     cands = np.append(np.unique(s), np.inf)
@@ -100,8 +99,7 @@ def _kept_over_grid(heatmap: np.ndarray, cands, tau: float, connectivity: int):
         yield k, labels, int(keep.size), crop
         kept = labels > 0
         box = [np.flatnonzero(kept.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1))]
-        crop = tuple(slice(o.start + int(b[0]), o.start + int(b[-1]) + 1)
-                     for o, b in zip(crop, box, strict=True))
+        crop = tuple(slice(o.start + int(b[0]), o.start + int(b[-1]) + 1) for o, b in zip(crop, box, strict=True))
 
 
 def _kept(heatmap: np.ndarray, tau_prime: float, tau: float, connectivity: int) -> Components:
@@ -110,9 +108,7 @@ def _kept(heatmap: np.ndarray, tau_prime: float, tau: float, connectivity: int) 
     return np.zeros(heatmap.shape, dtype=np.int32), 0
 
 
-def binarize(
-    heatmap: np.ndarray, tau_prime: float, tau: float, *, connectivity: int = 26
-) -> np.ndarray:
+def binarize(heatmap: np.ndarray, tau_prime: float, tau: float, *, connectivity: int = 26) -> np.ndarray:
     """Boolean mask of the components of ``heatmap >= tau_prime`` whose max is ``>= tau``.
 
     Requires ``tau_prime <= tau``; ``connectivity`` is 6, 18 or 26.
@@ -172,8 +168,7 @@ def select_tau_prime(
         ground truth, ``tau`` is not finite, or no candidate lies at or below it.
     """
     structure(connectivity)
-    return _select_tau_prime(heatmaps, masks, boxes, tau, n_select, grid, rng,
-                             connectivity)[0]
+    return _select_tau_prime(heatmaps, masks, boxes, tau, n_select, grid, rng, connectivity)[0]
 
 
 def _select_tau_prime(heatmaps, masks, boxes, tau, n_select, grid, rng, connectivity):
@@ -184,8 +179,7 @@ def _select_tau_prime(heatmaps, masks, boxes, tau, n_select, grid, rng, connecti
         return float(tau), []
     idx = [i for i, t in enumerate(targets) if _has_target(t, is_box)]
     if len(idx) > n_select:
-        idx = idx[:n_select] if rng is None else \
-            sorted(int(i) for i in rng.choice(idx, n_select, replace=False))
+        idx = idx[:n_select] if rng is None else sorted(int(i) for i in rng.choice(idx, n_select, replace=False))
     hs = [np.asarray(heatmaps[i]) for i in idx]
     if isinstance(grid, int | np.integer):
         cands = tau_prime_grid(hs, tau, int(grid))
@@ -221,23 +215,27 @@ class _Dataset:
         self.labels = np.asarray(labels).ravel()
         n = len(self.heatmaps)
         if len(self.labels) != n or (self.targets is not None and len(self.targets) != n):
-            raise ValueError(f"{n} heatmaps, {len(self.labels)} labels and "
-                             f"{'-' if self.targets is None else len(self.targets)} targets")
+            raise ValueError(
+                f"{n} heatmaps, {len(self.labels)} labels and "
+                f"{'-' if self.targets is None else len(self.targets)} targets"
+            )
         if not np.isin(self.labels, (0, 1)).all():
             raise ValueError("labels must be 0 or 1")
         self.labels = self.labels.astype(bool)
         for i, h in enumerate(self.heatmaps):
             m = None if self.is_box or self.targets is None else self.targets[i]
             if h.ndim != 3 or h.size == 0 or (m is not None and np.shape(m) != h.shape):
-                raise ValueError(f"heatmap {i} (shape {h.shape}) must be a non-empty "
-                                 f"(D, H, W) array matching its mask ({np.shape(m)})")
+                raise ValueError(
+                    f"heatmap {i} (shape {h.shape}) must be a non-empty "
+                    f"(D, H, W) array matching its mask ({np.shape(m)})"
+                )
         self.scores = np.array([float(h.max()) for h in self.heatmaps])
         if np.isnan(self.scores).any():
-            raise ValueError(f"heatmaps {np.flatnonzero(np.isnan(self.scores)).tolist()} "
-                             "contain NaN")
+            raise ValueError(f"heatmaps {np.flatnonzero(np.isnan(self.scores)).tolist()} contain NaN")
         targets = self.targets if self.targets is not None else [None] * n
-        self.has_target = np.array([y and _has_target(t, self.is_box)
-                                    for y, t in zip(self.labels, targets, strict=True)])
+        self.has_target = np.array(
+            [y and _has_target(t, self.is_box) for y, t in zip(self.labels, targets, strict=True)]
+        )
         self.connectivity = connectivity
         self._gt: dict[int, Components] = {}
 
@@ -261,22 +259,33 @@ def _evaluate_fold(data: _Dataset, tune, test, rng, iou_threshold, n_select, gri
     tau = detection_threshold(data.scores[tune], data.labels[tune])
     sub = [data.targets[i] if data.has_target[i] else None for i in tune]
     tau_prime, used = _select_tau_prime(
-        [data.heatmaps[i] for i in tune], None if data.is_box else sub,
-        sub if data.is_box else None, tau, n_select, grid, rng, data.connectivity)
+        [data.heatmaps[i] for i in tune],
+        None if data.is_box else sub,
+        sub if data.is_box else None,
+        tau,
+        n_select,
+        grid,
+        rng,
+        data.connectivity,
+    )
     rows = []
     for i in test[data.has_target[test]]:
         pc = _kept(data.heatmaps[i], tau_prime, tau, data.connectivity)
-        rows.append(box_lesion_scores(None, data.targets[i], iou_threshold, pred_components=pc)
-                    if data.is_box else
-                    lesion_scores(None, None, iou_threshold, pred_components=pc,
-                                  gt_components=data.gt_components(i)))
+        rows.append(
+            box_lesion_scores(None, data.targets[i], iou_threshold, pred_components=pc)
+            if data.is_box
+            else lesion_scores(None, None, iou_threshold, pred_components=pc, gt_components=data.gt_components(i))
+        )
     seg_key = "max_iou" if data.is_box else "dice"
     out = {"tau": tau, "tau_prime": tau_prime}
-    out.update({k: _stat([r[k] for r in rows], np.mean)
-                for k in ("precision", "recall", "f1", seg_key)})
+    out.update({k: _stat([r[k] for r in rows], np.mean) for k in ("precision", "recall", "f1", seg_key)})
     out["balanced_accuracy"] = balanced_accuracy(data.labels[test], data.scores[test] >= tau)
-    out.update(n_tune=int(tune.size), n_test=int(test.size), n_test_segmentation=len(rows),
-               tau_prime_volumes=sorted(int(tune[j]) for j in used))
+    out.update(
+        n_tune=int(tune.size),
+        n_test=int(test.size),
+        n_test_segmentation=len(rows),
+        tau_prime_volumes=sorted(int(tune[j]) for j in used),
+    )
     return out
 
 
@@ -341,8 +350,7 @@ def evaluate(
     per_fold = []
     for _ in range(folds):
         perm = rng.permutation(n)
-        per_fold.append(_evaluate_fold(data, perm[: n // 2], perm[n // 2:], rng,
-                                       iou_threshold, n_select, grid))
+        per_fold.append(_evaluate_fold(data, perm[: n // 2], perm[n // 2 :], rng, iou_threshold, n_select, grid))
     seg_key = "max_iou" if data.is_box else "dice"
     keys = ("precision", "recall", "f1", seg_key, "balanced_accuracy", "tau", "tau_prime")
     out: dict = {k: _stat([f[k] for f in per_fold], np.mean) for k in keys}

@@ -20,15 +20,28 @@ from tomofield.geometry import EXTENTS, GEOMETRIES
 #: The losses each task accepts; the first is the task's default.
 TASKS = {"classification": ("bce",), "regression": ("mse", "huber")}
 #: The library's defaults of the settings a teacher run would otherwise provide (the paper's).
-DEFAULTS: dict[str, Any] = {"encoder": "resnet10t", "norm": "frozen-bn", "slice_size": 224, "geometry": "physical",
-                            "extent": "unit"}
+DEFAULTS: dict[str, Any] = {
+    "encoder": "resnet10t",
+    "norm": "frozen-bn",
+    "slice_size": 224,
+    "geometry": "physical",
+    "extent": "unit",
+}
 #: The default loss of each task.
 DEFAULT_LOSS = {task: losses[0] for task, losses in TASKS.items()}
 #: Settings that take one of a fixed set of values.
 CHOICES = {"geometry": GEOMETRIES, "extent": EXTENTS, "norm": NORMS}
 #: Lower bounds of the integer settings.
-MINIMA = {"iterations": 1, "slices_per_volume": 1, "slice_size": 8, "batch_volumes": 1, "val_every": 1,
-          "checkpoint_every": 1, "val_directions": 1, "val_slices": 2}
+MINIMA = {
+    "iterations": 1,
+    "slices_per_volume": 1,
+    "slice_size": 8,
+    "batch_volumes": 1,
+    "val_every": 1,
+    "checkpoint_every": 1,
+    "val_directions": 1,
+    "val_slices": 2,
+}
 
 
 def teacher_run(path: str | Path) -> RunDir:
@@ -79,8 +92,9 @@ class TrainConfig:
             InputError: ``teacher`` is not a run directory of ``tomofield train``.
         """
         inherited = teacher_run(self.teacher).training_defaults() if self.teacher is not None else {}
-        filled = {k: getattr(self, k) if getattr(self, k) is not None else inherited.get(k, v)
-                  for k, v in DEFAULTS.items()}
+        filled = {
+            k: getattr(self, k) if getattr(self, k) is not None else inherited.get(k, v) for k, v in DEFAULTS.items()
+        }
         loss = self.loss if self.loss is not None else DEFAULT_LOSS.get(self.task)
         return replace(self, **filled, loss=loss)
 
@@ -89,7 +103,9 @@ class TrainConfig:
         if self.task not in TASKS:
             raise InputError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
         if self.loss is not None and self.loss not in TASKS[self.task]:
-            raise InputError(f"loss {self.loss!r} does not fit task {self.task!r}; valid: {', '.join(TASKS[self.task])}")
+            raise InputError(
+                f"loss {self.loss!r} does not fit task {self.task!r}; valid: {', '.join(TASKS[self.task])}"
+            )
         for name, valid in CHOICES.items():
             value = getattr(self, name)
             if value is not None and value not in valid:
@@ -99,7 +115,9 @@ class TrainConfig:
             if value is not None and value < lo:
                 raise InputError(f"{name.replace('_', '-')} must be >= {lo}, got {value}")
         if self.task == "classification" and self.batch_volumes % 2:
-            raise InputError(f"batch-volumes must be even (pairs of one positive and one negative), got {self.batch_volumes}")
+            raise InputError(
+                f"batch-volumes must be even (pairs of one positive and one negative), got {self.batch_volumes}"
+            )
         if self.teacher is not None and self.task != "regression":
             raise InputError(f"--teacher is for --task regression, got task {self.task!r}")
         if not 0 < self.teacher_quantile < 1:

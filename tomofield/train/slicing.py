@@ -59,10 +59,21 @@ def random_frame(M: int, gen: torch.Generator) -> Frame:
     return n, u, v
 
 
-def cut_jittered(vol: Loaded, cfg: TrainConfig, gen: torch.Generator, frame: Frame,
-                 offsets: Tensor, a_half: Tensor, b_half: Tensor, shift: Tensor) -> Tensor:
+def cut_jittered(
+    vol: Loaded,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    frame: Frame,
+    offsets: Tensor,
+    a_half: Tensor,
+    b_half: Tensor,
+    shift: Tensor,
+) -> Tensor:
     """Sample the slices of ``frame`` (normals, u, v) with an affine intensity jitter (M, C, S, S)."""
-    jitter = lambda: cfg.intensity_jitter * (torch.rand(len(offsets), 1, 1, 1, generator=gen, dtype=torch.float64) * 2 - 1)  # noqa: E731
+
+    def jitter() -> Tensor:
+        return cfg.intensity_jitter * (torch.rand(len(offsets), 1, 1, 1, generator=gen, dtype=torch.float64) * 2 - 1)
+
     gain = jitter()
     bias = jitter()
     f = lambda t: t.to(vol.data.device, torch.float32)  # noqa: E731
@@ -100,8 +111,9 @@ def stack_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> tuple[T
     s_half, a_half, b_half = stack_extents(vol.e.cpu().double(), n, u, v, cfg.extent)
     offsets = (-1 + (2 * torch.arange(M, dtype=torch.float64) + 1 + U(M)) / M) * s_half
     za, zb = 1 + cfg.scale_jitter * U(M).abs(), 1 + cfg.scale_jitter * U(M).abs()
-    shift = (cfg.translation * U(M, 1) * ((za - 1) * a_half)[:, None]) * u \
-        + (cfg.translation * U(M, 1) * ((zb - 1) * b_half)[:, None]) * v
+    shift = (cfg.translation * U(M, 1) * ((za - 1) * a_half)[:, None]) * u + (
+        cfg.translation * U(M, 1) * ((zb - 1) * b_half)[:, None]
+    ) * v
     a_half, b_half = a_half * za, b_half * zb
     weight = slice_area(a_half, b_half, (cfg.slice_size,) * 2) * (2 * s_half / M) * vol.mm3 / 1000
     x = cut_jittered(vol, cfg, gen, (n, u, v), offsets, a_half, b_half, shift)

@@ -32,7 +32,9 @@ def spread_targets(excess: Tensor, weight: Tensor, target: Tensor) -> tuple[Tens
     total = (excess * weight).sum(1, keepdim=True)
     t = target.to(excess)[:, None]
     usable = (t[:, 0] == 0) | (total[:, 0] > 0)
-    density = torch.where(t != 0, t * excess / total.clamp_min(torch.finfo(excess.dtype).tiny), torch.zeros_like(excess))
+    density = torch.where(
+        t != 0, t * excess / total.clamp_min(torch.finfo(excess.dtype).tiny), torch.zeros_like(excess)
+    )
     return density * usable[:, None], usable
 
 
@@ -52,9 +54,13 @@ class Teacher:
         run = teacher_run(run_dir)
         self.state, self.run = run.weights(), run.config
         if self.run.get("task", "classification") != "classification":
-            raise InputError(f"--teacher {str(run_dir)!r} is a {self.run.get('task')!r} run; it must be a classification run")
+            raise InputError(
+                f"--teacher {str(run_dir)!r} is a {self.run.get('task')!r} run; it must be a classification run"
+            )
         if int(self.run.get("in_chans", in_chans)) != in_chans:
-            raise InputError(f"--teacher {str(run_dir)!r} takes {self.run['in_chans']} channel(s), the volumes have {in_chans}")
+            raise InputError(
+                f"--teacher {str(run_dir)!r} takes {self.run['in_chans']} channel(s), the volumes have {in_chans}"
+            )
         self.model = build_encoder(self.run["encoder"], in_chans=in_chans, num_classes=1, norm=self.run["norm"])
         load_weights(self.model, self.state, str(run_dir))
         self.model.to(device).eval().requires_grad_(False)
@@ -93,7 +99,9 @@ class Teacher:
                 if ok[0]:
                     peaks.append(float(d.abs().max()))
         if not peaks:
-            raise InputError(f"the teacher's scores never exceed its baseline ({self.baseline:.3g}, the "
-                             f"{cfg.teacher_quantile} quantile on target-0 volumes) in a volume with a target: "
-                             "it does not see what the target measures")
+            raise InputError(
+                f"the teacher's scores never exceed its baseline ({self.baseline:.3g}, the "
+                f"{cfg.teacher_quantile} quantile on target-0 volumes) in a volume with a target: "
+                "it does not see what the target measures"
+            )
         return float(torch.tensor(peaks).median())

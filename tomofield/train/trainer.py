@@ -53,8 +53,15 @@ class Trainer:
             as written to ``config.json`` and ``state.safetensors``.
     """
 
-    def __init__(self, train_csv: str | Path, run_dir: str | Path, config: TrainConfig,
-                 val_csv: str | Path | None = None, device: str = "auto", resume: bool = False) -> None:
+    def __init__(
+        self,
+        train_csv: str | Path,
+        run_dir: str | Path,
+        config: TrainConfig,
+        val_csv: str | Path | None = None,
+        device: str = "auto",
+        resume: bool = False,
+    ) -> None:
         config = config.resolved()
         config.validate()
         self.cfg, self.run_dir, self.device = config, Path(run_dir), resolve_device(device)
@@ -76,28 +83,54 @@ class Trainer:
                 if stale.is_file():
                     stale.unlink(missing_ok=True)
         if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise InputError(f"run directory {str(self.run_dir)!r} is not empty; pass --resume to continue it or choose another")
+            raise InputError(
+                f"run directory {str(self.run_dir)!r} is not empty; pass --resume to continue it or choose another"
+            )
 
     def _build(self, in_chans: int) -> nn.Module:
         from tomofield.encoders import build_encoder
 
         torch.manual_seed(self.cfg.seed)
-        return build_encoder(self.cfg.encoder, in_chans=in_chans, num_classes=1, pretrained=self.cfg.pretrained,
-                             norm=self.cfg.norm).to(self.device)
+        return build_encoder(
+            self.cfg.encoder, in_chans=in_chans, num_classes=1, pretrained=self.cfg.pretrained, norm=self.cfg.norm
+        ).to(self.device)
 
     def run_config(self, in_chans: int, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """The run directory's ``config.json``."""
         return {
-            "format": ck.FORMAT, "encoder": self.cfg.encoder, "in_chans": in_chans, "num_classes": 1,
-            "norm": self.cfg.norm, "slice_size": self.cfg.slice_size, "geometry": self.cfg.geometry,
-            "extent": self.cfg.extent, "task": self.cfg.task, "training": asdict(self.cfg),
+            "format": ck.FORMAT,
+            "encoder": self.cfg.encoder,
+            "in_chans": in_chans,
+            "num_classes": 1,
+            "norm": self.cfg.norm,
+            "slice_size": self.cfg.slice_size,
+            "geometry": self.cfg.geometry,
+            "extent": self.cfg.extent,
+            "task": self.cfg.task,
+            "training": asdict(self.cfg),
             "dataset": {"csv": str(self.train_csv.resolve()), "sha256": self.hash, "volumes": len(self.cases)},
-            "iteration": step, "metrics": metrics, "loss_log": self.loss_log,
-        } | ({"teacher": str(Path(self.cfg.teacher).resolve()), "teacher_baseline": self.baseline,
-              "head_defaults": {"regression": {"scale": self.scale, "nonnegative": True}}} if self.cfg.teacher else {})
+            "iteration": step,
+            "metrics": metrics,
+            "loss_log": self.loss_log,
+        } | (
+            {
+                "teacher": str(Path(self.cfg.teacher).resolve()),
+                "teacher_baseline": self.baseline,
+                "head_defaults": {"regression": {"scale": self.scale, "nonnegative": True}},
+            }
+            if self.cfg.teacher
+            else {}
+        )
 
-    def _save(self, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, step: int, in_chans: int,
-              history: list[dict[str, Any]]) -> None:
+    def _save(
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        gen: torch.Generator,
+        step: int,
+        in_chans: int,
+        history: list[dict[str, Any]],
+    ) -> None:
         """Rank 0 writes (atomically, through :mod:`tomofield.checkpoint`); every rank's RNG state is kept."""
         states = distributed.gather_objects(gen.get_state())
         rank, world = distributed.rank_world()
@@ -107,9 +140,15 @@ class Trainer:
         opt_t, groups = ck.pack_optimizer(opt)
         rngs = {"rng" if r == 0 else f"rng.{r}": st for r, st in enumerate(states)}
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_t | rngs
-        meta = {"iteration": str(step), "param_groups": groups, "history": json.dumps(history),
-                "loss_log": json.dumps(self.loss_log),
-                "training": json.dumps(asdict(self.cfg)), "dataset_sha256": self.hash, "world_size": str(world)}
+        meta = {
+            "iteration": str(step),
+            "param_groups": groups,
+            "history": json.dumps(history),
+            "loss_log": json.dumps(self.loss_log),
+            "training": json.dumps(asdict(self.cfg)),
+            "dataset_sha256": self.hash,
+            "world_size": str(world),
+        }
         ck.save_tensors(self.run_dir / ck.STATE, tensors, meta)
         ck.save_tensors(self.run_dir / ck.MODEL, model.state_dict())
         ck.write_json(self.run_dir / ck.CONFIG, self.run_config(in_chans, step, history[-1] if history else {}))
@@ -125,13 +164,17 @@ class Trainer:
         mine = asdict(self.cfg)
         differ = [k for k in mine if k != "iterations" and saved.get(k) != mine[k]]
         if differ:
-            raise InputError(f"--resume with different training arguments: {', '.join(f'{k} (was {saved.get(k)!r}, now {mine[k]!r})' for k in differ)}")
+            raise InputError(
+                f"--resume with different training arguments: {', '.join(f'{k} (was {saved.get(k)!r}, now {mine[k]!r})' for k in differ)}"
+            )
         if meta["dataset_sha256"] != self.hash:
             raise InputError(f"--resume: the dataset {str(self.train_csv)!r} changed since the checkpoint")
         rank, world = distributed.rank_world()
         if int(meta.get("world_size", "1")) != world:
-            raise InputError(f"--resume: the checkpoint was written by {meta.get('world_size', '1')} process(es), "
-                             f"this run has {world}; resume with the same number")
+            raise InputError(
+                f"--resume: the checkpoint was written by {meta.get('world_size', '1')} process(es), "
+                f"this run has {world}; resume with the same number"
+            )
         tensors = load_file(str(path))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         ck.unpack_optimizer(opt, tensors, meta["param_groups"])
@@ -163,15 +206,17 @@ class Trainer:
         teacher = Teacher(cfg.teacher, in_chans, self.device)
         mine, theirs = (cfg.encoder, cfg.norm), (teacher.run["encoder"], teacher.run["norm"])
         if mine != theirs:
-            raise InputError(f"the student starts from the teacher, so it needs the teacher's encoder and norm "
-                             f"{theirs}, got {mine}")
+            raise InputError(
+                f"the student starts from the teacher, so it needs the teacher's encoder and norm {theirs}, got {mine}"
+            )
         self.scale = teacher.calibrate(train, cfg)
         self.baseline = teacher.baseline
         model.load_state_dict(teacher.model.state_dict())
         return teacher
 
-    def _loss(self, net: nn.Module, vols: list[Loaded], teacher: Teacher | None,
-              gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    def _loss(
+        self, net: nn.Module, vols: list[Loaded], teacher: Teacher | None, gen: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
         """One step's slices and loss: every slice takes its volume's label, or with a teacher its density."""
         cfg, loss_fn = self.cfg, LOSSES[self.cfg.loss]
         if teacher is None:
@@ -196,11 +241,13 @@ class Trainer:
             raise InputError(f"validation volumes have {val[0].data.shape[0]} channels, training volumes {in_chans}")
         model = self._build(in_chans).train()
         teacher = self._teacher(model, train, in_chans) if cfg.teacher is not None else None
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+        opt = torch.optim.Adam(
+            [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8
+        )
         rank, world = distributed.rank_world()
         # each rank draws its own volumes and augmentations; DDP averages the gradients
         gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank)
-        step, history = (self._restore(model, opt, gen) if self.resume else (0, []))
+        step, history = self._restore(model, opt, gen) if self.resume else (0, [])
         net = model
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel

@@ -30,7 +30,9 @@ def volume_scores(model: nn.Module, vols: list[Loaded], cfg: TrainConfig, batch:
     mean over directions of each stack's quadrature ``sum_k w_k max(g_k, 0)`` in mL.
     """
     sampler, out = FibonacciSampler(), []
-    scfg = SamplingConfig(directions=cfg.val_directions, slices=cfg.val_slices, hemisphere=True, seed=0, extent=cfg.extent)
+    scfg = SamplingConfig(
+        directions=cfg.val_directions, slices=cfg.val_slices, hemisphere=True, seed=0, extent=cfg.extent
+    )
     integral = cfg.teacher is not None
     for vol in vols:
         d = sampler.plan(vol.data.shape[1:], vol.e.cpu().double(), scfg)[0].to(vol.data.device)
@@ -42,8 +44,15 @@ def volume_scores(model: nn.Module, vols: list[Loaded], cfg: TrainConfig, batch:
         total = torch.zeros((), device=vol.data.device)
         for b in range(0, L * M, batch):
             i = idx[b : b + batch]
-            pts = slice_points(d.normals[i], d.u[i], d.v[i], off[b : b + batch], d.a_half[i], d.b_half[i],
-                               (cfg.slice_size, cfg.slice_size))
+            pts = slice_points(
+                d.normals[i],
+                d.u[i],
+                d.v[i],
+                off[b : b + batch],
+                d.a_half[i],
+                d.b_half[i],
+                (cfg.slice_size, cfg.slice_size),
+            )
             g = model(sample_slices(vol.data, pts, vol.e))[:, 0]
             best = torch.maximum(best, g.max())
             total = total + (g.clamp_min(0) * weight[b : b + batch]).sum()
@@ -73,11 +82,16 @@ def auc(scores: Tensor, labels: Tensor) -> float:
     return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
 
 
-def classification_metrics(scores: Tensor, labels: Tensor, train_scores: Tensor, train_labels: Tensor) -> dict[str, float]:
+def classification_metrics(
+    scores: Tensor, labels: Tensor, train_scores: Tensor, train_labels: Tensor
+) -> dict[str, float]:
     """Balanced accuracy at the training volumes' best threshold, AUC and that threshold."""
     tau = best_threshold(train_scores, train_labels)
-    return {"val_balanced_accuracy": balanced_accuracy(labels, (scores >= tau).float()),
-            "val_auc": auc(scores, labels), "threshold": tau}
+    return {
+        "val_balanced_accuracy": balanced_accuracy(labels, (scores >= tau).float()),
+        "val_auc": auc(scores, labels),
+        "threshold": tau,
+    }
 
 
 def regression_metrics(scores: Tensor, labels: Tensor) -> dict[str, float]:

@@ -29,8 +29,30 @@ def scan(tmp_path: Path) -> Path:
 
 def test_cli_features_writes_k_channels_and_rgb_preview(scan, tmp_path):
     out, png, pca = tmp_path / "f.nii.gz", tmp_path / "f.png", tmp_path / "pca.npz"
-    res = invoke("features", scan, "-o", out, "--stage", 1, "--components", 3, "-L", 6, "-M", 6,
-                 "--slice-size", 24, "--device", "cpu", "--preview", png, "--save-projection", pca, "--fit-slices", 16)
+    res = invoke(
+        "features",
+        scan,
+        "-o",
+        out,
+        "--stage",
+        1,
+        "--components",
+        3,
+        "-L",
+        6,
+        "-M",
+        6,
+        "--slice-size",
+        24,
+        "--device",
+        "cpu",
+        "--preview",
+        png,
+        "--save-projection",
+        pca,
+        "--fit-slices",
+        16,
+    )
     assert res.exit_code == 0, res.output
     img = nib.load(str(out))
     assert img.shape == (24, 24, 20, 3)  # (i, j, k, K): the input grid, K channels
@@ -38,15 +60,50 @@ def test_cli_features_writes_k_channels_and_rgb_preview(scan, tmp_path):
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     # the saved projection is reusable on its own
     out2 = tmp_path / "g.nii.gz"
-    res = invoke("features", scan, "-o", out2, "--stage", 1, "--projection", pca, "-L", 6, "-M", 6,
-                 "--slice-size", 24, "--device", "cpu")
+    res = invoke(
+        "features",
+        scan,
+        "-o",
+        out2,
+        "--stage",
+        1,
+        "--projection",
+        pca,
+        "-L",
+        6,
+        "-M",
+        6,
+        "--slice-size",
+        24,
+        "--device",
+        "cpu",
+    )
     assert res.exit_code == 0, res.output
     np.testing.assert_allclose(nib.load(str(out2)).get_fdata(), img.get_fdata(), rtol=1e-4, atol=1e-4)
 
 
 def test_cli_features_errors_name_the_value(scan, tmp_path):
-    res = CliRunner().invoke(cli, ["features", str(scan), "-o", str(tmp_path / "f.nii.gz"), "--stage", "1",
-                                   "--components", "65", "-L", "4", "-M", "4", "--slice-size", "16", "--device", "cpu"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "features",
+            str(scan),
+            "-o",
+            str(tmp_path / "f.nii.gz"),
+            "--stage",
+            "1",
+            "--components",
+            "65",
+            "-L",
+            "4",
+            "-M",
+            "4",
+            "--slice-size",
+            "16",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 2 and "components must be in 1..64" in res.output
     res = CliRunner().invoke(cli, ["features", str(scan), "-o", str(tmp_path / "f.png")])
     assert res.exit_code == 2 and "must end with one of" in res.output
@@ -55,8 +112,20 @@ def test_cli_features_errors_name_the_value(scan, tmp_path):
 def test_cli_pretrain_writes_a_run(tmp_path, scan):
     csv = tmp_path / "data.csv"
     csv.write_text("image,label\nscan.nii.gz,0\n")
-    res = invoke("pretrain", csv, "-o", tmp_path / "run", "--iterations", 3, "--slice-size", 16,
-                 "--slices-per-volume", 4, "--device", "cpu")
+    res = invoke(
+        "pretrain",
+        csv,
+        "-o",
+        tmp_path / "run",
+        "--iterations",
+        3,
+        "--slice-size",
+        16,
+        "--slices-per-volume",
+        4,
+        "--device",
+        "cpu",
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "run" / "model.safetensors").is_file() and "loss" in res.output
 

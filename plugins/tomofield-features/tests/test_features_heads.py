@@ -117,8 +117,16 @@ def test_projection_commutes_with_reconstruction(mean_encoder):
 
 def test_fit_projection_installs_pca(resnet):
     vol = _two_channel_phantom()[:1] + 0.1
-    eng = Engine(resnet, "features", "none", directions=8, slices=8, slice_size=32, device="cpu",
-                 head_options={"stage": 1, "components": 3})
+    eng = Engine(
+        resnet,
+        "features",
+        "none",
+        directions=8,
+        slices=8,
+        slice_size=32,
+        device="cpu",
+        head_options={"stage": 1, "components": 3},
+    )
     with pytest.raises(InputError, match="no fitted projection"):
         eng.reconstruct(vol)
     proj = fit_projection(eng, vol, samples=32)
@@ -132,10 +140,14 @@ def test_fit_projection_installs_pca(resnet):
 def test_regression_head_scale_and_target(mean_encoder):
     x = torch.rand(4, 1, 8, 8)
     two = type(mean_encoder)(outputs=2)
-    torch.testing.assert_close(RegressionHead(scale=3.0)(mean_encoder, x), 3 * x.mean(dim=(1, 2, 3))[:, None, None, None])
+    torch.testing.assert_close(
+        RegressionHead(scale=3.0)(mean_encoder, x), 3 * x.mean(dim=(1, 2, 3))[:, None, None, None]
+    )
     signed = x - 0.5
-    torch.testing.assert_close(RegressionHead(scale=2.0, nonnegative=True)(mean_encoder, signed),
-                               (2 * signed.mean(dim=(1, 2, 3))).clamp_min(0)[:, None, None, None])
+    torch.testing.assert_close(
+        RegressionHead(scale=2.0, nonnegative=True)(mean_encoder, signed),
+        (2 * signed.mean(dim=(1, 2, 3))).clamp_min(0)[:, None, None, None],
+    )
     assert (RegressionHead()(mean_encoder, -x) < 0).all()
     with pytest.raises(InputError, match="regression target 2 out of range: the encoder has 2 outputs"):
         RegressionHead(target=2)(two, x)
@@ -144,8 +156,16 @@ def test_regression_head_scale_and_target(mean_encoder):
 def test_regression_integral_of_a_slice_sum_encoder(mean_encoder):
     """A regression encoder that reports the slice's lesion content: the tomo heatmap integrates to the lesion."""
     vols = [ball_phantom((32, 32, 32), (1, 1, 1), balls=(((0.1, -0.1, 0.2), r, 1.0),)) for r in (3.0, 5.0, 7.0)]
-    eng = Engine(mean_encoder, "regression", "tomo", directions=150, slices=32, slice_size=32, device="cpu",
-                 geometry="normalized")
+    eng = Engine(
+        mean_encoder,
+        "regression",
+        "tomo",
+        directions=150,
+        slices=32,
+        slice_size=32,
+        device="cpu",
+        geometry="normalized",
+    )
     integrals = [float(eng.reconstruct(v).sum()) for v in vols]
     truth = [float(v.sum()) for v in vols]
     ratios = np.array(integrals) / np.array(truth)

@@ -29,8 +29,10 @@ def test_nt_xent_exact_value():
 
 @pytest.fixture(scope="module")
 def volumes():
-    return [torch.from_numpy(make_case((24, 24, 24), positive=p, rng=np.random.default_rng(s))[0])
-            for s, p in ((0, True), (1, False))]
+    return [
+        torch.from_numpy(make_case((24, 24, 24), positive=p, rng=np.random.default_rng(s))[0])
+        for s, p in ((0, True), (1, False))
+    ]
 
 
 def test_two_views_are_views_of_the_same_plane(volumes):
@@ -56,8 +58,15 @@ def test_simclr_loss_decreases_and_run_loads(volumes, tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["task"] == "simclr" and config["norm"] == "group-norm" and config["slice_size"] == 24
     # the run directory is a --weights for the engine: same weights, features head works
-    eng = Engine(head="features", filter="none", weights=str(tmp_path / "run"), directions=4, slices=4,
-                 device="cpu", head_options={"stage": 1})
+    eng = Engine(
+        head="features",
+        filter="none",
+        weights=str(tmp_path / "run"),
+        directions=4,
+        slices=4,
+        device="cpu",
+        head_options={"stage": 1},
+    )
     loaded = eng.encoder_for(1)
     for k, v in encoder.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[k].cpu(), v.cpu())

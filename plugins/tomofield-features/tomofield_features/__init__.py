@@ -17,8 +17,14 @@ __all__ = ["FeaturesHead", "Projection", "RegressionHead", "encoder_features", "
 
 @hookimpl
 def register_heads(register):
-    register("regression", RegressionHead, "a regression encoder's scalar per slice (tomofield train --task regression)")
-    register("features", FeaturesHead, "the encoder's pooled features or a stage's map per slice (C x D x H x W), optional PCA")
+    register(
+        "regression", RegressionHead, "a regression encoder's scalar per slice (tomofield train --task regression)"
+    )
+    register(
+        "features",
+        FeaturesHead,
+        "the encoder's pooled features or a stage's map per slice (C x D x H x W), optional PCA",
+    )
 
 
 @hookimpl

@@ -22,11 +22,20 @@ _OWN = ("stage", "pool", "components", "projection", "save_projection", "fit_sli
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--output", "-o", required=True, type=click.Path(), help="Output feature volume (.nii/.nii.gz, K channels).")
-@click.option("--stage", type=int, default=None, help="Encoder stage (feature_info index) whose map to use; default: pooled pre-logits.")
+@click.option(
+    "--output", "-o", required=True, type=click.Path(), help="Output feature volume (.nii/.nii.gz, K channels)."
+)
+@click.option(
+    "--stage",
+    type=int,
+    default=None,
+    help="Encoder stage (feature_info index) whose map to use; default: pooled pre-logits.",
+)
 @click.option("--pool", is_flag=True, help="Average the stage's map to one vector per slice.")
 @click.option("--components", "-k", default=16, show_default=True, help="PCA components (0: keep every channel).")
-@click.option("--projection", type=click.Path(), help="A given projection (.npy (C, K) or .npz with mean, matrix) instead of PCA.")
+@click.option(
+    "--projection", type=click.Path(), help="A given projection (.npy (C, K) or .npz with mean, matrix) instead of PCA."
+)
 @click.option("--save-projection", type=click.Path(), help="Write the fitted PCA (.npz) to reuse on other volumes.")
 @click.option("--fit-slices", default=256, show_default=True, help="Slices sampled to fit the PCA.")
 @click.option("--preview", type=click.Path(), help="Also write a PNG of the first three components as RGB.")
@@ -60,24 +69,39 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
     t0 = time.perf_counter()
     if comps and not o["projection"]:
         with err.status(f"fitting PCA ({comps} components) on {o['fit_slices']} slices"):
-            proj = fit_projection(engine, volume.data, [volume.spacing], samples=o["fit_slices"],
-                                  seed=engine.config.seed)
+            proj = fit_projection(
+                engine, volume.data, [volume.spacing], samples=o["fit_slices"], seed=engine.config.seed
+            )
         share = float(proj.explained.sum()) if proj.explained is not None else float("nan")
-        err.print(f"PCA: {proj.channels} -> {proj.components} channels, {100 * share:.1f}% of the variance", highlight=False)
+        err.print(
+            f"PCA: {proj.channels} -> {proj.components} channels, {100 * share:.1f}% of the variance", highlight=False
+        )
         if o["save_projection"]:
             proj.save(o["save_projection"])
-    err.print(f"{volume.paths[0].name}: grid {tuple(shape)}; {engine.count_slices(shape, volume.spacing):,} slices "
-              f"of {engine.config.slice_size}px on {engine.device}", highlight=False)
+    err.print(
+        f"{volume.paths[0].name}: grid {tuple(shape)}; {engine.count_slices(shape, volume.spacing):,} slices "
+        f"of {engine.config.slice_size}px on {engine.device}",
+        highlight=False,
+    )
     with slice_progress("slices") as tick:
         feats = engine.reconstruct(volume.data, volume.spacing, progress=tick).cpu()
     save_nifti(output, feats, volume.affine, volume.header, overwrite, description="tomofield features")
     if preview:
         from tomofield_features.preview import write_rgb_preview
 
-        write_rgb_preview(preview, feats.numpy(), volume.data[0].numpy(), volume.spacing,
-                          title=f"features / {engine.filter_name}: {volume.paths[0].name}", overwrite=overwrite)
-    out.print(f"wrote {output} ({feats.shape[0]} channels)" + (f" and {preview}" if preview else "")
-              + f" in {time.perf_counter() - t0:.1f} s")
+        write_rgb_preview(
+            preview,
+            feats.numpy(),
+            volume.data[0].numpy(),
+            volume.spacing,
+            title=f"features / {engine.filter_name}: {volume.paths[0].name}",
+            overwrite=overwrite,
+        )
+    out.print(
+        f"wrote {output} ({feats.shape[0]} channels)"
+        + (f" and {preview}" if preview else "")
+        + f" in {time.perf_counter() - t0:.1f} s"
+    )
 
 
 @click.command()
@@ -111,7 +135,15 @@ def pretrain(dataset: str, run_dir: str, method: str, device: str, **o: Any) -> 
     cases = read_dataset(dataset, task="any")
     vols = [load_volume(list(c.images)) for c in cases]
     with click.progressbar(length=cfg.iterations, label="SimCLR", file=err.file) as bar:
-        _, history = pretrain_simclr([v.data for v in vols], cfg, [v.spacing for v in vols], run_dir,
-                                     device=resolve_device(device), progress=lambda rec: bar.update(1))
-    out.print(f"{method}: {cfg.iterations} iterations, loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; "
-              f"run directory {run_dir}")
+        _, history = pretrain_simclr(
+            [v.data for v in vols],
+            cfg,
+            [v.spacing for v in vols],
+            run_dir,
+            device=resolve_device(device),
+            progress=lambda rec: bar.update(1),
+        )
+    out.print(
+        f"{method}: {cfg.iterations} iterations, loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; "
+        f"run directory {run_dir}"
+    )

@@ -117,12 +117,20 @@ class Projection:
     explained: Tensor | None = None
 
     def __post_init__(self) -> None:
-        self.matrix = torch.as_tensor(np.asarray(self.matrix), dtype=torch.float32) if not isinstance(
-            self.matrix, Tensor) else self.matrix.float()
+        self.matrix = (
+            torch.as_tensor(np.asarray(self.matrix), dtype=torch.float32)
+            if not isinstance(self.matrix, Tensor)
+            else self.matrix.float()
+        )
         if self.matrix.dim() != 2:
-            raise InputError(f"a projection matrix must be 2D (channels, components), got shape {tuple(self.matrix.shape)}")
-        self.mean = torch.as_tensor(self.mean, dtype=torch.float32).reshape(-1) if self.mean is not None else (
-            torch.zeros(self.matrix.shape[0]))
+            raise InputError(
+                f"a projection matrix must be 2D (channels, components), got shape {tuple(self.matrix.shape)}"
+            )
+        self.mean = (
+            torch.as_tensor(self.mean, dtype=torch.float32).reshape(-1)
+            if self.mean is not None
+            else (torch.zeros(self.matrix.shape[0]))
+        )
         if self.mean.shape[0] != self.matrix.shape[0]:
             raise InputError(f"projection mean has {self.mean.shape[0]} channels, matrix {self.matrix.shape[0]}")
 
@@ -158,7 +166,9 @@ class Projection:
         try:
             data = np.load(p, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read projection {str(p)!r} ({exc}); expected .npy (C, K) or .npz with 'matrix'") from exc
+            raise InputError(
+                f"cannot read projection {str(p)!r} ({exc}); expected .npy (C, K) or .npz with 'matrix'"
+            ) from exc
         if isinstance(data, np.ndarray):
             return cls(None, torch.from_numpy(data.astype(np.float32)))
         if "matrix" not in data:

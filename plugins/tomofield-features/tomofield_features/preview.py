@@ -43,8 +43,11 @@ def write_rgb_preview(
     vol = np.asarray(volume, dtype=np.float32)
     d, h, w = (n // 2 for n in vol.shape)
     sd, sh, sw = spacing
-    planes = [("axial", vol[d], rgb[d], sh / sw), ("coronal", vol[:, h], rgb[:, h], sd / sw),
-              ("sagittal", vol[:, :, w], rgb[:, :, w], sd / sh)]
+    planes = [
+        ("axial", vol[d], rgb[d], sh / sw),
+        ("coronal", vol[:, h], rgb[:, h], sd / sw),
+        ("sagittal", vol[:, :, w], rgb[:, :, w], sd / sh),
+    ]
     vlo, vhi = np.percentile(vol, [0.5, 99.5])
     fig, axes = plt.subplots(2, 3, figsize=(12, 8), constrained_layout=True)
     for col, (name, img, col_rgb, asp) in enumerate(planes):

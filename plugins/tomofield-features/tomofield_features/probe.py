@@ -15,8 +15,9 @@ from torch import Tensor
 from tomofield.errors import InputError
 
 
-def sample_labelled(mask: np.ndarray, positives: int, negatives: int, rng: np.random.Generator,
-                    region: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def sample_labelled(
+    mask: np.ndarray, positives: int, negatives: int, rng: np.random.Generator, region: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Flat indices and labels of ``positives`` voxels inside ``mask`` and ``negatives`` outside.
 
     Negatives are drawn inside ``region`` when given (e.g. the body), else anywhere.
@@ -58,7 +59,9 @@ class LinearProbe:
 
         def closure():
             opt.zero_grad()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y, weight=weight) + l2 * (w * w).sum()
+            loss = (
+                torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y, weight=weight) + l2 * (w * w).sum()
+            )
             loss.backward()
             return loss
 

@@ -55,8 +55,13 @@ class SimCLRConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        for name, lo in [("iterations", 1), ("batch_volumes", 1), ("slices_per_volume", 2), ("slice_size", 8),
-                         ("projection_dim", 1)]:
+        for name, lo in [
+            ("iterations", 1),
+            ("batch_volumes", 1),
+            ("slices_per_volume", 2),
+            ("slice_size", 8),
+            ("projection_dim", 1),
+        ]:
             if getattr(self, name) < lo:
                 raise InputError(f"{name.replace('_', '-')} must be >= {lo}, got {getattr(self, name)}")
         if not self.temperature > 0:
@@ -72,7 +77,9 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.2) -> Tensor:
         z1, z2: (N, d) projections of the two views; row i of both comes from slice i.
     """
     if z1.shape != z2.shape or z1.dim() != 2 or z1.shape[0] < 2:
-        raise InputError(f"nt_xent needs two (N >= 2, d) batches of equal shape, got {tuple(z1.shape)}, {tuple(z2.shape)}")
+        raise InputError(
+            f"nt_xent needs two (N >= 2, d) batches of equal shape, got {tuple(z1.shape)}, {tuple(z2.shape)}"
+        )
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     sim = z @ z.T / temperature
@@ -97,7 +104,9 @@ def two_views(volume: Tensor, e: Tensor, count: int, cfg: SimCLRConfig, gen: tor
         _, a_half, b_half = stack_extents(e.double(), n, u, v, cfg.extent)
         a_half = a_half * (1 + cfg.scale_jitter * U(count))
         b_half = b_half * (1 + cfg.scale_jitter * U(count))
-        shift = (cfg.translation * U(count, 1) * a_half[:, None]) * u + (cfg.translation * U(count, 1) * b_half[:, None]) * v
+        shift = (cfg.translation * U(count, 1) * a_half[:, None]) * u + (
+            cfg.translation * U(count, 1) * b_half[:, None]
+        ) * v
         size = (cfg.slice_size, cfg.slice_size)
         f = lambda t: t.to(volume.device, torch.float32)  # noqa: E731
         pts = slice_points(f(n), f(u), f(v), f(offsets), f(a_half), f(b_half), size) + f(shift)[:, None, None, :]
@@ -190,19 +199,31 @@ def pretrain_simclr(
     return encoder, history
 
 
-def save_run(run_dir: str | Path, encoder: nn.Module, cfg: SimCLRConfig, in_chans: int,
-             history: list[dict[str, float]]) -> Path:
+def save_run(
+    run_dir: str | Path, encoder: nn.Module, cfg: SimCLRConfig, in_chans: int, history: list[dict[str, float]]
+) -> Path:
     """A tomofield run directory (model.safetensors, config.json) for ``--weights``."""
     p = Path(run_dir)
     p.mkdir(parents=True, exist_ok=True)
     ck.save_tensors(p / ck.MODEL, encoder.state_dict())
     last = history[-1] if history else {}
     first = history[0] if history else {}
-    ck.write_json(p / ck.CONFIG, {
-        "format": ck.FORMAT, "encoder": cfg.encoder, "in_chans": in_chans, "num_classes": 1, "norm": cfg.norm,
-        "slice_size": cfg.slice_size, "geometry": cfg.geometry, "extent": cfg.extent, "task": "simclr",
-        "training": asdict(cfg), "iteration": int(last.get("iteration", 0)),
-        "metrics": {"loss_first": first.get("loss", math.nan), "loss": last.get("loss", math.nan)},
-    })
+    ck.write_json(
+        p / ck.CONFIG,
+        {
+            "format": ck.FORMAT,
+            "encoder": cfg.encoder,
+            "in_chans": in_chans,
+            "num_classes": 1,
+            "norm": cfg.norm,
+            "slice_size": cfg.slice_size,
+            "geometry": cfg.geometry,
+            "extent": cfg.extent,
+            "task": "simclr",
+            "training": asdict(cfg),
+            "iteration": int(last.get("iteration", 0)),
+            "metrics": {"loss_first": first.get("loss", math.nan), "loss": last.get("loss", math.nan)},
+        },
+    )
     (p / "history.json").write_text(json.dumps(history))
     return p
