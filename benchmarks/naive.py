@@ -3,7 +3,7 @@
 One direction at a time, float32, the whole Fibonacci sphere; per direction one
 ``grid_sample`` cuts the M + 2 slices, the encoder scores them in one batch, the
 second derivative filters the profile and one ``grid_sample`` over every voxel
-backprojects it (DESIGN 1.2-1.7). Nothing here is shared with the engine except the
+backprojects it (docs/design.md, "Axes and geometry" and "Reconstruction constants"). Nothing here is shared with the engine except the
 head object, so a bug in the engine's geometry cannot hide in both.
 """
 

@@ -1,4 +1,4 @@
-"""Backprojection of filtered per-direction profiles onto a voxel grid (DESIGN 1.7).
+"""Backprojection of filtered per-direction profiles onto a voxel grid (docs/design.md, "Reconstruction constants").
 
 Convention: ``q`` holds, per direction ``l``, filtered scores of shape
 ``(M, K, h, w)`` at offsets ``s_m = s_half (2 m / (M - 1) - 1)`` and, for maps, at the

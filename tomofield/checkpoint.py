@@ -94,17 +94,6 @@ class RunDir:
         return read_safetensors(self.path / MODEL)
 
 
-def read_run_config(path: str | Path) -> dict[str, Any]:
-    """The ``config.json`` of a run directory (no weights read)."""
-    return RunDir(path).config
-
-
-def read_run(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The encoder weights and config of a run directory."""
-    run = RunDir(path)
-    return run.weights(), run.config
-
-
 def pack_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
     """Optimizer state as flat tensors plus its JSON hyper-parameters (no pickles)."""
     sd = opt.state_dict()

@@ -38,13 +38,14 @@ from tomofield.commands import (
     with_default,
 )
 from tomofield.compare import FAMILIES, CompareSettings
+from tomofield.demo import DemoSettings, full_demo, phantom_demo
 from tomofield.encoders import NORMS
 from tomofield.errors import InputError
 from tomofield.geometry import EXTENTS, GEOMETRIES
 from tomofield.report import METRICS, evaluate_heatmaps
 from tomofield.synth import write_dataset
 from tomofield.train import DEFAULTS as TRAIN_DEFAULTS
-from tomofield.train import TASKS, TrainConfig
+from tomofield.train import TASKS, TrainConfig, Trainer
 
 
 @click.group()
@@ -213,7 +214,11 @@ def evaluate(heatmaps_dir: str, dataset: str, report: str | None, overwrite: boo
 @click.argument("dataset", type=click.Path())
 @click.option("--weights", required=True, type=click.Path(), help="Run directory of tomofield train.")
 @click.option("--output", "-o", "report_dir", required=True, type=click.Path(), help="Report folder.")
-@click.option("--layers", default=None, help=with_default("CAM layers to try, comma-separated.", "1,2,3,4"))
+@click.option(
+    "--layers",
+    default=None,
+    help=with_default("CAM layers to try, comma-separated.", ",".join(map(str, default_of(CompareSettings, "layers")))),
+)
 @click.option("--methods", "families", default=None, help="Comma-separated subset of the method families.")
 @setting_option(CompareSettings, "--directions", "ToNNO directions (paper: 2000).", type=int)
 @click.option("-L", "directions", type=int, default=None, hidden=True)
@@ -316,7 +321,13 @@ def _topt(flag: str, help: str, **kw: Any) -> Any:
 @_topt("--geometry", "Slicing geometry (a teacher's, with --teacher).", type=click.Choice(GEOMETRIES))
 @_topt("--extent", "Slice offsets (a teacher's, with --teacher).", type=click.Choice(EXTENTS))
 @_topt("--task", "What the volume-level targets are.", type=click.Choice(list(TASKS)))
-@click.option("--loss", default=None, help="bce (classification; the default), mse (regression; the default) or huber.")
+@click.option(
+    "--loss",
+    default=None,
+    help="Loss per task (the first is the default): "
+    + "; ".join(f"{task}: {', '.join(losses)}" for task, losses in TASKS.items())
+    + ".",
+)
 @_topt(
     "--teacher",
     "Regression: a classification run on the same data; trains a density encoder whose tomo "
@@ -334,14 +345,14 @@ def _topt(flag: str, help: str, **kw: Any) -> Any:
     help="Training settings of a registered dataset (e.g. mosmed); options given on the command line win.",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
-@click.option("--device", default=None, help=with_default("auto | cpu | cuda | cuda:N.", "auto"))
+@setting_option(Trainer, "--device", "auto | cpu | cuda | cuda:N.")
 @friendly
 def train(
     dataset: str, run_dir: str, val_csv: str | None, device: str | None, resume: bool, recipe: str | None, **o: Any
 ) -> None:
     """Train a slice encoder from volume-level labels (the paper's recipe)."""
     from tomofield import distributed
-    from tomofield.train import Trainer, config_from_options
+    from tomofield.train import config_from_options
 
     o = given(o)
     if recipe:
@@ -349,7 +360,7 @@ def train(
         o = {**preset, **o}
         err.print(f"recipe {recipe}: " + ", ".join(f"{k}={v}" for k, v in preset.items()), highlight=False)
     cfg = config_from_options(**o)
-    device = device or default_of(Trainer, "device")
+    device = device or default_of(Trainer, "device")  # the process group needs it before the trainer exists
     rank, world = distributed.init(device)
     try:
         trainer = Trainer(
@@ -437,34 +448,43 @@ def plugins_cmd() -> None:
 @cli.command()
 @click.option("--output-dir", "-o", default="tomofield-demo", show_default=True, type=click.Path())
 @click.option("--phantom", is_flag=True, help="Only the reconstruction sanity check on a ball phantom (sum head).")
-@click.option("--iterations", default=None, type=int, help="Training iterations (default 1200).")
-@click.option("--directions", "-L", default=None, type=int, help="Directions (default 128; phantom 500).")
-@click.option("--slices", "-M", default=None, type=int, help="Slices per direction (default 32; phantom 48).")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--iterations",
+    type=int,
+    default=None,
+    help=with_default("Training iterations.", default_of(DemoSettings, "iterations")),
+)
+@click.option(
+    "--directions",
+    "-L",
+    type=int,
+    default=None,
+    help=with_default(
+        f"Directions (phantom: {default_of(phantom_demo, 'directions')}).", default_of(DemoSettings, "directions")
+    ),
+)
+@click.option(
+    "--slices",
+    "-M",
+    type=int,
+    default=None,
+    help=with_default(
+        f"Slices per direction (phantom: {default_of(phantom_demo, 'slices')}).", default_of(DemoSettings, "slices")
+    ),
+)
+@setting_option(DemoSettings, "--seed", "Seed of the data, the training and the directions.", type=int)
+@setting_option(DemoSettings, "--device", "auto | cpu | cuda | cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo's outputs.")
 @friendly
-def demo(
-    output_dir: str,
-    phantom: bool,
-    iterations: int | None,
-    directions: int | None,
-    slices: int | None,
-    seed: int,
-    device: str,
-    overwrite: bool,
-) -> None:
+def demo(output_dir: str, phantom: bool, overwrite: bool, **o: Any) -> None:
     """Synthesise data, train from volume labels, reconstruct held-out lesions (a few CPU minutes)."""
-    from tomofield.demo import DemoSettings, full_demo, phantom_demo
-
+    o = given(o)
     if phantom:
-        phantom_demo(Path(output_dir), directions or 500, slices or 48, 64, device, overwrite, slice_progress, out)
+        o.pop("seed", None)
+        o.pop("iterations", None)
+        phantom_demo(Path(output_dir), slice_progress, out, overwrite=overwrite, **o)
         return
-    s = DemoSettings(seed=seed, device=device)
-    s.iterations = iterations or s.iterations
-    s.directions = directions or s.directions
-    s.slices = slices or s.slices
-    full_demo(Path(output_dir), s, overwrite, slice_progress, fit_with_progress, out)
+    full_demo(Path(output_dir), DemoSettings(**o), overwrite, slice_progress, fit_with_progress, out)
 
 
 plugins.add_commands(cli)

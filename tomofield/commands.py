@@ -146,8 +146,8 @@ _COMPONENT_OPTIONS = {
     "encoder": ("--encoder", "Registered or timm encoder name (a run directory's, with --weights RUN)."),
     "weights": ("--weights", "Encoder weights: a .safetensors file or a run directory of tomofield train."),
     "head": ("--head", "Per-slice score head (tomofield plugins lists them)."),
-    "filter": ("--filter", "Reconstruction filter: none | tomo | a plugin's."),
-    "sampler": ("--sampler", "Slice sampler: fibonacci | axial | orthogonal | a plugin's."),
+    "filter": ("--filter", "Reconstruction filter along each stack's normal (tomofield plugins lists them)."),
+    "sampler": ("--sampler", "Slice sampler (tomofield plugins lists them)."),
     "device": ("--device", "auto | cpu | cuda | cuda:N."),
 }
 

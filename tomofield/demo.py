@@ -48,13 +48,14 @@ def best_dice(heatmaps: list[np.ndarray], masks: list[np.ndarray], n: int = 64) 
 
 def phantom_demo(
     out_dir: Path,
-    directions: int,
-    slices: int,
-    slice_size: int,
-    device: str,
-    overwrite: bool,
     progress_cm: Any,
     console: Any,
+    *,
+    directions: int = 500,
+    slices: int = 48,
+    slice_size: int = 64,
+    device: str = "auto",
+    overwrite: bool = False,
 ) -> float:
     """Write a phantom, reconstruct it with sum + tomo, report the correlation."""
     paths = {k: out_dir / f"{k}.nii.gz" for k in ("phantom", "heatmap")}
