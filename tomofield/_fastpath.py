@@ -1,7 +1,7 @@
 """The engine's fast path: slicing in normalised coordinates, skipping empty slices,
 and running the encoder in reduced precision, channels-last or compiled.
 
-Everything here is an implementation detail of :meth:`tomofield.Engine.reconstruct`;
+Everything here is an implementation detail of the stages in :mod:`tomofield.pipeline`;
 the settings live in :class:`tomofield.EngineConfig` (``amp``, ``channels_last``,
 ``compile``, ``skip_empty``, ``empty_tol``) and docs/benchmarks.md holds the
 measurements behind their defaults.
@@ -9,11 +9,10 @@ measurements behind their defaults.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -214,66 +213,3 @@ def compiled(encoder: nn.Module) -> nn.Module:
             fast = encoder
         _compiled[encoder] = cached = (versions, _CompiledOrEager(encoder, fast))
     return cached[1]
-
-
-@dataclass
-class Scorer:
-    """Runs a head on batches of slices with the engine's speed settings.
-
-    Attributes:
-        head: the head; ``head(encoder, slices)`` -> (N, K, h, w).
-        encoder: the (possibly compiled, channels-last) encoder, or None.
-        device: where the slices live.
-        dtype: autocast dtype, or None for float32.
-        channels_last: feed the encoder channels-last slices.
-        pad_to: pad every batch to this many slices (compiled encoders: one shape); a
-            callable is asked at each batch.
-    """
-
-    head: Callable
-    encoder: nn.Module | None
-    device: torch.device
-    dtype: torch.dtype | None = None
-    channels_last: bool = False
-    pad_to: int | Callable[[], int] | None = None
-
-    @classmethod
-    def build(
-        cls, head, encoder, device, *, amp: str, channels_last: bool, compile: bool, batch_size: int | Callable[[], int]
-    ) -> Scorer:
-        if encoder is None:
-            return cls(head, None, device)
-        if channels_last:
-            encoder = encoder.to(memory_format=torch.channels_last)
-        # compiled graphs drop hooks and autograd tricks: only heads that just call the encoder
-        compile = compile and getattr(head, "name", None) == "logit"
-        if compile:
-            encoder = compiled(encoder)
-        dtype = amp_dtype(amp, device)
-        if amp == "auto" and getattr(head, "needs_grad", False):
-            dtype = None  # gradients (CAM heads) can underflow in fp16: reduced precision only on request
-        return cls(head, encoder, device, dtype, channels_last, batch_size if compile else None)
-
-    @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
-        if self.dtype is None:
-            yield
-        else:
-            with torch.autocast(self.device.type, dtype=self.dtype):
-                yield
-
-    def __call__(self, slices: Tensor) -> Tensor:
-        """Float32 scores (N, K, h, w) of slices (N, C, h, w)."""
-        n = slices.shape[0]
-        pad_to = self.pad_to() if callable(self.pad_to) else self.pad_to
-        if pad_to is not None and n < pad_to:
-            slices = torch.cat([slices, slices.new_zeros(pad_to - n, *slices.shape[1:])])
-        if self.channels_last:
-            slices = slices.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            scores = self.head(self.encoder, slices)
-        return scores[:n].float()
-
-    def empty_score(self, channels: int, size: tuple[int, int]) -> Tensor:
-        """Score (1, K, h, w) of a slice of zeros."""
-        return self(torch.zeros(1, channels, *size, device=self.device))

@@ -32,6 +32,7 @@ from tomofield.commands import (
     err,
     friendly,
     given,
+    head_params,
     out,
     setting_option,
     slice_progress,
@@ -437,9 +438,15 @@ def plugins_cmd() -> None:
     table = Table(title="tomofield components")
     for col in ("kind", "name", "plugin", "source"):
         table.add_column(col, no_wrap=True)
+    table.add_column("options")
     table.add_column("description")
+    flags: dict[str, list[str]] = {}
+    for hp in head_params():  # the spelling `tomofield run` gives each head's options
+        for head in hp.heads:
+            flags.setdefault(head, []).append(hp.flag)
     for comp in plugins.components():
-        table.add_row(comp.kind, comp.name, comp.plugin, comp.source, comp.description)
+        names = flags.get(comp.name, []) if comp.kind == "head" else [o.name for o in comp.options]
+        table.add_row(comp.kind, comp.name, comp.plugin, comp.source, " ".join(sorted(names)), comp.description)
     out.print(table)
     for name, why in plugins.failed_plugins().items():
         err.print(f"[yellow]plugin {name} failed to load:[/] {why}", highlight=False)

@@ -51,12 +51,14 @@ out = Console(width=_WIDTH)
 
 __all__ = [
     "EngineCommand",
+    "HeadParam",
     "build_engine",
     "default_of",
     "engine_options",
     "err",
     "friendly",
     "given",
+    "head_params",
     "out",
     "setting_option",
     "slice_progress",

@@ -179,8 +179,8 @@ class Engine:
         run = RunDir(weights) if weights is not None and is_run_dir(weights) else None
         if run is not None:
             inherited = run.engine_defaults()
-            encoder = inherited.pop("encoder", None) if encoder is None else encoder
-            inherited.pop("encoder", None)
+            run_encoder = inherited.pop("encoder", None)  # a component, not a setting
+            encoder = run_encoder if encoder is None else encoder
             config = {**inherited, **config}
             if isinstance(head, str) and run.head_defaults(head):
                 # the run knows how its outputs read under this head (e.g. a density's units); explicit options win
