@@ -171,7 +171,9 @@ def engine_options(exclude: Sequence[str] = (), defaults: dict[str, Any] | None 
     """Click options for every setting of :class:`~tomofield.EngineConfig` and the components.
 
     Settings come from the fields that :func:`tomofield.engine.setting` describes; each
-    option defaults to ``None`` (not given). Args:
+    option defaults to ``None`` (not given).
+
+    Args:
         exclude: option names to leave out (e.g. ``head`` for a command with a fixed head).
         defaults: this command's own defaults, shown in help and passed on like given values
             (by :func:`build_engine`) when the user gives nothing.
