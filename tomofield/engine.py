@@ -9,8 +9,10 @@ directions. docs/design.md has the map.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -28,6 +30,8 @@ from tomofield.samplers import SamplingConfig
 
 Progress = Callable[[int, int], None]
 
+#: Settings that change speed or memory only, not the heatmap (left out of :meth:`Engine.provenance`).
+SPEED_ONLY = ("batch_size", "channels_last", "compile", "skip_empty", "shard_directions")
 #: The encoder an engine builds when none is given (nor a run directory that names one).
 DEFAULT_ENCODER = "resnet10t"
 
@@ -202,6 +206,7 @@ class Engine:
         self.filter = _build("filter", filter)
         self.sampler = _build("sampler", sampler)
         self.postprocess = [_build("postprocessor", p) for p in postprocess]
+        self._post_names = list(postprocess)
         self._encoder_spec = DEFAULT_ENCODER if encoder is None else encoder
         self._weights_path = str(weights) if weights is not None else None
         self._weights = (
@@ -330,6 +335,52 @@ class Engine:
         Same computation as :meth:`reconstruct` on ``volume.data`` and ``volume.spacing``.
         """
         return Heatmap.on(self.reconstruct(volume.data, volume.spacing, progress), volume)
+
+    def provenance(self) -> dict[str, Any]:
+        """What makes this engine's heatmaps: settings, components, head options, weights' hash, version.
+
+        Two engines with equal provenance give the same heatmap of the same volume (up to
+        the order of floating-point sums across machines). Settings that change only speed
+        or memory (:data:`SPEED_ONLY`) are left out. JSON-serialisable.
+        """
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            tomofield_version = version("tomofield")
+        except PackageNotFoundError:  # a source tree that is not installed
+            tomofield_version = "unknown"
+        settings = {k: v for k, v in asdict(self.config).items() if k not in SPEED_ONLY}
+        encoder = self._encoder_spec if isinstance(self._encoder_spec, str) else type(self._encoder_spec).__name__
+        return {
+            "tomofield": tomofield_version,
+            "settings": json.loads(json.dumps(settings, default=str)),
+            "head": self.head_name,
+            "filter": self.filter_name,
+            "sampler": self.sampler
+            if isinstance(self.sampler, str)
+            else getattr(self.sampler, "name", type(self.sampler).__name__),
+            "postprocess": [
+                p if isinstance(p, str) else getattr(p, "__name__", type(p).__name__) for p in self._post_names
+            ],
+            "encoder": encoder if getattr(self.head, "needs_encoder", True) else None,
+            "weights_sha256": self.weights_sha256() if getattr(self.head, "needs_encoder", True) else None,
+        }
+
+    def weights_sha256(self) -> str | None:
+        """SHA-256 of the encoder's weights (given, from a run, or of a given module); None for a seeded init."""
+        if self._weights is not None:
+            state = self._weights
+        elif isinstance(self._encoder_spec, nn.Module):
+            state = self._encoder_spec.state_dict()
+        else:
+            return None
+        h = hashlib.sha256()
+        for key in sorted(state):
+            t = state[key].detach().cpu().contiguous()
+            h.update(key.encode())
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
 
     def with_options(self, **changes: Any) -> Engine:
         """A copy of this engine with some config fields changed (components shared, fresh scorers)."""

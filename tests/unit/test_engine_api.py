@@ -147,3 +147,15 @@ def test_cli_defaults_are_the_librarys(tmp_path, write_nifti):
     engine = build_engine({k: None for k in ("directions", "slices", "head", "filter", "seed")})
     assert engine.config == EngineConfig()
     assert (engine.head_name, engine.filter_name) == ("logit", "tomo")
+
+
+def test_provenance_names_what_changes_the_heatmap_and_only_that(tmp_path):
+    base = Engine(encoder=TinyNet(seed=0), **KW).provenance()
+    assert Engine(encoder=TinyNet(seed=0), batch_size=3, **KW).provenance() == base  # speed only
+    assert Engine(encoder=TinyNet(seed=1), **KW).provenance()["weights_sha256"] != base["weights_sha256"]
+    assert Engine(encoder=TinyNet(seed=0), **{**KW, "directions": 7}).provenance()["settings"]["directions"] == 7
+    trained = TinyNet(seed=5)
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    from_file = Engine(encoder=TinyNet(seed=0), weights=str(tmp_path / "w.safetensors"), **KW).provenance()
+    assert from_file["weights_sha256"] == Engine(encoder=TinyNet(seed=5), **KW).provenance()["weights_sha256"]
+    assert json.loads(json.dumps(base)) == base  # JSON as it is
