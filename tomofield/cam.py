@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tomofield.errors import InputError
+
 __all__ = ["CAM_METHODS", "CamInputs", "CamMethod", "cam_maps", "normalize_maps", "stage_module"]
 
 # Stabiliser of the Grad-CAM++ alpha denominator (the value pytorch-grad-cam uses).
@@ -124,7 +126,7 @@ CAM_METHODS: dict[str, CamMethod] = {
 def _feature_infos(model: nn.Module) -> list[dict]:
     info = getattr(model, "feature_info", None)
     if info is None:
-        raise ValueError(
+        raise InputError(
             f"{type(model).__name__} has no timm `feature_info`; CAMs need a timm model "
             "(timm.create_model) to locate its stages"
         )
@@ -139,12 +141,12 @@ def stage_module(model: nn.Module, layer: int) -> nn.Module:
         layer: Index into ``model.feature_info`` (ResNet: 0 stem, 1..4 layer1..layer4).
 
     Raises:
-        ValueError: ``layer`` is not a valid index; the message lists the stages.
+        InputError: ``layer`` is not a valid index; the message lists the stages.
     """
     infos = _feature_infos(model)
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(infos):
         stages = ", ".join(f"{i}={d['module']}" for i, d in enumerate(infos))
-        raise ValueError(
+        raise InputError(
             f"layer={layer!r} is not a stage of {type(model).__name__}; valid layers are 0..{len(infos) - 1} ({stages})"
         )
     name = infos[layer]["module"]
@@ -157,9 +159,9 @@ def stage_module(model: nn.Module, layer: int) -> nn.Module:
 def _target_logits(logits: Tensor, target: int) -> Tensor:
     if not isinstance(logits, Tensor) or logits.ndim != 2:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"CAMs need model outputs of shape (N, num_logits), got {shape}")
+        raise InputError(f"CAMs need model outputs of shape (N, num_logits), got {shape}")
     if target >= logits.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"target={target} is out of range: the model has {logits.shape[1]} output "
             f"logit(s), valid targets are 0..{logits.shape[1] - 1}"
         )
@@ -194,16 +196,16 @@ def cam_maps(
     """
     spec = CAM_METHODS.get(method)
     if spec is None:
-        raise ValueError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
+        raise InputError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
     if not isinstance(x, Tensor) or x.ndim != 4:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"cam_maps expects images of shape (N, C, H, W), got {shape}")
+        raise InputError(f"cam_maps expects images of shape (N, C, H, W), got {shape}")
     if isinstance(target, bool) or not isinstance(target, int) or target < 0:
-        raise ValueError(f"target={target!r} must be a non-negative int logit index")
+        raise InputError(f"target={target!r} must be a non-negative int logit index")
     if isinstance(scorecam_batch, bool) or not isinstance(scorecam_batch, int) or scorecam_batch < 1:
-        raise ValueError(f"scorecam_batch={scorecam_batch!r} must be a positive int")
+        raise InputError(f"scorecam_batch={scorecam_batch!r} must be a positive int")
     if model.training:
-        raise ValueError(
+        raise InputError(
             "cam_maps needs the model in eval mode (batch norm in training mode mixes the "
             "samples of a batch); call model.eval() first"
         )

@@ -22,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from tomofield import plugins
 from tomofield.commands import (
@@ -109,7 +110,7 @@ def run_volume(
         check_output_path(preview, overwrite, suffixes=(".png",))
     volume = load_volume(inputs, check_content=True, **given({"nan_policy": o["nan_policy"]}))
     if volume.replaced and rank == 0:
-        err.print(f"[yellow]replaced {volume.replaced} non-finite voxel(s) by 0[/]")
+        err.print(Text(f"replaced {volume.replaced} non-finite voxel(s) by 0", style="yellow"))
     engine = build_engine(o)
     if world > 1:
         engine = engine.with_options(shard_directions=True)
@@ -141,13 +142,18 @@ def run_volume(
 
 
 def run_csv(csv_path: str, out_dir: str, overwrite: bool, o: dict[str, Any], rank: int = 0, world: int = 1) -> Any:
-    """Dataset mode of ``run``: one heatmap per volume in ``out_dir``, finished ones skipped."""
-    from tomofield.batch import run_dataset, shard
+    """Dataset mode of ``run``: one heatmap per volume in ``out_dir``, finished ones skipped.
+
+    A finished heatmap counts as done only when its provenance record matches this run
+    (settings, weights, version, inputs); otherwise the run refuses before any work, unless
+    ``--overwrite``. Every rank checks the whole dataset, so that all refuse alike.
+    """
+    from tomofield.batch import check_output_folder, run_dataset, shard
     from tomofield.dataset import read_dataset
 
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise InputError(f"output {out_dir!r} must be a folder when the input is a dataset CSV")
+    check_output_folder([], out_dir, csv_path)
     all_cases = read_dataset(csv_path, require_files=True, task="any")
+    check_output_folder(all_cases, out_dir, csv_path)
     cases = shard(all_cases, rank, world)
     engine = build_engine(o)
     t0 = time.perf_counter()
@@ -165,7 +171,9 @@ def run_csv(csv_path: str, out_dir: str, overwrite: bool, o: dict[str, Any], ran
             if what != "start":
                 bar.update(vols, advance=1, description=f"volumes ({case.name} {what})")
 
-        result = run_dataset(engine, cases, out_dir, overwrite, on_volume, **given({"nan_policy": o["nan_policy"]}))
+        result = run_dataset(
+            engine, cases, out_dir, overwrite, on_volume, check=all_cases, **given({"nan_policy": o["nan_policy"]})
+        )
     from tomofield import distributed
 
     parts = distributed.gather_objects((len(result.written), len(result.skipped)))
@@ -449,7 +457,7 @@ def plugins_cmd() -> None:
         table.add_row(comp.kind, comp.name, comp.plugin, comp.source, " ".join(sorted(names)), comp.description)
     out.print(table)
     for name, why in plugins.failed_plugins().items():
-        err.print(f"[yellow]plugin {name} failed to load:[/] {why}", highlight=False)
+        err.print(Text.assemble((f"plugin {name} failed to load: ", "yellow"), why))
 
 
 @cli.command()

@@ -44,10 +44,13 @@ from tomofield.io import NAN_POLICIES, load_volume
 from tomofield.protocols import Option
 
 _WIDTH = None if sys.stdout.isatty() else 200  # no wrapping when piped or captured
+# Both consoles print text verbatim: no markup, no highlighting, so a file name such as
+# "scan[1].nii.gz" or a list of numbers in a message reaches the user as it is. Style goes
+# through rich.text.Text.
 #: Messages, progress and warnings.
-err = Console(stderr=True)
+err = Console(stderr=True, markup=False, highlight=False)
 #: Results.
-out = Console(width=_WIDTH)
+out = Console(width=_WIDTH, markup=False, highlight=False)
 
 __all__ = [
     "EngineCommand",
@@ -77,7 +80,7 @@ class _Rate(ProgressColumn):
 def slice_progress(description: str) -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar; yields ``callback(n, total)`` for :meth:`Engine.reconstruct`."""
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         _Rate(),
@@ -102,7 +105,7 @@ def friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except TomofieldError as exc:
-            err.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(Text.assemble(("Error: ", "bold red"), str(exc)), soft_wrap=True)
             sys.exit(2)
 
     return wrapper

@@ -96,7 +96,7 @@ def phantom_demo(
     )
     r = correlation(heat[0], volume.data[0])
     console.print(
-        f"correlation with the phantom: [bold]{r:.3f}[/]  (outputs in {out_dir}/: "
+        f"correlation with the phantom: {r:.3f}  (outputs in {out_dir}/: "
         "phantom.nii.gz, heatmap.nii.gz, preview.png)"
     )
     return r
@@ -133,10 +133,10 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
 
         for sub in ("data", "run", "heatmaps"):
             shutil.rmtree(out_dir / sub, ignore_errors=True)
-    console.print(f"[bold]1/3[/] synthesising {s.n} volumes of {s.size}^3 (half with 1-3 lesions) in {out_dir}/data")
+    console.print(f"1/3 synthesising {s.n} volumes of {s.size}^3 (half with 1-3 lesions) in {out_dir}/data")
     csvs = write_dataset(out_dir / "data", n=s.n, size=s.size, seed=s.seed)
     console.print(
-        f"[bold]2/3[/] training {s.iterations} iterations from volume-level labels only "
+        f"2/3 training {s.iterations} iterations from volume-level labels only "
         f"({s.slices_per_volume} slices of {s.slice_size}px per volume, resnet10t, {s.norm})"
     )
     cfg = TrainConfig(
@@ -153,7 +153,7 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
     result = fit(trainer)
     bacc = result["history"][-1]["val_balanced_accuracy"] if result["history"] else float("nan")
     positives = [c for c in read_dataset(csvs["val"]) if c.label == 1 and c.mask is not None]
-    console.print(f"[bold]3/3[/] ToNNO on {len(positives)} held-out positives: L={s.directions}, M={s.slices}")
+    console.print(f"3/3 ToNNO on {len(positives)} held-out positives: L={s.directions}, M={s.slices}")
     engine = Engine(
         weights=out_dir / "run", head="logit", filter="tomo", directions=s.directions, slices=s.slices, device=s.device
     )
@@ -180,7 +180,7 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
     )
     console.print(
         f"validation balanced accuracy {bacc:.3f}; ToNNO mean Dice over {len(heats)} held-out positives "
-        f"[bold]{mean_dice:.3f}[/] at the best single threshold {threshold:.3g}"
+        f"{mean_dice:.3f} at the best single threshold {threshold:.3g}"
     )
     console.print(f"outputs: {out_dir}/data (dataset), {out_dir}/run (model), {out_dir}/heatmaps/*.nii.gz, {png}")
     return {"balanced_accuracy": bacc, "dice": mean_dice, "threshold": threshold, "volumes": len(heats)}

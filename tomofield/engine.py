@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -21,11 +22,12 @@ from torch import Tensor, nn
 from tomofield import distributed, plugins
 from tomofield._fastpath import AMP_MODES
 from tomofield.checkpoint import RunDir, is_run_dir
-from tomofield.encoders import build_encoder, first_conv_in_chans, load_weights, read_safetensors
-from tomofield.errors import InputError
+from tomofield.encoders import NORMS, build_encoder, first_conv_in_chans, load_weights, read_safetensors
+from tomofield.errors import InputError, TomofieldError
 from tomofield.geometry import EXTENTS, GEOMETRIES
 from tomofield.io import Heatmap, Volume
 from tomofield.pipeline import Backprojector, Plan, Scorer, Slicer
+from tomofield.protocols import SEED_MAX
 from tomofield.samplers import SamplingConfig
 
 Progress = Callable[[int, int], None]
@@ -42,10 +44,23 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError) as exc:
         raise InputError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None) if dev.type != "mps" else getattr(torch.backends, "mps", None)
+    is_available = getattr(backend, "is_available", None)
+    if not callable(is_available) or not is_available():
+        raise InputError(
+            f"device {device!r} is not available in this torch build on this machine; "
+            f"use --device cpu{' (or cuda)' if torch.cuda.is_available() else ''}"
+        )
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and callable(count) and not dev.index < count():
+        raise InputError(
+            f"device {device!r} does not exist: this machine has {count()} {dev.type} device(s), "
+            f"valid: {', '.join(f'{dev.type}:{i}' for i in range(count()))}"
+        )
     return dev
 
 
@@ -97,14 +112,34 @@ class EngineConfig:
     shard_directions: bool = False
 
     def validate(self) -> None:
+        """Refuse settings of the wrong type or out of range, naming the value and what is valid."""
+        for f in fields(self):
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            elif isinstance(default, str):
+                ok = isinstance(value, str)
+            else:
+                ok = isinstance(value, dict)  # head_options
+            if not ok:
+                raise InputError(
+                    f"setting {f.name}={value!r} must be {type(default).__name__}, got {type(value).__name__}"
+                )
         checks = [
             (1 <= self.directions <= 100_000, f"directions must be in 1..100000, got {self.directions}"),
             (3 <= self.slices <= 10_000, f"slices must be in 3..10000, got {self.slices}"),
             (8 <= self.slice_size <= 4096, f"slice size must be in 8..4096 pixels, got {self.slice_size}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (0 <= self.seed <= SEED_MAX, f"seed must be in 0..{SEED_MAX}, got {self.seed}"),
+            (1 <= self.num_classes <= 100_000, f"num_classes must be in 1..100000, got {self.num_classes}"),
             (self.geometry in GEOMETRIES, f"unknown geometry {self.geometry!r}; valid: {', '.join(GEOMETRIES)}"),
             (self.extent in EXTENTS, f"unknown extent {self.extent!r}; valid: {', '.join(EXTENTS)}"),
             (self.amp in AMP_MODES, f"unknown amp mode {self.amp!r}; valid: {', '.join(AMP_MODES)}"),
+            (self.norm in NORMS, f"unknown norm {self.norm!r}; valid: {', '.join(NORMS)}"),
             (self.empty_tol >= 0, f"empty_tol must be >= 0, got {self.empty_tol}"),
         ]
         for ok, msg in checks:
@@ -113,16 +148,28 @@ class EngineConfig:
 
 
 def _build(kind: str, spec: Any, **options: Any) -> Any:
-    """A component from its registered name (checking ``options`` against its declaration), or as given."""
+    """A component from its registered name, or as given: the boundary where components are validated.
+
+    Options are checked against the component's declaration (name, type, bounds); what the
+    factory itself refuses (``ValueError``, ``TypeError``) reaches the caller as
+    :class:`~tomofield.errors.InputError` naming the component and its options.
+    """
     if not isinstance(spec, str):
         return spec
     comp = plugins.get(kind, spec)
-    declared = {o.name for o in comp.options}
-    unknown = sorted(set(options) - declared)
+    declared = {o.name: o for o in comp.options}
+    unknown = sorted(set(options) - set(declared))
     if comp.options and unknown:
         valid = ", ".join(sorted(declared))
         raise InputError(f"{kind} {spec!r} has no option(s) {', '.join(unknown)}; its options: {valid}")
-    return comp.factory(**options)
+    owner = f"{kind} {spec!r}"
+    options = {k: declared[k].check(v, owner) if k in declared else v for k, v in options.items()}
+    try:
+        return comp.factory(**options)
+    except TomofieldError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise InputError(f"{owner} refused its options {options}: {type(exc).__name__}: {exc}") from exc
 
 
 class Engine:
@@ -259,6 +306,7 @@ class Engine:
                 channels_last=cfg.channels_last,
                 compile=cfg.compile,
                 batch_size=cfg.batch_size,
+                label=f"head {self.head_name!r} with options {cfg.head_options}",
             )
         return self._scorers[in_chans]
 
@@ -312,7 +360,8 @@ class Engine:
         ctx = torch.no_grad if getattr(self.head, "needs_grad", False) else torch.inference_mode
         with ctx():
             slicer = Slicer(vol, plan, cfg.skip_empty, cfg.empty_tol)
-            empty = scorer.empty_score(vol.shape[0], plan.size) if slicer.occupancy is not None else None
+            probe = scorer.check(vol.shape[0], plan.size)  # the head meets its encoder: errors as InputError
+            empty = probe if slicer.occupancy is not None else None
             for group in plan.groups:
                 for host, dirs in plan.chunks(group, scorer.batch_size, dev):
                     scores = scorer.score_chunk(slicer, dirs, slicer.hits(host), empty, tick)
@@ -379,7 +428,7 @@ class Engine:
             t = state[key].detach().cpu().contiguous()
             h.update(key.encode())
             h.update(str((tuple(t.shape), str(t.dtype))).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()
 
     def with_options(self, **changes: Any) -> Engine:

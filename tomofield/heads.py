@@ -9,9 +9,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from tomofield.cam import CAM_METHODS, cam_maps
+from tomofield.errors import InputError
 from tomofield.protocols import Option
 
-TARGET = Option("target", int, 0, "Output logit the head reads.")
+TARGET = Option("target", int, 0, "Output logit the head reads.", min=0)
 
 
 class SumHead:
@@ -52,9 +53,9 @@ class LogitHead:
         assert encoder is not None
         out = encoder(slices)
         if out.dim() != 2:
-            raise ValueError(f"the logit head needs an encoder returning (N, classes), got {tuple(out.shape)}")
+            raise InputError(f"the logit head needs an encoder returning (N, classes), got {tuple(out.shape)}")
         if not 0 <= self.target < out.shape[1]:
-            raise ValueError(f"logit target {self.target} out of range: the encoder has {out.shape[1]} outputs")
+            raise InputError(f"logit target {self.target} out of range: the encoder has {out.shape[1]} outputs")
         return out[:, self.target, None, None, None]
 
 
@@ -71,11 +72,14 @@ class CamHead:
     needs_encoder = True
     needs_grad = True
     compilable = False  # hooks and gradients do not survive torch.compile
-    options = (Option("layer", int, 4, "Encoder stage of CAM heads (feature_info index: 1..4 for a ResNet)."), TARGET)
+    options = (
+        Option("layer", int, 4, "Encoder stage of CAM heads (feature_info index: 1..4 for a ResNet).", min=0),
+        TARGET,
+    )
 
     def __init__(self, method: str, layer: int = 4, target: int = 0) -> None:
         if method not in CAM_METHODS:
-            raise ValueError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
+            raise InputError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
         self.name, self.method, self.layer, self.target = method, method, int(layer), int(target)
 
     def __call__(self, encoder: nn.Module | None, slices: Tensor) -> Tensor:
@@ -94,11 +98,11 @@ class PooledSumHead:
     needs_encoder = False
     needs_grad = False
     compilable = False
-    options = (Option("pool", int, 16, "Kernel and stride of the avgpool head, in slice pixels."),)
+    options = (Option("pool", int, 16, "Kernel and stride of the avgpool head, in slice pixels.", min=1),)
 
     def __init__(self, pool: int = 16) -> None:
         if pool < 1:
-            raise ValueError(f"pool must be >= 1, got {pool}")
+            raise InputError(f"pool must be >= 1, got {pool}")
         self.pool = int(pool)
 
     def __call__(self, encoder: nn.Module | None, slices: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tomofield import distributed
 from tomofield._fastpath import Occupancy, amp_dtype, compiled, cut_slices, normalised_frames
 from tomofield.backproject import backproject_grid
-from tomofield.errors import InputError
+from tomofield.errors import InputError, TomofieldError
 from tomofield.geometry import Directions, half_extents, slice_area, slice_offsets
 from tomofield.samplers import SamplingConfig
 
@@ -148,6 +148,7 @@ class Scorer:
             (``head.compilable``).
         batch_size: slices per encoder batch; halves after an out-of-memory error and
             stays so for the rest of this scorer's work.
+        label: how messages name the head (``head 'logit' with options {...}``).
 
     Attributes:
         dtype: the autocast dtype, or None for float32.
@@ -164,8 +165,10 @@ class Scorer:
         channels_last: bool = False,
         compile: bool = False,
         batch_size: int = 64,
+        label: str = "the head",
     ) -> None:
-        self.head, self.device, self.batch_size = head, device, int(batch_size)
+        self.head, self.device, self.batch_size, self.label = head, device, int(batch_size), label
+        self._checked: dict[tuple[int, ...], Tensor] = {}
         self.dtype: torch.dtype | None = None
         self.channels_last, self.pad_to = False, False
         if encoder is not None:
@@ -203,6 +206,27 @@ class Scorer:
     def empty_score(self, channels: int, size: tuple[int, int]) -> Tensor:
         """Score (1, K, h, w) of a slice of zeros."""
         return self(torch.zeros(1, channels, *size, device=self.device))
+
+    def check(self, channels: int, size: tuple[int, int]) -> Tensor:
+        """The score of a zero slice, once per slice shape: where the head first meets its encoder.
+
+        This is the boundary of a reconstruction: what the head or encoder refuses here (a
+        ``target`` beyond the encoder's outputs, a CAM ``layer`` it does not have, slices of
+        the wrong channel count) reaches the caller as one :class:`InputError` naming the
+        head and its options, before any work is done.
+        """
+        key = (channels, *size)
+        if key not in self._checked:
+            try:
+                self._checked[key] = self.empty_score(channels, size)
+            except (TomofieldError, torch.OutOfMemoryError):
+                raise
+            except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+                raise InputError(
+                    f"{self.label} cannot score {channels}-channel slices of {size[0]} x {size[1]} px with this "
+                    f"encoder: {type(exc).__name__}: {exc}"
+                ) from exc
+        return self._checked[key]
 
     def score_chunk(
         self, slicer: Slicer, dirs: Directions, hits: Tensor | None, empty: Tensor | None, tick: Tick

@@ -4,8 +4,10 @@ Plugins come from three places, in this order: the default plugins (the modules 
 in :data:`DEFAULT_PLUGINS`, tomofield's own components, imported by name as pytest does
 with its own), the ``tomofield`` entry-point group of installed distributions, and
 objects registered at run time with :func:`register_plugin`.
-Setting ``TOMOFIELD_PLUGINS`` to a comma-separated list of entry-point names loads only
-those third-party plugins (empty string: none); built-ins always load.
+Third-party plugins come only from installed distributions (never from the working
+directory: :func:`installed_path`). Setting ``TOMOFIELD_PLUGINS`` to a comma-separated list
+of distribution names (``tomofield-medical``) loads only those (empty string: none);
+built-ins always load.
 
 This module is a leaf of the package: it imports no component module, so components
 (and the encoder lookup) may import it without a cycle.
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import distributions
 from typing import Any
 
 import pluggy
@@ -60,11 +64,41 @@ class _State:
 _STATE: _State | None = None
 
 
+def _normalise(name: str) -> str:
+    """A distribution name as packaging compares them (PEP 503): lower case, runs of -_. as one -."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _allowed() -> set[str] | None:
     raw = os.environ.get(ALLOW_ENV)
     if raw is None:
         return None
-    return {n.strip() for n in raw.split(",") if n.strip()}
+    return {_normalise(n.strip()) for n in raw.split(",") if n.strip()}
+
+
+def installed_path() -> list[str]:
+    """``sys.path`` without the working directory.
+
+    Python puts the working directory first on ``sys.path`` for ``python -m`` (and ``''``
+    for ``-c`` and the REPL): a folder that holds a ``*.dist-info`` or a module of a
+    plugin's name would otherwise inject code into every run started there. Plugins are
+    discovered and imported from the other entries only: installed distributions.
+    """
+    cwd = os.path.realpath(os.getcwd())
+    return [p for p in sys.path if p and os.path.realpath(p) != cwd]
+
+
+def _entry_points() -> list[tuple[Any, Any]]:
+    """``(distribution, entry point)`` of the group, one distribution per name (the first on the path)."""
+    seen: set[str] = set()
+    found = []
+    for dist in distributions(path=installed_path()):
+        name = _normalise(dist.metadata["Name"] or "")
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        found += [(dist, ep) for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+    return sorted(found, key=lambda de: (_normalise(de[0].metadata["Name"]), de[1].name))
 
 
 def _new_state() -> _State:
@@ -75,17 +109,23 @@ def _new_state() -> _State:
         pm.register(importlib.import_module(module), name=name)
         state.sources[name] = "tomofield (built-in)"
     allow = _allowed()
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if allow is not None and ep.name not in allow:
+    for dist, ep in _entry_points():
+        if allow is not None and _normalise(dist.metadata["Name"]) not in allow:
             continue
-        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "unknown"
+        label = f"{dist.metadata['Name']} {dist.version}"
+        saved = sys.path[:]
+        sys.path[:] = installed_path()  # the module too comes from an installed place, not the working directory
         try:
-            pm.register(ep.load(), name=ep.name)
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
         except Exception as exc:  # a broken third-party plugin must not break the host
-            state.failed[ep.name] = f"{dist}: {type(exc).__name__}: {exc}"
-            warnings.warn(f"tomofield plugin {ep.name!r} ({dist}) failed to load: {exc}", stacklevel=2)
+            state.failed[ep.name] = f"{label}: {type(exc).__name__}: {exc}"
+            warnings.warn(f"tomofield plugin {ep.name!r} ({label}) failed to load: {exc}", stacklevel=2)
             continue
-        state.sources[ep.name] = f"{dist} (entry point {ep.value})"
+        finally:
+            sys.path[:] = saved
+        where = getattr(plugin, "__file__", None) or "?"
+        state.sources[ep.name] = f"{label} (entry point {ep.name} = {ep.value}, from {where})"
     return state
 
 

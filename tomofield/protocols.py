@@ -12,10 +12,13 @@ docs/plugins.md documents the whole surface with an example plugin.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from tomofield.errors import InputError
 
 if TYPE_CHECKING:  # for the annotations only: this module stays a leaf
     from torch import Tensor, nn
@@ -25,6 +28,8 @@ if TYPE_CHECKING:  # for the annotations only: this module stays a leaf
 
 #: Value types an :class:`Option` may declare.
 OPTION_TYPES = (int, float, bool, str)
+#: The largest seed tomofield takes (seeds are 0..SEED_MAX, portable across torch and numpy).
+SEED_MAX = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,9 @@ class Option:
     default: Any = None
     help: str = ""
     choices: tuple[Any, ...] | None = None
+    #: inclusive bounds of a numeric option (None: unbounded)
+    min: float | None = None
+    max: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -56,6 +64,67 @@ class Option:
     def flag(self) -> str:
         """The command-line spelling, ``--name-with-dashes``."""
         return "--" + self.name.replace("_", "-")
+
+    def valid(self) -> str:
+        """What the option takes, in words (for messages)."""
+        if self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        words = {int: "an integer", float: "a number", bool: "true or false", str: "a text"}[self.type]
+        if self.min is not None and self.max is not None:
+            return f"{words} in {self.min}..{self.max}"
+        if self.min is not None:
+            return f"{words} >= {self.min}"
+        if self.max is not None:
+            return f"{words} <= {self.max}"
+        return words
+
+    def check(self, value: Any, owner: str = "") -> Any:
+        """``value`` converted to the option's type and checked against its bounds and choices.
+
+        Raises:
+            InputError: naming ``owner``, the option, the value and what is valid.
+
+        >>> Option("pool", int, 16, min=1).check("4")
+        4
+        >>> Option("pool", int, 16, min=1).check(0, "head 'avgpool'")
+        Traceback (most recent call last):
+        ...
+        tomofield.errors.InputError: head 'avgpool': option pool=0 is not valid; it takes an integer >= 1
+        """
+        if value is None and self.default is None:
+            return None  # an optional option left unset
+        converted = self._convert(value)
+        ok = converted is not _BAD
+        if ok and self.choices is not None:
+            ok = converted in self.choices
+        if ok and self.type in (int, float):
+            ok = (self.min is None or converted >= self.min) and (self.max is None or converted <= self.max)
+            ok = ok and math.isfinite(converted)
+        if not ok:
+            where = f"{owner}: " if owner else ""
+            raise InputError(f"{where}option {self.name}={value!r} is not valid; it takes {self.valid()}")
+        return converted
+
+    def _convert(self, value: Any) -> Any:
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text, _BAD)
+        if self.type is str:
+            return str(value) if isinstance(value, (str, Path)) else _BAD
+        if isinstance(value, bool):
+            return _BAD
+        try:
+            number = self.type(value)
+        except (TypeError, ValueError, OverflowError):
+            return _BAD
+        if self.type is int and isinstance(value, float) and value != number:
+            return _BAD  # 2.5 is not an integer
+        return number
+
+
+_BAD = object()  # a value that does not convert
 
 
 def check_options(options: Sequence[Any]) -> tuple[Option, ...]:

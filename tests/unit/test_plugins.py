@@ -151,6 +151,56 @@ def test_allow_list_blocks_other_plugins(installed_plugin, monkeypatch):
     with pytest.raises(UnknownComponentError):
         plugins.get("head", "ones")
     assert plugins.get("head", "sum").name == "sum"  # built-ins always load
-    monkeypatch.setenv(plugins.ALLOW_ENV, "tiny")
+    monkeypatch.setenv(plugins.ALLOW_ENV, "tiny")  # an entry-point name is not a distribution name
+    plugins.reset()
+    with pytest.raises(UnknownComponentError):
+        plugins.get("head", "ones")
+    monkeypatch.setenv(plugins.ALLOW_ENV, "Tomofield_TinyPlugin")  # distribution names compare as pip does
     plugins.reset()
     assert plugins.get("head", "ones").plugin == "tiny"
+
+
+def _fake_distribution(folder: Path, marker: Path) -> None:
+    """A dist-info and a module in ``folder``; importing the module writes ``marker``."""
+    (folder / "tomofield_cwdplugin.py").write_text(
+        "import pathlib, tomofield\n"
+        f"pathlib.Path({str(marker)!r}).write_text('imported')\n"
+        "@tomofield.hookimpl\n"
+        "def register_heads(register):\n"
+        "    register('from-cwd', object, 'should never load')\n"
+    )
+    dist = folder / "tomofield_cwdplugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tomofield-cwdplugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[tomofield]\nmedical = tomofield_cwdplugin\n")  # shadows a real name
+
+
+def test_plugins_never_load_from_the_working_directory(tmp_path, monkeypatch):
+    """`python -m tomofield` puts the working directory on sys.path: a dist-info there must not run code."""
+    marker = tmp_path / "imported.txt"
+    _fake_distribution(tmp_path, marker)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # what python -m does
+    plugins.reset()
+    names = {c.name for c in plugins.components("head")}
+    assert "from-cwd" not in names and not marker.exists()
+    assert "tomofield_cwdplugin" not in sys.modules
+
+
+def test_plugins_never_load_from_the_working_directory_in_a_real_process(tmp_path):
+    import subprocess
+
+    marker = tmp_path / "imported.txt"
+    _fake_distribution(tmp_path, marker)
+    res = subprocess.run(
+        [sys.executable, "-m", "tomofield", "plugins"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    assert "from-cwd" not in res.stdout and not marker.exists()
+    assert "tomofield-cwdplugin" not in res.stdout
+
+
+def test_plugins_listing_says_where_each_was_loaded_from(installed_plugin):
+    comp = plugins.get("head", "ones")
+    assert "tomofield_tinyplugin" in comp.source and comp.source.endswith("__init__.py)")
+    assert str(Path(sys.modules["tomofield_tinyplugin"].__file__)) in comp.source

@@ -41,7 +41,7 @@ class RegressionHead:
     needs_grad = False
     compilable = True  # it only calls the encoder
     options = (
-        Option("target", int, 0, "Output index the head reads."),
+        Option("target", int, 0, "Output index the head reads.", min=0),
         Option("scale", float, 1.0, "Regression head: multiplies every slice score (a density run sets it)."),
         Option("nonnegative", bool, False, "Regression head: clamp the scores at 0 (a density run sets it)."),
     )
@@ -195,9 +195,9 @@ class FeaturesHead:
     needs_grad = False
     compilable = False
     options = (
-        Option("stage", int, None, "Features head: encoder stage (feature_info index) whose map to use."),
+        Option("stage", int, None, "Features head: encoder stage (feature_info index) whose map to use.", min=0),
         Option("pool", bool, False, "Features head: average the stage's map to one vector per slice."),
-        Option("components", int, None, "Features head: project to this many channels (needs a projection)."),
+        Option("components", int, None, "Features head: project to this many channels (needs a projection).", min=1),
         Option("projection", str, None, "Features head: a projection file (.npy (C, K) or .npz)."),
     )
 

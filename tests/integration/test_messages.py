@@ -1,0 +1,161 @@
+"""Bad options reach the user as one message naming the value, from the library and the CLI, for every component.
+
+The rule is structural: options are validated where components are built (their declared
+``Option``s), and what a head or encoder refuses is caught where the head first meets
+its encoder (``Scorer.check``). These tests walk the whole registry, so a new component
+is covered by them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import tomofield
+from tomofield import Engine, InputError, plugins
+from tomofield.cli import cli
+from tomofield.engine import EngineConfig, setting  # noqa: F401  (setting: the fields under test)
+
+FAST = ["-L", "3", "-M", "4", "--slice-size", "16", "--device", "cpu"]
+TINY = dict(directions=3, slices=4, slice_size=16, device="cpu")
+
+
+def _heads_with_options():
+    return [(c.name, o) for c in plugins.components("head") for o in c.options]
+
+
+def _bad_values(opt):
+    """Values the option must refuse: the wrong type, and beyond each bound."""
+    bad = {int: ["abc", 2.5, True], float: ["abc", float("nan")], bool: ["maybe"], str: [3]}[opt.type][:]
+    if opt.min is not None:
+        bad.append(opt.type(opt.min) - 1)
+    if opt.max is not None:
+        bad.append(opt.type(opt.max) + 1)
+    return bad
+
+
+@pytest.fixture
+def volume_file(write_nifti) -> Path:
+    return write_nifti("v.nii.gz", np.random.default_rng(0).random((10, 11, 12)))
+
+
+@pytest.mark.parametrize("head,opt", _heads_with_options(), ids=lambda x: getattr(x, "name", x))
+def test_every_declared_head_option_refuses_bad_values_from_the_library(head, opt):
+    for value in _bad_values(opt):
+        with pytest.raises(InputError, match=rf"head '{re.escape(head)}'.*option {opt.name}="):
+            Engine(head=head, head_options={opt.name: value}, **TINY)
+
+
+@pytest.mark.parametrize("head,opt", _heads_with_options(), ids=lambda x: getattr(x, "name", x))
+def test_every_declared_head_option_refuses_bad_values_from_the_cli(head, opt, volume_file, tmp_path):
+    from tomofield.commands import head_params
+
+    flag = next(hp.flag for hp in head_params() if head in hp.heads and hp.option.name == opt.name)
+    value = "abc" if opt.type is not str else None
+    if value is None or opt.type is bool:
+        pytest.skip("click itself refuses these types on the command line")
+    out = tmp_path / "h.nii.gz"
+    res = CliRunner().invoke(cli, ["run", str(volume_file), "-o", str(out), "--head", head, flag, value, *FAST])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "head", [c.name for c in plugins.components("head") if any(o.name == "target" for o in c.options)]
+)
+def test_a_target_beyond_the_encoder_outputs_is_a_message(head, volume_file, tmp_path):
+    """The encoder has one output: target 3 fails where the head first meets the encoder, before any work."""
+    vol = torch.rand(1, 10, 10, 10)
+    with pytest.raises(InputError, match=r"target.*(out of range|3)"):
+        Engine(head=head, head_options={"target": 3}, **TINY).reconstruct(vol)
+    out = tmp_path / "h.nii.gz"
+    res = CliRunner().invoke(cli, ["run", str(volume_file), "-o", str(out), "--head", head, "--target", "3", *FAST])
+    assert res.exit_code == 2 and "Error:" in res.output and "3" in res.output, res.output
+    assert "Traceback" not in res.output and not out.exists()
+    assert list(tmp_path.iterdir()) == [volume_file]  # nothing left behind
+
+
+@pytest.mark.parametrize("head", ["gradcam", "gradcam++", "layercam", "scorecam"])
+def test_a_cam_layer_the_encoder_lacks_is_a_message_listing_its_stages(head):
+    with pytest.raises(InputError, match=r"layer=9 is not a stage of ResNet; valid layers are 0..4"):
+        Engine(head=head, head_options={"layer": 9}, **TINY).reconstruct(torch.rand(1, 10, 10, 10))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--seed", "99999999999999999999"], "seed must be in 0..4294967295"),
+        (["--seed", "-1"], "seed must be in 0..4294967295"),
+        (["--device", "mps"], "device 'mps' is not available"),
+        (["--device", "cuda:7"], "device 'cuda:7'"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--pool", "0", "--head", "avgpool"], "option pool=0 is not valid; it takes an integer >= 1"),
+        (["--layer", "2", "--head", "logit"], "--layer is not an option of head 'logit'; its options: --target"),
+        (["-L", "0"], "directions must be in 1..100000"),
+        (["-M", "2"], "slices must be in 3..10000"),
+        (["--slice-size", "4"], "slice size must be in 8..4096"),
+        (["--batch-size", "0"], "batch size must be >= 1"),
+        (["--empty-tol", "-1"], "empty_tol must be >= 0"),
+        (["--head", "nope"], "unknown head 'nope'; valid:"),
+        (["--filter", "ramp"], "unknown filter 'ramp'; valid: none, tomo"),
+        (["--sampler", "spiral"], "unknown sampler 'spiral'"),
+        (["--post", "smooth"], "unknown postprocessor 'smooth'"),
+    ],
+)
+def test_cli_settings_out_of_range_are_one_message(args, message, volume_file, tmp_path):
+    out = tmp_path / "h.nii.gz"
+    head = [] if "--head" in args else ["--head", "sum"]
+    res = CliRunner().invoke(cli, ["run", str(volume_file), "-o", str(out), *FAST, *head, *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        (f.name, v)
+        for f in __import__("dataclasses").fields(EngineConfig)
+        if "help" in f.metadata
+        for v in (["x"] if not isinstance(f.default, str) else [3])
+    ],
+)
+def test_every_engine_setting_refuses_the_wrong_type_from_the_library(field, value):
+    with pytest.raises(InputError, match=rf"setting {field}="):
+        Engine(head="sum", **{field: value})
+
+
+def test_a_plugin_heads_own_refusal_reaches_the_user_as_an_input_error():
+    """A third-party head that raises ValueError when it meets the encoder: one InputError naming the head."""
+
+    class Picky:
+        needs_encoder, needs_grad, compilable, options = True, False, False, ()
+
+        def __call__(self, encoder, slices):
+            raise ValueError("this head wants 3-channel slices")
+
+    class Heads:
+        @tomofield.hookimpl
+        def register_heads(self, register):
+            register("picky", Picky, "refuses everything")
+
+    plugins.register_plugin(Heads(), name="picky-test")
+    with pytest.raises(InputError, match=r"head 'picky'.*cannot score 1-channel slices.*wants 3-channel"):
+        Engine(head="picky", **TINY).reconstruct(torch.rand(1, 10, 10, 10))
+
+
+def test_messages_keep_brackets_and_numbers_verbatim(write_nifti, tmp_path):
+    """rich markup must not eat '[1]' in a file name or a list of numbers in a message."""
+    src = write_nifti("scan[1].nii.gz", np.random.default_rng(0).random((10, 11, 12)))
+    res = CliRunner().invoke(
+        cli, ["run", str(src), "-o", str(tmp_path / "h[2].nii.gz"), "--head", "sum", *FAST, "--empty-tol", "-1"]
+    )
+    assert res.exit_code == 2 and "got -1.0" in res.output
+    res = CliRunner().invoke(cli, ["run", str(src), "-o", str(tmp_path / "out[bold].nii.gz"), "--head", "sum", *FAST])
+    assert res.exit_code == 0, res.output
+    assert "out[bold].nii.gz" in res.output
