@@ -221,7 +221,7 @@ class Scorer:
                 self._checked[key] = self.empty_score(channels, size)
             except (TomofieldError, torch.OutOfMemoryError):
                 raise
-            except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+            except (ValueError, TypeError, KeyError, IndexError, RuntimeError, AssertionError) as exc:
                 raise InputError(
                     f"{self.label} cannot score {channels}-channel slices of {size[0]} x {size[1]} px with this "
                     f"encoder: {type(exc).__name__}: {exc}"

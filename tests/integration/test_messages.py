@@ -159,3 +159,15 @@ def test_messages_keep_brackets_and_numbers_verbatim(write_nifti, tmp_path):
     res = CliRunner().invoke(cli, ["run", str(src), "-o", str(tmp_path / "out[bold].nii.gz"), "--head", "sum", *FAST])
     assert res.exit_code == 0, res.output
     assert "out[bold].nii.gz" in res.output
+
+
+def test_an_encoder_that_refuses_the_slice_size_is_a_message():
+    """timm's ViTs assert their input size: that too reaches the user as an InputError naming the size."""
+
+    class FixedSize(torch.nn.Module):
+        def forward(self, x):
+            assert x.shape[-1] == 224, f"Input height ({x.shape[-1]}) doesn't match model (224)."
+            return x.mean(dim=(1, 2, 3))[:, None]
+
+    with pytest.raises(InputError, match=r"1-channel slices of 16 x 16 px.*doesn't match model \(224\)"):
+        Engine(encoder=FixedSize(), head="logit", **TINY).reconstruct(torch.rand(1, 10, 10, 10))
