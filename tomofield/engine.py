@@ -51,8 +51,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     backend = getattr(torch, dev.type, None) if dev.type != "mps" else getattr(torch.backends, "mps", None)
     is_available = getattr(backend, "is_available", None)
     if not callable(is_available) or not is_available():
+        what = "CUDA is" if dev.type == "cuda" else f"the {dev.type!r} device type is"
         raise InputError(
-            f"device {device!r} is not available in this torch build on this machine; "
+            f"device {device!r} requested but {what} not available in this torch build on this machine; "
             f"use --device cpu{' (or cuda)' if torch.cuda.is_available() else ''}"
         )
     count = getattr(backend, "device_count", None)

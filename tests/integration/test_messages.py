@@ -91,7 +91,7 @@ def test_a_cam_layer_the_encoder_lacks_is_a_message_listing_its_stages(head):
     [
         (["--seed", "99999999999999999999"], "seed must be in 0..4294967295"),
         (["--seed", "-1"], "seed must be in 0..4294967295"),
-        (["--device", "mps"], "device 'mps' is not available"),
+        (["--device", "mps"], "device 'mps' requested but the 'mps' device type is not available"),
         (["--device", "cuda:7"], "device 'cuda:7'"),
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--pool", "0", "--head", "avgpool"], "option pool=0 is not valid; it takes an integer >= 1"),
