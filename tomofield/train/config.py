@@ -45,7 +45,11 @@ MINIMA = {
 
 
 def teacher_run(path: str | Path) -> RunDir:
-    """The teacher's run directory, or an :class:`InputError` saying it is not one."""
+    """The teacher's run directory (its ``config.json`` checked against :data:`~tomofield.checkpoint.CONFIG_SCHEMA`).
+
+    Raises:
+        InputError: ``path`` is not a run directory, or its ``config.json`` does not fit the schema.
+    """
     if not is_run_dir(path):
         raise InputError(f"--teacher {str(path)!r} is not a run directory of tomofield train")
     return RunDir(path)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from tomofield.checkpoint import MODEL, TEACHER_REQUIRED
 from tomofield.errors import InputError
 from tomofield.train.config import teacher_run
 from tomofield.train.slicing import Loaded, stack_slices
@@ -51,18 +52,20 @@ class Teacher:
     def __init__(self, run_dir: str | Path, in_chans: int, device: torch.device) -> None:
         from tomofield.encoders import build_encoder, load_weights
 
-        run = teacher_run(run_dir)
-        self.state, self.run = run.weights(), run.config
-        if self.run.get("task", "classification") != "classification":
+        run = teacher_run(run_dir)  # config.json checked against its schema
+        run.require(TEACHER_REQUIRED, "a teacher")
+        self.run = run.config
+        if self.run["task"] != "classification":
             raise InputError(
-                f"--teacher {str(run_dir)!r} is a {self.run.get('task')!r} run; it must be a classification run"
+                f"--teacher {str(run_dir)!r} is a {self.run['task']!r} run; it must be a classification run"
             )
-        if int(self.run.get("in_chans", in_chans)) != in_chans:
+        if self.run["in_chans"] != in_chans:
             raise InputError(
                 f"--teacher {str(run_dir)!r} takes {self.run['in_chans']} channel(s), the volumes have {in_chans}"
             )
         self.model = build_encoder(self.run["encoder"], in_chans=in_chans, num_classes=1, norm=self.run["norm"])
-        load_weights(self.model, self.state, str(run_dir))
+        self.state = run.weights()  # model.safetensors, from inside the run directory
+        load_weights(self.model, self.state, str(run.path / MODEL))
         self.model.to(device).eval().requires_grad_(False)
         self.baseline = 0.0
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from tomofield import checkpoint as ck
@@ -75,13 +74,10 @@ class Trainer:
         self.loss_log: list[dict[str, float]] = []  # mean training loss between checkpoints
         self.scale, self.baseline = 1.0, 0.0  # density regression: output units, the teacher's baseline
         state = self.run_dir / ck.STATE
-        if resume and not state.is_file():
+        if resume and not (state.exists() or state.is_symlink()):
             raise InputError(f"--resume: no checkpoint {str(state)!r} to resume from")
-        if resume:
-            # writes cut short by a kill: ours (.NAME.XXXX.tmp.EXT) and safetensors' own (.tmpXXXXXX)
-            for stale in [*self.run_dir.glob(".*.tmp*"), *self.run_dir.glob(".tmp*")]:
-                if stale.is_file():
-                    stale.unlink(missing_ok=True)
+        #: the checkpoint to resume from, its header and metadata checked (:func:`tomofield.checkpoint.read_state`)
+        self.state = ck.read_state(self.run_dir) if resume else None
         if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise InputError(
                 f"run directory {str(self.run_dir)!r} is not empty; pass --resume to continue it or choose another"
@@ -153,34 +149,42 @@ class Trainer:
         ck.save_tensors(self.run_dir / ck.MODEL, model.state_dict())
         ck.write_json(self.run_dir / ck.CONFIG, self.run_config(in_chans, step, history[-1] if history else {}))
 
+    def _remove_stale(self) -> None:
+        """Delete writes cut short by a kill: ours (.NAME.XXXX.tmp.EXT) and safetensors' own (.tmpXXXXXX)."""
+        for stale in [*self.run_dir.glob(".*.tmp*"), *self.run_dir.glob(".tmp*")]:
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+
     def _restore(self, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> tuple[int, list]:
         """Load the checkpoint into ``model``, ``opt`` and ``gen``; return its step and history."""
-        from safetensors import safe_open
+        from tomofield.encoders import load_weights
 
-        path = self.run_dir / ck.STATE
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata()
-        saved = json.loads(meta["training"])
-        mine = asdict(self.cfg)
+        st = self.state if self.state is not None else ck.read_state(self.run_dir)
+        saved, mine = st.training, asdict(self.cfg)
         differ = [k for k in mine if k != "iterations" and saved.get(k) != mine[k]]
         if differ:
             raise InputError(
                 f"--resume with different training arguments: {', '.join(f'{k} (was {saved.get(k)!r}, now {mine[k]!r})' for k in differ)}"
             )
-        if meta["dataset_sha256"] != self.hash:
+        if st.dataset_sha256 != self.hash:
             raise InputError(f"--resume: the dataset {str(self.train_csv)!r} changed since the checkpoint")
         rank, world = distributed.rank_world()
-        if int(meta.get("world_size", "1")) != world:
+        if st.world_size != world:
             raise InputError(
-                f"--resume: the checkpoint was written by {meta.get('world_size', '1')} process(es), "
+                f"--resume: the checkpoint was written by {st.world_size} process(es), "
                 f"this run has {world}; resume with the same number"
             )
-        tensors = load_file(str(path))
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        ck.unpack_optimizer(opt, tensors, meta["param_groups"])
-        gen.set_state(tensors["rng" if rank == 0 else f"rng.{rank}"])
-        self.loss_log = json.loads(meta.get("loss_log", "[]"))
-        return int(meta["iteration"]), json.loads(meta["history"])
+        tensors = st.tensors()
+        load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(st.path))
+        try:
+            ck.unpack_optimizer(opt, tensors, st.param_groups)
+            gen.set_state(tensors["rng" if rank == 0 else f"rng.{rank}"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(
+                f"--resume: the optimizer or random state in {str(st.path)!r} does not fit this run: {exc}"
+            ) from exc
+        self.loss_log = st.loss_log
+        return st.iteration, st.history
 
     def validate(self, model: nn.Module, vols: list[Loaded], train: list[Loaded]) -> dict[str, float]:
         """Volume-level metrics: the max over a fixed set of slices is the volume's score.
@@ -248,6 +252,8 @@ class Trainer:
         # each rank draws its own volumes and augmentations; DDP averages the gradients
         gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank)
         step, history = self._restore(model, opt, gen) if self.resume else (0, [])
+        if self.resume:  # the checkpoint is loaded: only now is anything in the folder touched
+            self._remove_stale()
         net = model
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
