@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tomofield.errors import InputError
 from tomofield.geometry import Directions, slice_points
 from tomofield.kernels import native
 
@@ -142,6 +143,26 @@ def index_frames(dirs: Directions, rows: Tensor, offsets: Tensor, e: Tensor, sha
     return torch.cat([origin, row, col], dim=1).float()
 
 
+def _check_slicing(
+    volume: Tensor, frames: tuple[Tensor, Tensor, Tensor], rows: Tensor, offsets: Tensor, size: tuple[int, int]
+) -> None:
+    """Refuse what :func:`cut_slices` cannot take, before anything is sampled."""
+    if not isinstance(volume, Tensor) or volume.dim() != 4 or not volume.is_floating_point():
+        got = f"shape {tuple(volume.shape)} ({volume.dtype})" if isinstance(volume, Tensor) else type(volume).__name__
+        raise InputError(f"slicing takes a floating-point volume (C, D, H, W), got {got}")
+    dims = tuple(size)
+    if len(dims) != 2 or any(int(n) < 1 for n in dims):
+        raise InputError(f"the slice size must be (h, w) of two positive integers, got {size!r}")
+    if rows.dim() != 1 or offsets.dim() != 1 or rows.shape != offsets.shape or rows.is_floating_point():
+        raise InputError(
+            f"slicing takes integer direction rows (N,) and offsets (N,) of one length, got rows of shape "
+            f"{tuple(rows.shape)} ({rows.dtype}) and offsets of shape {tuple(offsets.shape)}"
+        )
+    for name, t in (("offsets", offsets), ("frames", frames[0])):
+        if t.device != volume.device:
+            raise InputError(f"the slices' {name} are on {t.device} but the volume is on {volume.device}")
+
+
 def cut_slices(
     volume: Tensor,
     frames: tuple[Tensor, Tensor, Tensor],
@@ -154,10 +175,21 @@ def cut_slices(
     """Slices (N, C, h, w) of ``volume`` for directions ``rows`` (N,) at ``offsets`` (N,).
 
     Same samples as ``sample_slices(volume, slice_points(...), e)``: with the native
-    kernel on CPU (when it is available and ``e`` is given), else one ``grid_sample``
-    on the normalised ``frames`` of :func:`normalised_frames`.
+    kernel on CPU (when it is available, ``e`` is given and the volume has fewer than
+    :data:`tomofield.kernels.native.MAX_VOXELS` voxels per channel), else one
+    ``grid_sample`` on the normalised ``frames`` of :func:`normalised_frames`.
+
+    Raises:
+        InputError: arguments that do not fit together (shapes, devices), before slicing.
     """
-    if e is not None and volume.device.type == "cpu" and volume.dtype == torch.float32 and native.available():
+    _check_slicing(volume, frames, rows, offsets, size)
+    if (
+        e is not None
+        and volume.device.type == "cpu"
+        and volume.dtype == torch.float32
+        and volume[0].numel() < native.MAX_VOXELS
+        and native.available()
+    ):
         fr = index_frames(dirs, rows, offsets, e, volume.shape[1:], size)
         return native.slice_trilinear(volume, fr, size)
     n, u, v = frames
@@ -169,11 +201,29 @@ def cut_slices(
 
 
 # -- encoder ----------------------------------------------------------------------------------
+def _out_of_memory(exc: BaseException) -> torch.OutOfMemoryError | None:
+    """The out-of-memory error behind ``exc``: itself, its cause or context, or a compiler's inner exception."""
+    stack, seen = [exc], set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        if isinstance(e, torch.OutOfMemoryError):
+            return e
+        seen.add(id(e))
+        stack += [getattr(e, "inner_exception", None), e.__cause__, e.__context__]
+    return None
+
+
 class _CompiledOrEager(nn.Module):
-    """Runs the compiled module; on its first failure warns once and stays eager.
+    """Runs the compiled module; when compiling fails, warns once and stays eager.
 
     ``torch.compile`` compiles lazily, so a missing C++ compiler or an unsupported
-    operator shows up at the first call, not when compiling is requested.
+    operator shows up at a call, not when compiling is requested. Only failures of the
+    compiler turn compilation off: an out-of-memory error (itself or behind the
+    compiler's error) propagates, so that the scorer halves its batch and the compiled
+    module runs the next one, and an error the eager module raises too (the input's
+    fault) propagates with compilation kept on.
     """
 
     def __init__(self, eager: nn.Module, fast: Callable) -> None:
@@ -183,13 +233,20 @@ class _CompiledOrEager(nn.Module):
         self.failed = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.failed:
-            try:
-                return self.fast(x)
-            except Exception as exc:
-                self.failed = True
-                warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); running eagerly", stacklevel=2)
-        return self.eager(x)
+        if self.failed:
+            return self.eager(x)
+        try:
+            return self.fast(x)
+        except Exception as exc:
+            oom = _out_of_memory(exc)
+            if oom is exc:
+                raise
+            if oom is not None:
+                raise oom from None
+            result = self.eager(x)  # raises when the input is at fault: compilation stays on
+            self.failed = True
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); running eagerly", stacklevel=2)
+            return result
 
 
 def compiled(encoder: nn.Module) -> nn.Module:
@@ -198,7 +255,8 @@ def compiled(encoder: nn.Module) -> nn.Module:
     Freezing folds the weights into the graph (conv + batch-norm fusion, prepacked
     oneDNN weights on CPU); the cache is keyed by the parameters' version counters, so
     weights changed in place later get a fresh compilation. Runs the module itself, with
-    a warning, when compiling fails (no C++ compiler, unsupported platform).
+    a warning, when compiling fails (no C++ compiler, unsupported platform); out of
+    memory is not a compiler failure and propagates (:class:`_CompiledOrEager`).
     """
     try:
         versions = tuple(p._version for p in encoder.parameters())
@@ -209,6 +267,8 @@ def compiled(encoder: nn.Module) -> nn.Module:
         try:
             fast = torch.compile(encoder, dynamic=False, options={"freezing": True})
         except Exception as exc:
+            if _out_of_memory(exc) is not None:
+                raise
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); running eagerly", stacklevel=3)
             fast = encoder
         _compiled[encoder] = cached = (versions, _CompiledOrEager(encoder, fast))

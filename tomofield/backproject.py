@@ -25,12 +25,14 @@ Implementations of the same sum, all returning ``(K, N)``:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tomofield.errors import InputError
 from tomofield.geometry import Directions
 from tomofield.kernels import native, triton_bp
 
@@ -207,15 +209,86 @@ def _axis_terms(vec: Tensor, scale: Tensor, shift: Tensor, shape: Sequence[int],
 
 
 KERNELS = ("auto", "torch", "native", "triton")
+#: Fused kernels that failed in this process under ``auto`` (e.g. Triton that cannot compile
+#: for this GPU), by module name, with the error: ``auto`` takes the torch path after one warning.
+failed_kernels: dict[str, str] = {}
 
 
-def _fused_kernel(kernel: str, device: torch.device):
-    """The fused scalar kernel module to use, or None for the torch path."""
-    if kernel == "triton" or (kernel == "auto" and device.type == "cuda" and triton_bp.available()):
+def _fused_kernel(kernel: str, device: torch.device, out: Tensor):
+    """The fused scalar kernel module to use, or None for the torch path.
+
+    ``auto`` takes the device's fused kernel where it can take the arguments (a contiguous
+    float32 accumulator) and it has not failed in this process; a kernel named explicitly
+    must run here, or an :class:`~tomofield.errors.InputError` says why not.
+    """
+    if kernel == "auto":
+        if out.dtype != torch.float32 or not out.is_contiguous():
+            return None
+        if device.type == "cuda" and triton_bp.available() and triton_bp.device_type() == "cuda":
+            fused = triton_bp
+        elif device.type == "cpu" and native.available():
+            fused = native
+        else:
+            return None
+        return None if fused.__name__ in failed_kernels else fused
+    if kernel == "triton":
+        if not triton_bp.available():
+            raise InputError(
+                "kernel='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1, Triton's CPU interpreter), "
+                "which this machine lacks; use kernel='auto' or 'torch'"
+            )
+        if device.type != triton_bp.device_type():
+            raise InputError(
+                f"kernel='triton' takes {triton_bp.device_type()} tensors"
+                f"{' under TRITON_INTERPRET=1' if triton_bp.interpreting() else ''}, got profiles on {device}"
+            )
         return triton_bp
-    if kernel == "native" or (kernel == "auto" and device.type == "cpu" and native.available()):
+    if kernel == "native":
+        if not native.available():
+            raise InputError(
+                f"kernel='native' is not available on this machine ({(native.reason or '')[:200]}); "
+                "use kernel='auto' or 'torch'"
+            )
+        if device.type != "cpu":
+            raise InputError(f"kernel='native' takes CPU tensors, got profiles on {device}: use kernel='auto'")
         return native
     return None
+
+
+def _fused_failed(name: str, exc: Exception) -> None:
+    """Record that a fused kernel failed under ``auto``; one warning, then the torch path."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    failed_kernels[name] = text if len(text) <= 300 else text[:297] + "..."
+    warnings.warn(
+        f"tomofield: the fused backprojector {name} failed ({failed_kernels[name]}); "
+        "using the torch path from now on (same values, slower)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _check_grid_arguments(
+    q: Tensor, dirs: Directions, shape: Sequence[int], e: Tensor, weights: Tensor | None, kernel: str
+) -> tuple[int, int, int]:
+    """Refuse what :func:`backproject_grid` cannot take, before anything runs; the grid (D, H, W)."""
+    if kernel not in KERNELS:
+        raise InputError(f"unknown backprojection kernel {kernel!r}; valid: {', '.join(KERNELS)}")
+    if not isinstance(q, Tensor) or q.dim() != 5 or not q.is_floating_point():
+        raise InputError(f"backprojection takes floating-point profiles q (L, M, K, h, w), got {triton_bp.describe(q)}")
+    L = q.shape[0]
+    if len(dirs) != L:
+        raise InputError(f"q holds profiles of {L} directions but dirs has {len(dirs)}; they must match")
+    if dirs.normals.device != q.device:
+        raise InputError(f"dirs are on {dirs.normals.device} but q is on {q.device}; move them to one device")
+    dims = tuple(shape)
+    if len(dims) != 3 or any(int(n) < 1 for n in dims):
+        raise InputError(f"the output grid must be (D, H, W) of positive sizes, got {shape!r}")
+    if not isinstance(e, Tensor) or e.numel() != 3:
+        raise InputError(f"e must hold the 3 half-extents (d, h, w) of the box, got {triton_bp.describe(e)}")
+    if weights is not None and (not isinstance(weights, Tensor) or tuple(weights.shape) != (L,)):
+        raise InputError(f"weights must be one per direction, shape {(L,)}, got {triton_bp.describe(weights)}")
+    D, H, W = (int(n) for n in dims)
+    return D, H, W
 
 
 def backproject_grid(
@@ -238,37 +311,56 @@ def backproject_grid(
         q: (L, M, K, h, w) filtered scores.
         dirs: the L directions (on ``q``'s device and dtype).
         shape: output grid (D, H, W).
-        e: (3,) half-extents of the box the grid spans.
+        e: (3,) half-extents of the box the grid spans (any device).
         slice_size: (h_S, w_S) slice pixels, to place map cells.
         weights: optional (L,) per-direction weights.
-        out: optional (K, D*H*W) accumulator; the sums are added to it in place.
+        out: optional (K, D*H*W) accumulator on ``q``'s device; the sums are added to it
+            in place.
         budget: directions x voxels per block (default: :data:`BLOCK_BUDGET`).
         kernel: ``auto``: for scalar profiles the fused kernel of the device (Triton on
-            CUDA, native on CPU) when available, else ``torch``; or one of
-            :data:`KERNELS` explicitly.
+            CUDA, native on CPU) when available and ``out`` is contiguous float32, else
+            ``torch``; a fused kernel that fails here (Triton that cannot compile for this
+            GPU) is recorded in :data:`failed_kernels`, warned about once and replaced by
+            ``torch`` for the rest of the process. Or one of :data:`KERNELS` explicitly,
+            whose errors propagate.
 
     Returns:
         ``out`` (a new zero-initialised one when not given) plus the (K, D*H*W) sums.
+
+    Raises:
+        InputError: arguments that do not fit together (shapes, devices, an unknown
+            kernel or one this machine cannot run), before anything is computed.
     """
+    D, H, W = _check_grid_arguments(q, dirs, shape, e, weights, kernel)
     L, M, K, h, w = q.shape
-    D, H, W = (int(n) for n in shape)
     if out is None:
         out = torch.zeros(K, D * H * W, device=q.device, dtype=q.dtype)
-    if out.shape != (K, D * H * W):
-        raise ValueError(f"out must have shape {(K, D * H * W)}, got {tuple(out.shape)}")
+    if not isinstance(out, Tensor) or tuple(out.shape) != (K, D * H * W):
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise InputError(f"out must have shape {(K, D * H * W)} (channels x voxels of the grid), got {got}")
+    if out.device != q.device or not out.is_floating_point():
+        raise InputError(
+            f"out must be a floating-point accumulator on q's device {q.device}, got {triton_bp.describe(out)}"
+        )
+    fused = _fused_kernel(kernel, q.device, out) if h == 1 and w == 1 and kernel != "torch" else None
     if L == 0:
         return out
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown backprojection kernel {kernel!r}; valid: {', '.join(KERNELS)}")
-    if h == 1 and w == 1 and kernel != "torch":
-        fused = _fused_kernel(kernel, q.device)
-        if fused is not None:
-            if weights is not None:
-                q = q * weights.reshape(L, 1, 1, 1, 1).to(q)
-            # p = (x.n / s_half + 1) (M - 1) / 2 + 1: the position in the profile padded with a zero
-            scale = (M - 1) / 2 / dirs.s_half
-            coef = triton_bp.affine_coefficients(scale, torch.full_like(scale, (M - 1) / 2 + 1), dirs.normals, shape, e)
-            return fused.backproject_scalar(q[..., 0, 0].transpose(1, 2), coef, shape, out)
+    if fused is not None:
+        if weights is not None:
+            q = q * weights.reshape(L, 1, 1, 1, 1).to(q)
+        # p = (x.n / s_half + 1) (M - 1) / 2 + 1: the position in the profile padded with a zero
+        scale = (M - 1) / 2 / dirs.s_half
+        coef = triton_bp.affine_coefficients(scale, torch.full_like(scale, (M - 1) / 2 + 1), dirs.normals, shape, e)
+        profiles = q[..., 0, 0].transpose(1, 2)
+        if kernel != "auto":
+            return fused.backproject_scalar(profiles, coef, (D, H, W), out)
+        try:
+            return fused.backproject_scalar(profiles, coef, (D, H, W), out)
+        except (InputError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # a kernel that cannot compile or launch here fails before it writes
+            _fused_failed(fused.__name__, exc)
+            weights = None  # applied to q above
     inp, slots, padding = _sampling_plan(q, dirs, weights, slice_size)
     terms = [_axis_terms(vec, scale, shift, shape, e) for vec, scale, shift in slots]
     n_img = inp.shape[0]

@@ -105,9 +105,9 @@ def run_volume(
     """One volume; under torchrun its directions are shared by the ranks and rank 0 writes."""
     from tomofield.io import check_output_path, load_volume, save_heatmap
 
-    check_output_path(output, overwrite)
+    check_output_path(output, overwrite, inputs=inputs)  # never the input, even with --overwrite
     if preview:
-        check_output_path(preview, overwrite, suffixes=(".png",))
+        check_output_path(preview, overwrite, suffixes=(".png",), inputs=[*inputs, output])
     volume = load_volume(inputs, check_content=True, **given({"nan_policy": o["nan_policy"]}))
     if volume.replaced and rank == 0:
         err.print(Text(f"replaced {volume.replaced} non-finite voxel(s) by 0", style="yellow"))
@@ -158,7 +158,7 @@ def run_csv(csv_path: str, out_dir: str, overwrite: bool, o: dict[str, Any], ran
     engine = build_engine(o)
     t0 = time.perf_counter()
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -201,21 +201,20 @@ def run_csv(csv_path: str, out_dir: str, overwrite: bool, o: dict[str, Any], ran
 @friendly
 def evaluate(heatmaps_dir: str, dataset: str, report: str | None, overwrite: bool, **o: Any) -> None:
     """Lesion-wise precision, recall, F1, Dice and balanced accuracy of a folder of heatmaps (paper A.7)."""
-    from tomofield.report import write_reports
+    from tomofield.report import report_paths, write_reports
 
     o = given(o)
     folds = o.get("folds", default_of(evaluate_heatmaps, "folds"))
-    iou = o.get("iou", default_of(evaluate_heatmaps, "iou"))
-    if folds < 1 or not 0 <= iou < 1:
-        raise InputError(f"need --folds >= 1 and 0 <= --iou < 1, got folds={folds}, iou={iou}")
     prefix = Path(report) if report else Path(heatmaps_dir) / "evaluation"
-    for suffix in (".json", ".csv"):
-        if prefix.with_suffix(suffix).exists() and not overwrite:
-            raise InputError(f"report {str(prefix.with_suffix(suffix))!r} exists; pass --overwrite")
+    for path in report_paths(prefix):  # before the work, the same names write_reports uses
+        if path.exists() and not overwrite:
+            raise InputError(f"report {str(path)!r} exists; pass --overwrite")
     res = evaluate_heatmaps(heatmaps_dir, dataset, **o)
     name = Path(heatmaps_dir).name
     print_table({name: res}, f"{res['volumes']} volumes ({res['positives']} positive), {folds} folds")
-    paths = write_reports(prefix, {name: res}, overwrite)
+    paths = write_reports(
+        prefix, {name: res}, overwrite, inputs=[dataset, *([o["boxes_csv"]] if "boxes_csv" in o else [])]
+    )
     out.print("wrote " + ", ".join(map(str, paths)))
 
 
@@ -238,8 +237,11 @@ def evaluate(heatmaps_dir: str, dataset: str, report: str | None, overwrite: boo
 @setting_option(CompareSettings, "--folds", "Monte-Carlo cross-validation folds.", type=int)
 @setting_option(CompareSettings, "--seed", "Seed of the directions and the folds.", type=int)
 @setting_option(CompareSettings, "--device", "auto | cpu | cuda | cuda:N.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier comparison's report in the folder.")
 @friendly
-def compare(dataset: str, weights: str, report_dir: str, layers: str | None, families: str | None, **o: Any) -> None:
+def compare(
+    dataset: str, weights: str, report_dir: str, layers: str | None, families: str | None, overwrite: bool, **o: Any
+) -> None:
     """Run and evaluate the paper's methods on a dataset: Table 2 (Markdown, CSV) and Fig. 6 (PNG)."""
     from tomofield.compare import run_comparison, write_outputs
 
@@ -260,10 +262,10 @@ def compare(dataset: str, weights: str, report_dir: str, layers: str | None, fam
         if what == "start":
             err.print(f"{m.name}: heatmaps and evaluation", highlight=False)
 
-    result = run_comparison(dataset, weights, report_dir, s, on_method)
+    result = run_comparison(dataset, weights, report_dir, s, on_method, overwrite=overwrite)
     best = {f: result["methods"][n] for f, n in result["best"].items()}
     print_table(best, f"best layer per method, {s.folds} folds")
-    paths = write_outputs(report_dir, dataset, result)
+    paths = write_outputs(report_dir, dataset, result, overwrite=overwrite)
     out.print("wrote " + ", ".join(map(str, paths)))
 
 
@@ -293,10 +295,6 @@ def synth(out_dir: str, **o: Any) -> None:
     """Write a synthetic weakly supervised dataset (NIfTI images, masks, CSVs)."""
     o = given(o)
     n, size = o.get("n", default_of(write_dataset, "n")), o.get("size", default_of(write_dataset, "size"))
-    if n < 4 or size < 16:
-        raise InputError(f"need --n >= 4 and --size >= 16, got n={n}, size={size}")
-    if Path(out_dir).exists() and any(Path(out_dir).iterdir()):
-        raise InputError(f"output directory {out_dir!r} is not empty; choose another")
     with err.status(f"writing {n} volumes of {size}^3"):
         paths = write_dataset(out_dir, **o)
     out.print("wrote " + ", ".join(f"{k}: {v}" for k, v in paths.items()))
@@ -432,8 +430,12 @@ def prepare(name: str, raw_dir: str, out_dir: str, seed: int, val_fraction: floa
     comp = plugins.get("dataset", name)
     if not Path(raw_dir).is_dir():
         raise InputError(f"raw dataset folder {raw_dir!r} does not exist or is not a folder")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise InputError(f"output {out_dir!r} is a file; give a new or empty folder for the dataset")
     if Path(out_dir).exists() and any(Path(out_dir).iterdir()):
         raise InputError(f"output directory {out_dir!r} is not empty; choose another")
+    if not 0 < val_fraction < 1:
+        raise InputError(f"--val-fraction must be strictly between 0 and 1, got {val_fraction}")
     preparer = comp.factory()
     with err.status(f"preparing {name} from {raw_dir}"):
         paths = preparer.prepare(Path(raw_dir), Path(out_dir), seed=seed, val_fraction=val_fraction)

@@ -7,6 +7,7 @@ Each method is an Engine configuration; heatmaps go to ``REPORT_DIR/heatmaps/<me
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +19,9 @@ import numpy as np
 from tomofield.batch import run_dataset
 from tomofield.dataset import Case, read_dataset
 from tomofield.engine import Engine
-from tomofield.io import atomic_write, load_volume
-from tomofield.report import evaluate_heatmaps, write_reports
+from tomofield.errors import InputError
+from tomofield.io import atomic_write, atomic_write_all, load_volume
+from tomofield.report import evaluate_heatmaps, report_inputs, report_paths, report_writes
 
 
 @dataclass(frozen=True)
@@ -92,20 +94,49 @@ def engine_for(m: Method, weights: str | Path, s: CompareSettings) -> Engine:
     )
 
 
+def report_files(report_dir: str | Path) -> list[Path]:
+    """The files :func:`write_outputs` writes in ``report_dir``."""
+    report_dir = Path(report_dir)
+    return [report_dir / "table.md", *report_paths(report_dir / "results"), report_dir / "figure.png"]
+
+
+def check_report_dir(report_dir: str | Path, overwrite: bool = False) -> Path:
+    """Refuse, before any work, a report folder that is a file or holds an earlier comparison (unless ``overwrite``)."""
+    report_dir = Path(report_dir)
+    if report_dir.exists() and not report_dir.is_dir():
+        raise InputError(f"report folder {str(report_dir)!r} is a file; give a folder (a new one is made)")
+    there = next((p for p in report_dir.parents if p.exists()), Path("."))
+    if not report_dir.exists() and not there.is_dir():
+        raise InputError(f"cannot make the report folder {str(report_dir)!r}: {str(there)!r} is a file, not a folder")
+    earlier = [p.name for p in report_files(report_dir) if p.exists()]
+    if earlier and not overwrite:
+        raise InputError(
+            f"report folder {str(report_dir)!r} holds an earlier comparison ({', '.join(earlier)}); choose another "
+            "folder, or remove those files to redo it there (its heatmaps are reused when made alike)"
+        )
+    return report_dir
+
+
 def run_comparison(
     dataset_csv: str | Path,
     weights: str | Path,
     report_dir: str | Path,
     s: CompareSettings,
     on_method: Callable[[Method, str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Heatmaps, evaluation and best layers of every method; returns all results."""
-    report_dir = Path(report_dir)
+    """Heatmaps, evaluation and best layers of every method; returns all results.
+
+    The report folder is checked first (:func:`check_report_dir`): an earlier comparison's
+    files are kept unless ``overwrite``.
+    """
+    report_dir = check_report_dir(report_dir, overwrite)
     cases = read_dataset(dataset_csv)
     results: dict[str, dict[str, Any]] = {}
     for m in methods(s):
         on_method and on_method(m, "start")
-        run_dataset(engine_for(m, weights, s), cases, report_dir / "heatmaps" / slug(m.name))
+        # the report folder is this command's own: heatmaps made otherwise (other sizes, weights) are redone
+        run_dataset(engine_for(m, weights, s), cases, report_dir / "heatmaps" / slug(m.name), on_stale="redo")
         results[m.name] = evaluate_heatmaps(
             report_dir / "heatmaps" / slug(m.name), dataset_csv, folds=s.folds, seed=s.seed
         )
@@ -145,19 +176,37 @@ def markdown_table(results: dict[str, dict[str, Any]], best: dict[str, str]) -> 
 
 
 def write_outputs(
-    report_dir: str | Path, dataset_csv: str | Path, out: dict[str, Any], overwrite: bool = True
+    report_dir: str | Path, dataset_csv: str | Path, out: dict[str, Any], overwrite: bool = False
 ) -> list[Path]:
-    """``table.md``, ``results.csv``/``results.json`` and ``figure.png`` in ``report_dir``."""
+    """``table.md``, ``results.csv``/``results.json`` and ``figure.png`` in ``report_dir``, all or none.
+
+    An earlier comparison's files are replaced only with ``overwrite``; the dataset CSV never.
+    """
     report_dir = Path(report_dir)
     md = markdown_table(out["methods"], out["best"])
-    paths = [atomic_write(report_dir / "table.md", lambda t: t.write_text(md), overwrite=overwrite)]
-    paths += write_reports(report_dir / "results", out["methods"], overwrite=overwrite)
-    paths.append(figure(report_dir / "figure.png", dataset_csv, report_dir / "heatmaps", out))
-    return paths
+    png = render_figure(dataset_csv, report_dir / "heatmaps", out)
+    table, *_, fig = report_files(report_dir)
+    writes = [(table, lambda t: t.write_text(md, encoding="utf-8"))]
+    writes += report_writes(report_dir / "results", out["methods"])
+    writes.append((fig, lambda t: t.write_bytes(png)))
+    return atomic_write_all(writes, overwrite=overwrite, inputs=[dataset_csv, *report_inputs(out["methods"])])
 
 
-def figure(path: Path, dataset_csv: str | Path, heat_root: Path, out: dict[str, Any], n_cases: int = 3) -> Path:
-    """Fig. 6 layout: input, ground truth, and each family's heatmap and binarized mask."""
+def figure(
+    path: Path,
+    dataset_csv: str | Path,
+    heat_root: Path,
+    out: dict[str, Any],
+    n_cases: int = 3,
+    overwrite: bool = False,
+) -> Path:
+    """Write :func:`render_figure` as a PNG (atomically; an existing file is kept unless ``overwrite``)."""
+    png = render_figure(dataset_csv, heat_root, out, n_cases)
+    return atomic_write(path, lambda t: t.write_bytes(png), overwrite=overwrite, inputs=[dataset_csv])
+
+
+def render_figure(dataset_csv: str | Path, heat_root: Path, out: dict[str, Any], n_cases: int = 3) -> bytes:
+    """Fig. 6 layout as PNG bytes: input, ground truth, and each family's heatmap and binarized mask."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,19 +214,25 @@ def figure(path: Path, dataset_csv: str | Path, heat_root: Path, out: dict[str, 
 
     from tomofield.evaluation import binarize
 
-    cases: list[Case] = [c for c in read_dataset(dataset_csv) if c.label == 1 and c.mask][:n_cases]
+    every = read_dataset(dataset_csv)
+    # positives with a mask; without any, positives, else any volume (no ground truth drawn)
+    cases: list[Case] = ([c for c in every if c.label == 1 and c.mask] or [c for c in every if c.label == 1] or every)[
+        :n_cases
+    ]
     fams = list(out["best"].items())
     ncol = 2 + 2 * len(fams)
     fig, axes = plt.subplots(len(cases), ncol, figsize=(1.6 * ncol, 1.8 * len(cases) + 0.6), squeeze=False)
     for row, case in enumerate(cases):
         vol = load_volume(list(case.images)).data[0].numpy()
-        mask = load_volume(case.mask).data[0].numpy() > 0
-        d = int(np.argmax(mask.sum(axis=(1, 2))))
+        mask = load_volume(case.mask).data[0].numpy() > 0 if case.mask else np.zeros(vol.shape, bool)
+        d = int(np.argmax(mask.sum(axis=(1, 2)))) if mask.any() else vol.shape[0] // 2
         panels: list[tuple[str, np.ndarray, str]] = [("input", vol[d], "gray"), ("ground truth", mask[d], "gray")]
         for family, name in fams:
             r = out["methods"][name]
             heat = load_volume(heat_root / slug(name) / f"{case.name}.nii.gz").data[0].numpy()
-            binm = binarize(heat, min(r["tau_prime"], r["tau"]), r["tau"])
+            tau, tau_prime = r.get("tau"), r.get("tau_prime")
+            usable = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (tau, tau_prime))
+            binm = binarize(heat, min(tau_prime, tau), tau) if usable else np.zeros(heat.shape, bool)
             panels += [(family, heat[d], "inferno"), (f"{family}\nmask", binm[d], "gray")]
         for col, (title, img, cmap) in enumerate(panels):
             ax = axes[row, col]
@@ -188,7 +243,9 @@ def figure(path: Path, dataset_csv: str | Path, heat_root: Path, out: dict[str, 
                 ax.set_title(title, fontsize=7)
         axes[row, 0].set_ylabel(case.name, fontsize=7)
     fig.tight_layout()
+    buf = io.BytesIO()
     try:
-        return atomic_write(path, lambda t: fig.savefig(t, dpi=90, format="png"), overwrite=True)
+        fig.savefig(buf, dpi=90, format="png")
     finally:
         plt.close(fig)
+    return buf.getvalue()

@@ -96,8 +96,7 @@ def phantom_demo(
     )
     r = correlation(heat[0], volume.data[0])
     console.print(
-        f"correlation with the phantom: {r:.3f}  (outputs in {out_dir}/: "
-        "phantom.nii.gz, heatmap.nii.gz, preview.png)"
+        f"correlation with the phantom: {r:.3f}  (outputs in {out_dir}/: phantom.nii.gz, heatmap.nii.gz, preview.png)"
     )
     return r
 

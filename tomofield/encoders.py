@@ -189,11 +189,24 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
             "give a .safetensors file or the output folder of tomofield train"
         )
     if path.suffix.lower() in PICKLE_SUFFIXES:
+        import json
+        import shlex
+        import sys
+
+        src, dst = path.absolute(), path.absolute().with_suffix(".safetensors")
+        # one shell command that works from any folder: absolute paths, a checkpoint's "state_dict",
+        # tied or strided tensors (cloned, contiguous) and non-tensor entries (dropped) all handled
+        code = (
+            "import torch; from safetensors.torch import save_file; "
+            f's = torch.load({json.dumps(str(src))}, map_location="cpu", weights_only=True); '
+            's = s.get("state_dict", s); '
+            "save_file({k: v.detach().contiguous().clone() for k, v in s.items() if isinstance(v, torch.Tensor)}, "
+            f"{json.dumps(str(dst))})"
+        )
         raise InputError(
             f"refusing to load {str(path)!r}: pickle-based checkpoints can run arbitrary code. "
-            'Convert it once, in a trusted environment: python -c "import torch; '
-            "from safetensors.torch import save_file; "
-            f"save_file(torch.load('{path.name}', weights_only=True), '{path.stem}.safetensors')\""
+            f"Convert it once, in a trusted environment, with: {shlex.quote(sys.executable)} -c {shlex.quote(code)} "
+            f"(then give --weights {shlex.quote(str(dst))})"
         )
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -201,7 +214,9 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"cannot read weights {str(path)!r} as safetensors: {exc}") from exc
+        raise InputError(
+            f"cannot read weights {str(path)!r} as safetensors (a truncated file, or another format): {exc}"
+        ) from exc
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:

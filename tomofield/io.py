@@ -8,7 +8,10 @@ volume is given in the tensor's axis order (d, h, w).
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -45,12 +48,14 @@ class Heatmap:
         affine: the input's voxel-to-world affine (NIfTI's (i, j, k) convention, RAS mm).
         spacing: voxel size per (d, h, w) axis in mm.
         header: the input's NIfTI header (its geometry is written back), or None.
+        sources: the input's files, which :meth:`save` never replaces.
     """
 
     data: Tensor
     affine: np.ndarray
     spacing: tuple[float, float, float]
     header: object = None
+    sources: tuple[Path, ...] = ()
 
     @classmethod
     def on(cls, data: Tensor, volume: Volume) -> Heatmap:
@@ -59,12 +64,24 @@ class Heatmap:
             raise InputError(
                 f"heatmap grid {tuple(data.shape[-3:])} differs from the input grid {tuple(volume.data.shape[1:])}"
             )
-        return cls(data, volume.affine, volume.spacing, volume.header)
+        return cls(data, volume.affine, volume.spacing, volume.header, tuple(volume.paths))
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write as NIfTI with the input's affine and header geometry (atomic; no overwrite unless asked)."""
+        """Write as NIfTI with the input's affine and header geometry (atomic; no overwrite unless asked).
+
+        Refused: replacing one of ``sources`` (even with ``overwrite``), and a heatmap with
+        NaN or infinite values (a reconstruction that overflowed float32).
+        """
+        data = self.data.detach().cpu()
+        bad = int((~torch.isfinite(data)).sum())
+        if bad:
+            raise InputError(
+                f"not writing {str(path)!r}: the heatmap holds {bad} NaN or infinite value(s) of {data.numel()}, "
+                "as when the reconstruction overflows float32; rescale the input so that its values stay within "
+                f"+-{VALUE_LIMIT:g} (load_volume(..., check_content=True) checks this)"
+            )
         return save_nifti(
-            path, self.data.detach().cpu(), self.affine, self.header, overwrite, description="tomofield heatmap"
+            path, data, self.affine, self.header, overwrite, description="tomofield heatmap", inputs=self.sources
         )
 
 
@@ -98,29 +115,122 @@ def spacing_from_affine(affine: np.ndarray, source: str = "") -> tuple[float, fl
     return float(ijk[2]), float(ijk[1]), float(ijk[0])
 
 
-def _load_one(path: Path) -> tuple[np.ndarray, object]:
+#: float32's largest finite value: volumes are computed in float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: Voxel magnitudes above this are refused in volumes to reconstruct (``check_content``):
+#: squares of values beyond ~1.8e19 overflow float32 (norm layers, attention), and a
+#: reconstruction multiplies values by up to ~1e8 (filter, slice area, directions).
+VALUE_LIMIT = 1e18
+_NAN_FIX = (
+    "replace them in the file, or let tomofield set them to 0: --nan-policy zero with tomofield run or "
+    "tomofield features, nan_policy='zero' in Python"
+)
+
+
+def _f32(value: float) -> str:
+    """A float32 value as it prints in float32 (``0.1``, not ``0.10000000149011612``)."""
+    return str(np.float32(value))
+
+
+def _range(values: np.ndarray) -> tuple[float, float] | None:
+    """(min, max) of the finite values, in float64; None when there is none."""
+    if values.dtype.kind == "f":
+        finite = np.isfinite(values)
+        if not finite.any():
+            return None
+        if not finite.all():
+            values = values[finite]
+    elif values.size == 0:
+        return None
+    return float(values.min()), float(values.max())
+
+
+def _scaled(img: object) -> bool:
+    """Whether the image's data are scaled by its header (``scl_slope``, ``scl_inter``)."""
+    proxy = getattr(img, "dataobj", None)
+    return float(getattr(proxy, "slope", 1.0)) != 1.0 or float(getattr(proxy, "inter", 0.0)) != 0.0
+
+
+def _load_one(path: Path, nan_policy: str = "refuse") -> tuple[np.ndarray, object, int, list[tuple[float, float]]]:
+    """One file as float32 (i, j, k, c), its image, the non-finite voxels replaced and each channel's file range.
+
+    Values the format allows but float32 cannot hold are refused, naming the file and the
+    values: complex voxels with an imaginary part, colour (RGB) voxels, and finite values
+    beyond float32's range (float64 data, or integers times a large ``scl_slope``). Complex
+    voxels whose imaginary part is 0 everywhere are read as their real part (nothing is lost).
+    """
     import nibabel as nib
 
     if not path.exists():
         raise InputError(f"input file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise InputError(f"input {str(path)!r} is a folder; give a NIfTI file ({', '.join(NIFTI_SUFFIXES)})")
     if not is_nifti(path):
         raise InputError(f"input file {str(path)!r} is not NIfTI; valid suffixes: {', '.join(NIFTI_SUFFIXES)}")
     try:
         img = nib.load(str(path))
-        arr = np.asarray(img.dataobj, dtype=np.float32)
+        stored = img.get_data_dtype()
+        shape = tuple(int(n) for n in img.shape)
     except Exception as exc:  # nibabel, gzip and zlib raise many types on corrupt files
         raise InputError(f"cannot read {str(path)!r} as NIfTI ({type(exc).__name__}: {exc})") from exc
-    if arr.ndim == 5 and arr.shape[3] == 1:  # (i, j, k, 1, c): NIfTI vector images
-        arr = arr[:, :, :, 0, :]
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.ndim != 4:
-        raise InputError(f"{str(path)!r} has shape {arr.shape}: expected a 3D volume or 4D (channels last)")
-    if min(arr.shape[:3]) < 2:
+    if stored.fields:  # NIfTI RGB24 / RGBA32: a record of colour bytes per voxel
         raise InputError(
-            f"{str(path)!r} has shape {arr.shape[:3]}: a 2D image, not a volume (every axis needs >= 2 voxels)"
+            f"{str(path)!r} holds colour voxels ({', '.join(stored.names)}), not intensities; tomofield reads scalar "
+            "volumes: save each colour as its own NIfTI and give them together as channels "
+            "(tomofield run R.nii.gz G.nii.gz B.nii.gz), or convert the image to grey"
         )
-    return arr, img
+    if 0 in shape:
+        raise InputError(f"{str(path)!r} has shape {shape}: an axis without voxels (every axis needs >= 2 voxels)")
+    try:
+        data = np.asanyarray(img.dataobj)  # scaled by scl_slope/scl_inter (in float64) when the header says so
+    except Exception as exc:
+        raise InputError(f"cannot read {str(path)!r} as NIfTI ({type(exc).__name__}: {exc})") from exc
+    if np.iscomplexobj(data):
+        imag = np.abs(data.imag)
+        if np.any(imag != 0) or not np.isfinite(imag).all():
+            peak = np.nanmax(imag) if np.isfinite(imag).any() else float("nan")
+            raise InputError(
+                f"{str(path)!r} holds complex voxels ({stored}) with imaginary parts up to {float(peak)!r}; "
+                "tomofield reads real volumes: save the magnitude (numpy.abs) or the real part as a real NIfTI"
+            )
+        data = data.real
+    if data.dtype.kind == "b":
+        data = data.astype(np.uint8)
+    if data.ndim == 5 and data.shape[3] == 1:  # (i, j, k, 1, c): NIfTI vector images
+        data = data[:, :, :, 0, :]
+    if data.ndim == 3:
+        data = data[..., None]
+    if data.ndim != 4:
+        raise InputError(f"{str(path)!r} has shape {data.shape}: expected a 3D volume or 4D (channels last)")
+    if min(data.shape[:3]) < 2:
+        raise InputError(
+            f"{str(path)!r} has shape {data.shape[:3]}: a 2D image, not a volume (every axis needs >= 2 voxels)"
+        )
+    ranges = [_range(data[..., c]) for c in range(data.shape[3])]
+    known = [r for r in ranges if r is not None]
+    if known:
+        lo, hi = min(r[0] for r in known), max(r[1] for r in known)
+        if max(abs(lo), abs(hi)) > FLOAT32_MAX:
+            raise InputError(
+                f"{str(path)!r}: values span [{lo!r}, {hi!r}] ({stored}"
+                + (", scaled by the header's scl_slope/scl_inter" if _scaled(img) else "")
+                + f"), beyond float32's range of +-{FLOAT32_MAX:.4g} in which tomofield computes; "
+                "rescale the image (e.g. to other units) and save it again"
+            )
+    replaced = 0
+    if data.dtype.kind == "f":
+        bad = ~np.isfinite(data)
+        replaced = int(bad.sum())
+        if replaced and nan_policy == "refuse":
+            nans = int(np.isnan(data).sum())
+            raise InputError(
+                f"{str(path)!r}: {replaced} non-finite voxel(s) of {data.size} ({nans} NaN, {replaced - nans} "
+                f"infinite); {_NAN_FIX}"
+            )
+        if replaced:
+            data = np.where(bad, 0, data)
+    arr = np.asarray(data, dtype=np.float32)
+    return arr, img, replaced, [r if r is not None else (0.0, 0.0) for r in ranges]
 
 
 NAN_POLICIES = ("refuse", "zero")
@@ -133,12 +243,15 @@ def load_volume(
 ) -> Volume:
     """Load one NIfTI (3D, or 4D with channels last) or several, stacked as channels.
 
-    Several files must share their grid: same shape and affine.
+    Several files must share their grid: same shape and affine. Any stored type is read
+    into float32; values it cannot hold are refused (see ``_load_one``), never rounded to
+    infinity.
 
     Args:
         nan_policy: ``refuse`` NaN/Inf voxels, or replace them by ``zero`` (the count is
             kept in ``Volume.replaced``).
-        check_content: also refuse constant volumes (nothing to reconstruct).
+        check_content: the volume is to be reconstructed: also refuse constant channels
+            and values beyond +-``VALUE_LIMIT``.
     """
     if nan_policy not in NAN_POLICIES:
         raise InputError(f"unknown NaN policy {nan_policy!r}; valid: {', '.join(NAN_POLICIES)}")
@@ -147,9 +260,10 @@ def load_volume(
     paths = [Path(p) for p in paths]
     if not paths:
         raise InputError("no input file given")
-    arrays, first = [], None
+    arrays, first, replaced = [], None, 0
+    channels: list[tuple[str, str, tuple[float, float]]] = []  # each channel: file, which, range in the file
     for p in paths:
-        arr, img = _load_one(p)
+        arr, img, n_bad, ranges = _load_one(p, nan_policy)
         if first is None:
             first = (p, arr.shape[:3], img)
         else:
@@ -161,69 +275,195 @@ def load_volume(
             if not np.allclose(img.affine, img0.affine, atol=1e-3):
                 raise InputError(f"{str(p)!r} and {str(p0)!r} have different affines: channels must be co-registered")
         arrays.append(arr)
+        replaced += n_bad
+        channels += [
+            (repr(str(p)), f"channel {j}" if len(ranges) > 1 else "the volume", r) for j, r in enumerate(ranges)
+        ]
     assert first is not None
-    data = np.concatenate(arrays, axis=3)
-    bad = ~np.isfinite(data)
-    replaced = int(bad.sum())
-    if replaced and nan_policy == "refuse":
-        raise InputError(
-            f"{', '.join(map(str, paths))}: {replaced} non-finite voxel(s) (NaN or Inf); fix them first or "
-            "pass --nan-policy zero to replace them by 0"
-        )
-    if replaced:
-        data = np.where(bad, np.float32(0), data)
+    data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=3)
     if check_content:
-        for c in range(data.shape[3]):
-            lo, hi = float(data[..., c].min()), float(data[..., c].max())
-            if lo == hi:
+        for c, (name, which, (flo, fhi)) in enumerate(channels):
+            if max(abs(flo), abs(fhi)) > VALUE_LIMIT:
                 raise InputError(
-                    f"{', '.join(map(str, paths))}: channel {c} is constant ({lo}): nothing to reconstruct"
+                    f"{name}: {which}'s values span [{flo!r}, {fhi!r}]; tomofield reconstructs |values| up to "
+                    f"{VALUE_LIMIT:g} "
+                    "(float32 overflows beyond): rescale the image (e.g. to other units) and save it again"
                 )
+            lo, hi = float(data[..., c].min()), float(data[..., c].max())
+            if lo == hi and flo != fhi:
+                raise InputError(
+                    f"{name}: {which}'s values span [{flo!r}, {fhi!r}], which float32 cannot tell apart (all read as "
+                    f"{_f32(lo)}): subtract the offset or rescale the image and save it again"
+                )
+            if lo == hi:
+                raise InputError(f"{name}: {which} is constant ({_f32(lo)}): nothing to reconstruct")
     img = first[2]
     spacing = spacing_from_affine(img.affine, str(paths[0]))
     lo, hi = SPACING_RANGE
     if not all(lo <= s <= hi for s in spacing):
         raise InputError(
-            f"{paths[0]}: voxel size {tuple(round(s, 6) for s in spacing)} mm is outside [{lo}, {hi}] mm; "
-            "the header's affine is probably wrong (fix it, e.g. in 3D Slicer, or use --geometry normalized)"
+            f"{str(paths[0])!r}: voxel size ({', '.join(f'{s:.6g}' for s in spacing)}) mm is outside [{lo}, {hi}] "
+            "mm; the header's affine is probably wrong: fix the voxel size (pixdim, or the sform/qform) in the "
+            "header, e.g. in 3D Slicer, and save the image again"
         )
     tensor = torch.from_numpy(np.ascontiguousarray(data.transpose(3, 2, 1, 0)))
     return Volume(tensor, np.asarray(img.affine), spacing, img.header, paths, replaced)
 
 
-def check_output_path(path: str | Path, overwrite: bool = False, suffixes: Sequence[str] = NIFTI_SUFFIXES) -> Path:
-    """Refuse early an output that would overwrite a file or has the wrong suffix."""
-    path = Path(path)
-    if not str(path).lower().endswith(tuple(suffixes)):
-        raise InputError(f"output {str(path)!r} must end with one of: {', '.join(suffixes)}")
+# -- writing ------------------------------------------------------------------------------------
+#: Why a write failed, by errno, and what to do about it.
+_WRITE_FAILURES = {
+    errno.ENOSPC: "no space left on the device; free some space or write elsewhere",
+    errno.EDQUOT: "the disk quota is exceeded; free some space or write elsewhere",
+    errno.EACCES: "permission denied; choose a folder you can write to",
+    errno.EPERM: "operation not permitted; choose a folder you can write to",
+    errno.EROFS: "the file system is read-only; choose a folder on a writable one",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.EISDIR: "it is a folder; give a file name",
+    errno.ENAMETOOLONG: "the name is too long; choose a shorter one",
+}
+
+
+def write_error(path: str | Path, exc: OSError) -> InputError:
+    """The InputError for an OSError raised while writing ``path``: the path, the reason, the fix."""
+    reason = _WRITE_FAILURES.get(exc.errno or -1)
+    if reason is None:
+        reason = f"{exc.strerror or exc}; choose another output path"
+    name = errno.errorcode.get(exc.errno or -1)
+    return InputError(f"cannot write {str(path)!r}: {reason}" + (f" ({name})" if name else ""))
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` name one existing file (through links, ``..`` or case-insensitive names)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_target(path: Path, shown: str, overwrite: bool, inputs: Sequence[str | Path]) -> None:
+    """Refuse a target that cannot or must not be written: see :func:`check_output_path`."""
+    try:
+        _check_target_unsafe(path, shown, overwrite, inputs)
+    except OSError as exc:  # a name too long, a loop of links: what writing it would meet
+        raise write_error(shown, exc) from exc
+
+
+def _check_target_unsafe(path: Path, shown: str, overwrite: bool, inputs: Sequence[str | Path]) -> None:
+    if path.is_dir():
+        raise InputError(f"output {shown!r} is a folder; give a file name (inside it or elsewhere)")
+    for q in inputs:
+        if same_file(path, q):
+            raise InputError(
+                f"output {shown!r} is the input {str(q)!r}; writing it would destroy the input "
+                "(even with --overwrite): choose another output name"
+            )
+    folder = next((p for p in path.parents if p.exists()), Path("."))
+    if not folder.is_dir():
+        raise InputError(f"cannot write {shown!r}: {str(folder)!r} is a file, not a folder; choose another path")
     if path.exists() and not overwrite:
-        raise InputError(f"output {str(path)!r} exists; pass --overwrite to replace it")
-    if path.exists() and path.is_dir():
-        raise InputError(f"output {str(path)!r} is a directory")
+        raise InputError(f"output {shown!r} exists; pass --overwrite to replace it")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {shown!r}: the folder {str(folder)!r} is not writable; choose another")
+
+
+def check_output_path(
+    path: str | Path,
+    overwrite: bool = False,
+    suffixes: Sequence[str] = NIFTI_SUFFIXES,
+    inputs: Sequence[str | Path] = (),
+) -> Path:
+    """Refuse early an output that could not be written or must not be.
+
+    Refused: a wrong suffix, a folder, one of ``inputs`` (even with ``overwrite``), a path
+    under a file, an existing file unless ``overwrite``, and a folder this process cannot
+    write to.
+    """
+    shown = str(path)
+    path = Path(path)
+    if not shown.lower().endswith(tuple(s.lower() for s in suffixes)):
+        raise InputError(f"output {shown!r} must end with one of: {', '.join(suffixes)}")
+    _check_target(path, shown, overwrite, inputs)
     return path
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc tells)."""
+    with suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_all(
+    writes: Sequence[tuple[str | Path, Callable[[Path], None]]],
+    overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
+) -> list[Path]:
+    """Write several files all or none: each ``write(tmp)`` on a temporary name beside its path, then rename.
+
+    Every target is checked first (as :func:`check_output_path` does, without the suffix),
+    so nothing is written when one is refused. Until every write succeeded nothing appears;
+    on failure the temporary files, and folders made for them, are removed, and an OSError
+    (full disk, permissions, read-only file system) becomes an InputError naming the path
+    and the reason. A new file gets the permissions of the umask, as an ordinary file
+    does; a replaced one keeps its own.
+    """
+    targets = [(Path(p), w) for p, w in writes]
+    for path, _ in targets:
+        _check_target(path, str(path), overwrite, inputs)
+    made: list[Path] = []  # folders created here, removed again on failure
+    temps: list[Path] = []
+    done = False
+    current = targets[0][0] if targets else Path(".")
+    try:
+        for path, _ in targets:
+            current = path
+            missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made += [p for p in reversed(missing) if p not in made]
+        umask = _umask()
+        for path, write in targets:
+            current = path
+            suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
+            # the name's start only: a temporary name must not outgrow the file system's limit
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=f".tmp{suffix}", dir=path.parent)
+            os.close(fd)
+            temps.append(Path(tmp))
+            mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~umask
+            os.chmod(tmp, mode)
+            write(Path(tmp))
+            if Path(tmp).exists():  # the writer may have replaced the file: the mode again
+                os.chmod(tmp, mode)
+        for (path, _), tmp in zip(targets, temps, strict=True):
+            current = path
+            os.replace(tmp, path)
+        done = True
+    except OSError as exc:
+        raise write_error(current, exc) from exc
+    finally:
+        for tmp in temps if not done else []:
+            with suppress(OSError):
+                os.unlink(tmp)
+        if not done:
+            for folder in reversed(made):
+                with suppress(OSError):
+                    folder.rmdir()
+    return [path for path, _ in targets]
+
+
+def atomic_write(
+    path: str | Path, write: Callable[[Path], None], overwrite: bool = False, inputs: Sequence[str | Path] = ()
+) -> Path:
     """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it into place.
 
     Nothing appears at ``path`` unless ``write`` succeeds; an existing file is kept
-    unless ``overwrite``.
+    unless ``overwrite``, and one of ``inputs`` always. See :func:`atomic_write_all`.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"output {str(path)!r} exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if str(path).lower().endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_all([(path, write)], overwrite=overwrite, inputs=inputs)[0]
 
 
 def to_nifti_array(data: Tensor | np.ndarray) -> np.ndarray:
@@ -243,15 +483,19 @@ def save_nifti(
     overwrite: bool = False,
     dtype: type = np.float32,
     description: str = "tomofield",
+    inputs: Sequence[str | Path] = (),
 ) -> Path:
     """Write ``data`` (K, D, H, W) or (D, H, W) atomically as NIfTI.
 
     With a reference ``header``, its geometry (qform, sform and their codes, units) is
-    kept and only the data type, shape, scaling and description change.
+    kept and only the data type, shape, scaling and description change. Values ``dtype``
+    cannot hold (beyond float32's range; for an integer type, fractions or values out of
+    its range) are refused, never rounded to infinity or wrapped. ``inputs`` are never
+    replaced.
     """
     import nibabel as nib
 
-    arr = to_nifti_array(data).astype(dtype)
+    arr = _storable(to_nifti_array(data), np.dtype(dtype), path)
     if header is not None:
         hdr = header.copy()
         hdr.set_data_dtype(dtype)
@@ -268,7 +512,35 @@ def save_nifti(
     img.header["descrip"] = description.encode()[:79]
     if np.issubdtype(arr.dtype, np.floating) and arr.size:
         img.header["cal_min"], img.header["cal_max"] = float(arr.min()), float(arr.max())
-    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite=overwrite)
+    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite=overwrite, inputs=inputs)
+
+
+def _storable(arr: np.ndarray, dtype: np.dtype, path: str | Path) -> np.ndarray:
+    """``arr`` as ``dtype``, refused (naming ``path`` and the values) when the cast would change values."""
+    if arr.dtype == dtype:
+        return arr
+    if np.iscomplexobj(arr):
+        raise InputError(f"cannot write {str(path)!r}: complex data cannot be stored as {dtype}")
+    span = _range(arr)
+    if span is not None and dtype.kind == "f":
+        limit = float(np.finfo(dtype).max)
+        if max(abs(span[0]), abs(span[1])) > limit:
+            raise InputError(
+                f"cannot write {str(path)!r} as {dtype}: values span [{span[0]!r}, {span[1]!r}], beyond its "
+                f"range of +-{limit:.4g}"
+            )
+    elif dtype.kind in "iub":
+        info = np.iinfo(dtype) if dtype.kind != "b" else np.iinfo(np.uint8)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise InputError(f"cannot write {str(path)!r} as {dtype}: the data hold NaN or infinite values")
+        lo, hi = span if span is not None else (0.0, 0.0)
+        if lo < info.min or hi > info.max or (arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr))):
+            raise InputError(
+                f"cannot write {str(path)!r} as {dtype}: values span [{lo!r}, {hi!r}]"
+                + (" with fractions" if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)) else "")
+                + f"; {dtype} holds the integers {info.min}..{info.max}"
+            )
+    return arr.astype(dtype)
 
 
 def save_heatmap(
@@ -283,6 +555,8 @@ def save_heatmap(
         if reference is None:
             raise InputError("save_heatmap needs the reference volume for a plain tensor heatmap")
         heatmap = Heatmap.on(heatmap, reference)
+    elif reference is not None:
+        heatmap = dataclasses.replace(heatmap, sources=(*heatmap.sources, *reference.paths))
     return heatmap.save(path, overwrite)
 
 

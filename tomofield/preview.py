@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tomofield.io import atomic_write
+from tomofield.errors import InputError
+from tomofield.io import atomic_write, check_output_path
 
 
 def _planes(vol: np.ndarray, at: Sequence[int]) -> list[np.ndarray]:
@@ -31,7 +32,14 @@ def write_preview(
         volume: (D, H, W) input (first channel) on the same grid.
         spacing: (d, h, w) voxel size, for true aspect ratios.
         mask: optional (D, H, W) ground truth, drawn as a cyan contour on every panel.
+
+    The path must end with ``.png``; an existing file is kept unless ``overwrite``, and a
+    heatmap with NaN or infinite values is refused (there is no maximum to draw through).
     """
+    check_output_path(path, overwrite, suffixes=(".png",))
+    bad = int((~np.isfinite(np.asarray(heatmap, dtype=np.float64))).sum())
+    if bad:
+        raise InputError(f"not drawing {str(path)!r}: the heatmap holds {bad} NaN or infinite value(s)")
     import matplotlib
 
     matplotlib.use("Agg")

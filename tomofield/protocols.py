@@ -52,6 +52,9 @@ class Option:
     #: inclusive bounds of a numeric option (None: unbounded)
     min: float | None = None
     max: float | None = None
+    #: from Python the factory also takes objects of its own (a projection matrix for a file name):
+    #: those pass unchecked, the factory checks them; the CLI gives ``type``
+    objects: bool = False
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -93,6 +96,8 @@ class Option:
         """
         if value is None and self.default is None:
             return None  # an optional option left unset
+        if self.objects and not isinstance(value, (str, Path, int, float, bool)):
+            return value  # the factory's own kind of object, from Python
         converted = self._convert(value)
         ok = converted is not _BAD
         if ok and self.choices is not None:

@@ -6,15 +6,16 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tomofield.batch import heatmap_path
-from tomofield.dataset import Case, read_dataset
+from tomofield.batch import check_records, heatmap_path
+from tomofield.dataset import Case, csv_rows, read_dataset
 from tomofield.errors import InputError
-from tomofield.io import atomic_write, load_volume
+from tomofield.io import atomic_write_all, load_volume
 
 METRICS = ("precision", "recall", "f1", "dice", "max_iou", "balanced_accuracy")
 
@@ -25,25 +26,40 @@ def read_boxes(path: str | Path, cases: list[Case]) -> list[tuple[int, ...] | No
     if not path.is_file():
         raise InputError(f"boxes CSV {str(path)!r} does not exist")
     by_name: dict[str, tuple[int, ...]] = {}
-    with path.open(newline="") as fh:
-        for i, row in enumerate(csv.DictReader(fh), start=2):
-            try:
-                name = Path(row["image"].split(";")[0].strip()).name
-                by_name[name] = tuple(int(row[k]) for k in ("d0", "h0", "w0", "d1", "h1", "w1"))
-            except (KeyError, ValueError, AttributeError) as exc:
-                raise InputError(f"{path}, row {i}: expected image,d0,h0,w0,d1,h1,w1 integers ({exc})") from None
+    for i, row in enumerate(csv_rows(path, "boxes CSV"), start=2):
+        row = {(k or "").strip(): (v or "").strip() if isinstance(v, str) else v for k, v in row.items()}
+        if not any(row.values()):
+            continue
+        try:
+            name = Path(row["image"].split(";")[0].strip()).name
+            by_name[name] = tuple(int(row[k]) for k in ("d0", "h0", "w0", "d1", "h1", "w1"))
+        except (KeyError, ValueError, AttributeError) as exc:
+            raise InputError(f"{path}, row {i}: expected image,d0,h0,w0,d1,h1,w1 integers ({exc})") from None
     return [by_name.get(c.images[0].name) for c in cases]
 
 
-def load_heatmaps(heatmaps_dir: str | Path, cases: list[Case]) -> list[np.ndarray]:
-    """First channel of each case's heatmap, (D, H, W); missing ones are named."""
+def load_heatmaps(
+    heatmaps_dir: str | Path, cases: list[Case], dataset_csv: str | Path = "DATASET.csv"
+) -> list[np.ndarray]:
+    """First channel of each case's heatmap, (D, H, W); missing ones are named.
+
+    Heatmaps that carry a provenance record (:mod:`tomofield.batch`) must all come from one
+    run and from the cases' current images; :func:`tomofield.batch.check_records` refuses others.
+    """
     missing = [c.name for c in cases if not heatmap_path(heatmaps_dir, c).is_file()]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise InputError(
-            f"{heatmaps_dir}: no heatmap for {', '.join(missing[:5])}{more}; run tomofield run DATASET.csv first"
+            f"{heatmaps_dir}: no heatmap for {', '.join(missing[:5])}{more}; make them first with "
+            f"tomofield run {dataset_csv} -o {heatmaps_dir}"
         )
-    return [load_volume(heatmap_path(heatmaps_dir, c)).data[0].numpy() for c in cases]
+    heats, headers = [], []
+    for c in cases:
+        vol = load_volume(heatmap_path(heatmaps_dir, c))
+        heats.append(vol.data[0].numpy())
+        headers.append(vol.header)
+    check_records(heatmaps_dir, cases, headers, dataset_csv)
+    return heats
 
 
 def evaluate_heatmaps(
@@ -59,7 +75,15 @@ def evaluate_heatmaps(
     from tomofield.evaluation import evaluate
 
     cases = read_dataset(dataset_csv)
-    heats = load_heatmaps(heatmaps_dir, cases)
+    if len(cases) < 2:
+        raise InputError(
+            f"{str(dataset_csv)!r} lists {len(cases)} volume(s); the evaluation protocol (paper A.7) tunes the "
+            "threshold on some volumes and scores the others, so it needs at least 2 (both classes for "
+            "balanced accuracy)"
+        )
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1 or not 0 <= iou < 1:
+        raise InputError(f"need folds >= 1 and 0 <= iou < 1, got folds={folds!r}, iou={iou!r}")
+    heats = load_heatmaps(heatmaps_dir, cases, dataset_csv)
     labels = [int(c.label) for c in cases]
     masks = boxes = None
     if boxes_csv:
@@ -74,6 +98,7 @@ def evaluate_heatmaps(
     res = evaluate(heats, labels, masks=masks, boxes=boxes, folds=folds, iou_threshold=iou, seed=seed)
     res["volumes"] = len(cases)
     res["positives"] = int(sum(labels))
+    res["inputs"] = [str(p) for p in (dataset_csv, boxes_csv) if p]  # files write_reports never replaces
     return res
 
 
@@ -90,17 +115,60 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_reports(prefix: str | Path, results: dict[str, dict[str, Any]], overwrite: bool = False) -> list[Path]:
-    """``PREFIX.json`` (everything) and ``PREFIX.csv`` (one row per method)."""
+def report_paths(prefix: str | Path) -> list[Path]:
+    """``PREFIX.json`` and ``PREFIX.csv``; a ``.json`` or ``.csv`` ending of ``prefix`` is dropped, no other."""
     prefix = Path(prefix)
+    name = prefix.name[: -len(prefix.suffix)] if prefix.suffix.lower() in (".json", ".csv") else prefix.name
+    return [prefix.with_name(name + ".json"), prefix.with_name(name + ".csv")]
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None (JSON has no such numbers; strict readers refuse them)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    return value
+
+
+def report_writes(prefix: str | Path, results: dict[str, dict[str, Any]]) -> list[tuple[Path, Any]]:
+    """The two files of :func:`write_reports` as ``(path, write(tmp))`` pairs for ``atomic_write_all``."""
     rows = summary_rows(results)
     cols = ["method"] + [c for m in METRICS for c in (m, f"{m}_std") if any(c in r for r in rows)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    text = json.dumps(results, indent=2, default=float)
-    paths = [prefix.with_suffix(".json"), prefix.with_suffix(".csv")]
-    atomic_write(paths[0], lambda t: t.write_text(text), overwrite=overwrite)
-    atomic_write(paths[1], lambda t: t.write_text(buf.getvalue()), overwrite=overwrite)
-    return paths
+    text = json.dumps(_json_safe(results), indent=2, default=float, allow_nan=False)
+    paths = report_paths(prefix)
+    return [
+        (paths[0], lambda t: t.write_text(text, encoding="utf-8")),
+        (paths[1], lambda t: t.write_text(buf.getvalue(), encoding="utf-8")),
+    ]
+
+
+def report_inputs(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The files the results were computed from (each result's ``inputs``)."""
+    return [p for r in results.values() if isinstance(r, dict) for p in r.get("inputs", ())]
+
+
+def write_reports(
+    prefix: str | Path,
+    results: dict[str, dict[str, Any]],
+    overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
+) -> list[Path]:
+    """``PREFIX.json`` (everything; NaN as null) and ``PREFIX.csv`` (one row per method), both or neither.
+
+    Neither replaces an existing file unless ``overwrite``, nor ever one of ``inputs`` or
+    of the files the results were computed from (their ``inputs``).
+    """
+    return atomic_write_all(
+        report_writes(prefix, results), overwrite=overwrite, inputs=[*inputs, *report_inputs(results)]
+    )

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +275,8 @@ def _save(path: Path, array_dhw: np.ndarray, spacing: Sequence[float]) -> None:
     """Atomically write a (D, H, W) array as NIfTI (stored W, H, D; affine diag(sW, sH, sD))."""
     import nibabel as nib
 
+    from tomofield.io import atomic_write
+
     path = Path(path)
     dtype = np.uint8 if array_dhw.dtype in (np.bool_, np.uint8) else np.float32
     s_d, s_h, s_w = (float(s) for s in spacing)
@@ -284,24 +286,55 @@ def _save(path: Path, array_dhw: np.ndarray, spacing: Sequence[float]) -> None:
     nii.set_qform(affine, code=1)
     nii.set_sform(affine, code=1)
     nii.header.set_xyzt_units("mm")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".nii.gz")
-    os.close(fd)
-    try:
-        nib.save(nii, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: nib.save(nii, str(tmp)))
 
 
 def _write_csv(path: Path, rows: list[tuple[str, int, str]]) -> None:
-    """Atomically write an ``image,label,mask`` CSV."""
-    tmp = path.with_name(f".tmp_{path.name}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "label", "mask"])
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    """Atomically write an ``image,label,mask`` CSV (UTF-8)."""
+    from tomofield.io import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "label", "mask"])
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+#: The ranges write_dataset takes: a few to many cases, grids a CPU writes in minutes.
+LIMITS = {"n": (4, 100_000), "size": (16, 512), "spacing": (0.01, 100.0)}
+
+
+def check_settings(*, n: int, size: int, seed: int, spacing: Sequence[float], val_fraction: float) -> None:
+    """Refuse settings :func:`write_dataset` cannot honour, naming the value and the valid range."""
+    from tomofield.errors import InputError
+    from tomofield.protocols import SEED_MAX
+
+    def integer(v: object) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    (n_lo, n_hi), (s_lo, s_hi), (mm_lo, mm_hi) = LIMITS["n"], LIMITS["size"], LIMITS["spacing"]
+    problems = []
+    if not integer(n) or not n_lo <= n <= n_hi:
+        problems.append(f"n={n!r} (valid: an integer in {n_lo}..{n_hi}; half the cases are positive)")
+    if not integer(size) or not s_lo <= size <= s_hi:
+        problems.append(f"size={size!r} (valid: an integer in {s_lo}..{s_hi} voxels)")
+    if not integer(seed) or not 0 <= seed <= SEED_MAX:
+        problems.append(f"seed={seed!r} (valid: an integer in 0..{SEED_MAX})")
+    try:
+        sp = [float(x) for x in spacing]
+    except (TypeError, ValueError):
+        sp = []
+    if len(sp) != 3 or not all(mm_lo <= x <= mm_hi for x in sp):
+        problems.append(
+            f"spacing={tuple(spacing) if isinstance(spacing, (list, tuple)) else spacing!r} "
+            f"(valid: three voxel sizes in {mm_lo}..{mm_hi} mm)"
+        )
+    if not isinstance(val_fraction, (int, float)) or isinstance(val_fraction, bool) or not 0 < val_fraction < 1:
+        problems.append(f"val_fraction={val_fraction!r} (valid: a number strictly between 0 and 1)")
+    if problems:
+        raise InputError("cannot synthesise this dataset: " + "; ".join(problems))
 
 
 def write_dataset(
@@ -327,13 +360,35 @@ def write_dataset(
         Paths of the CSVs, keyed ``"dataset"``, ``"train"`` and ``"val"``.
 
     Raises:
-        FileExistsError: ``out_dir`` exists and is not an empty directory.
+        InputError: a setting out of range (:func:`check_settings`), ``out_dir`` not an empty
+            folder, a file or under one, or not writable (full disk, permissions); what was
+            written is removed again.
     """
+    from tomofield.errors import InputError
+    from tomofield.io import write_error
+
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"refusing to write into non-empty {out}")
-    if n < 4 or not 0.0 < val_fraction < 1.0:
-        raise ValueError("need n >= 4 and 0 < val_fraction < 1")
+    check_settings(n=n, size=size, seed=seed, spacing=spacing, val_fraction=val_fraction)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {str(out)!r} is a file; give a new or empty folder for the dataset")
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"output directory {str(out)!r} is not empty; choose another")
+    made = [p for p in (*reversed(out.parents), out) if not p.exists()]
+    try:
+        return _write_cases(out, n, size, seed, spacing, val_fraction)
+    except BaseException as exc:
+        for p in [*sorted(out.rglob("*"), key=lambda q: len(q.parts), reverse=True), *reversed(made)]:
+            with suppress(OSError):
+                p.rmdir() if p.is_dir() else p.unlink()
+        if isinstance(exc, OSError):
+            raise write_error(out, exc) from exc
+        raise
+
+
+def _write_cases(
+    out: Path, n: int, size: int, seed: int, spacing: Sequence[float], val_fraction: float
+) -> dict[str, Path]:
+    """The work of :func:`write_dataset` in a checked ``out`` folder."""
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % 2)
     (out / "images").mkdir(parents=True, exist_ok=True)

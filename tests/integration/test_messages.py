@@ -171,3 +171,92 @@ def test_an_encoder_that_refuses_the_slice_size_is_a_message():
 
     with pytest.raises(InputError, match=r"1-channel slices of 16 x 16 px.*doesn't match model \(224\)"):
         Engine(encoder=FixedSize(), head="logit", **TINY).reconstruct(torch.rand(1, 10, 10, 10))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--n", "6", "--size", "16", "--val-fraction", "1.5"], "val_fraction=1.5 (valid: a number strictly between 0"),
+        (["--n", "6", "--size", "16", "--val-fraction", "0"], "val_fraction=0.0"),
+        (["--n", "6", "--size", "100000"], "size=100000 (valid: an integer in 16..512 voxels)"),
+        (["--n", "6", "--size", "16", "--seed", "-5"], "seed=-5 (valid: an integer in 0..4294967295)"),
+        (["--n", "6", "--size", "16", "--seed", "99999999999999999999"], "seed=99999999999999999999"),
+        (["--n", "100000000", "--size", "16"], "n=100000000 (valid: an integer in 4..100000"),
+        (["--n", "2"], "n=2"),
+    ],
+)
+def test_synthetic_data_options_out_of_range_are_one_message_and_write_nothing(args, message, tmp_path):
+    out = tmp_path / "data"
+    res = CliRunner().invoke(cli, ["synth", str(out), *args])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+    assert not out.exists()
+
+
+def test_the_library_refuses_synthetic_settings_as_input_errors(tmp_path):
+    from tomofield.synth import write_dataset
+
+    with pytest.raises(InputError, match=r"spacing=\(1.0, -1.0, 1.0\)"):
+        write_dataset(tmp_path / "d", n=4, size=16, spacing=(1.0, -1.0, 1.0))
+    assert not (tmp_path / "d").exists()
+
+
+def test_evaluate_on_a_single_volume_is_a_message(tmp_path, dataset):
+    heat_dir = tmp_path / "hm"
+    one = tmp_path / "one.csv"
+    one.write_text("\n".join(dataset.read_text().splitlines()[:2]) + "\n")
+    res = CliRunner().invoke(cli, ["run", str(one), "-o", str(heat_dir), "--head", "sum", *FAST])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["evaluate", str(heat_dir), str(one)])
+    assert res.exit_code == 2 and "lists 1 volume(s)" in res.output and "needs at least 2" in res.output
+    assert not list(heat_dir.glob("evaluation*"))
+
+
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999"])
+def test_training_seeds_out_of_range_are_one_message(seed, dataset, tmp_path):
+    run = tmp_path / "run"
+    res = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            str(dataset),
+            "-o",
+            str(run),
+            "--seed",
+            seed,
+            "--iterations",
+            "1",
+            "--slice-size",
+            "16",
+            "--slices-per-volume",
+            "2",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert res.exit_code == 2 and "seed must be an integer in 0..4294967295" in res.output, res.output
+    assert not run.exists()
+
+
+def test_fit_slices_zero_is_a_message(volume_file, tmp_path):
+    out = tmp_path / "f.nii.gz"
+    res = CliRunner().invoke(cli, ["features", str(volume_file), "-o", str(out), "--fit-slices", "0", *FAST])
+    assert res.exit_code == 2 and "samples (--fit-slices) must be an integer >= 1, got 0" in res.output
+    assert not out.exists()
+
+
+def test_prepare_into_a_file_is_a_message(tmp_path):
+    raw, target = tmp_path / "raw", tmp_path / "afile"
+    raw.mkdir()
+    target.write_text("keep me")
+    res = CliRunner().invoke(cli, ["prepare", "mosmed", str(raw), "-o", str(target)])
+    assert res.exit_code == 2 and "is a file" in res.output and target.read_text() == "keep me"
+
+
+def test_run_refuses_its_input_as_output_before_any_work(volume_file):
+    before = volume_file.read_bytes()
+    res = CliRunner().invoke(
+        cli, ["run", str(volume_file), "-o", str(volume_file), "--overwrite", "--head", "sum", *FAST]
+    )
+    assert res.exit_code == 2 and "is the input" in res.output
+    assert "slices" not in res.output.split("Error")[0]  # refused before the reconstruction started
+    assert volume_file.read_bytes() == before

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from tomofield.errors import InputError
 from tomofield.synth import make_case, write_dataset
 
 
@@ -188,7 +189,7 @@ def test_write_dataset_refuses_a_non_empty_directory(tmp_path):
     out = tmp_path / "ds"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    with pytest.raises(FileExistsError, match="ds"):
+    with pytest.raises(InputError, match="output directory .*ds.* is not empty; choose another"):
         write_dataset(out, n=4, size=16)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert (out / "keep.txt").read_text() == "precious"

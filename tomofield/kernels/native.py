@@ -42,13 +42,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tomofield.errors import InputError
 from tomofield.io import cache_dir
+from tomofield.kernels.triton_bp import check_scalar_arguments, describe
 
 #: The C source of the kernels.
 SOURCE_PATH = Path(__file__).with_name("cpu.c")
 #: Compiler flags of the machine's own build (OpenMP always on).
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99", "-lm")
 
+#: Voxels per channel the slicer indexes with 32-bit integers: volumes must stay below.
+MAX_VOXELS = 2**31
 #: Why the native kernels are unavailable, when they are (full compiler output included).
 reason: str | None = None
 _warned = False  # the fallback warning is given once per process
@@ -190,49 +194,72 @@ def backproject_scalar(
         shape: grid (D, H, W).
         out: (K, D*H*W) contiguous float32 accumulator.
         lib: a kernel from :func:`load` (default: the machine's own build).
+
+    Raises:
+        InputError: arguments the kernel cannot take, checked before it runs
+            (:func:`tomofield.kernels.triton_bp.check_scalar_arguments`), or non-finite
+            coefficients.
+        RuntimeError: the kernels are not available on this machine.
     """
+    L, K, M, (D, H, W) = check_scalar_arguments("native", profiles, coef, shape, out, "cpu")
     lib = lib or load()
     if lib is None:
         raise RuntimeError("the native backprojector is not available on this machine")
-    L, K, M = profiles.shape
-    D, H, W = (int(s) for s in shape)
-    if out.device.type != "cpu" or out.dtype != torch.float32 or not out.is_contiguous():
-        raise ValueError("the native backprojector needs a contiguous float32 CPU accumulator")
-    coef = coef.detach().to("cpu", torch.float32).contiguous()
+    coef = coef.detach().to(torch.float32).contiguous()
     if not bool(torch.isfinite(coef).all()):
-        raise ValueError("non-finite backprojection coefficients")
+        rows = (~torch.isfinite(coef)).any(1).nonzero()[:, 0].tolist()
+        raise InputError(
+            f"the native backprojector needs finite coefficients; rows {rows[:10]} of {L} are not "
+            "(directions with a non-finite normal or a zero stack extent)"
+        )
     # one zero in front, two behind: p is clamped to [0, M + 1] and reads cells p, p + 1
-    qp = torch.nn.functional.pad(profiles.detach().to("cpu", torch.float32), (1, 2)).contiguous()
-    n = D * H * W
+    qp = torch.nn.functional.pad(profiles.detach().to(torch.float32), (1, 2)).contiguous()
     for k in range(K):
         table = qp[:, k].contiguous()
         lib.bp_scalar(table.data_ptr(), coef.data_ptr(), out[k].data_ptr(), L, M + 3, D, H, W, torch.get_num_threads())
-    assert out.shape[1] == n
     return out
 
 
 def slice_trilinear(volume: Tensor, frames: Tensor, size: tuple[int, int], lib: ctypes.CDLL | None = None) -> Tensor:
-    """Slices (N, C, h, w) of a (C, D, H, W) float32 CPU volume; zero outside.
+    """Slices (N, C, h, w) of a (C, D, H, W) floating-point CPU volume; zero outside.
 
     Args:
-        volume: the volume.
-        frames: (N, 9) per slice: the voxel-index position (d, h, w) of pixel (0, 0), then
-            the steps from one row and from one column to the next.
-        size: (h, w) pixels.
+        volume: the volume (read as float32).
+        frames: (N, 9) per slice, on the CPU: the voxel-index position (d, h, w) of pixel
+            (0, 0), then the steps from one row and from one column to the next.
+        size: (h, w) pixels, positive.
         lib: a kernel from :func:`load` (default: the machine's own build).
 
     Equals ``grid_sample(..., mode="bilinear", padding_mode="zeros", align_corners=True)``
     at those positions.
+
+    Raises:
+        InputError: arguments the kernel cannot take, checked before it runs.
+        RuntimeError: the kernels are not available on this machine.
     """
+    if not isinstance(volume, Tensor) or volume.dim() != 4 or not volume.is_floating_point():
+        raise InputError(f"the native slicer takes a floating-point volume (C, D, H, W), got {describe(volume)}")
+    if volume.device.type != "cpu":
+        raise InputError(f"the native slicer takes a CPU volume, got one on {volume.device}; use grid_sample there")
+    if not isinstance(frames, Tensor) or frames.dim() != 2 or frames.shape[1] != 9 or not frames.is_floating_point():
+        raise InputError(f"the native slicer takes floating-point frames (N, 9), got {describe(frames)}")
+    if frames.device != volume.device:
+        raise InputError(f"the native slicer needs its frames on the volume's device cpu, got them on {frames.device}")
+    dims = tuple(size)
+    if len(dims) != 2 or any(int(n) < 1 for n in dims):
+        raise InputError(f"the native slicer takes a slice size (h, w) of two positive integers, got {size!r}")
+    C, D, H, W = volume.shape
+    if D * H * W >= MAX_VOXELS:
+        raise InputError(
+            f"the native slicer takes volumes of fewer than 2^31 voxels per channel, got {(D, H, W)}; "
+            "grid_sample slices larger ones"
+        )
     lib = lib or load()
     if lib is None:
         raise RuntimeError("the native kernels are not available on this machine")
-    C, D, H, W = volume.shape
-    if D * H * W >= 2**31:
-        raise ValueError(f"volumes of 2^31 voxels or more are not supported natively, got {(D, H, W)}")
-    vol = volume.detach().to("cpu", torch.float32).contiguous()
-    fr = frames.detach().to("cpu", torch.float32).contiguous()
-    h, w = size
+    vol = volume.detach().to(torch.float32).contiguous()
+    fr = frames.detach().to(torch.float32).contiguous()
+    h, w = (int(n) for n in dims)
     out = torch.empty(fr.shape[0], C, h, w)
     lib.slice_trilinear(
         vol.data_ptr(), C, D, H, W, fr.data_ptr(), out.data_ptr(), fr.shape[0], h, w, torch.get_num_threads()

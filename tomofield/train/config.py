@@ -16,6 +16,7 @@ from tomofield.checkpoint import RunDir, is_run_dir
 from tomofield.encoders import NORMS
 from tomofield.errors import InputError
 from tomofield.geometry import EXTENTS, GEOMETRIES
+from tomofield.protocols import SEED_MAX
 
 #: The losses each task accepts; the first is the task's default.
 TASKS = {"classification": ("bce",), "regression": ("mse", "huber")}
@@ -128,6 +129,8 @@ class TrainConfig:
             raise InputError(f"teacher-quantile must be in (0, 1), got {self.teacher_quantile}")
         if not self.lr > 0 or not self.lr_end >= 0:
             raise InputError(f"learning rates must be positive, got lr={self.lr}, lr_end={self.lr_end}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            raise InputError(f"seed must be an integer in 0..{SEED_MAX}, got {self.seed!r}")
 
 
 def config_from_options(**options: Any) -> TrainConfig:

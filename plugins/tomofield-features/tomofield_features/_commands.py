@@ -45,13 +45,21 @@ _OWN = ("stage", "pool", "components", "projection", "save_projection", "fit_sli
 def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bool, **o: Any) -> None:
     """Dense 3D features of a volume from a 2D encoder: a C x D x H x W (or K after PCA) NIfTI."""
     from tomofield.io import check_output_path, load_volume, save_nifti
-    from tomofield_features.projection import fit_projection
+    from tomofield_features.projection import fit_projection, save_projection
 
-    check_output_path(output, overwrite)
+    check_output_path(output, overwrite, inputs=inputs)
     if preview:
-        check_output_path(preview, overwrite, suffixes=(".png",))
+        check_output_path(preview, overwrite, suffixes=(".png",), inputs=inputs)
     if o["components"] < 0:
         raise InputError(f"--components must be >= 0, got {o['components']}")
+    if o["save_projection"]:
+        if o["projection"] or not o["components"]:
+            why = "--projection gives one" if o["projection"] else "--components 0 keeps every channel"
+            raise InputError(
+                f"--save-projection {o['save_projection']!r} saves the PCA fitted here, but none is fitted "
+                f"({why}); drop --save-projection"
+            )
+        check_output_path(o["save_projection"], overwrite, suffixes=(".npz",), inputs=inputs)
     volume = load_volume(inputs, check_content=True, **given({"nan_policy": o["nan_policy"]}))
     comps = o["components"] or None
     head_options: dict[str, Any] = {"stage": o["stage"], "pool": o["pool"]}
@@ -76,8 +84,6 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
         err.print(
             f"PCA: {proj.channels} -> {proj.components} channels, {100 * share:.1f}% of the variance", highlight=False
         )
-        if o["save_projection"]:
-            proj.save(o["save_projection"])
     err.print(
         f"{volume.paths[0].name}: grid {tuple(shape)}; {engine.count_slices(shape, volume.spacing):,} slices "
         f"of {engine.config.slice_size}px on {engine.device}",
@@ -85,7 +91,9 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
     )
     with slice_progress("slices") as tick:
         feats = engine.reconstruct(volume.data, volume.spacing, progress=tick).cpu()
-    save_nifti(output, feats, volume.affine, volume.header, overwrite, description="tomofield features")
+    save_nifti(output, feats, volume.affine, volume.header, overwrite, description="tomofield features", inputs=inputs)
+    if o["save_projection"]:
+        save_projection(proj, o["save_projection"], overwrite, inputs=inputs)
     if preview:
         from tomofield_features.preview import write_rgb_preview
 
@@ -130,6 +138,8 @@ def pretrain(dataset: str, run_dir: str, method: str, device: str, **o: Any) -> 
 
     cfg = SimCLRConfig(**given(o))
     cfg.validate()
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise InputError(f"run directory {run_dir!r} is a file; give a new or empty folder")
     if Path(run_dir).exists() and any(Path(run_dir).iterdir()):
         raise InputError(f"run directory {run_dir!r} is not empty; choose another")
     cases = read_dataset(dataset, task="any")

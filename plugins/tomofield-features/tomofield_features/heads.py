@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from tomofield.errors import InputError
+from tomofield.io import atomic_write, check_output_path
 from tomofield.protocols import Option
 
 
@@ -149,13 +150,23 @@ class Projection:
         m, w = self.mean.to(f), self.matrix.to(f)
         return torch.einsum("nchw,ck->nkhw", f - m[None, :, None, None], w)
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``mean``, ``matrix`` (and ``explained``) as a .npz file."""
+    def save(self, path: str | Path, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
+        """Write ``mean``, ``matrix`` (and ``explained``) as a ``.npz`` file, atomically, at exactly ``path``.
+
+        The path must end with ``.npz`` (numpy would otherwise append it); an existing file is
+        kept unless ``overwrite``, and one of ``inputs`` always. Write failures (full disk,
+        permissions) are InputErrors naming the path.
+        """
+        path = check_output_path(path, overwrite, suffixes=(".npz",), inputs=inputs)
         arrays = {"mean": self.mean.numpy(), "matrix": self.matrix.numpy()}
         if self.explained is not None:
             arrays["explained"] = self.explained.numpy()
-        np.savez(path, **arrays)
-        return Path(path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: numpy adds no suffix
+                np.savez(fh, **arrays)
+
+        return atomic_write(path, write, overwrite=overwrite, inputs=inputs)
 
     @classmethod
     def load(cls, path: str | Path) -> Projection:
@@ -198,7 +209,7 @@ class FeaturesHead:
         Option("stage", int, None, "Features head: encoder stage (feature_info index) whose map to use.", min=0),
         Option("pool", bool, False, "Features head: average the stage's map to one vector per slice."),
         Option("components", int, None, "Features head: project to this many channels (needs a projection).", min=1),
-        Option("projection", str, None, "Features head: a projection file (.npy (C, K) or .npz)."),
+        Option("projection", str, None, "Features head: a projection file (.npy (C, K) or .npz).", objects=True),
     )
 
     def __init__(

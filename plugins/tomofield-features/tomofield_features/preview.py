@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tomofield.io import atomic_write
+from tomofield.io import atomic_write, check_output_path
 
 
 def rgb_volume(features: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0) -> np.ndarray:
@@ -39,6 +39,7 @@ def write_rgb_preview(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    check_output_path(path, overwrite, suffixes=(".png",))
     rgb = rgb_volume(features)
     vol = np.asarray(volume, dtype=np.float32)
     d, h, w = (n // 2 for n in vol.shape)

@@ -7,6 +7,7 @@ and slice size), so the components describe the features that get backprojected.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -39,6 +40,18 @@ def engine_slices(
         pts = slice_points(g.normals[rows], g.u[rows], g.v[rows], off, g.a_half[rows], g.b_half[rows], size)
         out.append(sample_slices(vol, pts.float(), e.float()))
     return torch.cat(out)
+
+
+def save_projection(
+    proj: Projection, path: str | Path, overwrite: bool = False, inputs: Sequence[str | Path] = ()
+) -> Path:
+    """Write ``mean``, ``matrix`` (and ``explained``) as a ``.npz`` file, atomically, at exactly ``path``.
+
+    The path must end with ``.npz`` (numpy would otherwise append it); an existing file is
+    kept unless ``overwrite``, and one of ``inputs`` always. Write failures (full disk,
+    permissions) are InputErrors naming the path.
+    """
+    return proj.save(path, overwrite=overwrite, inputs=inputs)
 
 
 def pca(rows: Tensor, k: int) -> Projection:
@@ -78,6 +91,10 @@ def fit_projection(
         max_rows: feature rows (slice pixels of stage maps) kept for the SVD.
         seed: seed of the slice draw.
     """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise InputError(f"samples (--fit-slices) must be an integer >= 1, got {samples!r}")
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise InputError(f"max_rows must be an integer >= 1, got {max_rows!r}")
     head = engine.head
     if not isinstance(head, FeaturesHead):
         raise InputError(f"fit_projection needs the features head, the engine has {getattr(head, 'name', head)!r}")

@@ -26,6 +26,7 @@ from tomofield import checkpoint as ck
 from tomofield.engine import validate_volume
 from tomofield.errors import InputError
 from tomofield.geometry import half_extents, sample_slices, slice_points, stack_extents
+from tomofield.io import atomic_write
 from tomofield.train import cosine_lr
 from tomofield_features.heads import encoder_features
 
@@ -225,5 +226,5 @@ def save_run(
             "metrics": {"loss_first": first.get("loss", math.nan), "loss": last.get("loss", math.nan)},
         },
     )
-    (p / "history.json").write_text(json.dumps(history))
+    atomic_write(p / "history.json", lambda tmp: tmp.write_text(json.dumps(history)), overwrite=True)
     return p
