@@ -118,3 +118,16 @@ def test_pretrain_refuses_a_file_as_run_directory(scan, tmp_path):
     (tmp_path / "run").write_text("x")
     res = CliRunner().invoke(cli, ["pretrain", str(tmp_path / "data.csv"), "-o", str(tmp_path / "run")])
     assert res.exit_code == 2 and "is a file" in res.output and (tmp_path / "run").read_text() == "x"
+
+
+@pytest.mark.parametrize("content", [b"hello", b"", bytes(range(64))])
+def test_a_projection_that_is_not_numpy_is_refused_without_suggesting_pickles(tmp_path, content):
+    from tomofield.errors import InputError
+    from tomofield_features.heads import Projection
+
+    bad = tmp_path / "proj.npz"
+    bad.write_bytes(content)
+    with pytest.raises(InputError, match="not a numpy .npy or .npz file") as info:
+        Projection.load(bad)
+    assert "allow_pickle" not in str(info.value) and "pickle.load" not in str(info.value)
+    assert bad.read_bytes() == content

@@ -175,10 +175,13 @@ class Projection:
         if not p.is_file():
             raise InputError(f"projection file {str(p)!r} does not exist")
         try:
-            data = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+            data = np.load(p, allow_pickle=False)  # never a pickle: it could run code
+        except (OSError, ValueError, EOFError) as exc:
+            # numpy's own text suggests allow_pickle for anything that is not .npy/.npz: not ours to offer
             raise InputError(
-                f"cannot read projection {str(p)!r} ({exc}); expected .npy (C, K) or .npz with 'matrix'"
+                f"cannot read projection {str(p)!r}: it is not a numpy .npy or .npz file (tomofield never loads "
+                "pickles); expected .npy holding the (C, K) matrix or .npz with 'matrix' (and 'mean'), as written "
+                "by tomofield features --save-projection"
             ) from exc
         if isinstance(data, np.ndarray):
             return cls(None, torch.from_numpy(data.astype(np.float32)))
