@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -125,7 +126,7 @@ class EngineConfig:
             elif isinstance(default, str):
                 ok = isinstance(value, str)
             else:
-                ok = isinstance(value, dict)  # head_options
+                ok, default = isinstance(value, dict), {}  # head_options
             if not ok:
                 raise InputError(
                     f"setting {f.name}={value!r} must be {type(default).__name__}, got {type(value).__name__}"
@@ -156,7 +157,7 @@ def _build(kind: str, spec: Any, **options: Any) -> Any:
     :class:`~tomofield.errors.InputError` naming the component and its options.
     """
     if not isinstance(spec, str):
-        return spec
+        return _check_object(kind, spec)
     comp = plugins.get(kind, spec)
     declared = {o.name: o for o in comp.options}
     unknown = sorted(set(options) - set(declared))
@@ -171,6 +172,27 @@ def _build(kind: str, spec: Any, **options: Any) -> Any:
         raise
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise InputError(f"{owner} refused its options {options}: {type(exc).__name__}: {exc}") from exc
+
+
+#: What a component object given to the Engine (not a name) must have; the rest defaults.
+_REQUIRED = {
+    "head": ("__call__",),
+    "filter": ("pad", "integral", "constant", "__call__"),
+    "sampler": ("plan",),
+    "postprocessor": ("__call__",),
+}
+
+
+def _check_object(kind: str, obj: Any) -> Any:
+    """A component given as an object: refuse one that lacks what its kind needs (tomofield.protocols)."""
+    missing = [a for a in _REQUIRED.get(kind, ()) if not (callable(obj) if a == "__call__" else hasattr(obj, a))]
+    if missing:
+        names = ", ".join(a if a != "__call__" else "__call__ (callable)" for a in missing)
+        raise InputError(
+            f"{kind} {obj!r} ({type(obj).__name__}) is not a {kind}: it lacks {names}; give a registered name "
+            f"(tomofield plugins lists them) or an object as described in tomofield.protocols"
+        )
+    return obj
 
 
 class Engine:
@@ -228,6 +250,10 @@ class Engine:
         device: str | torch.device = "auto",
         **config: Any,
     ) -> None:
+        if weights is not None and not isinstance(weights, (str, os.PathLike)):
+            raise InputError(f"weights must be a path (a .safetensors file or a run directory), got {weights!r}")
+        if isinstance(postprocess, str) or callable(postprocess):
+            postprocess = [postprocess]  # one post-processor, not its letters
         run = RunDir(weights) if weights is not None and is_run_dir(weights) else None
         if run is not None:
             inherited = run.engine_defaults()
@@ -347,7 +373,7 @@ class Engine:
             progress: called as ``progress(slices_done, slices_total)``.
         """
         vol = validate_volume(volume)
-        spacing = tuple(float(s) for s in (spacing or (1.0, 1.0, 1.0)))
+        spacing = validate_spacing(spacing)
         plan = self.plan(vol.shape[1:], spacing)
         dev, cfg = self.device, self.config
         vol = vol.to(torch.float32)
@@ -442,10 +468,30 @@ class Engine:
         return new
 
 
+def validate_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]:
+    """Three positive finite voxel sizes in mm per (D, H, W) axis (default 1 mm)."""
+    if spacing is None:
+        return (1.0, 1.0, 1.0)
+    try:
+        sp = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        sp = ()
+    if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
+        raise InputError(f"spacing must be 3 positive finite voxel sizes in mm (D, H, W), got {spacing!r}")
+    return sp  # type: ignore[return-value]
+
+
 def validate_volume(volume: Tensor) -> Tensor:
     """A (C, D, H, W) float view of ``volume``; refuse what cannot be reconstructed."""
     if not isinstance(volume, Tensor):
-        volume = torch.as_tensor(volume)
+        try:
+            volume = torch.as_tensor(volume)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(
+                f"expected a volume array or tensor (D, H, W) or (C, D, H, W), got {type(volume).__name__}"
+            ) from exc
+    if volume.is_complex():
+        raise InputError("the volume is complex; give its magnitude or its real part explicitly (torch.abs, .real)")
     if volume.dim() == 3:
         volume = volume[None]
     if volume.dim() != 4:

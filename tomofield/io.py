@@ -255,9 +255,12 @@ def load_volume(
     """
     if nan_policy not in NAN_POLICIES:
         raise InputError(f"unknown NaN policy {nan_policy!r}; valid: {', '.join(NAN_POLICIES)}")
-    if isinstance(paths, (str, Path)):
+    if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    paths = [Path(p) for p in paths]
+    try:
+        paths = [Path(p) for p in paths]
+    except TypeError:
+        raise InputError(f"expected a path or a list of paths to NIfTI files, got {paths!r}") from None
     if not paths:
         raise InputError("no input file given")
     arrays, first, replaced = [], None, 0

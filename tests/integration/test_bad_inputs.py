@@ -128,7 +128,7 @@ def test_library_refuses(volume, message):
 
 def test_library_refuses_bad_spacing():
     eng = Engine(head="sum", directions=2, slices=3, slice_size=8, device="cpu")
-    with pytest.raises(ValueError, match="spacing must be 3 positive finite numbers"):
+    with pytest.raises(InputError, match=r"spacing must be 3 positive finite voxel sizes in mm .*-1\.0"):
         eng.reconstruct(torch.rand(6, 6, 6), spacing=(1.0, -1.0, 1.0))
 
 

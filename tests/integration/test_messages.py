@@ -260,3 +260,36 @@ def test_run_refuses_its_input_as_output_before_any_work(volume_file):
     assert res.exit_code == 2 and "is the input" in res.output
     assert "slices" not in res.output.split("Error")[0]  # refused before the reconstruction started
     assert volume_file.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: Engine(head=123, **TINY), r"head 123 \(int\) is not a head: it lacks __call__"),
+        (lambda: Engine(head="sum", filter=object(), **TINY), r"is not a filter: it lacks pad, integral, constant"),
+        (lambda: Engine(head="sum", sampler=object(), **TINY), r"is not a sampler: it lacks plan"),
+        (lambda: Engine(head="logit", weights=123, **TINY), r"weights must be a path.*got 123"),
+        (lambda: Engine(head="logit", head_options=[1], **TINY), r"setting head_options=\[1\] must be dict, got list"),
+        (
+            lambda: Engine(head="sum", **TINY).reconstruct(torch.rand(1, 8, 8, 8), spacing=(0, 1, 1)),
+            r"spacing must be 3 positive finite voxel sizes in mm \(D, H, W\), got \(0, 1, 1\)",
+        ),
+        (lambda: Engine(head="sum", **TINY).reconstruct(torch.rand(1, 8, 8, 8), spacing=(1, 1)), r"got \(1, 1\)"),
+        (
+            lambda: Engine(head="sum", **TINY).reconstruct(torch.rand(1, 6, 6, 6, dtype=torch.complex64)),
+            r"the volume is complex",
+        ),
+        (lambda: Engine(head="sum", **TINY).reconstruct("scan.nii.gz"), r"expected a volume array or tensor.*got str"),
+        (lambda: tomofield.load_volume(3), r"expected a path or a list of paths to NIfTI files, got 3"),
+    ],
+)
+def test_library_misuse_is_an_input_error_naming_the_value(call, message):
+    with pytest.raises(InputError, match=message):
+        call()
+
+
+def test_one_post_processor_name_is_one_post_processor_not_its_letters():
+    vol = torch.rand(1, 8, 8, 8) - 0.5
+    one = Engine(head="sum", postprocess="clip-negative", **TINY).reconstruct(vol)
+    assert torch.equal(one, Engine(head="sum", postprocess=["clip-negative"], **TINY).reconstruct(vol))
+    assert float(one.min()) >= 0
