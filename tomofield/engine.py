@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from tomofield import distributed, plugins
 from tomofield._fastpath import AMP_MODES
-from tomofield.checkpoint import RunDir, is_run_dir
+from tomofield.checkpoint import NUM_CLASSES, SLICE_SIZES, RunDir, is_run_dir
 from tomofield.encoders import NORMS, build_encoder, first_conv_in_chans, load_weights, read_safetensors
 from tomofield.errors import InputError, TomofieldError
 from tomofield.geometry import EXTENTS, GEOMETRIES
@@ -131,13 +131,14 @@ class EngineConfig:
                 raise InputError(
                     f"setting {f.name}={value!r} must be {type(default).__name__}, got {type(value).__name__}"
                 )
+        (lo_s, hi_s), (lo_k, hi_k) = SLICE_SIZES, NUM_CLASSES  # the ranges a run directory may record too
         checks = [
             (1 <= self.directions <= 100_000, f"directions must be in 1..100000, got {self.directions}"),
             (3 <= self.slices <= 10_000, f"slices must be in 3..10000, got {self.slices}"),
-            (8 <= self.slice_size <= 4096, f"slice size must be in 8..4096 pixels, got {self.slice_size}"),
+            (lo_s <= self.slice_size <= hi_s, f"slice size must be in {lo_s}..{hi_s} pixels, got {self.slice_size}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (0 <= self.seed <= SEED_MAX, f"seed must be in 0..{SEED_MAX}, got {self.seed}"),
-            (1 <= self.num_classes <= 100_000, f"num_classes must be in 1..100000, got {self.num_classes}"),
+            (lo_k <= self.num_classes <= hi_k, f"num_classes must be in {lo_k}..{hi_k}, got {self.num_classes}"),
             (self.geometry in GEOMETRIES, f"unknown geometry {self.geometry!r}; valid: {', '.join(GEOMETRIES)}"),
             (self.extent in EXTENTS, f"unknown extent {self.extent!r}; valid: {', '.join(EXTENTS)}"),
             (self.amp in AMP_MODES, f"unknown amp mode {self.amp!r}; valid: {', '.join(AMP_MODES)}"),
@@ -181,6 +182,11 @@ _REQUIRED = {
     "sampler": ("plan",),
     "postprocessor": ("__call__",),
 }
+
+
+def _name(spec: Any, attr: str = "name") -> str:
+    """A component's name: the registered name it was given by, or the object's ``attr`` (else its type's)."""
+    return spec if isinstance(spec, str) else getattr(spec, attr, type(spec).__name__)
 
 
 def _check_object(kind: str, obj: Any) -> Any:
@@ -272,15 +278,13 @@ class Engine:
         #: the config.json of the run directory given as weights ({} otherwise)
         self.run_config = run.config if run is not None else {}
         self.device = resolve_device(device)
-        #: the components' names (a given object's ``name``, or its type's)
-        self.head_name, self.filter_name = (
-            c if isinstance(c, str) else getattr(c, "name", type(c).__name__) for c in (head, filter)
-        )
+        #: the components' names: the registered name, or a given object's ``name`` (else its type's)
+        self.head_name, self.filter_name, self.sampler_name = (_name(c) for c in (head, filter, sampler))
         self.head = _build("head", head, **self.config.head_options)
         self.filter = _build("filter", filter)
         self.sampler = _build("sampler", sampler)
         self.postprocess = [_build("postprocessor", p) for p in postprocess]
-        self._post_names = list(postprocess)
+        self._post_names = [_name(p, "__name__") for p in postprocess]
         self._encoder_spec = DEFAULT_ENCODER if encoder is None else encoder
         self._weights_path = str(weights) if weights is not None else None
         self._weights = (
@@ -432,12 +436,8 @@ class Engine:
             "settings": json.loads(json.dumps(settings, default=str)),
             "head": self.head_name,
             "filter": self.filter_name,
-            "sampler": self.sampler
-            if isinstance(self.sampler, str)
-            else getattr(self.sampler, "name", type(self.sampler).__name__),
-            "postprocess": [
-                p if isinstance(p, str) else getattr(p, "__name__", type(p).__name__) for p in self._post_names
-            ],
+            "sampler": self.sampler_name,
+            "postprocess": self._post_names,
             "encoder": encoder if getattr(self.head, "needs_encoder", True) else None,
             "weights_sha256": self.weights_sha256() if getattr(self.head, "needs_encoder", True) else None,
         }
