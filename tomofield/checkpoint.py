@@ -30,6 +30,7 @@ import torch
 from tomofield.encoders import NORMS
 from tomofield.errors import InputError
 from tomofield.geometry import EXTENTS, GEOMETRIES
+from tomofield.intensity import MODES as INTENSITY_MODES
 from tomofield.io import atomic_write
 
 FORMAT = "tomofield-run/1"
@@ -57,9 +58,9 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 #: What a run directory provides to an :class:`~tomofield.Engine` built on it (under explicit settings).
-ENGINE_INHERITED = ("encoder", "slice_size", "geometry", "extent", "norm", "num_classes")
+ENGINE_INHERITED = ("encoder", "slice_size", "geometry", "extent", "norm", "num_classes", "intensity")
 #: What a teacher run provides to a :class:`~tomofield.train.TrainConfig` (under explicit settings).
-TRAINING_INHERITED = ("encoder", "norm", "slice_size", "geometry", "extent")
+TRAINING_INHERITED = ("encoder", "norm", "slice_size", "geometry", "extent", "intensity")
 #: What a run must record to lend its weights to an engine: the encoder they were trained as.
 ENGINE_REQUIRED = ("encoder",)
 #: What a run must record to be a teacher (:class:`~tomofield.train.Teacher`).
@@ -147,6 +148,17 @@ CONFIG_SCHEMA: dict[str, Key] = {
     "slice_size": Key(f"an integer in {SLICE_SIZES[0]}..{SLICE_SIZES[1]}", _int_in(*SLICE_SIZES)),
     "geometry": _choice_key(GEOMETRIES),
     "extent": _choice_key(EXTENTS),
+    # absent in runs from before the setting: they trained on the values as stored ("none")
+    "intensity": _choice_key(INTENSITY_MODES),
+    "diagnostics": Key(
+        "an object with learned (true/false), unresolved (a list of texts) and problems (a list of objects "
+        "with iteration, kind, message)",
+        _object(
+            learned=lambda v: isinstance(v, bool),
+            unresolved=_list(_text),
+            problems=_list(_object(iteration=_int_in(0), kind=_text, message=_text)),
+        ),
+    ),
     # the trainer's tasks (tomofield.train.TASKS, a layer above) or a plugin's, e.g. simclr
     "task": Key("a task name (a non-empty text: classification, regression, or a plugin's)", _text),
     "training": Key("an object (the training arguments)", _object()),

@@ -44,8 +44,9 @@ from tomofield.demo import DemoSettings, full_demo, phantom_demo
 from tomofield.encoders import NORMS
 from tomofield.errors import InputError
 from tomofield.geometry import EXTENTS, GEOMETRIES
+from tomofield.intensity import MODES as INTENSITY_MODES
 from tomofield.report import METRICS, evaluate_heatmaps
-from tomofield.synth import write_dataset
+from tomofield.synth import BACKGROUNDS, write_dataset
 from tomofield.train import DEFAULTS as TRAIN_DEFAULTS
 from tomofield.train import TASKS, TrainConfig, Trainer
 
@@ -290,10 +291,27 @@ def print_table(results: dict[str, dict[str, Any]], caption: str = "") -> None:
 @setting_option(write_dataset, "--size", "Volume side in voxels.", type=int)
 @setting_option(write_dataset, "--seed", "Seed of the volumes.", type=int)
 @setting_option(write_dataset, "--val-fraction", "Share of volumes in val.csv.", type=float)
+@setting_option(
+    write_dataset,
+    "--background",
+    "plain: normalised intensities on a cubic grid; realistic: a scanner's int16 unit and offset, texture, "
+    "bias field, Rician noise, a grid keeping the field of view cubic under --spacing.",
+    type=click.Choice(BACKGROUNDS),
+)
+@click.option(
+    "--spacing",
+    default=None,
+    help="Voxel size in mm along (D, H, W), as D,H,W (e.g. 2.5,1,1 for thick slices).  [default: 1,1,1]",
+)
 @friendly
-def synth(out_dir: str, **o: Any) -> None:
+def synth(out_dir: str, spacing: str | None, **o: Any) -> None:
     """Write a synthetic weakly supervised dataset (NIfTI images, masks, CSVs)."""
     o = given(o)
+    if spacing is not None:
+        try:
+            o["spacing"] = tuple(float(v) for v in spacing.split(","))
+        except ValueError:
+            raise InputError(f"--spacing {spacing!r} is not three numbers D,H,W (e.g. 2.5,1,1)") from None
     n, size = o.get("n", default_of(write_dataset, "n")), o.get("size", default_of(write_dataset, "size"))
     with err.status(f"writing {n} volumes of {size}^3"):
         paths = write_dataset(out_dir, **o)
@@ -315,13 +333,31 @@ def _topt(flag: str, help: str, **kw: Any) -> Any:
 @click.argument("dataset", type=click.Path())
 @click.option("--output", "-o", "run_dir", required=True, type=click.Path(), help="Run directory.")
 @_topt("--encoder", "Registered or timm encoder name (a teacher's, with --teacher).")
-@_topt("--norm", "Normalisation layers.", type=click.Choice(NORMS))
+@_topt(
+    "--norm",
+    "Normalisation layers.  [default: group-norm from scratch, frozen-bn with --pretrained]",
+    type=click.Choice(NORMS),
+)
 @_topt("--pretrained/--no-pretrained", "timm weights from the local cache.")
 @_topt("--iterations", "Training steps.", type=int)
 @_topt("--slices-per-volume", "Slices drawn per volume and step.", type=int)
-@_topt("--slice-size", "Slice side in pixels (a teacher's, with --teacher).", type=int)
+@_topt(
+    "--slice-size",
+    "Slice side in pixels (a teacher's, with --teacher).  [default: from scratch the volumes' largest side "
+    "rounded up to 16, in 32..224; 224 with --pretrained]",
+    type=int,
+)
 @_topt("--batch-volumes", "Volumes per step (pairs of one positive and one negative).", type=int)
-@_topt("--lr", "Peak learning rate (cosine schedule).", type=float)
+@_topt(
+    "--lr", "Peak learning rate (cosine schedule).  [default: 1e-3 from scratch, 5e-5 with --pretrained]", type=float
+)
+@_topt("--warmup", "Steps of linear learning-rate warm-up.  [default: 5% of --iterations]", type=int)
+@_topt(
+    "--intensity",
+    "Intensity normalisation of every volume (recorded in the run; tomofield run applies the same): volume = "
+    "per channel, background to 0 and the foreground's median to 1; none = the values as stored.",
+    type=click.Choice(INTENSITY_MODES),
+)
 @click.option("--val", "val_csv", type=click.Path(), help="Validation dataset CSV.")
 @_topt("--val-every", "Validate every this many steps.", type=int)
 @_topt("--checkpoint-every", "Checkpoint every this many steps.", type=int)
@@ -385,6 +421,16 @@ def train(
         + (f", {metrics}" if metrics else "")
         + f"; run directory {run_dir}"
     )
+    diagnostics = result["diagnostics"]
+    if not diagnostics["learned"]:
+        err.print(
+            Text.assemble(
+                ("Warning: ", "bold yellow"),
+                f"this run did not learn ({', '.join(diagnostics['unresolved'])}); {run_dir}/config.json records "
+                "it under diagnostics, and tomofield run will warn when it uses these weights",
+            ),
+            soft_wrap=True,
+        )
 
 
 def fit_with_progress(trainer: Any) -> dict[str, Any]:
@@ -402,6 +448,8 @@ def fit_with_progress(trainer: Any) -> dict[str, Any]:
 
         def progress(rec: dict[str, Any]) -> None:
             info = f"loss {rec['loss']:.4f}  {rec['slices_per_s']:,.0f} slices/s"
+            for message in rec.get("warnings", []):
+                bar.console.print(Text.assemble(("Warning: ", "bold yellow"), message), soft_wrap=True)
             if "val_balanced_accuracy" in rec:
                 bar.console.print(
                     f"iteration {rec['iteration']}: validation balanced accuracy {rec['val_balanced_accuracy']:.3f}",
@@ -469,7 +517,7 @@ def plugins_cmd() -> None:
     "--iterations",
     type=int,
     default=None,
-    help=with_default("Training iterations.", default_of(DemoSettings, "iterations")),
+    help=with_default("Training iterations.", default_of(TrainConfig, "iterations")),
 )
 @click.option(
     "--directions",

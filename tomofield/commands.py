@@ -19,6 +19,7 @@ import functools
 import inspect
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -97,13 +98,19 @@ def slice_progress(description: str) -> Iterator[Callable[[int, int], None]]:
         yield tick
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    err.print(Text.assemble(("Warning: ", "bold yellow"), str(message)), soft_wrap=True)
+
+
 def friendly(fn: Callable) -> Callable:
     """Turn tomofield's own errors into a one-paragraph message and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # the library's warnings as one line each, not Python's format
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except TomofieldError as exc:
             err.print(Text.assemble(("Error: ", "bold red"), str(exc)), soft_wrap=True)
             sys.exit(2)

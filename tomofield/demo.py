@@ -103,16 +103,21 @@ def phantom_demo(
 
 @dataclass
 class DemoSettings:
-    """Sizes of the full demo, chosen to finish in a few minutes on 2 CPU cores."""
+    """Sizes of the full demo, chosen to finish in a few minutes on 2 CPU cores.
+
+    The training settings left ``None`` are ``tomofield train``'s defaults
+    (:mod:`tomofield.train.config`): the demo trains as a user's first run would.
+    """
 
     n: int = 60
     size: int = 48
     seed: int = 0
-    iterations: int = 1200
-    slices_per_volume: int = 32
-    slice_size: int = 48
-    lr: float = 1e-3
-    norm: str = "group-norm"
+    background: str = "realistic"
+    iterations: int | None = None
+    slices_per_volume: int | None = None
+    slice_size: int | None = None
+    lr: float | None = None
+    norm: str | None = None
     directions: int = 128
     slices: int = 32
     device: str = "auto"
@@ -132,23 +137,20 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
 
         for sub in ("data", "run", "heatmaps"):
             shutil.rmtree(out_dir / sub, ignore_errors=True)
-    console.print(f"1/3 synthesising {s.n} volumes of {s.size}^3 (half with 1-3 lesions) in {out_dir}/data")
-    csvs = write_dataset(out_dir / "data", n=s.n, size=s.size, seed=s.seed)
+    look = "scans in a scanner's unit and offset" if s.background == "realistic" else "normalised volumes"
     console.print(
-        f"2/3 training {s.iterations} iterations from volume-level labels only "
-        f"({s.slices_per_volume} slices of {s.slice_size}px per volume, resnet10t, {s.norm})"
+        f"1/3 synthesising {s.n} volumes of up to {s.size}^3 ({look}, half with 1-3 lesions) in {out_dir}/data"
     )
-    cfg = TrainConfig(
-        iterations=s.iterations,
-        slices_per_volume=s.slices_per_volume,
-        slice_size=s.slice_size,
-        lr=s.lr,
-        norm=s.norm,
-        seed=s.seed,
-        val_every=max(s.iterations // 4, 1),
-        checkpoint_every=max(s.iterations // 4, 1),
-    )
+    csvs = write_dataset(out_dir / "data", n=s.n, size=s.size, seed=s.seed, background=s.background)
+    given = {k: getattr(s, k) for k in ("iterations", "slices_per_volume", "slice_size", "lr", "norm")}
+    cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None}, seed=s.seed)
+    cfg.val_every = cfg.checkpoint_every = max(cfg.iterations // 4, 1)
     trainer = Trainer(csvs["train"], out_dir / "run", cfg, val_csv=csvs["val"], device=s.device)
+    c = trainer.cfg
+    console.print(
+        f"2/3 training {c.iterations} iterations from volume-level labels only ({c.slices_per_volume} slices of "
+        f"{c.slice_size}px per volume, {c.encoder}, {c.norm}, lr {c.lr:g}, intensities normalised per {c.intensity})"
+    )
     result = fit(trainer)
     bacc = result["history"][-1]["val_balanced_accuracy"] if result["history"] else float("nan")
     positives = [c for c in read_dataset(csvs["val"]) if c.label == 1 and c.mask is not None]
@@ -181,8 +183,17 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
         f"validation balanced accuracy {bacc:.3f}; ToNNO mean Dice over {len(heats)} held-out positives "
         f"{mean_dice:.3f} at the best single threshold {threshold:.3g}"
     )
+    if not result["diagnostics"]["learned"]:
+        unresolved = ", ".join(result["diagnostics"]["unresolved"])
+        console.print(f"the run did not learn ({unresolved}): {out_dir}/run/config.json records why under diagnostics")
     console.print(f"outputs: {out_dir}/data (dataset), {out_dir}/run (model), {out_dir}/heatmaps/*.nii.gz, {png}")
-    return {"balanced_accuracy": bacc, "dice": mean_dice, "threshold": threshold, "volumes": len(heats)}
+    return {
+        "balanced_accuracy": bacc,
+        "dice": mean_dice,
+        "threshold": threshold,
+        "volumes": len(heats),
+        "learned": result["diagnostics"]["learned"],
+    }
 
 
 def engine_spacing(case: Any) -> tuple[float, float, float]:

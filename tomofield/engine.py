@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -24,8 +25,10 @@ from tomofield import distributed, plugins
 from tomofield._fastpath import AMP_MODES
 from tomofield.checkpoint import NUM_CLASSES, SLICE_SIZES, RunDir, is_run_dir
 from tomofield.encoders import NORMS, build_encoder, first_conv_in_chans, load_weights, read_safetensors
-from tomofield.errors import InputError, TomofieldError
+from tomofield.errors import InputError, NotLearningWarning, TomofieldError
 from tomofield.geometry import EXTENTS, GEOMETRIES
+from tomofield.intensity import MODES as INTENSITY_MODES
+from tomofield.intensity import normalize
 from tomofield.io import Heatmap, Volume
 from tomofield.pipeline import Backprojector, Plan, Scorer, Slicer
 from tomofield.protocols import SEED_MAX
@@ -101,6 +104,12 @@ class EngineConfig:
     num_classes: int = 1
     pretrained: bool = setting(False, "timm pretrained weights from the local cache (never downloaded).")
     norm: str = "frozen-bn"
+    intensity: str = setting(
+        "none",
+        "Intensity normalisation before slicing: volume (per channel, background to 0 and the foreground's "
+        "median to 1, as tomofield train does) or none; a run directory's by default.",
+        choices=INTENSITY_MODES,
+    )
     head_options: dict[str, Any] = field(default_factory=dict)
     # Speed settings (docs/benchmarks.md has the measurements behind the defaults).
     amp: str = setting(
@@ -143,6 +152,10 @@ class EngineConfig:
             (self.extent in EXTENTS, f"unknown extent {self.extent!r}; valid: {', '.join(EXTENTS)}"),
             (self.amp in AMP_MODES, f"unknown amp mode {self.amp!r}; valid: {', '.join(AMP_MODES)}"),
             (self.norm in NORMS, f"unknown norm {self.norm!r}; valid: {', '.join(NORMS)}"),
+            (
+                self.intensity in INTENSITY_MODES,
+                f"unknown intensity normalisation {self.intensity!r}; valid: {', '.join(INTENSITY_MODES)}",
+            ),
             (self.empty_tol >= 0, f"empty_tol must be >= 0, got {self.empty_tol}"),
         ]
         for ok, msg in checks:
@@ -277,6 +290,15 @@ class Engine:
         self.config.validate()
         #: the config.json of the run directory given as weights ({} otherwise)
         self.run_config = run.config if run is not None else {}
+        diagnostics = self.run_config.get("diagnostics", {})
+        if diagnostics.get("learned") is False:
+            kinds = ", ".join(diagnostics.get("unresolved", [])) or "see its diagnostics"
+            warnings.warn(
+                f"the run {str(weights)!r} did not learn during training ({kinds}; {run.config_path} records "
+                "why): its heatmaps are likely meaningless",
+                NotLearningWarning,
+                stacklevel=2,
+            )
         self.device = resolve_device(device)
         #: the components' names: the registered name, or a given object's ``name`` (else its type's)
         self.head_name, self.filter_name, self.sampler_name = (_name(c) for c in (head, filter, sampler))
@@ -383,7 +405,8 @@ class Engine:
         vol = vol.to(torch.float32)
         if dev.type == "cuda" and vol.device.type == "cpu":
             vol = vol.pin_memory().to(dev, non_blocking=True)  # asynchronous, no stream sync
-        vol = vol.to(dev)
+        given = vol = vol.to(dev)
+        vol = normalize(vol, cfg.intensity)  # the encoder sees what it was trained on; post-processors the input
         scorer = self.scorer_for(vol.shape[0])
         total = plan.total_slices
         tick = (lambda n: progress(n, total)) if progress else (lambda n: None)
@@ -406,7 +429,7 @@ class Engine:
         if cfg.shard_directions and distributed.rank_world()[1] > 1:
             distributed.all_reduce_sum(heat)
         for post in self.postprocess:
-            heat = post(heat, vol)
+            heat = post(heat, given)
         return heat
 
     def run(self, volume: Volume, progress: Progress | None = None) -> Heatmap:

@@ -21,3 +21,7 @@ class UnknownComponentError(TomofieldError, LookupError):
 
     def __str__(self) -> str:  # LookupError would quote the message like a KeyError
         return str(self.args[0])
+
+
+class NotLearningWarning(UserWarning):
+    """A training run shows signs of not learning, or an engine is built on such a run."""

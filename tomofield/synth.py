@@ -9,6 +9,16 @@ same state. A per-volume random gain and offset, and bright distractors in both 
 global intensity statistics from separating the classes. Sizes are in mm, relative to 48
 reference voxels along the shortest physical axis, so anisotropic spacing still gives
 physically round lesions.
+
+``background="realistic"`` makes the same anatomy look like a stored scan instead of a
+normalised one (:func:`as_scan`): finer multi-scale tissue texture, a smooth multiplicative
+bias field (shading of +-15-40 %), Rician noise, and the intensities written in a
+scanner's own unit and offset as int16: a dataset-wide gain of 50-3000 units per tissue
+step and an offset of -1024 to +500, each volume's gain a further 0.6-1.6 times that
+(arbitrary units that differ from scan to scan, as in MRI). Its grid keeps a roughly
+cubic field of view whatever the spacing, so a thick-slice spacing gives fewer slices
+along that axis: ``size`` voxels at most along the finest axis, each side 85-100 % of its
+share.
 """
 
 from __future__ import annotations
@@ -22,7 +32,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["make_case", "write_dataset"]
+__all__ = ["as_scan", "make_case", "write_dataset"]
+
+#: The looks :func:`write_dataset` can give its volumes.
+BACKGROUNDS = ("plain", "realistic")
 
 _REF = 48.0
 ORGAN_RADIUS = (7.0, 14.0)  # equivalent radius of the enhancing organ, reference voxels
@@ -179,6 +192,38 @@ def _tubes(rng, g: _Grid, ctr: np.ndarray, b_ax: np.ndarray, unit: float, edge: 
     return con[k].astype(np.float32) * _soft(d - rad[k], edge)
 
 
+def as_scan(
+    img: np.ndarray,
+    body: np.ndarray,
+    rng: np.random.Generator,
+    spacing: Sequence[float],
+    gain: float,
+    offset: float,
+) -> np.ndarray:
+    """A normalised case (:func:`make_case`'s image) as a scanner stores it: int16 in ``gain`` units plus ``offset``.
+
+    Adds tissue texture at two fine scales inside ``body`` (the soft body weight), a smooth
+    multiplicative bias field and Rician noise; ``gain`` units per unit of ``img``, air and
+    the background at ``offset``.
+    """
+    sp = np.asarray(spacing, dtype=float)
+    unit = (np.asarray(img.shape) * sp).min() / _REF
+    tex = 0.05 * _smooth_noise(rng, img.shape, 1.5 * unit / sp) + 0.03 * _smooth_noise(rng, img.shape, 0.7 * unit / sp)
+    signal = np.clip(img + 0.2 * body + body * tex, 0.0, None)  # air 0, fat about 0.07, tissue about 0.4
+    bias = np.exp(rng.uniform(0.15, 0.4) * _smooth_noise(rng, img.shape, 0.25 * np.asarray(img.shape)))
+    sigma = rng.uniform(0.01, 0.03)
+    noisy = np.hypot(signal * bias + rng.normal(0.0, sigma, img.shape), rng.normal(0.0, sigma, img.shape))
+    raw = np.rint(offset + gain * noisy)
+    return np.clip(raw, np.iinfo(np.int16).min, np.iinfo(np.int16).max).astype(np.int16)
+
+
+def scan_grid(size: int, spacing: Sequence[float], rng: np.random.Generator) -> tuple[int, int, int]:
+    """A realistic case's grid: at most ``size`` voxels along the finest axis, a roughly cubic field of view."""
+    sp = np.asarray(spacing, dtype=float)
+    sides = np.rint(size * sp.min() / sp * rng.uniform(0.85, 1.0, 3))
+    return tuple(int(v) for v in np.maximum(sides, 16))
+
+
 def make_case(
     shape: Sequence[int] = (48, 48, 48),
     *,
@@ -186,6 +231,7 @@ def make_case(
     rng: np.random.Generator,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     n_lesions: int | None = None,
+    scan: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one synthetic case.
 
@@ -196,10 +242,13 @@ def make_case(
             the negative drawn from a given state is the anatomy of the positive drawn from it.
         spacing: voxel size in mm per (D, H, W) axis.
         n_lesions: number of lesions of a positive (default: 1 to 3 at random).
+        scan: ``(gain, offset)``: return the image as a scanner stores it (:func:`as_scan`)
+            instead of normalised.
 
     Returns:
-        ``(image, mask)``: float32 image (roughly CT / 1000, background ~0) and uint8 lesion
-        mask, both of shape (D, H, W); the mask is all zero for negatives.
+        ``(image, mask)``: float32 image (roughly CT / 1000, background ~0; int16 in ``gain``
+        units above ``offset`` with ``scan``) and uint8 lesion mask, both of shape (D, H, W);
+        the mask is all zero for negatives.
     """
     if n_lesions is not None and (n_lesions < 1 if positive else n_lesions != 0):
         raise ValueError(f"n_lesions={n_lesions} is invalid for positive={positive}")
@@ -268,6 +317,8 @@ def make_case(
     mask &= positive
     img += post_rng.normal(0.0, 0.02, g.shape).astype(np.float32)
     img = np.clip(img, -1.0, 2.0) * post_rng.uniform(0.8, 1.2) + post_rng.uniform(-0.03, 0.03)
+    if scan is not None:
+        return as_scan(img, body, post_rng, g.sp, *scan), mask.astype(np.uint8)
     return img.astype(np.float32), mask.astype(np.uint8)
 
 
@@ -278,7 +329,9 @@ def _save(path: Path, array_dhw: np.ndarray, spacing: Sequence[float]) -> None:
     from tomofield.io import atomic_write
 
     path = Path(path)
-    dtype = np.uint8 if array_dhw.dtype in (np.bool_, np.uint8) else np.float32
+    dtype = (
+        np.uint8 if array_dhw.dtype in (np.bool_, np.uint8) else np.int16 if array_dhw.dtype == np.int16 else np.float32
+    )
     s_d, s_h, s_w = (float(s) for s in spacing)
     affine = np.diag([s_w, s_h, s_d, 1.0])
     nii = nib.Nifti1Image(np.ascontiguousarray(array_dhw.astype(dtype).transpose(2, 1, 0)), affine)
@@ -306,7 +359,9 @@ def _write_csv(path: Path, rows: list[tuple[str, int, str]]) -> None:
 LIMITS = {"n": (4, 100_000), "size": (16, 512), "spacing": (0.01, 100.0)}
 
 
-def check_settings(*, n: int, size: int, seed: int, spacing: Sequence[float], val_fraction: float) -> None:
+def check_settings(
+    *, n: int, size: int, seed: int, spacing: Sequence[float], val_fraction: float, background: str = "plain"
+) -> None:
     """Refuse settings :func:`write_dataset` cannot honour, naming the value and the valid range."""
     from tomofield.errors import InputError
     from tomofield.protocols import SEED_MAX
@@ -333,6 +388,8 @@ def check_settings(*, n: int, size: int, seed: int, spacing: Sequence[float], va
         )
     if not isinstance(val_fraction, (int, float)) or isinstance(val_fraction, bool) or not 0 < val_fraction < 1:
         problems.append(f"val_fraction={val_fraction!r} (valid: a number strictly between 0 and 1)")
+    if background not in BACKGROUNDS:
+        problems.append(f"background={background!r} (valid: {', '.join(BACKGROUNDS)})")
     if problems:
         raise InputError("cannot synthesise this dataset: " + "; ".join(problems))
 
@@ -345,6 +402,7 @@ def write_dataset(
     seed: int = 0,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     val_fraction: float = 0.25,
+    background: str = "plain",
 ) -> dict[str, Path]:
     """Write ``n`` cases (half positive) as NIfTI plus ``dataset/train/val`` CSVs.
 
@@ -355,6 +413,9 @@ def write_dataset(
         seed: seed of the case order, the contents and the split.
         spacing: voxel size in mm per (D, H, W) axis.
         val_fraction: fraction of each class held out for validation.
+        background: ``plain`` (normalised intensities, a cubic grid) or ``realistic``
+            (int16 in a scanner's unit and offset, texture, bias field, Rician noise, a grid
+            that keeps the field of view cubic under anisotropic spacing; the module's doc).
 
     Returns:
         Paths of the CSVs, keyed ``"dataset"``, ``"train"`` and ``"val"``.
@@ -368,14 +429,14 @@ def write_dataset(
     from tomofield.io import write_error
 
     out = Path(out_dir)
-    check_settings(n=n, size=size, seed=seed, spacing=spacing, val_fraction=val_fraction)
+    check_settings(n=n, size=size, seed=seed, spacing=spacing, val_fraction=val_fraction, background=background)
     if out.exists() and not out.is_dir():
         raise InputError(f"output {str(out)!r} is a file; give a new or empty folder for the dataset")
     if out.exists() and any(out.iterdir()):
         raise InputError(f"output directory {str(out)!r} is not empty; choose another")
     made = [p for p in (*reversed(out.parents), out) if not p.exists()]
     try:
-        return _write_cases(out, n, size, seed, spacing, val_fraction)
+        return _write_cases(out, n, size, seed, spacing, val_fraction, background)
     except BaseException as exc:
         for p in [*sorted(out.rglob("*"), key=lambda q: len(q.parts), reverse=True), *reversed(made)]:
             with suppress(OSError):
@@ -386,18 +447,25 @@ def write_dataset(
 
 
 def _write_cases(
-    out: Path, n: int, size: int, seed: int, spacing: Sequence[float], val_fraction: float
+    out: Path, n: int, size: int, seed: int, spacing: Sequence[float], val_fraction: float, background: str
 ) -> dict[str, Path]:
     """The work of :func:`write_dataset` in a checked ``out`` folder."""
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % 2)
+    scanner = np.random.default_rng([seed, n, 1])  # the dataset's unit and offset
+    gain0, offset0 = float(np.exp(scanner.uniform(np.log(50), np.log(3000)))), float(scanner.uniform(-1024, 500))
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
     width = max(3, len(str(n - 1)))
     rows = []
     for i, label in enumerate(labels):
         case_rng = np.random.default_rng([seed, i])
-        image, mask = make_case((size,) * 3, positive=bool(label), rng=case_rng, spacing=spacing)
+        if background == "realistic":
+            shape = scan_grid(size, spacing, case_rng)
+            scan = (gain0 * float(case_rng.uniform(0.6, 1.6)), offset0)
+        else:
+            shape, scan = (size,) * 3, None
+        image, mask = make_case(shape, positive=bool(label), rng=case_rng, spacing=spacing, scan=scan)
         name = f"case_{i:0{width}d}.nii.gz"
         _save(out / "images" / name, image, spacing)
         _save(out / "masks" / name, mask, spacing)

@@ -24,17 +24,20 @@ from tomofield.train import (
     volume_scores,
 )
 
-#: Every default TrainConfig had before the defaults moved into the resolution.
+#: Every default of a from-scratch TrainConfig resolved without the data's shapes (the
+#: slice size of the data is tested below).
 TODAY = dict(
     encoder="resnet10t",
-    norm="frozen-bn",
+    norm="group-norm",
     pretrained=False,
-    iterations=1000,
-    slices_per_volume=120,
+    iterations=1200,
+    slices_per_volume=32,
     slice_size=224,
     batch_volumes=2,
-    lr=5e-5,
+    lr=1e-3,
     lr_end=1e-7,
+    warmup=60,
+    intensity="volume",
     seed=0,
     geometry="physical",
     extent="unit",
@@ -80,12 +83,29 @@ def fake_run(path: Path, **settings) -> Path:
 def test_without_a_teacher_the_library_defaults_are_todays():
     assert set(DEFAULTS) == set(TRAINING_INHERITED)
     cfg = TrainConfig()
-    assert all(getattr(cfg, k) is None for k in (*TRAINING_INHERITED, "loss"))
+    assert all(getattr(cfg, k) is None for k in (*TRAINING_INHERITED, "loss", "lr", "warmup"))
     assert asdict(cfg.resolved()) == TODAY
     assert cfg.loss is None  # resolved() returns a new config
     assert TrainConfig(task="regression").resolved().loss == "mse"
     explicit = TrainConfig(slice_size=32, extent="tight", loss="bce").resolved()
     assert (explicit.slice_size, explicit.extent, explicit.encoder) == (32, "tight", "resnet10t")
+
+
+def test_pretrained_encoders_get_the_papers_recipe_and_from_scratch_the_datas_slice_size():
+    paper = TrainConfig(pretrained=True).resolved([(66, 78, 63)])
+    assert (paper.norm, paper.lr, paper.slice_size, paper.intensity) == ("frozen-bn", 5e-5, 224, "volume")
+    scratch = TrainConfig(iterations=400).resolved([(66, 78, 63), (40, 40, 40)])
+    assert (scratch.norm, scratch.lr, scratch.slice_size, scratch.warmup) == ("group-norm", 1e-3, 80, 20)
+    given = TrainConfig(lr=3e-4, norm="batch-norm", slice_size=64, warmup=0).resolved([(66, 78, 63)])
+    assert (given.lr, given.norm, given.slice_size, given.warmup) == (3e-4, "batch-norm", 64, 0)
+
+
+def test_a_teacher_from_before_intensity_was_recorded_hands_on_none(tmp_path):
+    """Its encoder saw the stored values: the student must too, or the teacher's densities are wrong."""
+    old = fake_run(tmp_path / "old", encoder="resnet18", in_chans=1)
+    assert TrainConfig(task="regression", teacher=str(old)).resolved().intensity == "none"
+    new = fake_run(tmp_path / "new", encoder="resnet18", in_chans=1, intensity="volume")
+    assert TrainConfig(task="regression", teacher=str(new)).resolved().intensity == "volume"
 
 
 def test_resolution_reads_the_teachers_run_and_explicit_values_win(tmp_path):
@@ -100,7 +120,7 @@ def test_resolution_reads_the_teachers_run_and_explicit_values_win(tmp_path):
     )
     got = TrainConfig(task="regression", teacher=str(run)).resolved()
     assert {k: getattr(got, k) for k in TRAINING_INHERITED} == dict(
-        encoder="resnet18", norm="batch-norm", slice_size=48, geometry="normalized", extent="tight"
+        encoder="resnet18", norm="batch-norm", slice_size=48, geometry="normalized", extent="tight", intensity="none"
     )
     assert got.loss == "mse"
     got = TrainConfig(task="regression", teacher=str(run), slice_size=24, loss="huber").resolved()
@@ -127,7 +147,8 @@ def test_trainer_inherits_the_teachers_settings(datasets, teacher, tmp_path):
     )
     assert (wins.cfg.slice_size, wins.cfg.extent) == (24, "tight")
     plain = Trainer(datasets[1], tmp_path / "p", TrainConfig(task="regression"), device="cpu")
-    assert {k: getattr(plain.cfg, k) for k in TRAINING_INHERITED} == DEFAULTS
+    # from scratch on 20^3 volumes: group norm and the smallest slice size chosen from data
+    assert {k: getattr(plain.cfg, k) for k in TRAINING_INHERITED} == DEFAULTS | {"norm": "group-norm", "slice_size": 32}
 
 
 def test_student_run_records_concrete_settings_and_resumes(datasets, teacher, tmp_path):

@@ -1,9 +1,27 @@
 """Training arguments: :class:`TrainConfig`, its validation and the resolution of its defaults.
 
-The settings a teacher run provides (:data:`tomofield.checkpoint.TRAINING_INHERITED`) and
-the loss default to ``None``, "not given"; :meth:`TrainConfig.resolved` fills them from the
-teacher's run directory when there is one, else from :data:`DEFAULTS` and
-:data:`DEFAULT_LOSS`, the library's own defaults. Explicit values always win.
+The settings a teacher run provides (:data:`tomofield.checkpoint.TRAINING_INHERITED`), the
+loss, the learning rate and the warm-up default to ``None``, "not given";
+:meth:`TrainConfig.resolved` fills them from the teacher's run directory when there is one,
+else from the library's own defaults. Explicit values always win.
+
+The defaults depend on where the encoder starts (``pretrained``), because what trains a
+pretrained network gently leaves a random one at chance:
+
+============  ========================================  ====================================
+setting       from scratch (the default)                pretrained (the paper's)
+============  ========================================  ====================================
+norm          ``group-norm``: normalises from step one  ``frozen-bn``: ImageNet statistics
+lr            ``1e-3``                                  ``5e-5``
+slice_size    the volumes' largest side, rounded up to  ``224`` (the ImageNet input size)
+              a multiple of 16, in 32..224
+============  ========================================  ====================================
+
+(frozen batch norm on a random network is no normalisation at all). Both ramp the learning
+rate up linearly over the first ``warmup`` steps (default 5 % of the run) before the cosine
+decay, and normalise every volume's intensities (``intensity="volume"``,
+:mod:`tomofield.intensity`); the run records the choice and every engine built on it
+applies the same.
 """
 
 from __future__ import annotations
@@ -16,22 +34,35 @@ from tomofield.checkpoint import RunDir, is_run_dir
 from tomofield.encoders import NORMS
 from tomofield.errors import InputError
 from tomofield.geometry import EXTENTS, GEOMETRIES
+from tomofield.intensity import MODES as INTENSITY_MODES
 from tomofield.protocols import SEED_MAX
 
 #: The losses each task accepts; the first is the task's default.
 TASKS = {"classification": ("bce",), "regression": ("mse", "huber")}
-#: The library's defaults of the settings a teacher run would otherwise provide (the paper's).
+#: The library's defaults of the settings a teacher run would otherwise provide; ``None``:
+#: depends on ``pretrained`` (:data:`SCRATCH` and :data:`PRETRAINED`).
 DEFAULTS: dict[str, Any] = {
     "encoder": "resnet10t",
-    "norm": "frozen-bn",
-    "slice_size": 224,
+    "norm": None,
+    "slice_size": None,
     "geometry": "physical",
     "extent": "unit",
+    "intensity": "volume",
 }
+#: Defaults of an encoder trained from scratch (``slice_size``: :func:`slice_size_for`).
+SCRATCH: dict[str, Any] = {"norm": "group-norm", "lr": 1e-3}
+#: Defaults of a pretrained encoder (the paper's recipe).
+PRETRAINED: dict[str, Any] = {"norm": "frozen-bn", "lr": 5e-5, "slice_size": 224}
+#: The default warm-up, as a share of the iterations.
+WARMUP_SHARE = 0.05
+#: The range of a slice size chosen from the data.
+AUTO_SLICE_SIZES = (32, 224)
+#: A teacher run from before ``intensity`` was recorded trained on the stored values.
+LEGACY_INTENSITY = "none"
 #: The default loss of each task.
 DEFAULT_LOSS = {task: losses[0] for task, losses in TASKS.items()}
 #: Settings that take one of a fixed set of values.
-CHOICES = {"geometry": GEOMETRIES, "extent": EXTENTS, "norm": NORMS}
+CHOICES = {"geometry": GEOMETRIES, "extent": EXTENTS, "norm": NORMS, "intensity": INTENSITY_MODES}
 #: Lower bounds of the integer settings.
 MINIMA = {
     "iterations": 1,
@@ -42,7 +73,19 @@ MINIMA = {
     "checkpoint_every": 1,
     "val_directions": 1,
     "val_slices": 2,
+    "warmup": 0,
 }
+
+
+def slice_size_for(shapes: list[tuple[int, ...]]) -> int:
+    """A from-scratch slice size for volumes of these spatial shapes: the largest side, rounded up to 16.
+
+    >>> slice_size_for([(66, 78, 63), (48, 48, 48)]), slice_size_for([(20, 20, 20)]), slice_size_for([(512, 512, 300)])
+    (80, 32, 224)
+    """
+    lo, hi = AUTO_SLICE_SIZES
+    side = max(max(s) for s in shapes)
+    return int(min(max(-(-side // 16) * 16, lo), hi))
 
 
 def teacher_run(path: str | Path) -> RunDir:
@@ -58,21 +101,26 @@ def teacher_run(path: str | Path) -> RunDir:
 
 @dataclass
 class TrainConfig:
-    """Training arguments; defaults are the paper's except where noted.
+    """Training arguments (the module's doc has the defaults that depend on ``pretrained``).
 
-    ``encoder``, ``norm``, ``slice_size``, ``geometry``, ``extent`` and ``loss`` are
-    ``None`` until :meth:`resolved` fills them (the :class:`~tomofield.train.Trainer` does).
+    ``encoder``, ``norm``, ``slice_size``, ``geometry``, ``extent``, ``intensity``, ``lr``,
+    ``warmup`` and ``loss`` are ``None`` until :meth:`resolved` fills them (the
+    :class:`~tomofield.train.Trainer` does).
     """
 
     encoder: str | None = None
     norm: str | None = None
     pretrained: bool = False
-    iterations: int = 1000
-    slices_per_volume: int = 120
+    iterations: int = 1200
+    slices_per_volume: int = 32
     slice_size: int | None = None
     batch_volumes: int = 2
-    lr: float = 5e-5
+    lr: float | None = None
     lr_end: float = 1e-7
+    #: steps of linear learning-rate warm-up before the cosine decay (None: 5 % of ``iterations``)
+    warmup: int | None = None
+    #: intensity normalisation of every volume (:mod:`tomofield.intensity`)
+    intensity: str | None = None
     seed: int = 0
     geometry: str | None = None
     extent: str | None = None
@@ -90,18 +138,28 @@ class TrainConfig:
     #: the teacher's baseline: this quantile of its slice scores on the volumes whose target is 0.
     teacher_quantile: float = 0.95
 
-    def resolved(self) -> TrainConfig:
+    def resolved(self, shapes: list[tuple[int, ...]] | None = None) -> TrainConfig:
         """A copy with every ``None`` setting filled: from the teacher's run, else the library's default.
+
+        Args:
+            shapes: the training volumes' spatial shapes, for a from-scratch slice size
+                (:func:`slice_size_for`; 224 without them).
 
         Raises:
             InputError: ``teacher`` is not a run directory of ``tomofield train``.
         """
-        inherited = teacher_run(self.teacher).training_defaults() if self.teacher is not None else {}
+        inherited = {}
+        if self.teacher is not None:
+            inherited = {"intensity": LEGACY_INTENSITY, **teacher_run(self.teacher).training_defaults()}
+        start = PRETRAINED if self.pretrained else SCRATCH | {"slice_size": slice_size_for(shapes) if shapes else 224}
         filled = {
-            k: getattr(self, k) if getattr(self, k) is not None else inherited.get(k, v) for k, v in DEFAULTS.items()
+            k: getattr(self, k) if getattr(self, k) is not None else inherited.get(k, start.get(k) if v is None else v)
+            for k, v in DEFAULTS.items()
         }
         loss = self.loss if self.loss is not None else DEFAULT_LOSS.get(self.task)
-        return replace(self, **filled, loss=loss)
+        lr = self.lr if self.lr is not None else start["lr"]
+        warmup = self.warmup if self.warmup is not None else round(WARMUP_SHARE * self.iterations)
+        return replace(self, **filled, loss=loss, lr=lr, warmup=warmup)
 
     def validate(self) -> None:
         """Raise :class:`InputError` on an invalid argument; settings still ``None`` are not checked."""
@@ -127,7 +185,7 @@ class TrainConfig:
             raise InputError(f"--teacher is for --task regression, got task {self.task!r}")
         if not 0 < self.teacher_quantile < 1:
             raise InputError(f"teacher-quantile must be in (0, 1), got {self.teacher_quantile}")
-        if not self.lr > 0 or not self.lr_end >= 0:
+        if (self.lr is not None and not self.lr > 0) or not self.lr_end >= 0:
             raise InputError(f"learning rates must be positive, got lr={self.lr}, lr_end={self.lr_end}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
             raise InputError(f"seed must be an integer in 0..{SEED_MAX}, got {self.seed!r}")

@@ -15,6 +15,7 @@ from torch import Tensor
 from tomofield.dataset import Case
 from tomofield.errors import InputError
 from tomofield.geometry import half_extents, sample_slices, slice_area, slice_points, stack_extents, unit_volume_mm3
+from tomofield.intensity import normalize
 from tomofield.io import load_volume
 
 if TYPE_CHECKING:
@@ -34,14 +35,28 @@ class Loaded:
     mm3: float = 1.0  # cubic millimetres per unit cube of the geometry (geometry.unit_volume_mm3)
 
 
-def load_cases(cases: list[Case], geometry: str, device: torch.device) -> list[Loaded]:
-    """Load every case onto ``device``; all must have the same number of channels."""
+def spatial_shapes(cases: list[Case]) -> list[tuple[int, ...]]:
+    """The grid of each case's first image, from the NIfTI header alone (the data is not read)."""
+    import nibabel as nib
+
+    shapes = []
+    for c in cases:
+        try:
+            shape = tuple(int(v) for v in nib.load(str(c.images[0])).shape[:3])
+        except Exception:  # not a NIfTI nibabel reads lazily: load it (load_volume names what is wrong)
+            shape = tuple(load_volume([c.images[0]]).data.shape[1:])
+        shapes.append(shape)
+    return shapes
+
+
+def load_cases(cases: list[Case], geometry: str, device: torch.device, intensity: str = "none") -> list[Loaded]:
+    """Load every case onto ``device``, normalised by ``intensity``; all must have the same number of channels."""
     out = []
     for c in cases:
         vol = load_volume(list(c.images))
         e = half_extents(vol.data.shape[1:], vol.spacing, geometry).to(device, torch.float32)
         mm3 = unit_volume_mm3(vol.data.shape[1:], vol.spacing, geometry)
-        out.append(Loaded(vol.data.to(device), e, c.label, c, mm3))
+        out.append(Loaded(normalize(vol.data.to(device), intensity), e, c.label, c, mm3))
     chans = {v.data.shape[0] for v in out}
     if len(chans) > 1:
         raise InputError(f"volumes have different channel counts {sorted(chans)}; every volume needs the same")

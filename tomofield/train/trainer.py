@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -18,9 +19,17 @@ from tomofield import checkpoint as ck
 from tomofield import distributed
 from tomofield.dataset import dataset_hash, read_dataset
 from tomofield.engine import resolve_device
-from tomofield.errors import InputError
+from tomofield.errors import InputError, NotLearningWarning
 from tomofield.train.config import TrainConfig
-from tomofield.train.slicing import Loaded, augmented_slices, load_cases, pick_volumes, stack_slices
+from tomofield.train.monitor import Monitor
+from tomofield.train.slicing import (
+    Loaded,
+    augmented_slices,
+    load_cases,
+    pick_volumes,
+    spatial_shapes,
+    stack_slices,
+)
 from tomofield.train.teacher import Teacher, spread_targets
 from tomofield.train.validation import classification_metrics, regression_metrics, volume_scores
 
@@ -28,9 +37,15 @@ Progress = Callable[[dict[str, Any]], None]
 LOSSES = {"bce": F.binary_cross_entropy_with_logits, "mse": F.mse_loss, "huber": F.huber_loss}
 
 
-def cosine_lr(step: int, total: int, lr: float, lr_end: float) -> float:
-    """Learning rate at ``step`` of ``total``: ``lr`` at 0 down to ``lr_end`` at the end."""
-    return lr_end + (lr - lr_end) * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+def cosine_lr(step: int, total: int, lr: float, lr_end: float, warmup: int = 0) -> float:
+    """Learning rate at ``step`` of ``total``: up linearly to ``lr`` over ``warmup`` steps, then cosine down to ``lr_end``.
+
+    >>> [round(cosine_lr(s, 10, 1.0, 0.0, warmup=2), 3) for s in (0, 1, 2, 6, 10)]
+    [0.333, 0.667, 1.0, 0.5, 0.0]
+    """
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    return lr_end + (lr - lr_end) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
 class Scaled(nn.Module):
@@ -61,11 +76,15 @@ class Trainer:
         device: str = "auto",
         resume: bool = False,
     ) -> None:
-        config = config.resolved()
         config.validate()
-        self.cfg, self.run_dir, self.device = config, Path(run_dir), resolve_device(device)
         self.train_csv, self.val_csv = Path(train_csv), Path(val_csv) if val_csv else None
         self.cases = read_dataset(self.train_csv, config.task)
+        needs_shapes = config.slice_size is None and not config.pretrained and config.teacher is None
+        config = config.resolved(spatial_shapes(self.cases) if needs_shapes else None)
+        config.validate()
+        self.cfg, self.run_dir, self.device = config, Path(run_dir), resolve_device(device)
+        #: watches the run for signs of not learning (recorded as the run's diagnostics)
+        self.monitor = Monitor.for_loss(config.task, config.loss, config.iterations, config.lr)
         self.val_cases = read_dataset(self.val_csv, config.task) if self.val_csv else []
         if config.task == "classification" and {c.label for c in self.cases} != {0.0, 1.0}:
             raise InputError(f"{self.train_csv}: training needs both positive (1) and negative (0) volumes")
@@ -102,12 +121,14 @@ class Trainer:
             "slice_size": self.cfg.slice_size,
             "geometry": self.cfg.geometry,
             "extent": self.cfg.extent,
+            "intensity": self.cfg.intensity,
             "task": self.cfg.task,
             "training": asdict(self.cfg),
             "dataset": {"csv": str(self.train_csv.resolve()), "sha256": self.hash, "volumes": len(self.cases)},
             "iteration": step,
             "metrics": metrics,
             "loss_log": self.loss_log,
+            "diagnostics": self.monitor.record(),
         } | (
             {
                 "teacher": str(Path(self.cfg.teacher).resolve()),
@@ -184,6 +205,8 @@ class Trainer:
                 f"--resume: the optimizer or random state in {str(st.path)!r} does not fit this run: {exc}"
             ) from exc
         self.loss_log = st.loss_log
+        if ck.is_run_dir(self.run_dir):
+            self.monitor.restore(ck.RunDir(self.run_dir).config.get("diagnostics", {}))
         return st.iteration, st.history
 
     def validate(self, model: nn.Module, vols: list[Loaded], train: list[Loaded]) -> dict[str, float]:
@@ -220,26 +243,28 @@ class Trainer:
 
     def _loss(
         self, net: nn.Module, vols: list[Loaded], teacher: Teacher | None, gen: torch.Generator
-    ) -> tuple[Tensor, Tensor]:
-        """One step's slices and loss: every slice takes its volume's label, or with a teacher its density."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One step's slices, loss and outputs: every slice takes its volume's label, or with a teacher its density."""
         cfg, loss_fn = self.cfg, LOSSES[self.cfg.loss]
         if teacher is None:
             x = torch.cat([augmented_slices(v, cfg, gen) for v in vols])
             y = torch.tensor([v.label for v in vols], device=self.device).repeat_interleave(cfg.slices_per_volume)
-            return x, loss_fn(net(x)[:, 0], y)
+            out = net(x)[:, 0]
+            return x, loss_fn(out, y), out
         # density regression: the teacher spreads each target over a full stack
         xs, ws = zip(*[stack_slices(v, cfg, gen) for v in vols], strict=True)
         x, w = torch.cat(xs), torch.stack(ws)
         targets = torch.tensor([v.label for v in vols], device=self.device)
         density, usable = spread_targets(teacher.excess(x).reshape(len(vols), -1), w, targets)
-        per_slice = loss_fn(net(x)[:, 0].reshape(len(vols), -1), density / self.scale, reduction="none")
-        return x, (per_slice * usable[:, None]).sum() / (usable.sum() * cfg.slices_per_volume).clamp_min(1)
+        out = net(x)[:, 0]
+        per_slice = loss_fn(out.reshape(len(vols), -1), density / self.scale, reduction="none")
+        return x, (per_slice * usable[:, None]).sum() / (usable.sum() * cfg.slices_per_volume).clamp_min(1), out
 
     def fit(self, progress: Progress | None = None) -> dict[str, Any]:
         """Train to ``iterations`` steps (continuing a checkpoint with ``resume``)."""
         cfg = self.cfg
-        train = load_cases(self.cases, cfg.geometry, self.device)
-        val = load_cases(self.val_cases, cfg.geometry, self.device) if self.val_cases else []
+        train = load_cases(self.cases, cfg.geometry, self.device, cfg.intensity)
+        val = load_cases(self.val_cases, cfg.geometry, self.device, cfg.intensity) if self.val_cases else []
         in_chans = int(train[0].data.shape[0])
         if val and int(val[0].data.shape[0]) != in_chans:
             raise InputError(f"validation volumes have {val[0].data.shape[0]} channels, training volumes {in_chans}")
@@ -263,8 +288,8 @@ class Trainer:
         window: list[float] = []  # losses since the last checkpoint
         while step < cfg.iterations:
             for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, cfg.iterations, cfg.lr, cfg.lr_end)
-            x, loss = self._loss(net, pick_volumes(train, cfg, gen), teacher, gen)
+                group["lr"] = cosine_lr(step, cfg.iterations, cfg.lr, cfg.lr_end, cfg.warmup)
+            x, loss, outputs = self._loss(net, pick_volumes(train, cfg, gen), teacher, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -272,15 +297,51 @@ class Trainer:
             seen += x.shape[0]
             loss_v = float(loss.detach())
             window.append(loss_v)
+            self.monitor.step(loss_v, float(outputs.detach().float().std()) if outputs.numel() > 1 else 0.0)
             record: dict[str, Any] = {"iteration": step, "loss": loss_v, "lr": opt.param_groups[0]["lr"]}
+            problems = [p for p in [self.monitor.diverged(step, loss_v)] if p is not None]
             if val and rank == 0 and (step % cfg.val_every == 0 or step == cfg.iterations):
-                record |= self.validate(model, val, train)
+                metrics = self.validate(model, val, train)
+                record |= metrics
                 history.append(record)
-            if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+                problems += self.monitor.validation(step, metrics)
+            stop = not math.isfinite(loss_v)
+            if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stop:
                 mean = distributed.all_reduce_sum(torch.tensor([sum(window), len(window)], dtype=torch.float64))
                 self.loss_log.append({"iteration": step, "train_loss": float(mean[0] / mean[1])})
                 window = []
-                self._save(model, opt, gen, step, in_chans, history)
+                problems += self.monitor.checkpoint(step)
+                if not stop:
+                    self._save(model, opt, gen, step, in_chans, history)
+            if problems and rank == 0 and not progress:
+                for p in problems:
+                    warnings.warn(f"training may not be learning: {p.message}", NotLearningWarning, stacklevel=2)
             if progress:
-                progress(record | {"total": cfg.iterations, "slices_per_s": seen / (time.perf_counter() - t0)})
-        return {"iteration": step, "loss": loss_v, "history": history, "run_dir": str(self.run_dir)}
+                rate = seen / (time.perf_counter() - t0)
+                said = {"warnings": [p.message for p in problems]} if problems else {}
+                progress(record | said | {"total": cfg.iterations, "slices_per_s": rate})
+            if stop:
+                self._record_diagnostics(in_chans, step, history)
+                raise InputError(
+                    f"training diverged at iteration {step} (loss {loss_v}); the last checkpoint in "
+                    f"{str(self.run_dir)!r} is kept, its diagnostics say so. Try a lower --lr (now {cfg.lr:g})"
+                )
+        return {
+            "iteration": step,
+            "loss": loss_v,
+            "history": history,
+            "run_dir": str(self.run_dir),
+            "diagnostics": self.monitor.record(),
+        }
+
+    def _record_diagnostics(self, in_chans: int, step: int, history: list[dict[str, Any]]) -> None:
+        """Write the diagnostics into ``config.json`` without a new checkpoint (the weights are not finite)."""
+        rank, _ = distributed.rank_world()
+        if rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        last = ck.RunDir(self.run_dir).config if ck.is_run_dir(self.run_dir) else None
+        cfg = self.run_config(in_chans, step, history[-1] if history else {})
+        if last is not None:  # the checkpoint's iteration and metrics stay; only the verdict changes
+            cfg |= {"iteration": last.get("iteration", 0), "metrics": last.get("metrics", {})}
+        ck.write_json(self.run_dir / ck.CONFIG, cfg)

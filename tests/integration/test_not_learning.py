@@ -1,0 +1,80 @@
+"""A run that does not learn says so, in the run and at every engine built on it; intensities follow the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tomofield import Engine
+from tomofield.errors import InputError, NotLearningWarning
+from tomofield.train import TrainConfig, Trainer
+
+
+@pytest.fixture
+def tiny_dataset(cube_volumes, tmp_path: Path) -> Path:
+    csv = tmp_path / "train.csv"
+    csv.write_text("image,label\n" + "\n".join(f"{name},{int(pos)}" for name, pos in cube_volumes) + "\n")
+    return csv
+
+
+def small(**kw) -> TrainConfig:
+    base = dict(iterations=12, slices_per_volume=4, slice_size=16, checkpoint_every=4, val_every=6, seed=0)
+    base.update(val_directions=2, val_slices=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_a_learning_rate_far_too_high_is_flagged_in_the_run_and_by_the_engine(tiny_dataset, tmp_path):
+    run = tmp_path / "broken"
+    with pytest.warns(NotLearningWarning, match="training may not be learning") as caught:
+        try:
+            Trainer(tiny_dataset, run, small(lr=30.0), val_csv=tiny_dataset, device="cpu").fit()
+        except InputError as exc:  # a loss that went to nan stops the run
+            assert "diverged" in str(exc) and "lower --lr (now 30)" in str(exc)
+    diagnostics = json.loads((run / "config.json").read_text())["diagnostics"]
+    assert diagnostics["learned"] is False
+    assert diagnostics["unresolved"] and any("--lr" in str(w.message) for w in caught)
+    with pytest.warns(NotLearningWarning, match="did not learn during training"):
+        Engine(weights=str(run), head="logit", filter="tomo", directions=2, slices=3)
+
+
+def test_shuffled_labels_leave_validation_at_chance(tiny_dataset, tmp_path):
+    """Labels that say nothing about the images: the held-out volumes are not separated."""
+    header, *rows = tiny_dataset.read_text().splitlines()  # cubes in the even rows
+    # labels 1, 1, 0, 0 by position: each label holds one volume with a cube and one without
+    shuffled = [f"{r.split(',')[0]},{int(i % 4 < 2)}" for i, r in enumerate(rows)]
+    bad, held_out = tmp_path / "shuffled.csv", tmp_path / "val.csv"
+    bad.write_text("\n".join([header, *shuffled[:4]]) + "\n")
+    held_out.write_text("\n".join([header, *shuffled[4:]]) + "\n")
+    run = tmp_path / "shuffled"
+    with pytest.warns(NotLearningWarning):
+        Trainer(bad, run, small(val_every=4, lr=1e-3), val_csv=held_out, device="cpu").fit()
+    diagnostics = json.loads((run / "config.json").read_text())["diagnostics"]
+    assert diagnostics["learned"] is False and diagnostics["unresolved"]
+
+
+def test_the_engine_normalises_as_the_run_did(tiny_dataset, tmp_path, cube_volumes):
+    run = tmp_path / "run"
+    Trainer(tiny_dataset, run, small(iterations=2, checkpoint_every=2), device="cpu").fit()
+    assert json.loads((run / "config.json").read_text())["intensity"] == "volume"
+    engine = Engine(weights=str(run), head="logit", filter="tomo", directions=4, slices=5)
+    assert engine.config.intensity == "volume"
+    from tomofield.io import load_volume
+
+    vol = load_volume(tmp_path / cube_volumes[0][0])
+    heat = engine.reconstruct(vol.data, vol.spacing)
+    stored = engine.reconstruct(1000 * vol.data - 1024, vol.spacing)  # the same scan in other units
+    assert torch.allclose(stored, heat, rtol=1e-3, atol=1e-3 * float(heat.abs().max()))
+    raw = engine.with_options(intensity="none").reconstruct(1000 * vol.data - 1024, vol.spacing)
+    assert not torch.allclose(raw, heat, rtol=0.1, atol=0.1 * float(heat.abs().max()))
+
+
+def test_a_run_from_before_the_setting_is_reconstructed_on_stored_values(tiny_dataset, tmp_path):
+    run = tmp_path / "old"
+    Trainer(tiny_dataset, run, small(iterations=2, checkpoint_every=2, intensity="none"), device="cpu").fit()
+    cfg = json.loads((run / "config.json").read_text())
+    del cfg["intensity"], cfg["diagnostics"]
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert Engine(weights=str(run)).config.intensity == "none"
