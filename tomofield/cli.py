@@ -343,13 +343,13 @@ def _topt(flag: str, help: str, **kw: Any) -> Any:
 @_topt("--slices-per-volume", "Slices drawn per volume and step.", type=int)
 @_topt(
     "--slice-size",
-    "Slice side in pixels (a teacher's, with --teacher).  [default: from scratch the volumes' largest side "
-    "rounded up to 16, in 32..224; 224 with --pretrained]",
+    "Slice side in pixels (a teacher's, with --teacher).  [default: the volumes' largest side rounded up to 16, "
+    "in 32..224]",
     type=int,
 )
 @_topt("--batch-volumes", "Volumes per step (pairs of one positive and one negative).", type=int)
 @_topt(
-    "--lr", "Peak learning rate (cosine schedule).  [default: 1e-3 from scratch, 5e-5 with --pretrained]", type=float
+    "--lr", "Peak learning rate (cosine schedule).  [default: 1e-3 from scratch, 3e-4 with --pretrained]", type=float
 )
 @_topt("--warmup", "Steps of linear learning-rate warm-up.  [default: 5% of --iterations]", type=int)
 @_topt(
@@ -374,7 +374,7 @@ def _topt(flag: str, help: str, **kw: Any) -> Any:
 @_topt(
     "--teacher",
     "Regression: a classification run on the same data; trains a density encoder whose tomo "
-    "heatmap integrates to the target (docs/features.md). Encoder, norm, slice size, geometry and extent "
+    "heatmap integrates to the target (docs/features.md). Encoder, norm, slice size, geometry, extent and intensity "
     "default to the teacher's.",
     type=click.Path(),
 )
@@ -448,8 +448,6 @@ def fit_with_progress(trainer: Any) -> dict[str, Any]:
 
         def progress(rec: dict[str, Any]) -> None:
             info = f"loss {rec['loss']:.4f}  {rec['slices_per_s']:,.0f} slices/s"
-            for message in rec.get("warnings", []):
-                bar.console.print(Text.assemble(("Warning: ", "bold yellow"), message), soft_wrap=True)
             if "val_balanced_accuracy" in rec:
                 bar.console.print(
                     f"iteration {rec['iteration']}: validation balanced accuracy {rec['val_balanced_accuracy']:.3f}",
@@ -461,6 +459,8 @@ def fit_with_progress(trainer: Any) -> dict[str, Any]:
                     f"Pearson r {rec['val_pearson']:.3f}",
                     highlight=False,
                 )
+            for message in rec.get("warnings", []):  # after the validation line they may be about
+                bar.console.print(Text.assemble(("Warning: ", "bold yellow"), message), soft_wrap=True)
             bar.update(task, completed=rec["iteration"], info=info)
 
         return trainer.fit(progress)

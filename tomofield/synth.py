@@ -221,7 +221,7 @@ def scan_grid(size: int, spacing: Sequence[float], rng: np.random.Generator) -> 
     """A realistic case's grid: at most ``size`` voxels along the finest axis, a roughly cubic field of view."""
     sp = np.asarray(spacing, dtype=float)
     sides = np.rint(size * sp.min() / sp * rng.uniform(0.85, 1.0, 3))
-    return tuple(int(v) for v in np.maximum(sides, 16))
+    return tuple(int(v) for v in np.maximum(sides, 8))
 
 
 def make_case(

@@ -40,19 +40,22 @@ def test_a_learning_rate_far_too_high_is_flagged_in_the_run_and_by_the_engine(ti
         Engine(weights=str(run), head="logit", filter="tomo", directions=2, slices=3)
 
 
-def test_shuffled_labels_leave_validation_at_chance(tiny_dataset, tmp_path):
-    """Labels that say nothing about the images: the held-out volumes are not separated."""
-    header, *rows = tiny_dataset.read_text().splitlines()  # cubes in the even rows
-    # labels 1, 1, 0, 0 by position: each label holds one volume with a cube and one without
-    shuffled = [f"{r.split(',')[0]},{int(i % 4 < 2)}" for i, r in enumerate(rows)]
-    bad, held_out = tmp_path / "shuffled.csv", tmp_path / "val.csv"
-    bad.write_text("\n".join([header, *shuffled[:4]]) + "\n")
-    held_out.write_text("\n".join([header, *shuffled[4:]]) + "\n")
-    run = tmp_path / "shuffled"
-    with pytest.warns(NotLearningWarning):
-        Trainer(bad, run, small(val_every=4, lr=1e-3), val_csv=held_out, device="cpu").fit()
+def test_labels_that_say_nothing_about_the_images_are_flagged(cube_volumes, tmp_path):
+    """Every negative is a copy of a positive: nothing separates the classes, so nothing is learned."""
+    import shutil
+
+    rows = []
+    for name, _ in cube_volumes:
+        shutil.copy(tmp_path / name, tmp_path / f"copy_{name}")
+        rows += [f"{name},1", f"copy_{name},0"]
+    train, val = tmp_path / "same_train.csv", tmp_path / "same_val.csv"
+    train.write_text("image,label\n" + "\n".join(rows[:8]) + "\n")
+    val.write_text("image,label\n" + "\n".join(rows[8:]) + "\n")
+    run = tmp_path / "same"
+    with pytest.warns(NotLearningWarning, match="validation balanced accuracy is 0.500"):
+        Trainer(train, run, small(lr=1e-3), val_csv=val, device="cpu").fit()
     diagnostics = json.loads((run / "config.json").read_text())["diagnostics"]
-    assert diagnostics["learned"] is False and diagnostics["unresolved"]
+    assert diagnostics["learned"] is False and "val-at-chance" in diagnostics["unresolved"]
 
 
 def test_the_engine_normalises_as_the_run_did(tiny_dataset, tmp_path, cube_volumes):

@@ -196,3 +196,56 @@ def test_write_dataset_refuses_a_non_empty_directory(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert write_dataset(empty, n=4, size=16)["dataset"].exists()
+
+
+# -- the realistic background: scans as a scanner stores them -------------------------------------
+def test_a_realistic_case_is_its_plain_twin_in_a_scanners_unit_and_offset():
+    """Same anatomy and lesions; int16, air at the offset, tissue `gain` units above it."""
+    gain, offset = 800.0, -1024.0
+    plain, mask = _case(5, True, size=28)
+    scan, scan_mask = _case(5, True, size=28, scan=(gain, offset))
+    assert scan.dtype == np.int16 and plain.dtype == np.float32
+    np.testing.assert_array_equal(mask, scan_mask)
+    # air (the corners, outside the body) sits at the offset plus the noise floor
+    corners = np.concatenate([scan[:3, :3, :3].ravel(), scan[-3:, -3:, -3:].ravel()]).astype(float)
+    assert offset <= corners.min() and np.median(corners) - offset < 0.1 * gain
+    # the lesions stand out by what they did in the plain case, times the gain (bias field aside)
+    body = ndi.binary_erosion(_body(plain), iterations=2) & ~ndi.binary_dilation(mask > 0, iterations=3)
+    contrast_plain = np.median(plain[mask > 0]) - np.median(plain[body])
+    contrast_scan = (np.median(scan[mask > 0]) - np.median(scan[body])) / gain
+    assert 0.5 < contrast_scan / contrast_plain < 2.0
+
+
+def test_realistic_negatives_are_their_positives_anatomy():
+    pos, mask = _case(9, True, size=28, scan=(300.0, 100.0))
+    neg, neg_mask = _case(9, False, size=28, scan=(300.0, 100.0))
+    away = ~ndi.binary_dilation(mask > 0, iterations=4)
+    assert not neg_mask.any()
+    np.testing.assert_array_equal(pos[away], neg[away])
+    assert (pos[mask > 0].astype(float) - neg[mask > 0]).mean() > 50  # brighter where the lesions are
+
+
+def test_a_realistic_dataset_varies_its_units_and_keeps_a_cubic_field_of_view(tmp_path: Path):
+    from tomofield.intensity import normalize
+    from tomofield.io import load_volume
+
+    paths = write_dataset(tmp_path / "ds", n=6, size=24, seed=2, spacing=(2.0, 1.0, 1.0), background="realistic")
+    rows = list(csv.DictReader(open(paths["dataset"], encoding="utf-8")))
+    medians, normalised = [], []
+    for row in rows:
+        img = nib.load(str(tmp_path / "ds" / row["image"]))
+        assert img.get_data_dtype() == np.int16
+        assert img.header.get_zooms() == (1.0, 1.0, 2.0)  # stored (W, H, D)
+        w, h, d = img.shape
+        assert max(w, h) <= 24 and 0.35 < d / max(w, h) < 0.65  # half as many slices at twice the spacing
+        vol = load_volume(tmp_path / "ds" / row["image"])
+        x = vol.data
+        medians.append(float(x[x > x.min() + 0.1 * (x.max() - x.min())].median() - x.min()))  # tissue above air
+        normalised.append(float(normalize(x, "volume")[x > x.min() + 0.1 * (x.max() - x.min())].median()))
+    assert max(medians) / min(medians) > 1.3  # every scan in its own scale
+    assert max(normalised) / min(normalised) < 1.3  # which the normalisation takes out
+
+
+def test_an_unknown_background_is_refused_with_the_valid_ones(tmp_path: Path):
+    with pytest.raises(InputError, match=r"background='ct' \(valid: plain, realistic\)"):
+        write_dataset(tmp_path / "ds", n=4, size=16, background="ct")

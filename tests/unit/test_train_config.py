@@ -91,9 +91,9 @@ def test_without_a_teacher_the_library_defaults_are_todays():
     assert (explicit.slice_size, explicit.extent, explicit.encoder) == (32, "tight", "resnet10t")
 
 
-def test_pretrained_encoders_get_the_papers_recipe_and_from_scratch_the_datas_slice_size():
+def test_pretrained_encoders_keep_their_batch_norm_and_the_slice_size_follows_the_data():
     paper = TrainConfig(pretrained=True).resolved([(66, 78, 63)])
-    assert (paper.norm, paper.lr, paper.slice_size, paper.intensity) == ("frozen-bn", 5e-5, 224, "volume")
+    assert (paper.norm, paper.lr, paper.slice_size, paper.intensity) == ("frozen-bn", 3e-4, 80, "volume")
     scratch = TrainConfig(iterations=400).resolved([(66, 78, 63), (40, 40, 40)])
     assert (scratch.norm, scratch.lr, scratch.slice_size, scratch.warmup) == ("group-norm", 1e-3, 80, 20)
     given = TrainConfig(lr=3e-4, norm="batch-norm", slice_size=64, warmup=0).resolved([(66, 78, 63)])

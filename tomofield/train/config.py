@@ -9,15 +9,16 @@ The defaults depend on where the encoder starts (``pretrained``), because what t
 pretrained network gently leaves a random one at chance:
 
 ============  ========================================  ====================================
-setting       from scratch (the default)                pretrained (the paper's)
+setting       from scratch (the default)                pretrained
 ============  ========================================  ====================================
 norm          ``group-norm``: normalises from step one  ``frozen-bn``: ImageNet statistics
-lr            ``1e-3``                                  ``5e-5``
-slice_size    the volumes' largest side, rounded up to  ``224`` (the ImageNet input size)
-              a multiple of 16, in 32..224
+lr            ``1e-3``                                  ``3e-4``
 ============  ========================================  ====================================
 
-(frozen batch norm on a random network is no normalisation at all). Both ramp the learning
+(frozen batch norm on a random network is no normalisation at all; the paper's 5e-5 with
+224-pixel slices, ``--recipe mosmed``, is a GPU recipe: docs/benchmarks.md §6 and §9 have the
+measurements). The slice size is the volumes' largest side, rounded up to a multiple of 16,
+in 32..224 (:func:`slice_size_for`): more pixels than voxels only cost time. Both ramp the learning
 rate up linearly over the first ``warmup`` steps (default 5 % of the run) before the cosine
 decay, and normalise every volume's intensities (``intensity="volume"``,
 :mod:`tomofield.intensity`); the run records the choice and every engine built on it
@@ -49,10 +50,10 @@ DEFAULTS: dict[str, Any] = {
     "extent": "unit",
     "intensity": "volume",
 }
-#: Defaults of an encoder trained from scratch (``slice_size``: :func:`slice_size_for`).
+#: Defaults of an encoder trained from scratch.
 SCRATCH: dict[str, Any] = {"norm": "group-norm", "lr": 1e-3}
-#: Defaults of a pretrained encoder (the paper's recipe).
-PRETRAINED: dict[str, Any] = {"norm": "frozen-bn", "lr": 5e-5, "slice_size": 224}
+#: Defaults of a pretrained encoder (frozen batch norm as in the paper; lr measured in docs/benchmarks.md §6).
+PRETRAINED: dict[str, Any] = {"norm": "frozen-bn", "lr": 3e-4}
 #: The default warm-up, as a share of the iterations.
 WARMUP_SHARE = 0.05
 #: The range of a slice size chosen from the data.
@@ -142,7 +143,7 @@ class TrainConfig:
         """A copy with every ``None`` setting filled: from the teacher's run, else the library's default.
 
         Args:
-            shapes: the training volumes' spatial shapes, for a from-scratch slice size
+            shapes: the training volumes' spatial shapes, for the slice size
                 (:func:`slice_size_for`; 224 without them).
 
         Raises:
@@ -151,7 +152,7 @@ class TrainConfig:
         inherited = {}
         if self.teacher is not None:
             inherited = {"intensity": LEGACY_INTENSITY, **teacher_run(self.teacher).training_defaults()}
-        start = PRETRAINED if self.pretrained else SCRATCH | {"slice_size": slice_size_for(shapes) if shapes else 224}
+        start = (PRETRAINED if self.pretrained else SCRATCH) | {"slice_size": slice_size_for(shapes) if shapes else 224}
         filled = {
             k: getattr(self, k) if getattr(self, k) is not None else inherited.get(k, start.get(k) if v is None else v)
             for k, v in DEFAULTS.items()

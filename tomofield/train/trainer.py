@@ -79,7 +79,7 @@ class Trainer:
         config.validate()
         self.train_csv, self.val_csv = Path(train_csv), Path(val_csv) if val_csv else None
         self.cases = read_dataset(self.train_csv, config.task)
-        needs_shapes = config.slice_size is None and not config.pretrained and config.teacher is None
+        needs_shapes = config.slice_size is None and config.teacher is None
         config = config.resolved(spatial_shapes(self.cases) if needs_shapes else None)
         config.validate()
         self.cfg, self.run_dir, self.device = config, Path(run_dir), resolve_device(device)
