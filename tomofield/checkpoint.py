@@ -61,6 +61,17 @@ def is_run_dir(path: str | Path) -> bool:
 ENGINE_INHERITED = ("encoder", "slice_size", "geometry", "extent", "norm", "num_classes", "intensity")
 #: What a teacher run provides to a :class:`~tomofield.train.TrainConfig` (under explicit settings).
 TRAINING_INHERITED = ("encoder", "norm", "slice_size", "geometry", "extent", "intensity")
+#: The metadata key of ``model.safetensors`` that holds the run's settings (JSON), and which
+#: keys of ``config.json`` it copies: what an engine inherits, how the outputs read, the verdict.
+WEIGHTS_META = "tomofield"
+WEIGHTS_KEYS = ("format", *ENGINE_INHERITED, "in_chans", "task", "head_defaults", "diagnostics")
+
+
+def weights_metadata(config: dict[str, Any]) -> dict[str, str]:
+    """The safetensors metadata that makes a weights file describe itself (:meth:`RunDir.from_weights`)."""
+    return {WEIGHTS_META: json.dumps({k: config[k] for k in WEIGHTS_KEYS if k in config}, sort_keys=True)}
+
+
 #: What a run must record to lend its weights to an engine: the encoder they were trained as.
 ENGINE_REQUIRED = ("encoder",)
 #: What a run must record to be a teacher (:class:`~tomofield.train.Teacher`).
@@ -283,6 +294,8 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        #: the bare weights file this run was read from (:meth:`from_weights`), or None for a folder
+        self.file: Path | None = None
         if not is_run_dir(self.path):
             raise InputError(
                 f"{str(self.path)!r} is not a run directory (no {CONFIG}); expected the output of tomofield train"
@@ -291,10 +304,39 @@ class RunDir:
         cfg = _parse_json(_read_text(source), f"{str(source)!r}")
         self.config: dict[str, Any] = check_config(cfg, str(source))
 
+    @classmethod
+    def from_weights(cls, path: str | Path) -> RunDir | None:
+        """The run a bare ``.safetensors`` file describes in its metadata (:data:`WEIGHTS_META`), or None.
+
+        ``tomofield train`` writes the settings an engine inherits (:data:`WEIGHTS_KEYS`) into
+        its ``model.safetensors``, so ``--weights run/model.safetensors`` alone reconstructs
+        what ``--weights run/`` does. A file without them (any other safetensors) gives None.
+
+        Raises:
+            InputError: the metadata is there but not valid JSON or does not fit the schema.
+        """
+        path = Path(path)
+        if not path.is_file() or path.suffix.lower() != ".safetensors":
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception:  # not a safetensors file: read_safetensors says so when the weights are read
+            return None
+        if WEIGHTS_META not in meta:
+            return None
+        where = f"{path} metadata {WEIGHTS_META}"
+        run = object.__new__(cls)
+        run.path, run.file = path.parent, path
+        run.config = check_config(_parse_json(meta[WEIGHTS_META], repr(where)), where)
+        return run
+
     @property
     def config_path(self) -> Path:
-        """The run's ``config.json``."""
-        return self.path / CONFIG
+        """The run's ``config.json`` (or, for a bare weights file, the file that holds its settings)."""
+        return self.file if self.file is not None else self.path / CONFIG
 
     def require(self, keys: tuple[str, ...], use: str) -> None:
         """Refuse a run whose ``config.json`` lacks one of ``keys``, which ``use`` needs."""
@@ -351,10 +393,10 @@ class RunDir:
         return recorded
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The encoder's weights (``model.safetensors``, inside the folder)."""
+        """The encoder's weights (``model.safetensors``, inside the folder; or the bare file itself)."""
         from tomofield.encoders import read_safetensors
 
-        return read_safetensors(run_file(self.path, MODEL))
+        return read_safetensors(self.file if self.file is not None else run_file(self.path, MODEL))
 
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a text"}

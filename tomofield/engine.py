@@ -273,7 +273,9 @@ class Engine:
             raise InputError(f"weights must be a path (a .safetensors file or a run directory), got {weights!r}")
         if isinstance(postprocess, str) or callable(postprocess):
             postprocess = [postprocess]  # one post-processor, not its letters
-        run = RunDir(weights) if weights is not None and is_run_dir(weights) else None
+        run = None
+        if weights is not None:  # a run directory, or a weights file that describes its run
+            run = RunDir(weights) if is_run_dir(weights) else RunDir.from_weights(weights)
         if run is not None:
             inherited = run.engine_defaults()
             run_encoder = inherited.pop("encoder", None)  # a component, not a setting

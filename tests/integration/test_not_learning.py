@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tomofield import Engine
+from tomofield.checkpoint import FORMAT
 from tomofield.errors import InputError, NotLearningWarning
 from tomofield.train import TrainConfig, Trainer
 
@@ -81,3 +82,47 @@ def test_a_run_from_before_the_setting_is_reconstructed_on_stored_values(tiny_da
     del cfg["intensity"], cfg["diagnostics"]
     (run / "config.json").write_text(json.dumps(cfg))
     assert Engine(weights=str(run)).config.intensity == "none"
+
+
+def test_a_bare_weights_file_reconstructs_what_its_run_directory_does(tiny_dataset, tmp_path, cube_volumes):
+    """model.safetensors carries the run's settings: group norm, slice size, intensity; copied anywhere."""
+    import shutil
+
+    from tomofield.io import load_volume
+
+    run = tmp_path / "run"
+    Trainer(tiny_dataset, run, small(iterations=2, checkpoint_every=2, slice_size=24), device="cpu").fit()
+    bare = tmp_path / "elsewhere" / "weights.safetensors"
+    bare.parent.mkdir()
+    shutil.copy(run / "model.safetensors", bare)
+    vol = load_volume(tmp_path / cube_volumes[0][0])
+    from_run = Engine(weights=str(run), head="logit", filter="tomo", directions=4, slices=5)
+    from_file = Engine(weights=str(bare), head="logit", filter="tomo", directions=4, slices=5)
+    assert (from_file.config.norm, from_file.config.slice_size, from_file.config.intensity) == (
+        "group-norm",
+        24,
+        "volume",
+    )
+    assert from_file.config == from_run.config
+    assert torch.equal(from_file.reconstruct(vol.data, vol.spacing), from_run.reconstruct(vol.data, vol.spacing))
+    # explicit settings still win over what the file says
+    assert Engine(weights=str(bare), slice_size=32).config.slice_size == 32
+
+
+def test_weights_whose_metadata_is_broken_are_refused_naming_the_key(tiny_dataset, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    Trainer(tiny_dataset, run, small(iterations=1, checkpoint_every=1), device="cpu").fit()
+    tensors = load_file(run / "model.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    meta = {"format": FORMAT, "encoder": "resnet10t", "norm": "x"}
+    save_file(tensors, str(bad), metadata={"tomofield": json.dumps(meta)})
+    with pytest.raises(InputError, match=r"bad.safetensors metadata tomofield' records an unknown norm 'x'; valid: "):
+        Engine(weights=str(bad))
+    save_file(tensors, str(bad), metadata={"tomofield": "{not json"})
+    with pytest.raises(InputError, match=r"bad.safetensors metadata tomofield"):
+        Engine(weights=str(bad))
+    plain = tmp_path / "plain.safetensors"
+    save_file(tensors, str(plain))  # any other safetensors: the engine's own defaults, as before
+    assert Engine(weights=str(plain), norm="group-norm").config.intensity == "none"
