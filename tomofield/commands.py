@@ -214,6 +214,18 @@ def engine_options(exclude: Sequence[str] = (), defaults: dict[str, Any] | None 
         for f in dataclasses.fields(EngineConfig):
             if "help" in f.metadata and f.name not in exclude:
                 opts.append(_setting_option(f, defaults.get(f.name, f.default)))
+        if "weights" not in exclude:
+            opts.append(
+                click.option(
+                    "--random-weights",
+                    "random_weights",
+                    is_flag=True,
+                    default=None,
+                    help="Run an encoder-based head on a randomly initialised network (seeded by --seed): for "
+                    "testing the pipeline, not for results. Without it, a head that runs the encoder needs "
+                    "--weights or --pretrained.",
+                )
+            )
         if "nan_policy" not in exclude:
             opts.append(
                 click.option(
@@ -334,4 +346,17 @@ def build_engine(options: dict[str, Any], **fixed: Any) -> Engine:
         hopts = head_options(head, o)
         if hopts:
             config["head_options"] = {**hopts, **fixed.pop("head_options", {})}
-    return Engine(**{**kwargs, **config, **fixed})
+    engine = Engine(**{**kwargs, **config, **fixed})
+    if engine.random_encoder and not o.get("random_weights") and "weights" in _weights_options(ctx):
+        raise InputError(
+            f"head {engine.head_name!r} runs the encoder {engine.encoder_name!r}, but no --weights were given: the "
+            "network would be random and its heatmap meaningless. Give --weights (a run directory of tomofield "
+            "train or a .safetensors file) or --pretrained (timm weights from the local cache), or --random-weights "
+            "to run it anyway"
+        )
+    return engine
+
+
+def _weights_options(ctx: click.Context | None) -> set[str]:
+    """The weight options the current command offers (a command without --weights fixes its own encoder)."""
+    return {p.name for p in ctx.command.params} & {"weights"} if ctx else set()

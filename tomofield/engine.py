@@ -317,6 +317,22 @@ class Engine:
         self._encoders: dict[int, nn.Module] = {}
         self._scorers: dict[int, Scorer] = {}
 
+    @property
+    def encoder_name(self) -> str:
+        """The encoder's name: the registered or timm name, or a given module's type."""
+        spec = self._encoder_spec
+        return spec if isinstance(spec, str) else type(spec).__name__
+
+    @property
+    def random_encoder(self) -> bool:
+        """The head runs an encoder that no weights set: built here, neither ``weights`` nor ``pretrained`` given."""
+        return (
+            getattr(self.head, "needs_encoder", True)
+            and not isinstance(self._encoder_spec, nn.Module)
+            and self._weights is None
+            and not self.config.pretrained
+        )
+
     # -- encoder -------------------------------------------------------------------------
     def _check_channels(self, in_chans: int) -> None:
         expected = first_conv_in_chans(self._weights) if self._weights is not None else None
@@ -455,7 +471,7 @@ class Engine:
         except PackageNotFoundError:  # a source tree that is not installed
             tomofield_version = "unknown"
         settings = {k: v for k, v in asdict(self.config).items() if k not in SPEED_ONLY}
-        encoder = self._encoder_spec if isinstance(self._encoder_spec, str) else type(self._encoder_spec).__name__
+        encoder = self.encoder_name
         return {
             "tomofield": tomofield_version,
             "settings": json.loads(json.dumps(settings, default=str)),

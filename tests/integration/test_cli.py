@@ -17,7 +17,7 @@ from tomofield.cli import cli
 from tomofield.demo import correlation
 from tomofield.phantom import ball_phantom
 
-FAST = ["-L", "6", "-M", "4", "--slice-size", "16", "--device", "cpu"]
+FAST = ["-L", "6", "-M", "4", "--slice-size", "16", "--device", "cpu", "--random-weights"]
 
 
 def invoke(*args: str):
@@ -100,6 +100,21 @@ def test_weights_are_used_and_channel_mismatch_is_refused(write_nifti, tmp_path:
     assert res.exit_code == 0, res.output
     heat = np.asarray(nib.load(out).dataobj)
     assert heat.shape == (12, 12, 12) and np.isfinite(heat).all() and heat.std() > 0
+
+
+@pytest.mark.parametrize("head", ["logit", "layercam"])
+def test_an_encoder_head_without_weights_is_refused_unless_random_weights_are_asked_for(write_nifti, tmp_path, head):
+    vol = write_nifti("v.nii.gz", np.random.default_rng(0).random((12, 12, 12)))
+    quick = [a for a in FAST if a != "--random-weights"]
+    res = invoke("run", vol, "-o", tmp_path / "o.nii.gz", "--head", head, *quick)
+    assert res.exit_code == 2
+    assert f"head {head!r} runs the encoder 'resnet10t', but no --weights were given" in res.output
+    assert "--random-weights to run it anyway" in res.output and not (tmp_path / "o.nii.gz").exists()
+    res = invoke("run", vol, "-o", tmp_path / "o.nii.gz", "--head", head, "--random-weights", *quick)
+    assert res.exit_code == 0, res.output
+    # heads that run no encoder need no weights
+    res = invoke("run", vol, "-o", tmp_path / "s.nii.gz", "--head", "sum", *quick)
+    assert res.exit_code == 0, res.output
 
 
 def _corrupt(tmp_path: Path) -> Path:

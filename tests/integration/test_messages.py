@@ -21,7 +21,7 @@ from tomofield import Engine, InputError, plugins
 from tomofield.cli import cli
 from tomofield.engine import EngineConfig, setting  # noqa: F401  (setting: the fields under test)
 
-FAST = ["-L", "3", "-M", "4", "--slice-size", "16", "--device", "cpu"]
+FAST = ["-L", "3", "-M", "4", "--slice-size", "16", "--device", "cpu", "--random-weights"]
 TINY = dict(directions=3, slices=4, slice_size=16, device="cpu")
 
 

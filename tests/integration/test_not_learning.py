@@ -53,7 +53,7 @@ def test_labels_that_say_nothing_about_the_images_are_flagged(cube_volumes, tmp_
     train.write_text("image,label\n" + "\n".join(rows[:8]) + "\n")
     val.write_text("image,label\n" + "\n".join(rows[8:]) + "\n")
     run = tmp_path / "same"
-    with pytest.warns(NotLearningWarning, match="validation balanced accuracy is 0.500"):
+    with pytest.warns(NotLearningWarning, match=r"validation AUC is 0.500 \(balanced accuracy 0.500\)"):
         Trainer(train, run, small(lr=1e-3), val_csv=val, device="cpu").fit()
     diagnostics = json.loads((run / "config.json").read_text())["diagnostics"]
     assert diagnostics["learned"] is False and "val-at-chance" in diagnostics["unresolved"]

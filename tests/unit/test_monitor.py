@@ -65,7 +65,9 @@ def test_a_loss_that_is_not_finite_is_divergence():
     ("metrics", "flagged"),
     [
         ({"val_balanced_accuracy": 0.5, "val_auc": 0.5}, True),
-        ({"val_balanced_accuracy": 0.55}, True),
+        ({"val_balanced_accuracy": 0.625, "val_auc": 0.58}, True),  # a lucky threshold on scores at chance
+        ({"val_balanced_accuracy": 0.55}, True),  # no AUC: the accuracy decides
+        ({"val_balanced_accuracy": 0.6}, False),
         ({"val_balanced_accuracy": float("nan")}, True),
         ({"val_balanced_accuracy": 0.5, "val_auc": 0.95}, False),  # separates; the threshold did not transfer
         ({"val_balanced_accuracy": 0.8, "val_auc": 0.9}, False),

@@ -52,6 +52,7 @@ def test_cli_features_writes_k_channels_and_rgb_preview(scan, tmp_path):
         pca,
         "--fit-slices",
         16,
+        "--random-weights",
     )
     assert res.exit_code == 0, res.output
     img = nib.load(str(out))
@@ -69,6 +70,7 @@ def test_cli_features_writes_k_channels_and_rgb_preview(scan, tmp_path):
         1,
         "--projection",
         pca,
+        "--random-weights",
         "-L",
         6,
         "-M",
@@ -102,10 +104,11 @@ def test_cli_features_errors_name_the_value(scan, tmp_path):
             "16",
             "--device",
             "cpu",
+            "--random-weights",
         ],
     )
     assert res.exit_code == 2 and "components must be in 1..64" in res.output
-    res = CliRunner().invoke(cli, ["features", str(scan), "-o", str(tmp_path / "f.png")])
+    res = CliRunner().invoke(cli, ["features", str(scan), "-o", str(tmp_path / "f.png"), "--random-weights"])
     assert res.exit_code == 2 and "must end with one of" in res.output
 
 

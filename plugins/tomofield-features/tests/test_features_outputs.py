@@ -21,7 +21,7 @@ from tomofield_features.preview import write_rgb_preview
 from tomofield_features.projection import save_projection
 
 FEATURES = ["--stage", "1", "--components", "2", "--fit-slices", "8", "-L", "4", "-M", "4"]
-FEATURES += ["--slice-size", "16", "--device", "cpu"]
+FEATURES += ["--slice-size", "16", "--device", "cpu", "--random-weights"]
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
