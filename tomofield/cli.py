@@ -27,6 +27,7 @@ from rich.text import Text
 from tomofield import plugins
 from tomofield.commands import (
     EngineCommand,
+    add_quiet_option,
     build_engine,
     default_of,
     engine_options,
@@ -51,7 +52,7 @@ from tomofield.train import DEFAULTS as TRAIN_DEFAULTS
 from tomofield.train import TASKS, TrainConfig, Trainer
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tomofield")
 def cli() -> None:
     """tomofield: turn any 2D image encoder into a dense 3D predictor (ToNNO)."""
@@ -116,14 +117,15 @@ def run_volume(
     if world > 1:
         engine = engine.with_options(shard_directions=True)
     c, *shape = volume.data.shape
+    total = engine.count_slices(shape, volume.spacing)
     err.print(
         f"{volume.paths[0].name}: {c} channel(s), grid {tuple(shape)}, spacing "
-        f"{tuple(round(s, 3) for s in volume.spacing)} mm; {engine.count_slices(shape, volume.spacing):,} "
+        f"{tuple(round(s, 3) for s in volume.spacing)} mm; {total:,} "
         f"slices of {engine.config.slice_size}px on {engine.device}",
         highlight=False,
     )
     t0 = time.perf_counter()
-    with slice_progress("slices" if world == 1 else f"rank {rank}/{world} slices") as tick:
+    with slice_progress("slices" if world == 1 else f"rank {rank}/{world} slices", total) as tick:
         heat = engine.reconstruct(volume.data, volume.spacing, progress=tick)
     if rank != 0:
         return
@@ -553,6 +555,9 @@ def demo(output_dir: str, phantom: bool, overwrite: bool, **o: Any) -> None:
 
 
 plugins.add_commands(cli)
+add_quiet_option(cli)
+for _command in cli.commands.values():
+    add_quiet_option(_command)
 
 
 def main() -> None:

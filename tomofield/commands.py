@@ -55,6 +55,7 @@ out = Console(width=_WIDTH, markup=False, highlight=False)
 
 __all__ = [
     "EngineCommand",
+    "add_quiet_option",
     "HeadParam",
     "build_engine",
     "default_of",
@@ -78,8 +79,11 @@ class _Rate(ProgressColumn):
 
 
 @contextmanager
-def slice_progress(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar; yields ``callback(n, total)`` for :meth:`Engine.reconstruct`."""
+def slice_progress(description: str, total: int | None = None) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar; yields ``callback(n, total)`` for :meth:`Engine.reconstruct`.
+
+    ``total`` (e.g. :meth:`Engine.count_slices`) shows the bar's length from the start.
+    """
     with Progress(
         TextColumn("{task.description}", markup=False),
         BarColumn(),
@@ -90,7 +94,7 @@ def slice_progress(description: str) -> Iterator[Callable[[int, int], None]]:
         console=err,
         transient=False,
     ) as bar:
-        task = bar.add_task(description, total=None)
+        task = bar.add_task(description, total=total)
 
         def tick(n: int, total: int) -> None:
             bar.update(task, total=total, advance=n)
@@ -98,8 +102,41 @@ def slice_progress(description: str) -> Iterator[Callable[[int, int], None]]:
         yield tick
 
 
+@contextmanager
+def _heard() -> Iterator[None]:
+    """Messages that ``--quiet`` does not silence (errors, warnings)."""
+    was, err.quiet = err.quiet, False
+    try:
+        yield
+    finally:
+        err.quiet = was
+
+
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    err.print(Text.assemble(("Warning: ", "bold yellow"), str(message)), soft_wrap=True)
+    with _heard():
+        err.print(Text.assemble(("Warning: ", "bold yellow"), str(message)), soft_wrap=True)
+
+
+def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``-q`` of the group (``tomofield -q run``) or of the command; every invocation sets it afresh."""
+    root = ctx.find_root()
+    if ctx is root:
+        root.meta["tomofield.quiet"] = bool(value)
+    err.quiet = bool(value) or root.meta.get("tomofield.quiet", False)
+
+
+def add_quiet_option(command: click.Command) -> None:
+    """Give ``command`` ``-q/--quiet``: no progress bars or messages on stderr; results, warnings and errors stay."""
+    if not any(p.name == "quiet" for p in command.params):
+        command.params.append(
+            click.Option(
+                ["-q", "--quiet"],
+                is_flag=True,
+                expose_value=False,
+                callback=_set_quiet,
+                help="No progress bars or messages; results, warnings and errors still print.",
+            )
+        )
 
 
 def friendly(fn: Callable) -> Callable:
@@ -112,7 +149,8 @@ def friendly(fn: Callable) -> Callable:
                 warnings.showwarning = _show_warning
                 return fn(*args, **kwargs)
         except TomofieldError as exc:
-            err.print(Text.assemble(("Error: ", "bold red"), str(exc)), soft_wrap=True)
+            with _heard():
+                err.print(Text.assemble(("Error: ", "bold red"), str(exc)), soft_wrap=True)
             sys.exit(2)
 
     return wrapper

@@ -117,6 +117,30 @@ def test_an_encoder_head_without_weights_is_refused_unless_random_weights_are_as
     assert res.exit_code == 0, res.output
 
 
+@pytest.mark.parametrize("where", ["command", "group"])
+def test_quiet_keeps_results_and_errors_and_drops_progress(write_nifti, tmp_path, where):
+    vol = write_nifti("v.nii.gz", np.random.default_rng(0).random((12, 12, 12)))
+    quiet = ["-q"] if where == "group" else []
+    tail = ["--quiet"] if where == "command" else []
+    loud = CliRunner().invoke(cli, ["run", str(vol), "-o", str(tmp_path / "a.nii.gz"), "--head", "sum", *FAST])
+    res = CliRunner().invoke(
+        cli, [*quiet, "run", str(vol), "-o", str(tmp_path / "b.nii.gz"), "--head", "sum", *FAST, *tail]
+    )
+    assert loud.exit_code == res.exit_code == 0
+    assert "channel(s), grid" in loud.output and "channel(s), grid" not in res.output
+    assert res.output.startswith("wrote ") and res.output.count("\n") == 1  # the result line only
+    res = CliRunner().invoke(cli, [*quiet, "run", str(vol), "-o", str(tmp_path / "c.txt"), "--head", "sum", *tail])
+    assert res.exit_code == 2 and "Error:" in res.output
+    again = CliRunner().invoke(cli, ["run", str(vol), "-o", str(tmp_path / "d.nii.gz"), "--head", "sum", *FAST])
+    assert "channel(s), grid" in again.output  # -q does not outlive its invocation
+
+
+def test_dash_h_is_help_everywhere():
+    for args in ([], ["run"], ["train"], ["synth"]):
+        res = CliRunner().invoke(cli, [*args, "-h"])
+        assert res.exit_code == 0 and res.output.startswith("Usage: ") and "Options:" in res.output, args
+
+
 def _corrupt(tmp_path: Path) -> Path:
     p = tmp_path / "corrupt.nii.gz"
     p.write_bytes(gzip.compress(b"not a nifti header at all" * 20))

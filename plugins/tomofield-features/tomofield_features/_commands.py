@@ -84,12 +84,13 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
         err.print(
             f"PCA: {proj.channels} -> {proj.components} channels, {100 * share:.1f}% of the variance", highlight=False
         )
+    total = engine.count_slices(shape, volume.spacing)
     err.print(
-        f"{volume.paths[0].name}: grid {tuple(shape)}; {engine.count_slices(shape, volume.spacing):,} slices "
-        f"of {engine.config.slice_size}px on {engine.device}",
+        f"{volume.paths[0].name}: grid {tuple(shape)}; {total:,} slices of {engine.config.slice_size}px on "
+        f"{engine.device}",
         highlight=False,
     )
-    with slice_progress("slices") as tick:
+    with slice_progress("slices", total) as tick:
         feats = engine.reconstruct(volume.data, volume.spacing, progress=tick).cpu()
     save_nifti(output, feats, volume.affine, volume.header, overwrite, description="tomofield features", inputs=inputs)
     if o["save_projection"]:
