@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -69,11 +70,33 @@ def cli() -> None:
 )
 @click.option("--preview", type=click.Path(), help="Also write a PNG of three planes through the maximum.")
 @click.option(
+    "--mask",
+    type=click.Path(),
+    help="Also write a uint8 segmentation (1 = lesion) on the input grid: the evaluation protocol's binarization "
+    "(components of heatmap >= TAU_PRIME whose maximum reaches TAU). A folder for a dataset CSV, one mask per volume.",
+)
+@click.option("--threshold", help="The mask's TAU, or TAU,TAU_PRIME (TAU_PRIME defaults to TAU).")
+@click.option(
+    "--thresholds",
+    "thresholds_from",
+    help="The mask's TAU and TAU_PRIME as tomofield evaluate tuned them: its REPORT.json (REPORT.json#METHOD "
+    "for a report of several methods).",
+)
+@click.option(
     "--overwrite", is_flag=True, help="Replace existing outputs (dataset runs skip finished volumes without it)."
 )
 @engine_options()
 @friendly
-def run(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bool, **o: Any) -> None:
+def run(
+    inputs: tuple[str, ...],
+    output: str,
+    preview: str | None,
+    mask: str | None,
+    threshold: str | None,
+    thresholds_from: str | None,
+    overwrite: bool,
+    **o: Any,
+) -> None:
     """Reconstruct the heatmap of a volume (several INPUTS are its channels) or of every volume of a dataset CSV.
 
     Head options (--target, --layer, --pool, and those plugin heads declare) apply to the
@@ -86,11 +109,20 @@ def run(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bo
     rank, world = distributed.init(device)
     if o["device"] is not None or distributed.launched():
         o["device"] = distributed.local_device(device)
+    cuts = None
+    if mask is not None:
+        from tomofield.report import mask_thresholds
+
+        cuts = mask_thresholds(threshold, thresholds_from)
+    elif threshold is not None or thresholds_from is not None:
+        raise InputError("--threshold and --thresholds set the thresholds of --mask; give --mask PATH too")
     try:
         if len(inputs) == 1 and inputs[0].lower().endswith(".csv"):
-            run_csv(inputs[0], output, overwrite, o, rank, world)
+            if preview:
+                raise InputError("--preview is for one volume; a dataset run writes no previews yet")
+            run_csv(inputs[0], output, overwrite, o, rank, world, mask=mask, cuts=cuts)
         else:
-            run_volume(inputs, output, preview, overwrite, o, rank, world)
+            run_volume(inputs, output, preview, overwrite, o, rank, world, mask=mask, cuts=cuts)
     finally:
         distributed.finish()
 
@@ -103,6 +135,8 @@ def run_volume(
     o: dict[str, Any],
     rank: int = 0,
     world: int = 1,
+    mask: str | None = None,
+    cuts: tuple[float, float] | None = None,
 ) -> None:
     """One volume; under torchrun its directions are shared by the ranks and rank 0 writes."""
     from tomofield.io import check_output_path, load_volume, save_heatmap
@@ -110,6 +144,8 @@ def run_volume(
     check_output_path(output, overwrite, inputs=inputs)  # never the input, even with --overwrite
     if preview:
         check_output_path(preview, overwrite, suffixes=(".png",), inputs=[*inputs, output])
+    if mask:
+        check_output_path(mask, overwrite, inputs=[*inputs, output, *([preview] if preview else [])])
     volume = load_volume(inputs, check_content=True, **given({"nan_policy": o["nan_policy"]}))
     if volume.replaced and rank == 0:
         err.print(Text(f"replaced {volume.replaced} non-finite voxel(s) by 0", style="yellow"))
@@ -129,7 +165,12 @@ def run_volume(
         heat = engine.reconstruct(volume.data, volume.spacing, progress=tick)
     if rank != 0:
         return
+    if mask and heat.shape[0] != 1:
+        raise InputError(f"--mask needs a single-channel heatmap; head {engine.head_name!r} gave {heat.shape[0]}")
     save_heatmap(output, heat.cpu(), volume, overwrite)
+    written = [output]
+    if mask and cuts is not None:
+        written.append(write_mask(mask, heat[0].cpu().numpy(), volume.affine, volume.header, cuts, overwrite, inputs))
     if preview:
         from tomofield.preview import write_preview
 
@@ -141,10 +182,46 @@ def run_volume(
             title=f"{engine.head_name} / {engine.filter_name}: {volume.paths[0].name}",
             overwrite=overwrite,
         )
-    out.print(f"wrote {output}" + (f" and {preview}" if preview else "") + f" in {time.perf_counter() - t0:.1f} s")
+    written += [preview] if preview else []
+    out.print(f"wrote {', '.join(map(str, written))} in {time.perf_counter() - t0:.1f} s")
 
 
-def run_csv(csv_path: str, out_dir: str, overwrite: bool, o: dict[str, Any], rank: int = 0, world: int = 1) -> Any:
+def write_mask(
+    path: str | Path,
+    heat: Any,
+    affine: Any,
+    header: Any,
+    cuts: tuple[float, float],
+    overwrite: bool,
+    inputs: Any = (),
+) -> Path:
+    """The uint8 segmentation of a (D, H, W) heatmap at ``cuts`` = (tau, tau'), on the heatmap's grid."""
+    from tomofield.io import save_nifti
+    from tomofield.report import segmentation
+
+    tau, tau_prime = cuts
+    return save_nifti(
+        path,
+        segmentation(heat, tau, tau_prime),
+        affine,
+        header,
+        overwrite,
+        dtype=np.uint8,
+        description=f"tomofield mask tau={tau:.4g} tau'={tau_prime:.4g}",
+        inputs=inputs,
+    )
+
+
+def run_csv(
+    csv_path: str,
+    out_dir: str,
+    overwrite: bool,
+    o: dict[str, Any],
+    rank: int = 0,
+    world: int = 1,
+    mask: str | None = None,
+    cuts: tuple[float, float] | None = None,
+) -> Any:
     """Dataset mode of ``run``: one heatmap per volume in ``out_dir``, finished ones skipped.
 
     A finished heatmap counts as done only when its provenance record matches this run
@@ -187,7 +264,33 @@ def run_csv(csv_path: str, out_dir: str, overwrite: bool, o: dict[str, Any], ran
             f"{written} heatmap(s) written, {skipped} already done, in {out_dir}{ranks} "
             f"({time.perf_counter() - t0:.1f} s)"
         )
+    if mask and cuts is not None and rank == 0:
+        write_dataset_masks(all_cases, out_dir, mask, cuts, overwrite)
     return result
+
+
+def write_dataset_masks(
+    cases: list[Any], heat_dir: str, mask_dir: str, cuts: tuple[float, float], overwrite: bool
+) -> None:
+    """One mask per volume from its finished heatmap; a mask newer than its heatmap is kept unless ``overwrite``."""
+    from tomofield.batch import heatmap_path
+    from tomofield.io import load_volume
+
+    Path(mask_dir).mkdir(parents=True, exist_ok=True)
+    made = kept = 0
+    for case in cases:
+        heat_file, target = heatmap_path(heat_dir, case), heatmap_path(mask_dir, case)
+        if target.resolve() == heat_file.resolve():
+            raise InputError(f"--mask {mask_dir!r} is the heatmaps' folder; give another folder for the masks")
+        if target.exists() and not overwrite and target.stat().st_mtime >= heat_file.stat().st_mtime:
+            kept += 1
+            continue
+        heat = load_volume(heat_file)
+        if heat.data.shape[0] != 1:
+            raise InputError(f"--mask needs single-channel heatmaps; {str(heat_file)!r} has {heat.data.shape[0]}")
+        write_mask(target, heat.data[0].numpy(), heat.affine, heat.header, cuts, True)
+        made += 1
+    out.print(f"{made} mask(s) written, {kept} up to date, in {mask_dir} (tau {cuts[0]:.4g}, tau' {cuts[1]:.4g})")
 
 
 @cli.command()

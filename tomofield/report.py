@@ -72,7 +72,7 @@ def evaluate_heatmaps(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the evaluation protocol on the heatmaps of every volume of a dataset."""
-    from tomofield.evaluation import evaluate
+    from tomofield.evaluation import evaluate, tune_thresholds
 
     cases = read_dataset(dataset_csv)
     if len(cases) < 2:
@@ -96,6 +96,8 @@ def evaluate_heatmaps(
                 raise InputError(f"mask {c.mask} has grid {m.shape} but its heatmap has {h.shape}")
             masks.append(m)
     res = evaluate(heats, labels, masks=masks, boxes=boxes, folds=folds, iou_threshold=iou, seed=seed)
+    # the thresholds a mask of a new volume uses (tomofield run --mask --thresholds REPORT)
+    res["thresholds"] = tune_thresholds(heats, labels, masks=masks, boxes=boxes, seed=seed)
     res["volumes"] = len(cases)
     res["positives"] = int(sum(labels))
     res["inputs"] = [str(p) for p in (dataset_csv, boxes_csv) if p]  # files write_reports never replaces
@@ -172,3 +174,81 @@ def write_reports(
     return atomic_write_all(
         report_writes(prefix, results), overwrite=overwrite, inputs=[*inputs, *report_inputs(results)]
     )
+
+
+# -- masks: the protocol's binarization with stored thresholds ------------------------------------
+def parse_threshold(text: str) -> tuple[float, float]:
+    """``--threshold TAU`` or ``TAU,TAU_PRIME`` as ``(tau, tau_prime)`` (``tau_prime`` = ``tau`` when not given).
+
+    >>> parse_threshold("0.8"), parse_threshold("0.8,0.3")
+    ((0.8, 0.8), (0.8, 0.3))
+    """
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(math.isfinite(v) for v in values):
+        raise InputError(
+            f"--threshold {text!r} is not TAU or TAU,TAU_PRIME (finite numbers: components of heatmap >= TAU_PRIME "
+            "are kept when their maximum reaches TAU)"
+        )
+    tau, tau_prime = values[0], values[-1]
+    if tau_prime > tau:
+        raise InputError(f"--threshold {text!r}: TAU_PRIME ({tau_prime}) must not exceed TAU ({tau})")
+    return tau, tau_prime
+
+
+def read_thresholds(source: str | Path) -> tuple[float, float]:
+    """``(tau, tau_prime)`` that ``tomofield evaluate`` stored: ``REPORT.json`` or ``REPORT.json#METHOD``.
+
+    A report of several methods (``tomofield compare``) needs ``#METHOD``.
+    """
+    path_text, _, method = str(source).partition("#")
+    path = Path(path_text)
+    if not path.is_file():
+        raise InputError(f"--thresholds {str(source)!r}: no report {path_text!r} (the JSON of tomofield evaluate)")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"--thresholds {str(source)!r}: cannot read it as JSON ({exc})") from None
+    methods = [k for k, v in report.items() if isinstance(v, dict)] if isinstance(report, dict) else []
+    if not methods:
+        raise InputError(f"--thresholds {str(source)!r} is not a report of tomofield evaluate")
+    if not method:
+        if len(methods) > 1:
+            raise InputError(
+                f"--thresholds {str(source)!r} reports {len(methods)} methods; name one: "
+                + ", ".join(f"{path_text}#{m}" for m in methods)
+            )
+        method = methods[0]
+    if method not in methods:
+        raise InputError(f"--thresholds {str(source)!r}: no method {method!r}; valid: {', '.join(methods)}")
+    stored = report[method].get("thresholds")
+    if not isinstance(stored, dict) or not all(_is_finite(stored.get(k)) for k in ("tau", "tau_prime")):
+        raise InputError(
+            f"--thresholds {str(source)!r}: method {method!r} stores no finite tau and tau_prime (a report from "
+            "before tomofield evaluate stored them, or no volume to tune on): run tomofield evaluate again, or give "
+            "--threshold TAU[,TAU_PRIME]"
+        )
+    return float(stored["tau"]), float(stored["tau_prime"])
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def segmentation(heatmap: np.ndarray, tau: float, tau_prime: float) -> np.ndarray:
+    """The protocol's binarization of a (D, H, W) heatmap as a uint8 label map (1 = lesion)."""
+    from tomofield.evaluation import binarize
+
+    return binarize(np.asarray(heatmap), tau_prime, tau).astype(np.uint8)
+
+
+def mask_thresholds(threshold: str | None, thresholds: str | None) -> tuple[float, float]:
+    """The thresholds of ``--mask``: from ``--threshold`` or from ``--thresholds``, exactly one of them."""
+    if (threshold is None) == (thresholds is None):
+        raise InputError(
+            "--mask needs its thresholds: --threshold TAU[,TAU_PRIME], or --thresholds REPORT.json (what tomofield "
+            "evaluate tuned), not both"
+        )
+    return parse_threshold(threshold) if threshold is not None else read_thresholds(thresholds)

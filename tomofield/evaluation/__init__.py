@@ -24,6 +24,7 @@ from tomofield.evaluation.protocol import (
     evaluate_fold,
     select_tau_prime,
     tau_prime_grid,
+    tune_thresholds,
 )
 
 __all__ = [
@@ -43,5 +44,6 @@ __all__ = [
     "select_tau_prime",
     "sensitivity_specificity",
     "tau_prime_grid",
+    "tune_thresholds",
     "weighted_balanced_accuracy",
 ]

@@ -315,6 +315,42 @@ def evaluate_fold(
     return _evaluate_fold(data, tune_idx, test_idx, rng, iou_threshold, n_select, grid)
 
 
+def tune_thresholds(
+    heatmaps: Sequence[np.ndarray],
+    labels: Sequence[int],
+    masks: Sequence[np.ndarray | None] | None = None,
+    boxes: Sequence[Box | None] | None = None,
+    *,
+    n_select: int = 5,
+    grid: Grid = 50,
+    seed: int = 0,
+    connectivity: int = 26,
+) -> dict[str, float]:
+    """``tau`` and ``tau'`` tuned on every volume, as one fold tunes them: the thresholds of a mask.
+
+    The Monte-Carlo folds of :func:`evaluate` measure how well tuned thresholds transfer;
+    these are the thresholds to apply to new volumes (:func:`binarize`).
+
+    Returns:
+        ``{"tau": ..., "tau_prime": ..., "volumes": n}``.
+    """
+    data = _Dataset(heatmaps, labels, masks, boxes, connectivity)
+    everything = np.arange(len(data.heatmaps))
+    tau = detection_threshold(data.scores, data.labels)
+    sub = [data.targets[i] if data.has_target[i] else None for i in everything]
+    tau_prime, _ = _select_tau_prime(
+        data.heatmaps,
+        None if data.is_box else sub,
+        sub if data.is_box else None,
+        tau,
+        n_select,
+        grid,
+        np.random.default_rng(seed),
+        connectivity,
+    )
+    return {"tau": float(tau), "tau_prime": float(tau_prime), "volumes": int(everything.size)}
+
+
 def evaluate(
     heatmaps: Sequence[np.ndarray],
     labels: Sequence[int],

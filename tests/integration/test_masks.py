@@ -1,0 +1,111 @@
+"""``tomofield run --mask``: the evaluation protocol's binarization, with thresholds given or stored by evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tomofield.cli import cli
+from tomofield.evaluation import binarize
+from tomofield.io import load_volume
+
+FAST = ["--head", "sum", "--filter", "tomo", "-L", "8", "-M", "6", "--slice-size", "16", "--device", "cpu"]
+
+
+def invoke(*args):
+    res = CliRunner().invoke(cli, [str(a) for a in args])
+    return res
+
+
+@pytest.fixture
+def evaluated(dataset: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The dataset's heatmaps and the report evaluate wrote from them."""
+    heat = tmp_path / "heat"
+    assert invoke("run", dataset, "-o", heat, *FAST).exit_code == 0
+    report = tmp_path / "report"
+    res = invoke("evaluate", heat, dataset, "--report", report, "--folds", 2)
+    assert res.exit_code == 0, res.output
+    return dataset, heat, tmp_path / "report.json"
+
+
+def test_evaluate_stores_thresholds_tuned_on_every_volume(evaluated):
+    from tomofield.evaluation import tune_thresholds
+
+    dataset, heat, report = evaluated
+    stored = json.loads(report.read_text())["heat"]["thresholds"]
+    from tomofield.dataset import read_dataset
+
+    cases = read_dataset(dataset)
+    heats = [load_volume(heat / f"{c.name}.nii.gz").data[0].numpy() for c in cases]
+    masks = [load_volume(c.mask).data[0].numpy() > 0 for c in cases]
+    assert stored == tune_thresholds(heats, [int(c.label) for c in cases], masks=masks)
+    assert stored["tau_prime"] <= stored["tau"] and stored["volumes"] == len(cases)
+
+
+def test_a_mask_from_stored_thresholds_is_the_protocols_binarization(evaluated, tmp_path):
+    dataset, _, report = evaluated
+    stored = json.loads(report.read_text())["heat"]["thresholds"]
+    image = dataset.parent / "img0.nii.gz"
+    out, mask = tmp_path / "h.nii.gz", tmp_path / "m.nii.gz"
+    res = invoke("run", image, "-o", out, "--mask", mask, "--thresholds", report, *FAST)
+    assert res.exit_code == 0, res.output
+    written = nib.load(str(mask))
+    assert written.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(written.affine, nib.load(str(image)).affine)
+    heat = load_volume(out).data[0].numpy()
+    expected = binarize(heat, stored["tau_prime"], stored["tau"])
+    got = load_volume(mask).data[0].numpy()
+    assert expected.any() and not expected.all()
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
+def test_a_dataset_run_writes_one_mask_per_volume_and_given_thresholds_work(evaluated, tmp_path):
+    dataset, heat_dir, _ = evaluated
+    heat, masks = tmp_path / "heat2", tmp_path / "masks"
+    res = invoke("run", dataset, "-o", heat, "--mask", masks, "--threshold", "0.9,0.4", *FAST)
+    assert res.exit_code == 0, res.output
+    assert "6 mask(s) written" in res.output
+    for name in [f"img{i}" for i in range(6)]:
+        h = load_volume(heat / f"{name}.nii.gz").data[0].numpy()
+        m = load_volume(masks / f"{name}.nii.gz").data[0].numpy()
+        np.testing.assert_array_equal(m, binarize(h, 0.4, 0.9).astype(np.float32))
+    again = invoke("run", dataset, "-o", heat, "--mask", masks, "--threshold", "0.9,0.4", *FAST)
+    assert again.exit_code == 0 and "0 mask(s) written, 6 up to date" in again.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--mask", "m.nii.gz"], "--mask needs its thresholds"),
+        (["--mask", "m.nii.gz", "--threshold", "1", "--thresholds", "r.json"], "not both"),
+        (["--threshold", "1"], "give --mask PATH too"),
+        (["--mask", "m.nii.gz", "--threshold", "0.2,0.5"], "TAU_PRIME (0.5) must not exceed TAU (0.2)"),
+        (["--mask", "m.nii.gz", "--threshold", "high"], "--threshold 'high' is not TAU or TAU,TAU_PRIME"),
+        (["--mask", "m.nii.gz", "--thresholds", "nowhere.json"], "no report 'nowhere.json'"),
+    ],
+)
+def test_mask_options_are_checked_before_any_work(dataset, tmp_path, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    res = invoke("run", dataset.parent / "img0.nii.gz", "-o", "h.nii.gz", *extra, *FAST)
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert not (tmp_path / "h.nii.gz").exists()
+
+
+def test_a_report_without_thresholds_or_of_several_methods_says_what_to_do(tmp_path):
+    from tomofield.errors import InputError
+    from tomofield.report import read_thresholds
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"heat": {"f1": 0.5}}))
+    with pytest.raises(InputError, match="stores no finite tau and tau_prime"):
+        read_thresholds(old)
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps({"a": {"thresholds": {"tau": 1, "tau_prime": 0.5}}, "b": {}}))
+    with pytest.raises(InputError, match=r"reports 2 methods; name one: .*many.json#a, .*many.json#b"):
+        read_thresholds(many)
+    assert read_thresholds(f"{many}#a") == (1.0, 0.5)
