@@ -68,7 +68,16 @@ def cli() -> None:
     type=click.Path(),
     help="Output heatmap (.nii or .nii.gz); a folder when the input is a dataset CSV.",
 )
-@click.option("--preview", type=click.Path(), help="Also write a PNG of three planes through the maximum.")
+@click.option(
+    "--preview",
+    type=click.Path(),
+    help="Also write a PNG: three planes in RAS through the heatmap's strongest component, the heatmap over the scan.",
+)
+@click.option(
+    "--window",
+    help="The preview's display range LO,HI (CT: -1000,400 lung, -160,240 soft tissue).  [default: soft tissue for a "
+    "CT in HU, else the 1st-99th percentile inside the body]",
+)
 @click.option(
     "--mask",
     type=click.Path(),
@@ -91,6 +100,7 @@ def run(
     inputs: tuple[str, ...],
     output: str,
     preview: str | None,
+    window: str | None,
     mask: str | None,
     threshold: str | None,
     thresholds_from: str | None,
@@ -109,6 +119,7 @@ def run(
     rank, world = distributed.init(device)
     if o["device"] is not None or distributed.launched():
         o["device"] = distributed.local_device(device)
+    shown = parse_window(window) if window is not None else None
     cuts = None
     if mask is not None:
         from tomofield.report import mask_thresholds
@@ -122,7 +133,7 @@ def run(
                 raise InputError("--preview is for one volume; a dataset run writes no previews yet")
             run_csv(inputs[0], output, overwrite, o, rank, world, mask=mask, cuts=cuts)
         else:
-            run_volume(inputs, output, preview, overwrite, o, rank, world, mask=mask, cuts=cuts)
+            run_volume(inputs, output, preview, overwrite, o, rank, world, mask=mask, cuts=cuts, window=shown)
     finally:
         distributed.finish()
 
@@ -137,6 +148,7 @@ def run_volume(
     world: int = 1,
     mask: str | None = None,
     cuts: tuple[float, float] | None = None,
+    window: tuple[float, float] | None = None,
 ) -> None:
     """One volume; under torchrun its directions are shared by the ranks and rank 0 writes."""
     from tomofield.io import check_output_path, load_volume, save_heatmap
@@ -181,9 +193,24 @@ def run_volume(
             volume.spacing,
             title=f"{engine.head_name} / {engine.filter_name}: {volume.paths[0].name}",
             overwrite=overwrite,
+            affine=volume.affine,
+            window=window,
+            threshold=cuts[1] if cuts else None,
+            mask=load_volume(mask).data[0].numpy() if mask else None,
         )
     written += [preview] if preview else []
     out.print(f"wrote {', '.join(map(str, written))} in {time.perf_counter() - t0:.1f} s")
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """``--window LO,HI`` as two numbers, ``LO < HI``."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        lo = hi = float("nan")
+    if not lo < hi:
+        raise InputError(f"--window {text!r} is not LO,HI with LO < HI (e.g. -1000,400 for a lung CT)")
+    return lo, hi
 
 
 def write_mask(

@@ -93,6 +93,7 @@ def phantom_demo(
         volume.spacing,
         title="sum head + tomo filter: reconstruction of the phantom",
         overwrite=overwrite,
+        affine=volume.affine,
     )
     r = correlation(heat[0], volume.data[0])
     console.print(
@@ -168,16 +169,18 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
         heats.append(heat[0].numpy())
         masks.append(mask)
     threshold, mean_dice = best_dice(heats, masks)
-    first = positives[0]
+    first = load_volume(list(positives[0].images))
     png = out_dir / "preview.png"
     write_preview(
         png,
         heats[0],
-        load_volume(list(first.images)).data[0].numpy(),
-        engine_spacing(first),
-        title=f"ToNNO heatmap of held-out {first.name} (trained on volume labels only)",
+        first.data[0].numpy(),
+        first.spacing,
+        title=f"ToNNO heatmap of held-out {positives[0].name} (trained on volume labels only; lesion outlined)",
         overwrite=True,
         mask=masks[0],
+        affine=first.affine,
+        threshold=threshold,
     )
     console.print(
         f"validation balanced accuracy {bacc:.3f}; ToNNO mean Dice over {len(heats)} held-out positives "
@@ -194,7 +197,3 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
         "volumes": len(heats),
         "learned": result["diagnostics"]["learned"],
     }
-
-
-def engine_spacing(case: Any) -> tuple[float, float, float]:
-    return load_volume(list(case.images)).spacing
