@@ -42,6 +42,7 @@ from tomofield.commands import (
     with_default,
 )
 from tomofield.compare import FAMILIES, CompareSettings
+from tomofield.dataset import folder_cases, is_volume_list
 from tomofield.demo import DemoSettings, full_demo, phantom_demo
 from tomofield.encoders import NORMS
 from tomofield.errors import InputError
@@ -60,13 +61,22 @@ def cli() -> None:
 
 
 @cli.command(cls=EngineCommand)
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.argument("inputs", nargs=-1, type=click.Path())
+@click.option(
+    "--input",
+    "-i",
+    "more_inputs",
+    multiple=True,
+    type=click.Path(),
+    help="An input, as the arguments are: a volume (several: its channels), a dataset CSV, a folder of volumes "
+    "or a quoted glob pattern ('scans/*.nii.gz').",
+)
 @click.option(
     "--output",
     "-o",
     required=True,
     type=click.Path(),
-    help="Output heatmap (.nii or .nii.gz); a folder when the input is a dataset CSV.",
+    help="Output heatmap (.nii or .nii.gz); a folder when the input is a dataset CSV, a folder or a pattern.",
 )
 @click.option(
     "--preview",
@@ -98,6 +108,7 @@ def cli() -> None:
 @friendly
 def run(
     inputs: tuple[str, ...],
+    more_inputs: tuple[str, ...],
     output: str,
     preview: str | None,
     window: str | None,
@@ -107,7 +118,8 @@ def run(
     overwrite: bool,
     **o: Any,
 ) -> None:
-    """Reconstruct the heatmap of a volume (several INPUTS are its channels) or of every volume of a dataset CSV.
+    """Reconstruct the heatmap of a volume (several INPUTS are its channels) or of every volume of a dataset CSV,
+    a folder or a glob pattern (one heatmap each in the --output folder, finished ones skipped).
 
     Head options (--target, --layer, --pool, and those plugin heads declare) apply to the
     heads that declare them; `tomofield plugins` lists the heads.
@@ -119,6 +131,9 @@ def run(
     rank, world = distributed.init(device)
     if o["device"] is not None or distributed.launched():
         o["device"] = distributed.local_device(device)
+    inputs = (*inputs, *more_inputs)
+    if not inputs:
+        raise InputError("no input: give a volume, a dataset CSV, a folder of volumes or a pattern (or -i INPUT)")
     shown = parse_window(window) if window is not None else None
     cuts = None
     if mask is not None:
@@ -128,10 +143,10 @@ def run(
     elif threshold is not None or thresholds_from is not None:
         raise InputError("--threshold and --thresholds set the thresholds of --mask; give --mask PATH too")
     try:
-        if len(inputs) == 1 and inputs[0].lower().endswith(".csv"):
-            if preview:
-                raise InputError("--preview is for one volume; a dataset run writes no previews yet")
-            run_csv(inputs[0], output, overwrite, o, rank, world, mask=mask, cuts=cuts)
+        many = len(inputs) == 1 and inputs[0].lower().endswith(".csv")
+        if many or is_volume_list(inputs):
+            extras = {"mask": mask, "cuts": cuts, "preview": preview, "window": shown}
+            run_csv(inputs[0], output, overwrite, o, rank, world, **extras)
         else:
             run_volume(inputs, output, preview, overwrite, o, rank, world, mask=mask, cuts=cuts, window=shown)
     finally:
@@ -248,19 +263,29 @@ def run_csv(
     world: int = 1,
     mask: str | None = None,
     cuts: tuple[float, float] | None = None,
+    preview: str | None = None,
+    window: tuple[float, float] | None = None,
 ) -> Any:
     """Dataset mode of ``run``: one heatmap per volume in ``out_dir``, finished ones skipped.
 
+    The volumes come from a dataset CSV, a folder of volumes or a glob pattern (``csv_path``).
     A finished heatmap counts as done only when its provenance record matches this run
     (settings, weights, version, inputs); otherwise the run refuses before any work, unless
     ``--overwrite``. Every rank checks the whole dataset, so that all refuse alike.
+    ``mask`` and ``preview`` are folders: one mask and one PNG per volume.
     """
     from tomofield.batch import check_output_folder, run_dataset, shard
     from tomofield.dataset import read_dataset
 
-    check_output_folder([], out_dir, csv_path)
-    all_cases = read_dataset(csv_path, require_files=True, task="any")
-    check_output_folder(all_cases, out_dir, csv_path)
+    is_csv = csv_path.lower().endswith(".csv") and not Path(csv_path).is_dir()
+    check_output_folder([], out_dir, csv_path if is_csv else None)
+    all_cases = read_dataset(csv_path, require_files=True, task="any") if is_csv else folder_cases(csv_path)
+    check_output_folder(all_cases, out_dir, csv_path if is_csv else None)
+    if preview is not None and preview.lower().endswith(".png"):
+        raise InputError(f"--preview {preview!r}: a run of several volumes writes one PNG each; give a folder")
+    for extra in (mask, preview):
+        if extra is not None:
+            check_output_folder(all_cases, extra, csv_path if is_csv else None)
     cases = shard(all_cases, rank, world)
     engine = build_engine(o)
     t0 = time.perf_counter()
@@ -293,7 +318,48 @@ def run_csv(
         )
     if mask and cuts is not None and rank == 0:
         write_dataset_masks(all_cases, out_dir, mask, cuts, overwrite)
+    if preview and rank == 0:
+        write_dataset_previews(all_cases, out_dir, preview, overwrite, window, mask, cuts)
     return result
+
+
+def write_dataset_previews(
+    cases: list[Any],
+    heat_dir: str,
+    png_dir: str,
+    overwrite: bool,
+    window: tuple[float, float] | None,
+    mask_dir: str | None,
+    cuts: tuple[float, float] | None,
+) -> None:
+    """One preview per volume (``PNG_DIR/<name>.png``) from its finished heatmap; newer ones kept unless ``overwrite``."""
+    from tomofield.batch import heatmap_path
+    from tomofield.io import load_volume
+    from tomofield.preview import write_preview
+
+    Path(png_dir).mkdir(parents=True, exist_ok=True)
+    made = kept = 0
+    for case in cases:
+        heat_file, png = heatmap_path(heat_dir, case), Path(png_dir) / f"{case.name}.png"
+        if png.exists() and not overwrite and png.stat().st_mtime >= heat_file.stat().st_mtime:
+            kept += 1
+            continue
+        heat, scan = load_volume(heat_file), load_volume(list(case.images))
+        outline = load_volume(heatmap_path(mask_dir, case)).data[0].numpy() if mask_dir else None
+        write_preview(
+            png,
+            heat.data[0].numpy(),
+            scan.data[0].numpy(),
+            scan.spacing,
+            title=case.name,
+            overwrite=True,
+            mask=outline,
+            affine=scan.affine,
+            window=window,
+            threshold=cuts[1] if cuts else None,
+        )
+        made += 1
+    out.print(f"{made} preview(s) written, {kept} up to date, in {png_dir}")
 
 
 def write_dataset_masks(

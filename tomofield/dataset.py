@@ -17,6 +17,7 @@ import hashlib
 import io
 import math
 import os
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,3 +151,32 @@ def dataset_hash(path: str | Path, cases: list[Case]) -> str:
         for f in (*c.images, *([c.mask] if c.mask else [])):
             h.update(f"{f.name}:{f.stat().st_size};".encode())
     return h.hexdigest()
+
+
+#: File endings of the volumes a folder run takes.
+VOLUME_SUFFIXES = (".nii.gz", ".nii")
+
+
+def is_volume_list(inputs: Sequence[str]) -> bool:
+    """Whether ``inputs`` name several volumes (a folder, or a glob pattern), not the channels of one."""
+    return len(inputs) == 1 and (Path(inputs[0]).is_dir() or any(c in inputs[0] for c in "*?["))
+
+
+def folder_cases(source: str) -> list[Case]:
+    """The volumes of a folder (every ``.nii``/``.nii.gz`` in it, by name) or of a glob pattern, one case each.
+
+    Raises:
+        InputError: nothing matches, naming what was looked for.
+    """
+    import glob
+
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
+        what = f"folder {source!r} holds no NIfTI volume (.nii or .nii.gz)"
+    else:
+        files = sorted(Path(p) for p in glob.glob(source) if Path(p).is_file())
+        what = f"pattern {source!r} matches no file"
+    if not files:
+        raise InputError(what)
+    return [Case((f,), 0.0, None, i) for i, f in enumerate(files, start=1)]

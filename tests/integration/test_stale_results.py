@@ -87,7 +87,7 @@ def test_each_heatmap_records_what_made_it(dataset, done):
         (["--empty-tol", "0.5"], "empty_tol 0.0 -> 0.5"),
         (["--amp", "bf16"], "amp auto -> bf16"),
         (["--head", "avgpool"], "head sum -> avgpool"),
-        (["--head", "logit"], "head sum -> logit"),
+        (["--head", "logit", "--random-weights"], "head sum -> logit"),
     ],
 )
 def test_heatmaps_made_with_other_settings_are_refused_and_kept(dataset, done, extra, message):
