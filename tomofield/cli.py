@@ -396,7 +396,7 @@ def write_dataset_masks(
 @click.option(
     "--report", "-o", type=click.Path(), help="Write REPORT.json and REPORT.csv (default HEATMAPS_DIR/evaluation)."
 )
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier report of the same name.")
 @friendly
 def evaluate(heatmaps_dir: str, dataset: str, report: str | None, overwrite: bool, **o: Any) -> None:
     """Lesion-wise precision, recall, F1, Dice and balanced accuracy of a folder of heatmaps (paper A.7)."""
@@ -428,9 +428,9 @@ def evaluate(heatmaps_dir: str, dataset: str, report: str | None, overwrite: boo
 )
 @click.option("--methods", "families", default=None, help="Comma-separated subset of the method families.")
 @setting_option(CompareSettings, "--directions", "ToNNO directions (paper: 2000).", type=int)
-@click.option("-L", "directions", type=int, default=None, hidden=True)
+@click.option("-L", "directions", type=int, default=None, hidden=True, help="--directions.")
 @setting_option(CompareSettings, "--slices", "ToNNO slices per direction (paper: 100).", type=int)
-@click.option("-M", "slices", type=int, default=None, hidden=True)
+@click.option("-M", "slices", type=int, default=None, hidden=True, help="--slices.")
 @setting_option(CompareSettings, "--cam-directions", "Averaged/Tomographic CAM directions (paper: 1000).", type=int)
 @setting_option(CompareSettings, "--cam-slices", "Averaged/Tomographic CAM slices per direction.", type=int)
 @setting_option(CompareSettings, "--folds", "Monte-Carlo cross-validation folds.", type=int)
@@ -669,7 +669,7 @@ def fit_with_progress(trainer: Any) -> dict[str, Any]:
 @click.argument("raw_dir", type=click.Path())
 @click.option("--output", "-o", "out_dir", required=True, type=click.Path(), help="Output dataset directory.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the patient-level train/validation split.")
-@click.option("--val-fraction", default=0.2, show_default=True)
+@click.option("--val-fraction", default=0.2, show_default=True, help="Share of each class's patients in val.csv.")
 @friendly
 def prepare(name: str, raw_dir: str, out_dir: str, seed: int, val_fraction: float) -> None:
     """Turn a public dataset, as downloaded, into tomofield dataset CSVs (plugins register NAME)."""
@@ -709,7 +709,9 @@ def plugins_cmd() -> None:
 
 
 @cli.command()
-@click.option("--output-dir", "-o", default="tomofield-demo", show_default=True, type=click.Path())
+@click.option(
+    "--output-dir", "-o", default="tomofield-demo", show_default=True, type=click.Path(), help="Folder of the outputs."
+)
 @click.option("--phantom", is_flag=True, help="Only the reconstruction sanity check on a ball phantom (sum head).")
 @click.option(
     "--iterations",

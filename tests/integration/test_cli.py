@@ -194,3 +194,14 @@ def test_existing_output_is_not_overwritten(write_nifti, tmp_path: Path):
     assert out.read_bytes() == b"precious"
     res = invoke("run", src, "-o", out, "--head", "sum", "--overwrite", *FAST)
     assert res.exit_code == 0 and nib.load(out).shape == (8, 8, 8)
+
+
+def test_every_option_of_every_command_has_a_help_line():
+    import click
+
+    ctx = click.Context(cli)
+    missing = []
+    for name, cmd in cli.commands.items():
+        sub = click.Context(cmd, parent=ctx, info_name=name)
+        missing += [f"{name} {p.opts[0]}" for p in cmd.get_params(sub) if isinstance(p, click.Option) and not p.help]
+    assert missing == []

@@ -39,7 +39,7 @@ _OWN = ("stage", "pool", "components", "projection", "save_projection", "fit_sli
 @click.option("--save-projection", type=click.Path(), help="Write the fitted PCA (.npz) to reuse on other volumes.")
 @click.option("--fit-slices", default=256, show_default=True, help="Slices sampled to fit the PCA.")
 @click.option("--preview", type=click.Path(), help="Also write a PNG of the first three components as RGB.")
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @engine_options(exclude=("head", "post"), defaults=FEATURES_DEFAULTS)
 @friendly
 def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bool, **o: Any) -> None:
@@ -116,7 +116,9 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
 @click.command()
 @click.argument("dataset", type=click.Path())
 @click.option("--output", "-o", "run_dir", required=True, type=click.Path(), help="Run directory (for --weights).")
-@click.option("--method", type=click.Choice(["simclr"]), default="simclr", show_default=True)
+@click.option(
+    "--method", type=click.Choice(["simclr"]), default="simclr", show_default=True, help="Self-supervised method."
+)
 @setting_option(SimCLRConfig, "--encoder", "Registered or timm encoder name.")
 @setting_option(SimCLRConfig, "--norm", "Normalisation layers.", type=click.Choice(NORMS))
 @setting_option(SimCLRConfig, "--iterations", "Training steps.", type=int)
@@ -128,7 +130,7 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
 @setting_option(SimCLRConfig, "--geometry", "Slicing geometry.", type=click.Choice(GEOMETRIES))
 @setting_option(SimCLRConfig, "--extent", "Slice offsets.", type=click.Choice(EXTENTS))
 @setting_option(SimCLRConfig, "--seed", "Seed of the initialisation and the draws.", type=int)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @friendly
 def pretrain(dataset: str, run_dir: str, method: str, device: str, **o: Any) -> None:
     """Self-supervised slice encoder (SimCLR) from the volumes of a dataset CSV; labels are ignored."""
