@@ -98,10 +98,49 @@ def evaluate_heatmaps(
     res = evaluate(heats, labels, masks=masks, boxes=boxes, folds=folds, iou_threshold=iou, seed=seed)
     # the thresholds a mask of a new volume uses (tomofield run --mask --thresholds REPORT)
     res["thresholds"] = tune_thresholds(heats, labels, masks=masks, boxes=boxes, seed=seed)
+    res["cases"] = case_metrics(cases, heats, masks, res["thresholds"], iou)
     res["volumes"] = len(cases)
     res["positives"] = int(sum(labels))
     res["inputs"] = [str(p) for p in (dataset_csv, boxes_csv) if p]  # files write_reports never replaces
     return res
+
+
+#: The columns of a report's per-case table.
+CASE_COLUMNS = ("image", "label", "score", "predicted", "precision", "recall", "f1", "dice")
+
+
+def case_metrics(
+    cases: list[Case],
+    heats: list[np.ndarray],
+    masks: list[np.ndarray | None] | None,
+    thresholds: dict[str, float],
+    iou: float,
+) -> list[dict[str, Any]]:
+    """Each volume at the thresholds tuned on all of them: its score, the decision, its lesion metrics.
+
+    The lesion metrics (of the protocol's binarization against the mask) are given for the
+    positives with a mask, as in the evaluation's means; ``None`` elsewhere.
+    """
+    from tomofield.evaluation import binarize, lesion_scores
+
+    tau, tau_prime = thresholds["tau"], thresholds["tau_prime"]
+    rows = []
+    for i, (case, heat) in enumerate(zip(cases, heats, strict=True)):
+        score = float(heat.max())
+        row: dict[str, Any] = {
+            "image": ";".join(str(p) for p in case.images),
+            "label": int(case.label),
+            "score": score,
+            "predicted": int(score >= tau),
+        }
+        truth = masks[i] if masks is not None else None
+        if case.label == 1 and truth is not None and truth.any():
+            scores = lesion_scores(binarize(heat, tau_prime, tau), truth, iou)
+            row.update({k: float(scores[k]) for k in ("precision", "recall", "f1", "dice")})
+        else:
+            row.update(dict.fromkeys(("precision", "recall", "f1", "dice")))
+        rows.append(row)
+    return rows
 
 
 def summary_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -118,10 +157,10 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def report_paths(prefix: str | Path) -> list[Path]:
-    """``PREFIX.json`` and ``PREFIX.csv``; a ``.json`` or ``.csv`` ending of ``prefix`` is dropped, no other."""
+    """``PREFIX.json``, ``PREFIX.csv`` and ``PREFIX_cases.csv``; a ``.json`` or ``.csv`` ending of ``prefix`` is dropped."""
     prefix = Path(prefix)
     name = prefix.name[: -len(prefix.suffix)] if prefix.suffix.lower() in (".json", ".csv") else prefix.name
-    return [prefix.with_name(name + ".json"), prefix.with_name(name + ".csv")]
+    return [prefix.with_name(name + ".json"), prefix.with_name(name + ".csv"), prefix.with_name(name + "_cases.csv")]
 
 
 def _json_safe(value: Any) -> Any:
@@ -148,10 +187,17 @@ def report_writes(prefix: str | Path, results: dict[str, dict[str, Any]]) -> lis
     writer.writeheader()
     writer.writerows(rows)
     text = json.dumps(_json_safe(results), indent=2, default=float, allow_nan=False)
+    per_case = io.StringIO()
+    cases = csv.DictWriter(per_case, fieldnames=["method", *CASE_COLUMNS], extrasaction="ignore")
+    cases.writeheader()
+    for method, res in results.items():
+        for row in res.get("cases", []) if isinstance(res, dict) else []:
+            cases.writerow({"method": method, **{k: "" if v is None else v for k, v in row.items()}})
     paths = report_paths(prefix)
     return [
         (paths[0], lambda t: t.write_text(text, encoding="utf-8")),
         (paths[1], lambda t: t.write_text(buf.getvalue(), encoding="utf-8")),
+        (paths[2], lambda t: t.write_text(per_case.getvalue(), encoding="utf-8")),
     ]
 
 
@@ -166,7 +212,8 @@ def write_reports(
     overwrite: bool = False,
     inputs: Sequence[str | Path] = (),
 ) -> list[Path]:
-    """``PREFIX.json`` (everything; NaN as null) and ``PREFIX.csv`` (one row per method), both or neither.
+    """``PREFIX.json`` (everything; NaN as null), ``PREFIX.csv`` (one row per method) and ``PREFIX_cases.csv``
+    (one row per method and volume, where the results have per-case metrics): all or none.
 
     Neither replaces an existing file unless ``overwrite``, nor ever one of ``inputs`` or
     of the files the results were computed from (their ``inputs``).

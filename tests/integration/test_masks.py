@@ -109,3 +109,27 @@ def test_a_report_without_thresholds_or_of_several_methods_says_what_to_do(tmp_p
     with pytest.raises(InputError, match=r"reports 2 methods; name one: .*many.json#a, .*many.json#b"):
         read_thresholds(many)
     assert read_thresholds(f"{many}#a") == (1.0, 0.5)
+
+
+def test_evaluate_reports_every_case_beside_the_aggregates(evaluated, tmp_path):
+    """JSON and CSV: each volume's score and decision at the stored thresholds, its lesion metrics."""
+    import csv
+
+    from tomofield.evaluation import lesion_scores
+
+    dataset, heat, report = evaluated
+    res = json.loads(report.read_text())["heat"]
+    tau, tau_prime = res["thresholds"]["tau"], res["thresholds"]["tau_prime"]
+    rows = list(csv.DictReader(open(tmp_path / "report_cases.csv", encoding="utf-8")))
+    assert len(res["cases"]) == len(rows) == 6
+    for case, row in zip(res["cases"], rows, strict=True):
+        name = Path(case["image"]).name
+        h = load_volume(heat / name).data[0].numpy()
+        assert case["score"] == pytest.approx(float(h.max())) and case["predicted"] == int(h.max() >= tau)
+        assert row["method"] == "heat" and float(row["score"]) == pytest.approx(case["score"])
+        if case["label"] == 1:
+            truth = load_volume(dataset.parent / name.replace("img", "m")).data[0].numpy() > 0
+            expected = lesion_scores(binarize(h, tau_prime, tau), truth)
+            assert case["dice"] == pytest.approx(expected["dice"]) and case["f1"] == pytest.approx(expected["f1"])
+        else:
+            assert case["dice"] is None and row["dice"] == ""

@@ -263,7 +263,7 @@ def test_heatmap_never_replaces_its_input(write_nifti, tmp_path):
 
 
 def test_reports_are_written_both_or_neither(tmp_path):
-    json_path, csv_path = report_paths(tmp_path / "r")
+    json_path, csv_path, _ = report_paths(tmp_path / "r")
     csv_path.write_text("mine")
     with pytest.raises(InputError, match="r.csv' exists"):
         write_reports(tmp_path / "r", {"m": {"f1": 0.5}})
@@ -272,7 +272,11 @@ def test_reports_are_written_both_or_neither(tmp_path):
 
 @pytest.mark.parametrize(
     "prefix, names",
-    [("r", ("r.json", "r.csv")), ("r.json", ("r.json", "r.csv")), ("my.report", ("my.report.json", "my.report.csv"))],
+    [
+        ("r", ("r.json", "r.csv", "r_cases.csv")),
+        ("r.json", ("r.json", "r.csv", "r_cases.csv")),
+        ("my.report", ("my.report.json", "my.report.csv", "my.report_cases.csv")),
+    ],
 )
 def test_report_prefix_keeps_its_name(tmp_path, prefix, names):
     assert tuple(p.name for p in write_reports(tmp_path / prefix, {"m": {"f1": 0.5}})) == names
@@ -315,7 +319,13 @@ def test_compare_refuses_an_earlier_comparison_before_any_work(dataset, tmp_path
         run_comparison(dataset, tmp_path / "no-such-run", rep, None)  # refused before the weights are read
     assert snapshot(tmp_path) == before and not (rep / "heatmaps").exists()
     assert check_report_dir(rep, overwrite=True) == rep
-    assert [p.name for p in report_files(rep)] == ["table.md", "results.json", "results.csv", "figure.png"]
+    assert [p.name for p in report_files(rep)] == [
+        "table.md",
+        "results.json",
+        "results.csv",
+        "results_cases.csv",
+        "figure.png",
+    ]
 
 
 def test_compare_under_a_file_is_refused(tmp_path):
