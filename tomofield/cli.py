@@ -48,6 +48,7 @@ from tomofield.encoders import NORMS
 from tomofield.errors import InputError
 from tomofield.geometry import EXTENTS, GEOMETRIES
 from tomofield.intensity import MODES as INTENSITY_MODES
+from tomofield.io import is_dicom_folder
 from tomofield.report import METRICS, evaluate_heatmaps
 from tomofield.synth import BACKGROUNDS, write_dataset
 from tomofield.train import DEFAULTS as TRAIN_DEFAULTS
@@ -144,7 +145,7 @@ def run(
         raise InputError("--threshold and --thresholds set the thresholds of --mask; give --mask PATH too")
     try:
         many = len(inputs) == 1 and inputs[0].lower().endswith(".csv")
-        if many or is_volume_list(inputs):
+        if many or (is_volume_list(inputs) and not is_dicom_folder(inputs[0])):
             extras = {"mask": mask, "cuts": cuts, "preview": preview, "window": shown}
             run_csv(inputs[0], output, overwrite, o, rank, world, **extras)
         else:

@@ -159,7 +159,10 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii")
 
 def is_volume_list(inputs: Sequence[str]) -> bool:
     """Whether ``inputs`` name several volumes (a folder, or a glob pattern), not the channels of one."""
-    return len(inputs) == 1 and (Path(inputs[0]).is_dir() or any(c in inputs[0] for c in "*?["))
+    if len(inputs) != 1:
+        return False
+    path = Path(inputs[0])  # a file named like a pattern ("scan[1].nii.gz") is that file
+    return path.is_dir() or (not path.exists() and any(c in inputs[0] for c in "*?["))
 
 
 def folder_cases(source: str) -> list[Case]:

@@ -101,6 +101,72 @@ def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+#: Formats read through SimpleITK (``pip install 'tomofield[itk]'``): NRRD and MetaImage files,
+#: and DICOM series folders.
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+_NEEDS_ITK = "reading {what} needs SimpleITK, an optional extra: pip install 'tomofield[itk]' (or SimpleITK)"
+
+
+def is_dicom_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder of DICOM files (the ``DICM`` mark at byte 128 of one of its first files)."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    for f in sorted(p for p in path.iterdir() if p.is_file())[:8]:
+        try:
+            with open(f, "rb") as fh:
+                fh.seek(128)
+                if fh.read(4) == b"DICM":
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _itk_image(path: Path) -> object:
+    """A DICOM series folder or an NRRD/MetaImage file as an in-memory NIfTI image, its geometry in RAS.
+
+    ITK's arrays are (k, j, i) and its geometry LPS: ``x_LPS = origin + direction diag(spacing) (i, j, k)``;
+    NIfTI's affine is that with x and y negated.
+    """
+    import nibabel as nib
+
+    what = f"DICOM series {str(path)!r}" if path.is_dir() else f"{str(path)!r}"
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        raise InputError(_NEEDS_ITK.format(what=what)) from None
+    try:
+        if path.is_dir():
+            series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+            if len(series) != 1:
+                raise InputError(
+                    f"{what} holds {len(series)} DICOM series ({', '.join(series) or 'none readable'}); give a folder "
+                    "of one series"
+                )
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:  # ITK's errors
+        raise InputError(f"cannot read {what} ({str(exc).strip().splitlines()[-1]})") from exc
+    if image.GetDimension() != 3:
+        raise InputError(f"{what} is a {image.GetDimension()}D image; tomofield reads 3D volumes")
+    arr = sitk.GetArrayFromImage(image)  # (k, j, i[, c])
+    arr = arr.transpose(2, 1, 0, 3) if arr.ndim == 4 else arr.transpose(2, 1, 0)
+    lps = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3) * np.asarray(image.GetSpacing())
+    flip = np.diag([-1.0, -1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = flip @ lps
+    affine[:3, 3] = flip @ np.asarray(image.GetOrigin(), dtype=np.float64)
+    img = nib.Nifti1Image(np.ascontiguousarray(arr), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    return img
+
+
 def spacing_from_affine(affine: np.ndarray, source: str = "") -> tuple[float, float, float]:
     """Voxel size per (d, h, w) axis: the column norms of the affine's 3x3 block."""
     block = np.asarray(affine, dtype=np.float64)[:3, :3]
@@ -163,12 +229,20 @@ def _load_one(path: Path, nan_policy: str = "refuse") -> tuple[np.ndarray, objec
 
     if not path.exists():
         raise InputError(f"input file {str(path)!r} does not exist")
-    if path.is_dir():
-        raise InputError(f"input {str(path)!r} is a folder; give a NIfTI file ({', '.join(NIFTI_SUFFIXES)})")
-    if not is_nifti(path):
-        raise InputError(f"input file {str(path)!r} is not NIfTI; valid suffixes: {', '.join(NIFTI_SUFFIXES)}")
+    via_itk = is_dicom_folder(path) or (path.is_file() and path.name.lower().endswith(ITK_SUFFIXES))
+    if path.is_dir() and not via_itk:
+        raise InputError(
+            f"input {str(path)!r} is a folder but not a DICOM series; give a NIfTI file ({', '.join(NIFTI_SUFFIXES)}), "
+            f"a file of {', '.join(ITK_SUFFIXES)}, or a folder of one DICOM series"
+        )
+    if not is_nifti(path) and not via_itk:
+        raise InputError(
+            f"input file {str(path)!r} is not NIfTI; valid suffixes: {', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES)} "
+            "(or a DICOM series folder)"
+        )
+    itk = _itk_image(path) if via_itk else None  # names its own errors
     try:
-        img = nib.load(str(path))
+        img = itk if itk is not None else nib.load(str(path))
         stored = img.get_data_dtype()
         shape = tuple(int(n) for n in img.shape)
     except Exception as exc:  # nibabel, gzip and zlib raise many types on corrupt files
