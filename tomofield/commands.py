@@ -147,6 +147,9 @@ def friendly(fn: Callable) -> Callable:
         try:
             with warnings.catch_warnings():  # the library's warnings as one line each, not Python's format
                 warnings.showwarning = _show_warning
+                # numpy's arithmetic warnings (an empty mean, 0/0 in a metric) say nothing a user can act on;
+                # the results carry NaN where they arise
+                warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"numpy(\.|$)")
                 return fn(*args, **kwargs)
         except TomofieldError as exc:
             with _heard():

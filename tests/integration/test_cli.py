@@ -205,3 +205,21 @@ def test_every_option_of_every_command_has_a_help_line():
         sub = click.Context(cmd, parent=ctx, info_name=name)
         missing += [f"{name} {p.opts[0]}" for p in cmd.get_params(sub) if isinstance(p, click.Option) and not p.help]
     assert missing == []
+
+
+def test_warnings_print_as_one_line_and_numpy_arithmetic_warnings_not_at_all():
+    import warnings
+
+    import click
+
+    from tomofield.commands import friendly
+
+    @click.command()
+    @friendly
+    def noisy() -> None:
+        np.mean(np.array([]))  # numpy: "Mean of empty slice"
+        warnings.warn("a run did not learn", UserWarning, stacklevel=1)
+
+    res = CliRunner().invoke(noisy, [])
+    assert res.exit_code == 0
+    assert res.output == "Warning: a run did not learn\n"
