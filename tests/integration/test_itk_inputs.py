@@ -81,3 +81,14 @@ def test_a_folder_that_is_neither_volumes_nor_a_dicom_series_says_what_it_takes(
     (tmp_path / "stuff" / "a.txt").write_text("x")
     with pytest.raises(InputError, match="is a folder but not a DICOM series"):
         load_volume(tmp_path / "stuff")
+
+
+def test_without_simpleitk_the_message_says_how_to_get_it(tmp_path, monkeypatch):
+    import sys
+
+    from tomofield.errors import InputError
+
+    (tmp_path / "scan.nrrd").write_bytes(b"NRRD0004\n")
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # import fails as if it were not installed
+    with pytest.raises(InputError, match=r"^reading '.*scan.nrrd' needs SimpleITK, an optional extra: pip install"):
+        load_volume(tmp_path / "scan.nrrd")
