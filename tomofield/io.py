@@ -136,6 +136,10 @@ def _itk_image(path: Path) -> object:
         import SimpleITK as sitk
     except ImportError:
         raise InputError(_NEEDS_ITK.format(what=what)) from None
+    import locale
+
+    # GDCM may reset the process's locale to "C" (seen writing DICOM): Python's text I/O then turns ASCII
+    saved = locale.setlocale(locale.LC_ALL)
     try:
         if path.is_dir():
             series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
@@ -151,6 +155,8 @@ def _itk_image(path: Path) -> object:
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:  # ITK's errors
         raise InputError(f"cannot read {what} ({str(exc).strip().splitlines()[-1]})") from exc
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
     if image.GetDimension() != 3:
         raise InputError(f"{what} is a {image.GetDimension()}D image; tomofield reads 3D volumes")
     arr = sitk.GetArrayFromImage(image)  # (k, j, i[, c])

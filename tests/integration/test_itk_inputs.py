@@ -16,6 +16,16 @@ sitk = pytest.importorskip("SimpleITK")
 FAST = ["--head", "sum", "--filter", "tomo", "-L", "8", "-M", "6", "--slice-size", "16", "--device", "cpu"]
 
 
+@pytest.fixture(autouse=True)
+def _keep_locale():
+    """GDCM's DICOM writer resets the process's locale to "C"; the tests after these must not see it."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
+
+
 def itk_copy(nifti: Path, out: Path) -> Path:
     """The NIfTI written by SimpleITK as ``out`` (a file, or a folder of one DICOM series)."""
     image = sitk.ReadImage(str(nifti))
