@@ -77,7 +77,7 @@ def test_a_loss_that_is_not_finite_is_divergence():
 )
 def test_validation_at_chance(metrics, flagged):
     m = Monitor.for_loss("classification", "bce", iterations=100, lr=1e-3)
-    assert m.validation(10, metrics) == []  # within the first quarter nothing is judged
+    assert m.validation(40, metrics) == []  # within the first half nothing is judged
     raised = m.validation(50, metrics)
     assert [p.kind for p in raised] == (["val-at-chance"] if flagged else [])
     assert m.learned is not flagged
@@ -85,12 +85,12 @@ def test_validation_at_chance(metrics, flagged):
 
 def test_a_later_good_validation_clears_it_and_restore_continues_a_record():
     m = Monitor.for_loss("classification", "bce", iterations=100, lr=1e-3)
-    m.validation(30, {"val_balanced_accuracy": 0.5, "val_auc": 0.5})
+    m.validation(50, {"val_balanced_accuracy": 0.5, "val_auc": 0.5})
     saved = m.record()
     again = Monitor.for_loss("classification", "bce", iterations=100, lr=1e-3)
     again.restore(saved)
     assert again.record() == saved and not again.learned
-    again.validation(60, {"val_balanced_accuracy": 0.9, "val_auc": 0.95})
+    again.validation(80, {"val_balanced_accuracy": 0.9, "val_auc": 0.95})
     assert again.learned and len(again.record()["problems"]) == 1
 
 
