@@ -111,9 +111,11 @@ class DemoSettings:
     """
 
     n: int = 60
-    size: int = 48
+    size: int = 40
     seed: int = 0
     background: str = "realistic"
+    #: thick slices, as in most clinical scans; the realistic grid keeps the field of view cubic
+    spacing: tuple[float, float, float] = (2.0, 1.0, 1.0)
     iterations: int | None = None
     slices_per_volume: int | None = None
     slice_size: int | None = None
@@ -139,10 +141,12 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
         for sub in ("data", "run", "heatmaps"):
             shutil.rmtree(out_dir / sub, ignore_errors=True)
     look = "scans in a scanner's unit and offset" if s.background == "realistic" else "normalised volumes"
+    mm = " x ".join(f"{v:g}" for v in s.spacing)
     console.print(
-        f"1/3 synthesising {s.n} volumes of up to {s.size}^3 ({look}, half with 1-3 lesions) in {out_dir}/data"
+        f"1/3 synthesising {s.n} volumes of up to {s.size} voxels a side at {mm} mm ({look}, half with 1-3 "
+        f"lesions) in {out_dir}/data"
     )
-    csvs = write_dataset(out_dir / "data", n=s.n, size=s.size, seed=s.seed, background=s.background)
+    csvs = write_dataset(out_dir / "data", n=s.n, size=s.size, seed=s.seed, background=s.background, spacing=s.spacing)
     given = {k: getattr(s, k) for k in ("iterations", "slices_per_volume", "slice_size", "lr", "norm")}
     cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None}, seed=s.seed)
     cfg.val_every = cfg.checkpoint_every = max(cfg.iterations // 4, 1)
