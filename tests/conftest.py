@@ -75,3 +75,11 @@ def cube_volumes(write_nifti) -> list[tuple[str, bool]]:
         write_nifti(f"v{i}.nii.gz", vol, spacing=(2.0, 1.0, 1.0))
         out.append((f"v{i}.nii.gz", i % 2 == 0))
     return out
+
+
+@pytest.fixture
+def tiny_dataset(cube_volumes, tmp_path: Path) -> Path:
+    """The cube volumes as a training CSV (8 volumes of 20^3: positives hold a bright cube)."""
+    csv = tmp_path / "train.csv"
+    csv.write_text("image,label\n" + "\n".join(f"{name},{int(pos)}" for name, pos in cube_volumes) + "\n")
+    return csv

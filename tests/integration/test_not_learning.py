@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,13 +11,6 @@ from tomofield import Engine
 from tomofield.checkpoint import FORMAT
 from tomofield.errors import InputError, NotLearningWarning
 from tomofield.train import TrainConfig, Trainer
-
-
-@pytest.fixture
-def tiny_dataset(cube_volumes, tmp_path: Path) -> Path:
-    csv = tmp_path / "train.csv"
-    csv.write_text("image,label\n" + "\n".join(f"{name},{int(pos)}" for name, pos in cube_volumes) + "\n")
-    return csv
 
 
 def small(**kw) -> TrainConfig:

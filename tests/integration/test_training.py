@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,14 +11,6 @@ from safetensors.torch import load_file
 from tomofield import Engine
 from tomofield.errors import InputError
 from tomofield.train import TrainConfig, Trainer, cosine_lr
-
-
-@pytest.fixture
-def tiny_dataset(cube_volumes, tmp_path: Path) -> Path:
-    """8 volumes of 20^3: positives hold a bright cube."""
-    csv = tmp_path / "train.csv"
-    csv.write_text("image,label\n" + "\n".join(f"{name},{int(pos)}" for name, pos in cube_volumes) + "\n")
-    return csv
 
 
 def config(**kw) -> TrainConfig:
