@@ -9,6 +9,7 @@ as they do from Python. The shared toolkit (errors, progress, engine options) is
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -144,30 +145,71 @@ def run(
     elif threshold is not None or thresholds_from is not None:
         raise InputError("--threshold and --thresholds set the thresholds of --mask; give --mask PATH too")
     try:
+        extras = Extras(mask=mask, cuts=cuts, preview=preview, window=shown)
         many = len(inputs) == 1 and inputs[0].lower().endswith(".csv")
         if many or (is_volume_list(inputs) and not is_dicom_folder(inputs[0])):
-            extras = {"mask": mask, "cuts": cuts, "preview": preview, "window": shown}
-            run_csv(inputs[0], output, overwrite, o, rank, world, **extras)
+            run_csv(inputs[0], output, overwrite, o, rank, world, extras)
         else:
-            run_volume(inputs, output, preview, overwrite, o, rank, world, mask=mask, cuts=cuts, window=shown)
+            run_volume(inputs, output, overwrite, o, rank, world, extras)
     finally:
         distributed.finish()
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What ``run`` writes beside a heatmap: a mask at ``cuts`` = (tau, tau'), a preview in ``window``.
+
+    For one volume ``mask`` and ``preview`` are files; for a dataset, folder or pattern, folders.
+    """
+
+    mask: str | None = None
+    cuts: tuple[float, float] | None = None
+    preview: str | None = None
+    window: tuple[float, float] | None = None
+
+    def write(self, mask: Path | None, png: Path | None, heat: Any, scan: Any, title: str, overwrite: bool) -> Any:
+        """Write the mask (to ``mask``) and the preview (to ``png``) of one (D, H, W) heatmap on ``scan``'s grid.
+
+        Returns the mask array (None without ``cuts``).
+        """
+        labels = None
+        if self.cuts is not None:  # the preview outlines the mask, written or not
+            from tomofield.report import segmentation
+
+            labels = segmentation(heat, *self.cuts)
+            if mask is not None:
+                write_mask(mask, labels, scan.affine, scan.header, self.cuts, overwrite, scan.paths)
+        if png is not None:
+            from tomofield.preview import write_preview
+
+            write_preview(
+                png,
+                heat,
+                scan.data[0].numpy(),
+                scan.spacing,
+                title=title,
+                overwrite=overwrite,
+                mask=labels,
+                affine=scan.affine,
+                window=self.window,
+                threshold=self.cuts[1] if self.cuts else None,
+            )
+        return labels
 
 
 def run_volume(
     inputs: tuple[str, ...],
     output: str,
-    preview: str | None,
     overwrite: bool,
     o: dict[str, Any],
     rank: int = 0,
     world: int = 1,
-    mask: str | None = None,
-    cuts: tuple[float, float] | None = None,
-    window: tuple[float, float] | None = None,
+    extras: Extras = Extras(),
 ) -> None:
     """One volume; under torchrun its directions are shared by the ranks and rank 0 writes."""
     from tomofield.io import check_output_path, load_volume, save_heatmap
+
+    mask, preview = extras.mask, extras.preview
 
     check_output_path(output, overwrite, inputs=inputs)  # never the input, even with --overwrite
     if preview:
@@ -196,25 +238,16 @@ def run_volume(
     if mask and heat.shape[0] != 1:
         raise InputError(f"--mask needs a single-channel heatmap; head {engine.head_name!r} gave {heat.shape[0]}")
     save_heatmap(output, heat.cpu(), volume, overwrite)
-    written = [output]
-    if mask and cuts is not None:
-        written.append(write_mask(mask, heat[0].cpu().numpy(), volume.affine, volume.header, cuts, overwrite, inputs))
-    if preview:
-        from tomofield.preview import write_preview
-
-        write_preview(
-            preview,
-            heat[0].cpu().numpy(),
-            volume.data[0].numpy(),
-            volume.spacing,
-            title=f"{engine.head_name} / {engine.filter_name}: {volume.paths[0].name}",
-            overwrite=overwrite,
-            affine=volume.affine,
-            window=window,
-            threshold=cuts[1] if cuts else None,
-            mask=load_volume(mask).data[0].numpy() if mask else None,
-        )
-    written += [preview] if preview else []
+    title = f"{engine.head_name} / {engine.filter_name}: {volume.paths[0].name}"
+    extras.write(
+        Path(mask) if mask else None,
+        Path(preview) if preview else None,
+        heat[0].cpu().numpy(),
+        volume,
+        title,
+        overwrite,
+    )
+    written = [output, *([mask] if mask else []), *([preview] if preview else [])]
     out.print(f"wrote {', '.join(map(str, written))} in {time.perf_counter() - t0:.1f} s")
 
 
@@ -231,21 +264,20 @@ def parse_window(text: str) -> tuple[float, float]:
 
 def write_mask(
     path: str | Path,
-    heat: Any,
+    labels: Any,
     affine: Any,
     header: Any,
     cuts: tuple[float, float],
     overwrite: bool,
     inputs: Any = (),
 ) -> Path:
-    """The uint8 segmentation of a (D, H, W) heatmap at ``cuts`` = (tau, tau'), on the heatmap's grid."""
+    """A uint8 label map (D, H, W), the segmentation at ``cuts`` = (tau, tau'), on the heatmap's grid."""
     from tomofield.io import save_nifti
-    from tomofield.report import segmentation
 
     tau, tau_prime = cuts
     return save_nifti(
         path,
-        segmentation(heat, tau, tau_prime),
+        labels,
         affine,
         header,
         overwrite,
@@ -262,10 +294,7 @@ def run_csv(
     o: dict[str, Any],
     rank: int = 0,
     world: int = 1,
-    mask: str | None = None,
-    cuts: tuple[float, float] | None = None,
-    preview: str | None = None,
-    window: tuple[float, float] | None = None,
+    extras: Extras = Extras(),
 ) -> Any:
     """Dataset mode of ``run``: one heatmap per volume in ``out_dir``, finished ones skipped.
 
@@ -282,6 +311,7 @@ def run_csv(
     check_output_folder([], out_dir, csv_path if is_csv else None)
     all_cases = read_dataset(csv_path, require_files=True, task="any") if is_csv else folder_cases(csv_path)
     check_output_folder(all_cases, out_dir, csv_path if is_csv else None)
+    mask, preview = extras.mask, extras.preview
     if preview is not None and preview.lower().endswith(".png"):
         raise InputError(f"--preview {preview!r}: a run of several volumes writes one PNG each; give a folder")
     for extra in (mask, preview):
@@ -317,74 +347,54 @@ def run_csv(
             f"{written} heatmap(s) written, {skipped} already done, in {out_dir}{ranks} "
             f"({time.perf_counter() - t0:.1f} s)"
         )
-    if mask and cuts is not None and rank == 0:
-        write_dataset_masks(all_cases, out_dir, mask, cuts, overwrite)
-    if preview and rank == 0:
-        write_dataset_previews(all_cases, out_dir, preview, overwrite, window, mask, cuts)
+    if (mask or preview) and rank == 0:
+        write_dataset_extras(all_cases, out_dir, extras, overwrite)
     return result
 
 
-def write_dataset_previews(
-    cases: list[Any],
-    heat_dir: str,
-    png_dir: str,
-    overwrite: bool,
-    window: tuple[float, float] | None,
-    mask_dir: str | None,
-    cuts: tuple[float, float] | None,
-) -> None:
-    """One preview per volume (``PNG_DIR/<name>.png``) from its finished heatmap; newer ones kept unless ``overwrite``."""
-    from tomofield.batch import heatmap_path
-    from tomofield.io import load_volume
-    from tomofield.preview import write_preview
+def write_dataset_extras(cases: list[Any], heat_dir: str, extras: Extras, overwrite: bool) -> None:
+    """One mask and one preview per volume from its finished heatmap, each heatmap read once.
 
-    Path(png_dir).mkdir(parents=True, exist_ok=True)
-    made = kept = 0
-    for case in cases:
-        heat_file, png = heatmap_path(heat_dir, case), Path(png_dir) / f"{case.name}.png"
-        if png.exists() and not overwrite and png.stat().st_mtime >= heat_file.stat().st_mtime:
-            kept += 1
-            continue
-        heat, scan = load_volume(heat_file), load_volume(list(case.images))
-        outline = load_volume(heatmap_path(mask_dir, case)).data[0].numpy() if mask_dir else None
-        write_preview(
-            png,
-            heat.data[0].numpy(),
-            scan.data[0].numpy(),
-            scan.spacing,
-            title=case.name,
-            overwrite=True,
-            mask=outline,
-            affine=scan.affine,
-            window=window,
-            threshold=cuts[1] if cuts else None,
-        )
-        made += 1
-    out.print(f"{made} preview(s) written, {kept} up to date, in {png_dir}")
-
-
-def write_dataset_masks(
-    cases: list[Any], heat_dir: str, mask_dir: str, cuts: tuple[float, float], overwrite: bool
-) -> None:
-    """One mask per volume from its finished heatmap; a mask newer than its heatmap is kept unless ``overwrite``."""
+    A mask or preview newer than its heatmap is kept unless ``overwrite``.
+    """
     from tomofield.batch import heatmap_path
     from tomofield.io import load_volume
 
-    Path(mask_dir).mkdir(parents=True, exist_ok=True)
-    made = kept = 0
+    folders = [Path(f) if f else None for f in (extras.mask, extras.preview)]
+    for folder in folders:
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+    made, kept = [0, 0], [0, 0]
     for case in cases:
-        heat_file, target = heatmap_path(heat_dir, case), heatmap_path(mask_dir, case)
-        if target.resolve() == heat_file.resolve():
-            raise InputError(f"--mask {mask_dir!r} is the heatmaps' folder; give another folder for the masks")
-        if target.exists() and not overwrite and target.stat().st_mtime >= heat_file.stat().st_mtime:
-            kept += 1
+        heat_file = heatmap_path(heat_dir, case)
+        targets = [
+            heatmap_path(folders[0], case) if folders[0] else None,
+            folders[1] / f"{case.name}.png" if folders[1] else None,
+        ]
+        if targets[0] is not None and targets[0].resolve() == heat_file.resolve():
+            raise InputError(f"--mask {extras.mask!r} is the heatmaps' folder; give another folder for the masks")
+        stale = [
+            t is not None and (overwrite or not t.exists() or t.stat().st_mtime < heat_file.stat().st_mtime)
+            for t in targets
+        ]
+        for i, t in enumerate(targets):
+            made[i] += stale[i]
+            kept[i] += t is not None and not stale[i]
+        if not any(stale):
             continue
         heat = load_volume(heat_file)
         if heat.data.shape[0] != 1:
             raise InputError(f"--mask needs single-channel heatmaps; {str(heat_file)!r} has {heat.data.shape[0]}")
-        write_mask(target, heat.data[0].numpy(), heat.affine, heat.header, cuts, True)
-        made += 1
-    out.print(f"{made} mask(s) written, {kept} up to date, in {mask_dir} (tau {cuts[0]:.4g}, tau' {cuts[1]:.4g})")
+        scan = load_volume(list(case.images)) if stale[1] else heat  # the heatmap has the scan's grid
+        chosen = [t if st else None for t, st in zip(targets, stale, strict=True)]
+        extras.write(chosen[0], chosen[1], heat.data[0].numpy(), scan, case.name, True)
+    if folders[0] is not None:
+        tau, tau_prime = extras.cuts or (float("nan"), float("nan"))
+        out.print(
+            f"{made[0]} mask(s) written, {kept[0]} up to date, in {extras.mask} (tau {tau:.4g}, tau' {tau_prime:.4g})"
+        )
+    if folders[1] is not None:
+        out.print(f"{made[1]} preview(s) written, {kept[1]} up to date, in {extras.preview}")
 
 
 @cli.command()
