@@ -133,3 +133,17 @@ def test_evaluate_reports_every_case_beside_the_aggregates(evaluated, tmp_path):
             assert case["dice"] == pytest.approx(expected["dice"]) and case["f1"] == pytest.approx(expected["f1"])
         else:
             assert case["dice"] is None and row["dice"] == ""
+
+
+def test_the_mask_file_holds_the_binarization_whatever_the_thresholds_scale(write_nifti, tmp_path):
+    """Thresholds in the heatmap's own units (here above 1): the file is the binarization, not a re-threshold."""
+    from tomofield.cli import Extras
+
+    zz, yy, xx = np.mgrid[:12, :12, :12]
+    heat = (40.0 * np.exp(-((zz - 6) ** 2 + (yy - 5) ** 2 + (xx - 7) ** 2) / 6.0)).astype(np.float32)
+    scan = load_volume(write_nifti("scan.nii.gz", heat + 1.0))
+    labels = Extras(cuts=(30.0, 10.0)).write(tmp_path / "m.nii.gz", None, heat, scan, "t", False)
+    expected = binarize(heat, 10.0, 30.0)
+    assert expected.sum() > 1
+    np.testing.assert_array_equal(labels, expected.astype(np.uint8))
+    np.testing.assert_array_equal(load_volume(tmp_path / "m.nii.gz").data[0].numpy(), expected.astype(np.float32))

@@ -296,9 +296,12 @@ class Trainer:
             opt.step()
             step += 1
             seen += x.shape[0]
-            loss_v = float(loss.detach())
+            spread = (
+                outputs.detach().float().std() if outputs.numel() > 1 else outputs.new_zeros((), dtype=torch.float32)
+            )
+            loss_v, spread_v = torch.stack([loss.detach().float(), spread]).tolist()  # one transfer from the device
             window.append(loss_v)
-            self.monitor.step(loss_v, float(outputs.detach().float().std()) if outputs.numel() > 1 else 0.0)
+            self.monitor.step(loss_v, spread_v)
             record: dict[str, Any] = {"iteration": step, "loss": loss_v, "lr": opt.param_groups[0]["lr"]}
             problems = [p for p in [self.monitor.diverged(step, loss_v)] if p is not None]
             if val and rank == 0 and (step % cfg.val_every == 0 or step == cfg.iterations):
