@@ -63,7 +63,7 @@ def tonno_dice(run: Path, val_csv: Path, directions: int, slices: int) -> float:
         if case.label != 1 or case.mask is None:
             continue
         vol = load_volume(list(case.images))
-        heats.append(engine.reconstruct(vol.data, vol.spacing)[0].numpy())
+        heats.append(engine.run(vol).data[0].numpy())
         masks.append(load_volume([case.mask]).data[0].numpy())
     return best_dice(heats, masks)[1]
 

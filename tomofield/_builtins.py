@@ -1,15 +1,20 @@
-"""tomofield's own components, registered through the public hooks like any plugin."""
+"""tomofield's own components, registered through the public hooks like any plugin.
+
+Each hook imports the modules it registers from: loading the plugins (which ``tomofield
+--help`` does, to list the plugins' commands) imports no torch.
+"""
 
 from __future__ import annotations
 
 import functools
 
-from tomofield import encoders, filters, heads, postprocess, samplers
 from tomofield.hookspecs import hookimpl
 
 
 @hookimpl
 def register_heads(register):
+    from tomofield import heads
+
     register("sum", heads.SumHead, "mean of the slice's pixels per channel (Eq. 5), no network")
     register("logit", heads.LogitHead, "the encoder's output logit per slice (ToNNO)")
     register("avgpool", heads.PooledSumHead, "average-pooled slice, a CAM-like map without a network (Fig. 4)")
@@ -27,12 +32,16 @@ def register_heads(register):
 
 @hookimpl
 def register_filters(register):
+    from tomofield import filters
+
     register("none", filters.NoFilter, "average over planes (Averaged CAM)")
     register("tomo", filters.TomoFilter, "second derivative along the normal (ToNNO, Tomographic CAM)")
 
 
 @hookimpl
 def register_samplers(register):
+    from tomofield import samplers
+
     register("fibonacci", samplers.FibonacciSampler, "L Fibonacci-lattice directions (ToNNO)")
     register("axial", samplers.AxialSampler, "the volume's own slices along D (slice-wise baseline)")
     register("orthogonal", samplers.OrthogonalSampler, "the slices of the three axes (three-axis baseline)")
@@ -40,6 +49,8 @@ def register_samplers(register):
 
 @hookimpl
 def register_postprocessors(register):
+    from tomofield import postprocess
+
     register("clip-negative", lambda: postprocess.clip_negative, "set negative values to 0")
     register("normalize", lambda: postprocess.normalize, "min-max scale each channel to [0, 1]")
     register("mask-background", lambda: postprocess.mask_background, "zero where the input is 0")
@@ -47,4 +58,6 @@ def register_postprocessors(register):
 
 @hookimpl
 def register_encoders(register):
+    from tomofield import encoders
+
     register("resnet10t", encoders.timm_encoder, "timm ResNet-10-T (paper default); any other timm name works too")

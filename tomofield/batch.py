@@ -1,4 +1,4 @@
-"""Runs over a dataset CSV: one heatmap per volume, resumable, optionally sharded, safe to run twice at once.
+"""Runs over a dataset CSV: one heatmap per volume, resumable, optionally split or sharded, safe to run twice at once.
 
 **What made a heatmap.** Each heatmap carries its provenance record inside its NIfTI header
 (an extension of code ``comment`` holding ``{"tomofield_heatmap": RECORD}`` as JSON), so the
@@ -23,7 +23,8 @@ is unchanged when its size and mtime are those recorded, or else its SHA-256 is.
 process) or that are older than :data:`STALE_AFTER_S`. Before a volume, a run claims it
 (``.NAME.nii.gz.claim``, created exclusively) and leaves volumes claimed by a live job to the
 end, so two jobs share the work; a heatmap is published by a hard link that fails when the
-other job published it first (then its record is checked like a finished one).
+other job published it first (then its record is checked like a finished one). Independent
+jobs (a SLURM array) may instead split the dataset beforehand, each taking its :func:`part`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import os
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Collection
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -43,7 +45,7 @@ from typing import Any
 from tomofield.dataset import Case
 from tomofield.engine import Engine
 from tomofield.errors import InputError
-from tomofield.io import Heatmap, load_volume
+from tomofield.io import Heatmap, Reorientation, load_volume
 
 #: The key of a heatmap's provenance record in its NIfTI ``comment`` extension.
 RECORD_KEY = "tomofield_heatmap"
@@ -73,6 +75,32 @@ def heatmap_path(out_dir: str | Path, case: Case) -> Path:
 def shard(cases: list[Case], rank: int = 0, world: int = 1) -> list[Case]:
     """The cases rank ``rank`` of ``world`` processes handles (round robin)."""
     return cases[rank::world]
+
+
+def part(cases: list[Case], part_id: int = 0, num_parts: int = 1) -> list[Case]:
+    """The cases part ``part_id`` of ``num_parts`` independent jobs handles (a SLURM array, a shell loop).
+
+    The parts are consecutive blocks of ``cases`` in their order (a dataset CSV's rows, a
+    folder's sorted names), the first ones one case larger where ``num_parts`` does not divide
+    the count (as ``numpy.array_split``): disjoint, together every case, and the same in
+    every job that computes them from the same list. With more parts than cases the last
+    parts are empty. Under torchrun a part is shared further by :func:`shard`;
+    pass the whole dataset to :func:`run_dataset` as ``check``, so that all parts refuse a
+    stale heatmap alike::
+
+        mine = part(cases, part_id, num_parts)
+        run_dataset(engine, shard(mine, rank, world), out_dir, check=cases)
+
+    Raises:
+        InputError: ``num_parts`` < 1, or ``part_id`` not in ``0 .. num_parts - 1``.
+    """
+    if isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
+        raise InputError(f"num_parts {num_parts!r}: the number of parts must be an integer >= 1")
+    if isinstance(part_id, bool) or not isinstance(part_id, int) or not 0 <= part_id < num_parts:
+        raise InputError(f"part_id {part_id!r} is not a part of {num_parts}: valid part ids are 0 to {num_parts - 1}")
+    size, more = divmod(len(cases), num_parts)  # the first ``more`` parts hold one case more
+    start = part_id * size + min(part_id, more)
+    return cases[start : start + size + (part_id < more)]
 
 
 # -- provenance records ----------------------------------------------------------------------
@@ -128,15 +156,18 @@ def read_record(header: Any) -> dict[str, Any] | None:
     return None
 
 
-def read_heatmap_record(path: Path) -> dict[str, Any] | None:
-    """The provenance record of a heatmap file (header only); InputError when it cannot be read."""
+def _heatmap_header(path: Path) -> Any:
     import nibabel as nib
 
     try:
-        header = nib.load(str(path)).header
+        return nib.load(str(path)).header
     except Exception as exc:  # nibabel, gzip and OS errors on truncated or foreign files
         raise InputError(f"{str(path)!r} cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
-    return read_record(header)
+
+
+def read_heatmap_record(path: Path) -> dict[str, Any] | None:
+    """The provenance record of a heatmap file (header only); InputError when it cannot be read."""
+    return read_record(_heatmap_header(path))
 
 
 def _with_record(header: Any, record: dict[str, Any]) -> Any:
@@ -168,13 +199,20 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 #: Settings added after records were first written, with the value that made the heatmaps
 #: of records without them: such a record agrees with an engine that has that value.
-SINCE_RECORDED = {"settings.intensity": "none"}
+SINCE_RECORDED = {"settings.intensity": "none", "settings.orientation": "stored"}
 
 
-def engine_differences(made: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """``"NAME HEATMAP'S -> NOW'S"`` per setting that differs between two engine records."""
+def engine_differences(made: dict[str, Any], now: dict[str, Any], affine: Any = None) -> list[str]:
+    """``"NAME HEATMAP'S -> NOW'S"`` per setting that differs between two engine records.
+
+    With the heatmap's ``affine``, the orientation setting counts only where it changes the
+    heatmap: not for a volume stored RAS, whose canonical frame is its stored one.
+    """
     a, b = _flatten(made), _flatten(now)
     a = {**{k: v for k, v in SINCE_RECORDED.items() if k in b}, **a}
+    if affine is not None and Reorientation.of(affine).identity:
+        a.pop("settings.orientation", None)
+        b.pop("settings.orientation", None)
     diffs = []
     for key in sorted(set(a) | set(b)):
         if a.get(key, "(none)") != b.get(key, "(none)"):
@@ -211,13 +249,15 @@ def input_differences(record: dict[str, Any], case: Case, nan_policy: str | None
 def stale_reasons(target: Path, case: Case, engine_rec: dict[str, Any], nan_policy: str) -> list[str]:
     """Why the finished heatmap ``target`` is not what this run would write ([] when it is)."""
     try:
-        record = read_heatmap_record(target)
+        header = _heatmap_header(target)
     except InputError as exc:
         why = exc.__cause__ or exc
         return [f"unreadable as NIfTI: {type(why).__name__}: {why}"]
+    record = read_record(header)
     if record is None:
         return ["no provenance record (made by an older tomofield or another tool)"]
-    return engine_differences(record.get("engine") or {}, engine_rec) + input_differences(record, case, nan_policy)
+    made = engine_differences(record.get("engine") or {}, engine_rec, header.get_best_affine())
+    return made + input_differences(record, case, nan_policy)
 
 
 def _refusal(out_dir: str | Path, stale: dict[str, list[str]]) -> InputError:
@@ -418,14 +458,16 @@ def run_dataset(
         on_stale: what to do with finished heatmaps made otherwise (other settings, weights,
             version or inputs, or without a record): ``refuse`` before any work (InputError
             naming them and what differs) or ``redo`` them.
-        check: the cases whose finished heatmaps are checked before any work (default:
-            ``cases``); ranks of one job pass the whole dataset, so that all refuse alike.
+        check: the cases whose finished heatmaps (and names) are checked before any work
+            (default: ``cases``); the ranks of one job and the parts of a split run
+            (``cases`` = ``shard(part(dataset, i, k), rank, world)``, see :func:`part`) pass
+            the whole dataset, so that all refuse alike.
     """
     if on_stale not in ("refuse", "redo"):
         raise InputError(f"unknown on_stale {on_stale!r}; valid: refuse, redo")
-    names = [c.name for c in cases]
-    folded = [n.casefold() for n in names]
-    dupes = {n for n, f in zip(names, folded, strict=True) if folded.count(f) > 1}
+    names = [c.name for c in dict.fromkeys([*(check or []), *cases])]  # every case once, another job's too
+    counts = Counter(n.casefold() for n in names)
+    dupes = {n for n in names if counts[n.casefold()] > 1}
     if dupes:
         raise InputError(
             f"several volumes would write the same heatmap name: {', '.join(sorted(dupes))} "
@@ -490,7 +532,7 @@ def run_dataset(
             on_volume and on_volume(case, "start")
             inputs = [input_fingerprint(p) for p in case.images]
             volume = load_volume(list(case.images), nan_policy=nan_policy, check_content=True)
-            heat = Heatmap.on(engine.reconstruct(volume.data, volume.spacing, progress=progress).cpu(), volume)
+            heat = Heatmap.on(engine.run(volume, progress=progress).data.cpu(), volume)
             heat.header = _with_record(
                 volume.header,
                 {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import inspect
 import re
 import sys
@@ -23,7 +24,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -39,10 +40,15 @@ from rich.progress import (
 from rich.text import Text
 
 from tomofield import plugins
-from tomofield.engine import Engine, EngineConfig
 from tomofield.errors import InputError, TomofieldError
-from tomofield.io import NAN_POLICIES, load_volume
 from tomofield.protocols import Option
+
+if TYPE_CHECKING:
+    from tomofield.engine import Engine
+
+# torch, the engine and the file readers are imported by the functions that use them, when
+# a command is built or runs: listing the commands (``tomofield --help``, Tab completion)
+# must not wait for them.
 
 _WIDTH = None if sys.stdout.isatty() else 200  # no wrapping when piped or captured
 # Both consoles print text verbatim: no markup, no highlighting, so a file name such as
@@ -54,6 +60,7 @@ err = Console(stderr=True, markup=False, highlight=False)
 out = Console(width=_WIDTH, markup=False, highlight=False)
 
 __all__ = [
+    "CommandGroup",
     "EngineCommand",
     "add_quiet_option",
     "HeadParam",
@@ -229,6 +236,9 @@ def engine_options(exclude: Sequence[str] = (), defaults: dict[str, Any] | None 
         defaults: this command's own defaults, shown in help and passed on like given values
             (by :func:`build_engine`) when the user gives nothing.
     """
+    from tomofield.engine import Engine, EngineConfig
+    from tomofield.io import NAN_POLICIES, load_volume
+
     defaults = dict(defaults or {})
 
     def decorate(fn: Callable) -> Callable:
@@ -373,6 +383,8 @@ def build_engine(options: dict[str, Any], **fixed: Any) -> Engine:
         options: the command's keyword arguments (click's ``**options``); ``None`` is "not given".
         **fixed: arguments the command sets itself (e.g. ``head="features"``, ``head_options``).
     """
+    from tomofield.engine import Engine, EngineConfig
+
     ctx = click.get_current_context(silent=True)
     command_defaults = getattr(ctx.command.callback, "__tomofield_defaults__", {}) if ctx else {}
     o = {**command_defaults, **given(options)}
@@ -401,3 +413,86 @@ def build_engine(options: dict[str, Any], **fixed: Any) -> Engine:
 def _weights_options(ctx: click.Context | None) -> set[str]:
     """The weight options the current command offers (a command without --weights fixes its own encoder)."""
     return {p.name for p in ctx.command.params} & {"weights"} if ctx else set()
+
+
+# -- the command group ----------------------------------------------------------------------
+class CommandGroup(click.Group):
+    """A click group that imports each of its commands only when it is used.
+
+    :meth:`add_lazy_command` registers a command by reference (``"module:attribute"``) with
+    its one-line summary: listing the commands (``tomofield --help``, Tab completion of a
+    command name) shows the summary and imports nothing; running the command, showing its
+    own help or completing its options imports it. Commands added the usual way
+    (``add_command``) work as in any click group. Every command gets ``-q/--quiet``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: name -> (``"module:attribute"``, summary) of the commands not imported yet.
+        self.lazy_commands: dict[str, tuple[str, str]] = {}
+
+    def add_lazy_command(self, name: str, target: str, summary: str) -> None:
+        """Register command ``name``, the click command at ``target`` (``"package.module:attribute"``).
+
+        ``summary`` is what ``tomofield --help`` lists: the command's help up to its first
+        blank line (click shortens it to the line's width as it shortens any command's).
+        """
+        module, sep, attr = target.partition(":")
+        if not (module and sep and attr):
+            raise ValueError(f"lazy command {name!r}: target {target!r} is not 'package.module:attribute'")
+        self.commands.pop(name, None)  # the later registration wins, as with add_command
+        self.lazy_commands[name] = (target, summary)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        super().add_command(cmd, name)
+        self.lazy_commands.pop(name or cmd.name or "", None)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands:
+            target, _ = self.lazy_commands[cmd_name]
+            module, _, attr = target.partition(":")
+            try:
+                command = getattr(importlib.import_module(module), attr)
+            except Exception as exc:  # a broken plugin's command: say which, do not crash the host
+                raise click.ClickException(f"command {cmd_name!r} ({target}) failed to load: {exc}") from exc
+            if not isinstance(command, click.Command):
+                raise click.ClickException(
+                    f"command {cmd_name!r}: {target} is a {type(command).__name__}, not a command"
+                )
+            self.add_command(command, cmd_name)
+        command = self.commands.get(cmd_name)
+        if command is not None:
+            add_quiet_option(command)
+        return command
+
+    def _summaries(self, ctx: click.Context, limit: int) -> list[tuple[str, str]]:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.lazy_commands:
+                # shortened as click shortens a command's own help
+                rows.append((name, click.Command(name, help=self.lazy_commands[name][1]).get_short_help_str(limit)))
+            elif not self.commands[name].hidden:
+                rows.append((name, self.commands[name].get_short_help_str(limit)))
+        return rows
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        rows = self._summaries(ctx, formatter.width - 6 - max(map(len, names)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        items = [
+            CompletionItem(name, help=summary)
+            for name, summary in self._summaries(ctx, 45)
+            if name.startswith(incomplete)
+        ]
+        return items + click.Command.shell_complete(self, ctx, incomplete)

@@ -82,7 +82,7 @@ def phantom_demo(
         f"{slice_size}x{slice_size} slices, physical geometry"
     )
     with progress_cm("slices") as tick:
-        heat = engine.reconstruct(volume.data, volume.spacing, progress=tick).cpu()
+        heat = engine.run(volume, progress=tick).data.cpu()
     save_heatmap(paths["heatmap"], heat, volume, overwrite)
     from tomofield.preview import write_preview
 
@@ -167,7 +167,7 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
     for case in positives:
         vol = load_volume(list(case.images))
         with progress_cm(case.name) as tick:
-            heat = engine.reconstruct(vol.data, vol.spacing, progress=tick).cpu()
+            heat = engine.run(vol, progress=tick).data.cpu()
         save_heatmap(out_dir / "heatmaps" / f"{case.name}.nii.gz", heat, vol, overwrite=True)
         mask = load_volume([case.mask]).data[0].numpy()
         heats.append(heat[0].numpy())

@@ -29,7 +29,7 @@ from tomofield.errors import InputError, NotLearningWarning, TomofieldError
 from tomofield.geometry import EXTENTS, GEOMETRIES
 from tomofield.intensity import MODES as INTENSITY_MODES
 from tomofield.intensity import normalize
-from tomofield.io import Heatmap, Volume
+from tomofield.io import ORIENTATIONS, Heatmap, Reorientation, Volume
 from tomofield.pipeline import Backprojector, Plan, Scorer, Slicer
 from tomofield.protocols import SEED_MAX
 from tomofield.samplers import SamplingConfig
@@ -110,6 +110,13 @@ class EngineConfig:
         "median to 1, as tomofield train does) or none; a run directory's by default.",
         choices=INTENSITY_MODES,
     )
+    orientation: str = setting(
+        "canonical",
+        "Frame of the directions for a volume with an affine: canonical (the volume turned to RAS by flips and "
+        "axis swaps, so copies stored LPS or in other axis orders give the same heatmap) or stored (the array's "
+        "own axes, as before 0.2).",
+        choices=ORIENTATIONS,
+    )
     head_options: dict[str, Any] = field(default_factory=dict)
     # Speed settings (docs/benchmarks.md has the measurements behind the defaults).
     amp: str = setting(
@@ -155,6 +162,10 @@ class EngineConfig:
             (
                 self.intensity in INTENSITY_MODES,
                 f"unknown intensity normalisation {self.intensity!r}; valid: {', '.join(INTENSITY_MODES)}",
+            ),
+            (
+                self.orientation in ORIENTATIONS,
+                f"unknown orientation {self.orientation!r}; valid: {', '.join(ORIENTATIONS)}",
             ),
             (self.empty_tol >= 0, f"empty_tol must be >= 0, got {self.empty_tol}"),
         ]
@@ -451,11 +462,16 @@ class Engine:
         return heat
 
     def run(self, volume: Volume, progress: Progress | None = None) -> Heatmap:
-        """The heatmap of a loaded :class:`~tomofield.Volume`, on its grid with its affine.
+        """The heatmap of a :class:`~tomofield.Volume`, on its grid with its affine.
 
-        Same computation as :meth:`reconstruct` on ``volume.data`` and ``volume.spacing``.
+        The computation of :meth:`reconstruct` on ``volume.data`` and ``volume.spacing``,
+        in the frame ``config.orientation`` names: ``canonical`` turns the volume to RAS
+        storage first (:class:`~tomofield.io.Reorientation`, flips and axis swaps) and the
+        heatmap back, so the heatmap does not depend on how the scan was stored.
         """
-        return Heatmap.on(self.reconstruct(volume.data, volume.spacing, progress), volume)
+        turn = Reorientation.of(volume.affine) if self.config.orientation == "canonical" else Reorientation()
+        heat = self.reconstruct(turn.forward(volume.data), turn.spacing(volume.spacing), progress)
+        return Heatmap.on(turn.backward(heat).contiguous(), volume)
 
     def provenance(self) -> dict[str, Any]:
         """What makes this engine's heatmaps: settings, components, head options, weights' hash, version.

@@ -201,7 +201,8 @@ def test_every_option_of_every_command_has_a_help_line():
 
     ctx = click.Context(cli)
     missing = []
-    for name, cmd in cli.commands.items():
+    for name in cli.list_commands(ctx):
+        cmd = cli.get_command(ctx, name)
         sub = click.Context(cmd, parent=ctx, info_name=name)
         missing += [f"{name} {p.opts[0]}" for p in cmd.get_params(sub) if isinstance(p, click.Option) and not p.help]
     assert missing == []

@@ -76,6 +76,17 @@ def test_sharded_dataset_run_equals_single_process(dataset, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_ranks_share_one_part_of_a_split_dataset_run(dataset, tmp_path):
+    opts = ["--head", "sum", "-L", "12", "-M", "6", "--slice-size", "16", "--device", "cpu"]
+    res = tomofield(
+        "run", str(dataset), "-o", str(tmp_path / "two"), "--num-parts", "2", "--part-id", "1", *opts, procs=2
+    )
+    assert "3 heatmap(s) written, 0 already done" in res.stdout and "by 2 processes" in res.stdout
+    assert "part 1 of 2: 3 of 6 volume(s)" in res.stdout
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [f"img{i}.nii.gz" for i in (3, 4, 5)]
+
+
+@pytest.mark.slow
 def test_two_process_training_loss_goes_down(dataset, tmp_path):
     tomofield(
         "train",

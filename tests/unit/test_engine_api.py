@@ -16,6 +16,7 @@ from torch import nn
 import tomofield
 from tomofield import Engine, EngineConfig, Heatmap, InputError
 from tomofield.checkpoint import CONFIG, ENGINE_INHERITED, FORMAT, MODEL
+from tomofield.io import Reorientation
 
 
 class TinyNet(nn.Module):
@@ -39,7 +40,12 @@ def test_run_takes_a_volume_and_returns_a_heatmap_on_its_grid(write_nifti, tmp_p
     engine = Engine(head="sum", directions=5, slices=4, slice_size=12, device="cpu")
     heat = engine.run(volume)
     assert isinstance(heat, Heatmap)
-    assert torch.equal(heat.data, engine.reconstruct(volume.data, volume.spacing))
+    turn = Reorientation.of(affine)  # a swap of i and j with a flip: the engine works in the RAS frame
+    assert not turn.identity
+    canonical = engine.reconstruct(turn.forward(volume.data), turn.spacing(volume.spacing))
+    assert torch.equal(heat.data, turn.backward(canonical))
+    stored = engine.with_options(orientation="stored")
+    assert torch.equal(stored.run(volume).data, stored.reconstruct(volume.data, volume.spacing))
     np.testing.assert_array_equal(heat.affine, volume.affine)
     out = heat.save(tmp_path / "h.nii.gz")
     np.testing.assert_allclose(nib.load(out).affine, affine, atol=1e-6)

@@ -192,7 +192,7 @@ def test_hook_register_datasets(tmp_path):
 
 def test_hook_register_commands(monkeypatch):
     """A plugin's command lands in the `tomofield` group and may use the public toolkit."""
-    from tomofield.commands import friendly, out
+    from tomofield.commands import CommandGroup, friendly, out
 
     @click.command("hello-plugin")
     @friendly
@@ -205,7 +205,7 @@ def test_hook_register_commands(monkeypatch):
             cli.add_command(hello)
 
     _with_plugin(Commands(), "commands-test")
-    group = click.Group("tomofield-test")
+    group = CommandGroup("tomofield-test")  # what tomofield passes the hook
     plugins.add_commands(group)
     res = CliRunner().invoke(group, ["hello-plugin"])
     assert res.exit_code == 0 and "hello from a plugin" in res.output

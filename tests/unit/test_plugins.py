@@ -137,9 +137,9 @@ def test_entry_point_plugin_is_discovered(installed_plugin):
 
 
 def test_entry_point_commands_are_added(installed_plugin):
-    import click
+    from tomofield.commands import CommandGroup
 
-    group = click.Group()
+    group = CommandGroup()
     plugins.add_commands(group)
     assert "tiny-hello" in group.commands
     assert CliRunner().invoke(group, ["tiny-hello"]).output == "hello from tiny\n"

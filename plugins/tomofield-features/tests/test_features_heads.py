@@ -19,9 +19,13 @@ def test_hook_register_heads_from_entry_point():
 
 
 def test_hook_register_commands():
+    import click
+
     from tomofield.cli import cli
 
-    assert {"features", "pretrain"} <= set(cli.commands)
+    ctx = click.Context(cli)
+    assert {"features", "pretrain"} <= set(cli.list_commands(ctx))
+    assert cli.get_command(ctx, "pretrain").name == "pretrain"
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,7 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
         highlight=False,
     )
     with slice_progress("slices", total) as tick:
-        feats = engine.reconstruct(volume.data, volume.spacing, progress=tick).cpu()
+        feats = engine.run(volume, progress=tick).data.cpu()
     save_nifti(output, feats, volume.affine, volume.header, overwrite, description="tomofield features", inputs=inputs)
     if o["save_projection"]:
         save_projection(proj, o["save_projection"], overwrite, inputs=inputs)

@@ -45,6 +45,8 @@ def register_datasets(register):
 
 @hookimpl
 def register_commands(cli):
-    from tomofield_medical._commands import dicom_to_nifti
-
-    cli.add_command(dicom_to_nifti)
+    cli.add_lazy_command(
+        "dicom-to-nifti",
+        "tomofield_medical._commands:dicom_to_nifti",
+        "Convert one DICOM series folder to NIfTI (slices sorted in space, affine from the headers).",
+    )
