@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     print("\n| method | precision | recall | F1 | Dice | balanced accuracy | seconds |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        cells = [f"{r[m]:.3f} ± {r[m + '_std']:.3f}" for m in ("precision", "recall", "f1", "dice", "balanced_accuracy")]
+        cells = [
+            f"{r[m]:.3f} ± {r[m + '_std']:.3f}" for m in ("precision", "recall", "f1", "dice", "balanced_accuracy")
+        ]
         print(f"| {r['method']} | " + " | ".join(cells) + f" | {timing[r['method']]} |")
     (out / "results.json").write_text(json.dumps({"rows": rows, "seconds": timing, "args": vars(a)}, indent=1))
 

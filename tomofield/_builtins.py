@@ -39,6 +39,18 @@ def register_filters(register):
 
 
 @hookimpl
+def register_reconstructors(register):
+    from tomofield import reconstructors
+
+    register("fbp", reconstructors.FilteredBackprojection, "filtered backprojection, streaming (ToNNO)")
+    register(
+        "regularized",
+        reconstructors.Regularized,
+        "heatmap fitted to every stack's scores: non-negative, FISTA from FBP (no extra encoder runs)",
+    )
+
+
+@hookimpl
 def register_samplers(register):
     from tomofield import samplers
 

@@ -381,3 +381,31 @@ def backproject_grid(
                 torch.add(row_term[:, :, None], tw[l0:l1, None, :], out=grid[..., col])
             acc += _sample(inp[l0:l1], grid.view(l1 - l0, -1, len(slots)), padding).sum(0)
     return out
+
+
+def project_adjoint(
+    x: Tensor,
+    dirs: Directions,
+    shape: Sequence[int],
+    e: Tensor,
+    slice_size: tuple[int, int],
+    profile: Sequence[int],
+    weights: Tensor | None = None,
+) -> Tensor:
+    """The exact adjoint of the backprojection: profiles (L, M, K, h, w) from a grid ``x`` (K, D, H, W).
+
+    ``<backproject_grid(q), x> = <q, project_adjoint(x)>`` for every ``q`` of shape
+    ``(L, *profile)`` with ``profile = (M, K, h, w)``: each voxel spreads its value back onto
+    the profile samples it reads, with the same linear (bilinear for maps) weights. Computed
+    as the vector-Jacobian product of :func:`backproject_reference`, so it keeps a graph per
+    block: for checks and small grids (the voxel-driven counterpart of the slicer's
+    pixel-driven projection), not for production.
+    """
+    from tomofield.geometry import voxel_points
+
+    K = x.shape[0]
+    q = torch.zeros(len(dirs), *profile, device=x.device, dtype=x.dtype, requires_grad=True)
+    with torch.enable_grad():
+        out = backproject_reference(q, dirs, voxel_points(shape, e, x.device).to(x), slice_size, weights)
+        (grad,) = torch.autograd.grad(out, q, grad_outputs=x.reshape(K, -1))
+    return grad

@@ -199,7 +199,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 #: Settings added after records were first written, with the value that made the heatmaps
 #: of records without them: such a record agrees with an engine that has that value.
-SINCE_RECORDED = {"settings.intensity": "none", "settings.orientation": "stored"}
+SINCE_RECORDED = {"settings.intensity": "none", "settings.orientation": "stored", "reconstructor": "fbp"}
 
 
 def engine_differences(made: dict[str, Any], now: dict[str, Any], affine: Any = None) -> list[str]:

@@ -207,6 +207,11 @@ _COMPONENT_OPTIONS = {
     "weights": ("--weights", "Encoder weights: a .safetensors file or a run directory of tomofield train."),
     "head": ("--head", "Per-slice score head (tomofield plugins lists them)."),
     "filter": ("--filter", "Reconstruction filter along each stack's normal (tomofield plugins lists them)."),
+    "reconstructor": (
+        "--reconstructor",
+        "How the stacks' scores become the heatmap: fbp (filtered backprojection) or regularized (fitted under a "
+        "non-negativity prior, no extra encoder runs).",
+    ),
     "sampler": ("--sampler", "Slice sampler (tomofield plugins lists them)."),
     "device": ("--device", "auto | cpu | cuda | cuda:N."),
 }
@@ -389,7 +394,9 @@ def build_engine(options: dict[str, Any], **fixed: Any) -> Engine:
     command_defaults = getattr(ctx.command.callback, "__tomofield_defaults__", {}) if ctx else {}
     o = {**command_defaults, **given(options)}
     settings = {f.name for f in dataclasses.fields(EngineConfig)}
-    kwargs: dict[str, Any] = {k: o[k] for k in ("encoder", "head", "filter", "sampler", "weights", "device") if k in o}
+    kwargs: dict[str, Any] = {
+        k: o[k] for k in ("encoder", "head", "filter", "reconstructor", "sampler", "weights", "device") if k in o
+    }
     if "post" in o:
         kwargs["postprocess"] = list(o["post"])
     config = {k: v for k, v in o.items() if k in settings}

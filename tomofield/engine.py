@@ -14,7 +14,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -30,7 +30,7 @@ from tomofield.geometry import EXTENTS, GEOMETRIES
 from tomofield.intensity import MODES as INTENSITY_MODES
 from tomofield.intensity import normalize
 from tomofield.io import ORIENTATIONS, Heatmap, Reorientation, Volume
-from tomofield.pipeline import Backprojector, Plan, Scorer, Slicer
+from tomofield.pipeline import Plan, Scorer, Slicer, Stacks
 from tomofield.protocols import SEED_MAX
 from tomofield.samplers import SamplingConfig
 
@@ -203,9 +203,19 @@ def _build(kind: str, spec: Any, **options: Any) -> Any:
 _REQUIRED = {
     "head": ("__call__",),
     "filter": ("pad", "integral", "constant", "__call__"),
+    "reconstructor": ("__call__",),
     "sampler": ("plan",),
     "postprocessor": ("__call__",),
 }
+
+
+def _options_of(component: Any) -> dict[str, Any]:
+    """A component's settings for the provenance record: a dataclass's fields, else none."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(component) and not isinstance(component, type):
+        return json.loads(json.dumps(asdict(component), default=str))
+    return {}
 
 
 def _name(spec: Any, attr: str = "name") -> str:
@@ -233,6 +243,9 @@ class Engine:
             given, are loaded into it, strictly).
         head: head name or object (``logit``, ``sum``, ...).
         filter: filter name or object (``tomo``, ``none``).
+        reconstructor: how the filtered stacks become the heatmap: ``fbp`` (filtered
+            backprojection, streaming) or ``regularized`` (fitted to every stack's scores
+            under a non-negativity prior), or an object (:mod:`tomofield.reconstructors`).
         sampler: sampler name or object (``fibonacci``, ``axial``, ``orthogonal``).
         postprocess: post-processor names or callables, applied in order.
         weights: a ``.safetensors`` file, or a run directory of ``tomofield train`` whose
@@ -276,6 +289,7 @@ class Engine:
         sampler: str | Any = "fibonacci",
         postprocess: Sequence[str | Callable[[Tensor, Tensor], Tensor]] = (),
         *,
+        reconstructor: str | Any = "fbp",
         weights: str | None = None,
         device: str | torch.device = "auto",
         **config: Any,
@@ -317,6 +331,8 @@ class Engine:
         self.head_name, self.filter_name, self.sampler_name = (_name(c) for c in (head, filter, sampler))
         self.head = _build("head", head, **self.config.head_options)
         self.filter = _build("filter", filter)
+        self.reconstructor = _build("reconstructor", reconstructor)
+        self.reconstructor_name = _name(reconstructor)
         self.sampler = _build("sampler", sampler)
         self.postprocess = [_build("postprocessor", p) for p in postprocess]
         self._post_names = [_name(p, "__name__") for p in postprocess]
@@ -439,17 +455,18 @@ class Engine:
         scorer = self.scorer_for(vol.shape[0])
         total = plan.total_slices
         tick = (lambda n: progress(n, total)) if progress else (lambda n: None)
-        backprojector = Backprojector(plan, self.filter, dev)
         ctx = torch.no_grad if getattr(self.head, "needs_grad", False) else torch.inference_mode
         with ctx():
             slicer = Slicer(vol, plan, cfg.skip_empty, cfg.empty_tol)
             probe = scorer.check(vol.shape[0], plan.size)  # the head meets its encoder: errors as InputError
             empty = probe if slicer.occupancy is not None else None
-            for group in plan.groups:
-                for host, dirs in plan.chunks(group, scorer.batch_size, dev):
-                    scores = scorer.score_chunk(slicer, dirs, slicer.hits(host), empty, tick)
-                    backprojector.add(self.filter(scores, dirs.slice_spacing()), dirs)
-        heat = backprojector.result()
+
+            def chunks() -> Iterator[tuple[Tensor, Any]]:
+                for group in plan.groups:
+                    for host, dirs in plan.chunks(group, scorer.batch_size, dev):
+                        yield scorer.score_chunk(slicer, dirs, slicer.hits(host), empty, tick), dirs
+
+            heat = self.reconstructor(chunks(), Stacks(plan, self.filter, dev))
         if scorer.dtype is not None and not bool(torch.isfinite(heat).all()):
             raise InputError(
                 f"the heatmap has non-finite values: the encoder overflowed under amp={cfg.amp!r} "
@@ -493,6 +510,8 @@ class Engine:
             "settings": json.loads(json.dumps(settings, default=str)),
             "head": self.head_name,
             "filter": self.filter_name,
+            "reconstructor": self.reconstructor_name,
+            "reconstructor_options": _options_of(self.reconstructor),
             "sampler": self.sampler_name,
             "postprocess": self._post_names,
             "encoder": encoder if getattr(self.head, "needs_encoder", True) else None,

@@ -68,6 +68,16 @@ def register_filters(register: Register) -> None:
 
 
 @hookspec
+def register_reconstructors(register: Register) -> None:
+    """Register reconstructors: how the stacks' scores become the heatmap.
+
+    ``factory() -> reconstructor`` (:class:`tomofield.protocols.Reconstructor`), called as
+    ``reconstructor(chunks, stacks) -> (K, D, H, W)``; see :mod:`tomofield.reconstructors`
+    (``fbp``, the default, and ``regularized``).
+    """
+
+
+@hookspec
 def register_samplers(register: Register) -> None:
     """Register slice samplers.
 

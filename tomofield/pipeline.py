@@ -12,6 +12,9 @@
 * a filter (:class:`tomofield.protocols.Filter`) along each stack's normal.
 * :class:`Backprojector`: weights each chunk's filtered profiles and accumulates them
   into the output grid.
+* :class:`Stacks`: the operators of one plan handed to the reconstructor
+  (:class:`tomofield.protocols.Reconstructor`): the filter, backprojectors, and the
+  forward model ``project`` (the ``sum`` head's scores of a heatmap at the same planes).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tomofield import distributed
@@ -302,6 +306,57 @@ class Backprojector:
         """The (K, D, H, W) sum (summed over ranks when the directions were sharded)."""
         assert self.out is not None, "nothing was backprojected"
         return self.out.reshape(-1, *self.plan.shape)
+
+
+class Stacks:
+    """The operators of one volume's plan, for a reconstructor.
+
+    Args:
+        plan: the plan.
+        filter: the filter along the normal.
+        device: where the heatmap lives.
+    """
+
+    #: floats of slices cut at once by :meth:`project`
+    PROJECT_BUDGET = 1 << 24
+
+    def __init__(self, plan: Plan, filter, device: torch.device) -> None:
+        self.plan, self.device, self._filter = plan, device, filter
+
+    def filter(self, scores: Tensor, dirs: Directions) -> Tensor:
+        """The filtered profiles (L, M, K, h, w) of a chunk's scores (L, M + 2 pad, K, h, w)."""
+        return self._filter(scores, dirs.slice_spacing())
+
+    def backprojector(self) -> Backprojector:
+        """A new accumulator of weighted, filtered profiles (:class:`Backprojector`)."""
+        return Backprojector(self.plan, self._filter, self.device)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether this process holds only a share of the directions (torch.distributed)."""
+        return sum(len(g) for g in self.plan.groups) != self.plan.n_dirs
+
+    def project(self, x: Tensor, dirs: Directions, cells: Sequence[int] = (1, 1)) -> Tensor:
+        """The ``sum`` head's scores (L, M + 2 pad, K, h, w) of a heatmap ``x`` (K, D, H, W) at the chunk's planes.
+
+        Each slice of ``x`` is cut as the encoder's slices are and averaged over its pixels,
+        or over the ``cells`` (h, w) that tile it for a map head (cell ``i`` of ``h``: pixels
+        ``[i P / h, (i + 1) P / h)``). With the filter and :meth:`backprojector` this is the
+        model a regularized reconstructor fits: filtered backprojection of ``project(f)``
+        returns ``f`` (the ``sum`` head's reconstruction).
+        """
+        x = x.to(self.device, torch.float32).contiguous()
+        slicer = Slicer(x, self.plan, skip_empty=False, empty_tol=0.0)
+        L, S = len(dirs), dirs.num_slices + 2 * self.plan.pad
+        state = slicer.prepare(dirs)
+        index = torch.arange(L * S, device=x.device)
+        step = max(1, self.PROJECT_BUDGET // (x.shape[0] * math.prod(self.plan.size)))
+        h, w = (int(c) for c in cells)
+        outs = []
+        for start in range(0, L * S, step):
+            cut = slicer.cut(dirs, state, index[start : start + step])  # (N, K, P, P)
+            outs.append(cut.mean(dim=(2, 3), keepdim=True) if (h, w) == (1, 1) else F.adaptive_avg_pool2d(cut, (h, w)))
+        return torch.cat(outs).reshape(L, S, x.shape[0], h, w)
 
 
 def available_memory(device: torch.device) -> int | None:

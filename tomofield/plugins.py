@@ -33,7 +33,7 @@ from tomofield.protocols import Option, check_options, options_of
 
 ENTRY_POINT_GROUP = "tomofield"
 ALLOW_ENV = "TOMOFIELD_PLUGINS"
-KINDS = ("encoder", "head", "filter", "sampler", "postprocessor", "dataset")
+KINDS = ("encoder", "head", "filter", "reconstructor", "sampler", "postprocessor", "dataset")
 BUILTIN = "tomofield.builtins"
 #: tomofield's own plugins: plugin name -> module, registered through the public hooks.
 DEFAULT_PLUGINS = {BUILTIN: "tomofield._builtins"}

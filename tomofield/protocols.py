@@ -13,7 +13,7 @@ docs/plugins.md documents the whole surface with an example plugin.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -200,6 +200,24 @@ class Filter(Protocol):
 
 
 @runtime_checkable
+class Reconstructor(Protocol):
+    """Turns the scores of every stack into the heatmap: ``reconstructor(chunks, stacks) -> (K, D, H, W)``.
+
+    ``chunks`` yields ``(scores, dirs)`` per chunk of directions as the encoder scores them:
+    scores (L, M + 2 pad, K, h, w), ``dirs`` the chunk's
+    :class:`~tomofield.geometry.Directions`. ``stacks`` (:class:`tomofield.pipeline.Stacks`)
+    holds the operators of this volume's plan: ``filter(scores, dirs)``,
+    ``backprojector()`` (accumulates weighted filtered profiles: filtered backprojection)
+    and ``project(x, dirs)`` (the ``sum`` head's scores of a heatmap ``x`` at the chunk's
+    planes, with the map heads' cells: the forward model). A streaming reconstructor
+    (``fbp``) consumes each chunk as it comes; one that fits the heatmap to the scores
+    keeps them (scalar heads: L x (M + 2) numbers per channel).
+    """
+
+    def __call__(self, chunks: Iterator[tuple[Tensor, Any]], stacks: Any) -> Tensor: ...
+
+
+@runtime_checkable
 class Sampler(Protocol):
     """Chooses the stacks: ``plan(shape, e, config) -> list[Directions]``.
 
@@ -243,6 +261,7 @@ KIND_PROTOCOLS: dict[str, type] = {
     "encoder": EncoderFactory,
     "head": Head,
     "filter": Filter,
+    "reconstructor": Reconstructor,
     "sampler": Sampler,
     "dataset": Dataset,
 }

@@ -129,6 +129,31 @@ def test_hook_register_filters():
     torch.testing.assert_close(got, 2 * tomofield.Engine(filter="none", **kw).reconstruct(vol))
 
 
+def test_hook_register_reconstructors():
+    """A plugin's reconstructor gets the chunks as the encoder scores them and the plan's operators."""
+    seen = []
+
+    class Halved:
+        def __call__(self, chunks, stacks):
+            bp = stacks.backprojector()
+            for scores, dirs in chunks:
+                seen.append(tuple(scores.shape[:2]))
+                bp.add(stacks.filter(scores, dirs), dirs)
+            return bp.result() / 2
+
+    class Reconstructors:
+        @tomofield.hookimpl
+        def register_reconstructors(self, register):
+            register("halved", Halved, "half of FBP")
+
+    _with_plugin(Reconstructors(), "reconstructors-test")
+    vol = torch.rand(1, 8, 8, 8)
+    kw = dict(head="sum", directions=6, slices=4, slice_size=8, device="cpu")
+    got = tomofield.Engine(reconstructor="halved", **kw).reconstruct(vol)
+    torch.testing.assert_close(got, tomofield.Engine(**kw).reconstruct(vol) / 2)
+    assert sum(n for n, _ in seen) == 6 and {m for _, m in seen} == {4 + 2}  # every stack, padded
+
+
 def test_hook_register_samplers():
     from tomofield.samplers import AxialSampler
 
