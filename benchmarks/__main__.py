@@ -11,6 +11,8 @@ Commands (default ``compare``):
   skipping empty slices, bf16).
 * ``precision``: bf16 and fp16 encoders against fp32: logits and filtered profiles.
 * ``memory``: peak host memory of one large reconstruction (own process).
+* ``quality``: heatmap quality (F1, Dice) against encoder slices for a grid of L, M and
+  slice size, fbp and regularized side by side (:mod:`benchmarks.quality`, its own options).
 
 ``--case cpu`` (64^3 volume, 64 x 64 slices, L = 256, M = 32) or ``--case paper``
 (64 x 512 x 512, 224 x 224, L = 2000, M = 100); ``--directions`` etc. override.
@@ -130,6 +132,12 @@ def _memory(args: argparse.Namespace, case: cases.Case) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["quality"]:  # its own options (datasets, a trained run)
+        from benchmarks import quality
+
+        quality.main(argv[1:])
+        return 0
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
