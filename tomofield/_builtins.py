@@ -36,6 +36,16 @@ def register_filters(register):
 
     register("none", filters.NoFilter, "average over planes (Averaged CAM)")
     register("tomo", filters.TomoFilter, "second derivative along the normal (ToNNO, Tomographic CAM)")
+    register(
+        "tomo-sg",
+        filters.SavitzkyGolayFilter,
+        "tomo with a Savitzky-Golay second derivative over `window` slices: less noise, same intensities",
+    )
+    register(
+        "tomo-gauss",
+        filters.GaussianDerivativeFilter,
+        "tomo with a Gaussian second derivative of `sigma` slices: less noise, same intensities",
+    )
 
 
 @hookimpl

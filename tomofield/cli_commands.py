@@ -54,6 +54,7 @@ from tomofield.intensity import MODES as INTENSITY_MODES
 from tomofield.io import is_dicom_folder
 from tomofield.report import METRICS, evaluate_heatmaps
 from tomofield.synth import BACKGROUNDS, write_dataset
+from tomofield.synth import RECORD as SYNTH_RECORD
 from tomofield.train import DEFAULTS as TRAIN_DEFAULTS
 from tomofield.train import TASKS, TrainConfig, Trainer
 
@@ -593,18 +594,52 @@ def print_table(results: dict[str, dict[str, Any]], caption: str = "") -> None:
     default=None,
     help="Voxel size in mm along (D, H, W), as D,H,W (e.g. 2.5,1,1 for thick slices).  [default: 1,1,1]",
 )
+@click.option(
+    "--lesion-radius",
+    default=None,
+    help="Lesion sizes as LO,HI: each lesion's equivalent radius (3 V / 4 pi)^(1/3), measured from its mask, in "
+    "voxels of the finest spacing (e.g. 8,10 for large lesions).  [default: the built-in sizes, 3-8 voxels of a "
+    "48-voxel grid scaled with --size]",
+)
+@click.option(
+    "--lesions",
+    default=None,
+    help="Lesions per positive: N, or LO,HI to draw from (e.g. 1 for a large-lesion set).  [default: 1,3; with "
+    "--lesion-radius as many of 1-3 as fit]",
+)
 @friendly
-def synth(out_dir: str, spacing: str | None, **o: Any) -> None:
-    """Write a synthetic weakly supervised dataset (NIfTI images, masks, CSVs)."""
+def synth(out_dir: str, spacing: str | None, lesion_radius: str | None, lesions: str | None, **o: Any) -> None:
+    """Write a synthetic weakly supervised dataset (NIfTI images, masks, CSVs).
+
+    synth.json beside the CSVs records the settings it was made with.
+    """
     o = given(o)
     if spacing is not None:
         try:
             o["spacing"] = tuple(float(v) for v in spacing.split(","))
         except ValueError:
             raise InputError(f"--spacing {spacing!r} is not three numbers D,H,W (e.g. 2.5,1,1)") from None
+    if lesion_radius is not None:
+        parts = lesion_radius.split(",")
+        try:
+            o["lesion_radius"] = tuple(float(v) for v in parts)
+        except ValueError:
+            parts = []
+        if len(parts) != 2:
+            raise InputError(f"--lesion-radius {lesion_radius!r} is not two numbers LO,HI (e.g. 8,10)")
+    if lesions is not None:
+        parts = lesions.split(",")
+        try:
+            counts = tuple(int(v) for v in parts)
+        except ValueError:
+            counts = ()
+        if len(counts) not in (1, 2):
+            raise InputError(f"--lesions {lesions!r} is not a count N or a range LO,HI of counts (e.g. 1 or 1,2)")
+        o["n_lesions"] = counts[0] if len(counts) == 1 else counts
     n, size = o.get("n", default_of(write_dataset, "n")), o.get("size", default_of(write_dataset, "size"))
     with err.status(f"writing {n} volumes of {size}^3"):
         paths = write_dataset(out_dir, **o)
+    paths = {**paths, "settings": Path(out_dir) / SYNTH_RECORD}
     out.print("wrote " + ", ".join(f"{k}: {v}" for k, v in paths.items()))
 
 

@@ -237,7 +237,7 @@ def test_replaced_file_keeps_its_permissions(tmp_path, umask_027):
 def test_synthetic_dataset_files_get_the_umask_permissions(tmp_path, umask_027):
     paths = write_dataset(tmp_path / "ds", n=4, size=16)
     files = [p for p in (tmp_path / "ds").rglob("*") if p.is_file()]
-    assert paths["dataset"] in files and len(files) == 4 * 2 + 3
+    assert paths["dataset"] in files and len(files) == 4 * 2 + 3 + 1  # images, masks, CSVs, synth.json
     assert {mode(p) for p in files} == {0o640}
 
 

@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from tomofield.errors import InputError
-from tomofield.synth import make_case, write_dataset
+from tomofield.synth import RECORD, equivalent_radius, lesion_limits, make_case, write_dataset
 
 
 def _case(seed: int, positive: bool, size: int = 32, spacing=(1.0, 1.0, 1.0), **kw):
@@ -72,9 +72,20 @@ def test_n_lesions_gives_that_many_components(n):
 
 def test_invalid_lesion_counts_are_refused():
     with pytest.raises(ValueError):
-        _case(0, False, n_lesions=2)
-    with pytest.raises(ValueError):
         _case(0, True, n_lesions=0)
+    with pytest.raises(ValueError):
+        _case(0, True, n_lesions=(0, 2))
+    with pytest.raises(ValueError):
+        _case(0, False, n_lesions=-1)
+
+
+def test_a_negative_with_a_lesion_count_is_the_twin_of_the_positive_with_it():
+    """A negative draws its positive twin's lesions unrendered, so the anatomy (the organ placed away from them) matches."""
+    pos, mask = _case(21, True, size=40, n_lesions=2)
+    neg, neg_mask = _case(21, False, size=40, n_lesions=2)
+    assert ndi.label(mask)[1] == 2 and not neg_mask.any()
+    away = ~ndi.binary_dilation(mask > 0, np.ones((3, 3, 3)), iterations=4)  # past the soft edge's box support
+    np.testing.assert_array_equal(pos[away], neg[away])
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 1.0, 1.0)])
@@ -249,3 +260,194 @@ def test_a_realistic_dataset_varies_its_units_and_keeps_a_cubic_field_of_view(tm
 def test_an_unknown_background_is_refused_with_the_valid_ones(tmp_path: Path):
     with pytest.raises(InputError, match=r"background='ct' \(valid: plain, realistic\)"):
         write_dataset(tmp_path / "ds", n=4, size=16, background="ct")
+
+
+# -- lesion sizes: the lesion_radius setting ------------------------------------------------------
+#: SHA-256 of ``image.tobytes() + mask.tobytes()`` of ``make_case((24, 24, 24), positive=True,
+#: rng=np.random.default_rng([5, 1]))`` (and its negative, and a realistic anisotropic case),
+#: computed with the code before lesion_radius existed (numpy 2.4.6, scipy 1.17.1): the default
+#: draws are today's datasets, bit for bit. Another numpy or scipy may change the values
+#: (Generator streams are stable, filters may round differently); then recompute them at a
+#: commit before lesion_radius to tell that apart from a change of the default path.
+GOLDEN = {
+    "positive": "fd27c123d3a25054d8f1004c037ce6579bab0033965a38cfc56003231b1df6ff",
+    "negative": "5ba78abb72c4dd4f5565742c6c09ec9728919e1d7c8bd611d59a0c704507aaa2",
+    "realistic": "96ba4539576f7f223e1217a4bf46c17feb6e7a2cfe8030f5a6bba6298f575b90",
+}
+
+
+def _sha(image: np.ndarray, mask: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()
+
+
+def test_default_cases_are_those_of_the_code_before_lesion_radius():
+    for name, positive in (("positive", True), ("negative", False)):
+        got = make_case((24, 24, 24), positive=positive, rng=np.random.default_rng([5, 1]), spacing=(1.0, 1.0, 1.0))
+        assert _sha(*got) == GOLDEN[name], name
+    scan = make_case(
+        (20, 28, 24), positive=True, rng=np.random.default_rng([5, 2]), spacing=(2.0, 1.0, 1.5), scan=(800.0, -1024.0)
+    )
+    assert _sha(*scan) == GOLDEN["realistic"]
+
+
+def _arrays(folder: Path) -> dict[str, bytes]:
+    return {p.name + p.parent.name: np.asarray(nib.load(p).dataobj).tobytes() for p in sorted(folder.rglob("*.nii.gz"))}
+
+
+def test_a_default_dataset_and_one_with_the_defaults_given_are_the_same(tmp_path):
+    """The count's default range (1, 3) given explicitly takes the very draws of leaving it out."""
+    a = write_dataset(tmp_path / "a", n=4, size=24, seed=3)
+    b = write_dataset(tmp_path / "b", n=4, size=24, seed=3, lesion_radius=None, n_lesions=(1, 3))
+    assert _arrays(tmp_path / "a") == _arrays(tmp_path / "b") and len(_arrays(tmp_path / "a")) == 8
+    for key in a:
+        assert a[key].read_bytes() == b[key].read_bytes()
+
+
+def _lesion_radii(folder: Path, spacing=(1.0, 1.0, 1.0)) -> list[float]:
+    """The equivalent radius, in voxels of the finest spacing, of every lesion of every mask of a dataset."""
+    radii = []
+    for row in _read_csv(folder / "dataset.csv")[1]:
+        mask = np.asarray(nib.load(folder / row["mask"]).dataobj).transpose(2, 1, 0)
+        lab, n = ndi.label(mask)
+        assert (n > 0) == (row["label"] == "1")
+        radii += [
+            ((3 * np.count_nonzero(lab == k) * np.prod(spacing) / min(spacing) ** 3) / (4 * np.pi)) ** (1 / 3)
+            for k in range(1, n + 1)
+        ]
+    return radii
+
+
+def test_a_large_lesion_set_has_lesions_of_the_asked_equivalent_radius(tmp_path):
+    """Tolerance 0: the generator sets each mask's voxel count, so its radius lies in the range exactly."""
+    write_dataset(tmp_path / "ds", n=8, size=48, seed=1, lesion_radius=(8, 10))
+    radii = _lesion_radii(tmp_path / "ds")
+    assert len(radii) == 4  # 8,10 on a 48-voxel grid: one lesion per positive (the total-volume cap)
+    assert all(8.0 <= r <= 10.0 for r in radii), radii
+    assert max(radii) - min(radii) > 0.2  # drawn across the range, not pinned to an end
+
+
+def test_the_default_set_keeps_the_usual_sizes(tmp_path):
+    """3-8 reference voxels (here voxels), lobes and the boundary's noise aside: 2.5-9, rarely 8 or more."""
+    write_dataset(tmp_path / "ds", n=16, size=48, seed=1)
+    radii = _lesion_radii(tmp_path / "ds")
+    assert len(radii) >= 8 and all(2.5 <= r <= 9.0 for r in radii), radii
+    assert np.mean(np.asarray(radii) >= 8.0) < 0.2 and 4.0 < np.median(radii) < 6.5
+
+
+def test_lesion_radius_counts_voxels_of_the_finest_spacing_on_anisotropic_grids():
+    spacing = (2.5, 1.0, 1.0)
+    for seed in range(3):
+        _, mask = _case(seed, True, size=(24, 56, 56), spacing=spacing, lesion_radius=(6, 7))
+        lab, n = ndi.label(mask)
+        assert n >= 1
+        for k in range(1, n + 1):
+            assert 6.0 <= equivalent_radius(lab == k, spacing) <= 7.0
+            idx = np.argwhere(lab == k) * np.asarray(spacing)
+            std = idx.std(axis=0)
+            assert 0.6 < std[0] / np.sqrt(std[1] * std[2]) < 1.6  # round in millimetres
+
+
+def test_a_fixed_lesion_radius_gets_the_nearest_voxel_count():
+    """LO == HI: no whole count has that radius exactly; the nearest one is within half a voxel's volume."""
+    for seed in range(3):
+        _, mask = _case(seed, True, size=40, lesion_radius=(6, 6), n_lesions=1)
+        volume = 4 / 3 * np.pi * 6.0**3
+        assert abs(np.count_nonzero(mask) - volume) <= 0.5
+        assert abs(equivalent_radius(mask) - 6.0) < 1e-3
+
+
+def test_lesion_counts_and_the_cap(tmp_path):
+    _, mask = _case(4, True, size=48, lesion_radius=(3, 4), n_lesions=3)
+    assert ndi.label(mask)[1] == 3
+    assert lesion_limits((48,) * 3, (1, 1, 1), 10)[1] == 1  # the default count of 8,10 on 48 voxels is 1
+    assert lesion_limits((48,) * 3, (1, 1, 1), 4)[1] >= 3
+    neg, neg_mask = _case(4, False, size=48, lesion_radius=(3, 4), n_lesions=3)
+    assert not neg_mask.any()
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (dict(lesion_radius=(10, 8)), r"lesion_radius=\(10, 8\) \(valid: \(LO, HI\) with 1 <= LO <= HI voxels"),
+        (dict(lesion_radius=(0, 8)), r"lesion_radius=\(0, 8\) \(valid"),
+        (dict(lesion_radius=(-2, 8)), r"lesion_radius=\(-2, 8\) \(valid"),
+        (dict(lesion_radius=("a", 8)), r"lesion_radius=\('a', 8\) \(valid"),
+        (dict(lesion_radius=(8, float("inf"))), r"lesion_radius=\(8, inf\) \(valid"),
+        (
+            dict(lesion_radius=(12, 14)),
+            r"a lesion of 14 voxels does not fit in the body of 48x48x48 voxels of 1x1x1 mm; the largest that fits "
+            r"is 12.3 voxels",
+        ),
+        (
+            dict(lesion_radius=(8, 10), size=32),
+            r"a lesion of 10 voxels does not fit in the body of 32x32x32 voxels of 1x1x1 mm; the largest that fits "
+            r"is 7.6 voxels",
+        ),
+        (
+            dict(lesion_radius=(8, 10), size=48, spacing=(2.0, 1.0, 1.0), background="realistic"),
+            r"does not fit in the body of 20x41x41 voxels of 2x1x1 mm \(the smallest case grid of size=48\); the "
+            r"largest that fits is 9.9 voxels",
+        ),
+        (dict(lesion_radius=(8, 10), n_lesions=2), r"n_lesions=2 with lesion_radius=\(8, 10\): at most 1 lesion"),
+        (dict(n_lesions=0), r"n_lesions=0 \(valid: a count N or a range \(LO, HI\) of counts per positive, 1 <= LO"),
+        (dict(n_lesions=(3, 1)), r"n_lesions=\(3, 1\) \(valid"),
+        (dict(n_lesions=11), r"n_lesions=11 \(valid"),
+    ],
+)
+def test_lesion_settings_out_of_range_are_one_input_error_and_write_nothing(tmp_path, kw, message):
+    kw = {"size": 48, **kw}
+    with pytest.raises(InputError, match=message):
+        write_dataset(tmp_path / "ds", n=4, **kw)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_make_case_refuses_a_lesion_that_does_not_fit_with_the_largest_that_does():
+    with pytest.raises(InputError, match=r"lesion of 9 voxels does not fit .* the largest that fits is 7.6 voxels"):
+        _case(0, True, size=32, lesion_radius=(8, 9))
+
+
+def test_the_dataset_records_how_it_was_made(tmp_path):
+    import json
+
+    write_dataset(tmp_path / "a", n=4, size=16, seed=2)
+    record = json.loads((tmp_path / "a" / RECORD).read_text(encoding="utf-8"))
+    assert record["generator"] == "tomofield.synth.write_dataset"
+    assert {k: record[k] for k in ("n", "size", "seed", "spacing", "background", "lesion_radius", "n_lesions")} == {
+        "n": 4,
+        "size": 16,
+        "seed": 2,
+        "spacing": [1.0, 1.0, 1.0],
+        "background": "plain",
+        "lesion_radius": None,
+        "n_lesions": None,
+    }
+    write_dataset(tmp_path / "b", n=4, size=48, seed=2, lesion_radius=(8, 10), n_lesions=1)
+    record = json.loads((tmp_path / "b" / RECORD).read_text(encoding="utf-8"))
+    assert record["lesion_radius"] == [8, 10] and record["n_lesions"] == 1
+    assert "finest spacing" in record["lesion_radius_unit"]
+
+
+def test_synth_cli_takes_lesion_sizes_and_counts(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from tomofield.cli import cli
+
+    out = tmp_path / "ds"
+    res = CliRunner().invoke(cli, ["synth", str(out), "--n", "4", "--lesion-radius", "8,10", "--lesions", "1"])
+    assert res.exit_code == 0, res.output
+    assert "settings: " in res.output and json.loads((out / RECORD).read_text())["lesion_radius"] == [8.0, 10.0]
+    assert all(8.0 <= r <= 10.0 for r in _lesion_radii(out))
+    for args, message in [
+        (["--lesion-radius", "8"], "--lesion-radius '8' is not two numbers LO,HI"),
+        (["--lesion-radius", "8,x"], "--lesion-radius '8,x' is not two numbers LO,HI"),
+        (["--lesions", "1,2,3"], "--lesions '1,2,3' is not a count N or a range LO,HI"),
+        (["--lesion-radius", "12,14"], "the largest that fits is 12.3 voxels"),
+        (["--lesion-radius", "8,10", "--lesions", "1,2"], "at most 1 lesion(s) of 10 voxels fit one case"),
+    ]:
+        res = CliRunner().invoke(cli, ["synth", str(tmp_path / "no"), "--n", "4", *args])
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+        assert not (tmp_path / "no").exists()
