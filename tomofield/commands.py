@@ -209,8 +209,8 @@ _COMPONENT_OPTIONS = {
     "filter": ("--filter", "Reconstruction filter along each stack's normal (tomofield plugins lists them)."),
     "reconstructor": (
         "--reconstructor",
-        "How the stacks' scores become the heatmap: fbp (filtered backprojection) or regularized (fitted under a "
-        "non-negativity prior, no extra encoder runs).",
+        "How the stacks' scores become the heatmap: fbp (filtered backprojection; the default, or the preset's) or "
+        "regularized (fitted under a non-negativity prior, no extra encoder runs).",
     ),
     "sampler": ("--sampler", "Slice sampler (tomofield plugins lists them)."),
     "device": ("--device", "auto | cpu | cuda | cuda:N."),
@@ -259,6 +259,23 @@ def engine_options(exclude: Sequence[str] = (), defaults: dict[str, Any] | None 
                     default=None,
                     type=click.Path() if name == "weights" else str,
                     help=with_default(help, default),
+                )
+            )
+        if "preset" not in exclude:
+            from tomofield.engine import PRESETS
+
+            opts.append(
+                click.option(
+                    "--preset",
+                    "preset",
+                    type=click.Choice(list(PRESETS)),
+                    default=None,
+                    help="Directions, slices and reconstructor chosen together from the quality-cost curve: "
+                    + "; ".join(
+                        f"{name}: {', '.join(f'{k} {v}' for k, v in p.items()) or 'the defaults'}"
+                        for name, p in PRESETS.items()
+                    )
+                    + ". Options given explicitly win.",
                 )
             )
         if "post" not in exclude:
@@ -395,7 +412,9 @@ def build_engine(options: dict[str, Any], **fixed: Any) -> Engine:
     o = {**command_defaults, **given(options)}
     settings = {f.name for f in dataclasses.fields(EngineConfig)}
     kwargs: dict[str, Any] = {
-        k: o[k] for k in ("encoder", "head", "filter", "reconstructor", "sampler", "weights", "device") if k in o
+        k: o[k]
+        for k in ("encoder", "head", "filter", "reconstructor", "preset", "sampler", "weights", "device")
+        if k in o
     }
     if "post" in o:
         kwargs["postprocess"] = list(o["post"])

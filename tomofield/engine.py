@@ -40,6 +40,14 @@ Progress = Callable[[int, int], None]
 SPEED_ONLY = ("batch_size", "channels_last", "compile", "skip_empty", "shard_directions")
 #: The encoder an engine builds when none is given (nor a run directory that names one).
 DEFAULT_ENCODER = "resnet10t"
+#: ``Engine(preset=NAME)`` and ``tomofield run --preset NAME``: the directions, slices and
+#: reconstructor of a quality-cost point (docs/benchmarks.md, "Quality against encoder
+#: slices"); settings and a reconstructor given explicitly win, a run's slice size stays.
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"directions": 128, "slices": 32, "reconstructor": "regularized"},
+    "default": {},
+    "paper": {"directions": 2000, "slices": 100},
+}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -244,8 +252,11 @@ class Engine:
         head: head name or object (``logit``, ``sum``, ...).
         filter: filter name or object (``tomo``, ``none``).
         reconstructor: how the filtered stacks become the heatmap: ``fbp`` (filtered
-            backprojection, streaming) or ``regularized`` (fitted to every stack's scores
-            under a non-negativity prior), or an object (:mod:`tomofield.reconstructors`).
+            backprojection, streaming; the default) or ``regularized`` (fitted to every
+            stack's scores under a non-negativity prior), or an object
+            (:mod:`tomofield.reconstructors`).
+        preset: ``fast``, ``default`` or ``paper`` (:data:`PRESETS`): directions, slices and
+            reconstructor chosen together; what is given explicitly wins.
         sampler: sampler name or object (``fibonacci``, ``axial``, ``orthogonal``).
         postprocess: post-processor names or callables, applied in order.
         weights: a ``.safetensors`` file, or a run directory of ``tomofield train`` whose
@@ -289,7 +300,8 @@ class Engine:
         sampler: str | Any = "fibonacci",
         postprocess: Sequence[str | Callable[[Tensor, Tensor], Tensor]] = (),
         *,
-        reconstructor: str | Any = "fbp",
+        reconstructor: str | Any | None = None,
+        preset: str | None = None,
         weights: str | None = None,
         device: str | torch.device = "auto",
         **config: Any,
@@ -309,6 +321,15 @@ class Engine:
             if isinstance(head, str) and run.head_defaults(head):
                 # the run knows how its outputs read under this head (e.g. a density's units); explicit options win
                 config["head_options"] = {**run.head_defaults(head), **config.get("head_options", {})}
+        if preset is not None:
+            if preset not in PRESETS:
+                raise InputError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+            chosen = dict(PRESETS[preset])
+            preset_reconstructor = chosen.pop("reconstructor", None)
+            reconstructor = preset_reconstructor if reconstructor is None else reconstructor
+            config = {**chosen, **config}
+        reconstructor = "fbp" if reconstructor is None else reconstructor
+        self.preset = preset
         unknown = sorted(set(config) - {f.name for f in fields(EngineConfig)})
         if unknown:
             valid = ", ".join(f.name for f in fields(EngineConfig))

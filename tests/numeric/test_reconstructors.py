@@ -104,3 +104,34 @@ def test_regularized_is_registered_recorded_and_checks_its_settings():
         Regularized(iterations=-1)
     with pytest.raises(InputError, match="sparsity=1.5"):
         Regularized(sparsity=1.5)
+
+
+def test_a_preset_chooses_directions_slices_and_reconstructor_and_explicit_settings_win():
+    fast = Engine(head="sum", preset="fast", device="cpu")
+    assert (fast.config.directions, fast.config.slices, fast.reconstructor_name) == (128, 32, "regularized")
+    mine = Engine(head="sum", preset="fast", directions=16, reconstructor="fbp", device="cpu")
+    assert (mine.config.directions, mine.config.slices, mine.reconstructor_name) == (16, 32, "fbp")
+    assert Engine(head="sum", preset="paper", device="cpu").config.directions == 2000
+    assert (
+        Engine(head="sum", preset="default", device="cpu").provenance() == Engine(head="sum", device="cpu").provenance()
+    )
+    with pytest.raises(InputError, match="unknown preset 'quick'; valid: fast, default, paper"):
+        Engine(head="sum", preset="quick")
+
+
+def test_the_cli_preset_gives_way_to_explicit_options(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    from click.testing import CliRunner
+
+    from tomofield import load_volume
+    from tomofield.cli import cli
+
+    src, out = tmp_path / "v.nii.gz", tmp_path / "h.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((8, 8, 8)).astype(np.float32), np.eye(4)), str(src))
+    args = ["run", str(src), "-o", str(out), "--head", "sum", "--preset", "fast", "-M", "4", "--slice-size", "16"]
+    res = CliRunner().invoke(cli, [*args, "-L", "8", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    want = Engine(head="sum", directions=8, slices=4, slice_size=16, reconstructor="regularized", device="cpu")
+    got = np.asarray(nib.load(str(out)).dataobj)
+    np.testing.assert_array_equal(got, want.run(load_volume(src)).data[0].numpy().transpose(2, 1, 0))
