@@ -101,6 +101,14 @@ from tomofield.train import TASKS, TrainConfig, Trainer
     "for a report of several methods).",
 )
 @click.option(
+    "--fill-holes/--no-fill-holes",
+    "fill_holes",
+    default=None,
+    help="Each of the mask's components also takes the background it encloses (3D; a component touching the "
+    "volume's border is kept as it is), as tomofield evaluate --fill-holes binarizes.  [default: as the "
+    "--thresholds report binarized; off with --threshold]",
+)
+@click.option(
     "--overwrite", is_flag=True, help="Replace existing outputs (dataset runs skip finished volumes without it)."
 )
 @click.option(
@@ -132,6 +140,7 @@ def run(
     mask: str | None,
     threshold: str | None,
     thresholds_from: str | None,
+    fill_holes: bool | None,
     overwrite: bool,
     num_parts: int | None,
     part_id: int | None,
@@ -155,15 +164,18 @@ def run(
     if not inputs:
         raise InputError("no input: give a volume, a dataset CSV, a folder of volumes or a pattern (or -i INPUT)")
     shown = parse_window(window) if window is not None else None
-    cuts = None
+    cuts, filled = None, False
     if mask is not None:
-        from tomofield.report import mask_thresholds
+        from tomofield.report import mask_fill_holes, mask_thresholds
 
         cuts = mask_thresholds(threshold, thresholds_from)
-    elif threshold is not None or thresholds_from is not None:
-        raise InputError("--threshold and --thresholds set the thresholds of --mask; give --mask PATH too")
+        filled = mask_fill_holes(fill_holes, thresholds_from)
+    elif threshold is not None or thresholds_from is not None or fill_holes is not None:
+        raise InputError(
+            "--threshold, --thresholds and --fill-holes set the binarization of --mask; give --mask PATH too"
+        )
     try:
-        extras = Extras(mask=mask, cuts=cuts, preview=preview, window=shown)
+        extras = Extras(mask=mask, cuts=cuts, preview=preview, window=shown, fill_holes=filled)
         many = len(inputs) == 1 and inputs[0].lower().endswith(".csv")
         if many or (is_volume_list(inputs) and not is_dicom_folder(inputs[0])):
             run_csv(inputs[0], output, overwrite, o, rank, world, extras, dataset_part(num_parts, part_id))
@@ -227,7 +239,8 @@ def _slurm_array_index(env: Any) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class Extras:
-    """What ``run`` writes beside a heatmap: a mask at ``cuts`` = (tau, tau'), a preview in ``window``.
+    """What ``run`` writes beside a heatmap: a mask at ``cuts`` = (tau, tau') (its components' holes filled
+    with ``fill_holes``), a preview in ``window``.
 
     For one volume ``mask`` and ``preview`` are files; for a dataset, folder or pattern, folders.
     """
@@ -236,6 +249,7 @@ class Extras:
     cuts: tuple[float, float] | None = None
     preview: str | None = None
     window: tuple[float, float] | None = None
+    fill_holes: bool = False
 
     def write(self, mask: Path | None, png: Path | None, heat: Any, scan: Any, title: str, overwrite: bool) -> Any:
         """Write the mask (to ``mask``) and the preview (to ``png``) of one (D, H, W) heatmap on ``scan``'s grid.
@@ -246,9 +260,11 @@ class Extras:
         if self.cuts is not None:  # the preview outlines the mask, written or not
             from tomofield.report import segmentation
 
-            labels = segmentation(heat, *self.cuts)
+            labels = segmentation(heat, *self.cuts, fill_holes=self.fill_holes)
             if mask is not None:
-                write_mask(mask, labels, scan.affine, scan.header, self.cuts, overwrite, scan.paths)
+                write_mask(
+                    mask, labels, scan.affine, scan.header, self.cuts, overwrite, scan.paths, fill_holes=self.fill_holes
+                )
         if png is not None:
             from tomofield.preview import write_preview
 
@@ -340,8 +356,12 @@ def write_mask(
     cuts: tuple[float, float],
     overwrite: bool,
     inputs: Any = (),
+    fill_holes: bool = False,
 ) -> Path:
-    """A uint8 label map (D, H, W), the segmentation at ``cuts`` = (tau, tau'), on the heatmap's grid."""
+    """A uint8 label map (D, H, W), the segmentation at ``cuts`` = (tau, tau'), on the heatmap's grid.
+
+    Its description names the thresholds, and ``filled`` when the components' holes were filled.
+    """
     from tomofield.io import save_nifti
 
     tau, tau_prime = cuts
@@ -352,7 +372,7 @@ def write_mask(
         header,
         overwrite,
         dtype=np.uint8,
-        description=f"tomofield mask tau={tau:.4g} tau'={tau_prime:.4g}",
+        description=f"tomofield mask tau={tau:.4g} tau'={tau_prime:.4g}" + (" filled" if fill_holes else ""),
         inputs=inputs,
     )
 
@@ -473,7 +493,8 @@ def write_dataset_extras(cases: list[Any], heat_dir: str, extras: Extras, overwr
     if folders[0] is not None:
         tau, tau_prime = extras.cuts or (float("nan"), float("nan"))
         out.print(
-            f"{made[0]} mask(s) written, {kept[0]} up to date, in {extras.mask} (tau {tau:.4g}, tau' {tau_prime:.4g})"
+            f"{made[0]} mask(s) written, {kept[0]} up to date, in {extras.mask} (tau {tau:.4g}, tau' {tau_prime:.4g}"
+            + (", holes filled)" if extras.fill_holes else ")")
         )
     if folders[1] is not None:
         out.print(f"{made[1]} preview(s) written, {kept[1]} up to date, in {extras.preview}")
@@ -486,6 +507,13 @@ def write_dataset_extras(cases: list[Any], heat_dir: str, extras: Extras, overwr
 @setting_option(evaluate_heatmaps, "--iou", "IoU above which a component matches a lesion.", type=float)
 @click.option("--boxes", "boxes_csv", type=click.Path(), help="CSV image,d0,h0,w0,d1,h1,w1 for box-only data (MaxIoU).")
 @setting_option(evaluate_heatmaps, "--seed", "Seed of the cross-validation folds.", type=int)
+@setting_option(
+    evaluate_heatmaps,
+    "--fill-holes/--no-fill-holes",
+    "Binarize with each kept component's enclosed holes filled (3D; a component touching the volume's border is "
+    "kept as it is), to tune TAU_PRIME and to score; the report records it and tomofield run --mask --thresholds "
+    "REPORT follows it.",
+)
 @click.option(
     "--report", "-o", type=click.Path(), help="Write REPORT.json and REPORT.csv (default HEATMAPS_DIR/evaluation)."
 )
@@ -529,6 +557,11 @@ def evaluate(heatmaps_dir: str, dataset: str, report: str | None, overwrite: boo
 @setting_option(CompareSettings, "--folds", "Monte-Carlo cross-validation folds.", type=int)
 @setting_option(CompareSettings, "--seed", "Seed of the directions and the folds.", type=int)
 @setting_option(CompareSettings, "--device", "auto | cpu | cuda | cuda:N.")
+@setting_option(
+    CompareSettings,
+    "--fill-holes/--no-fill-holes",
+    "Evaluate with filled components (tomofield evaluate --fill-holes).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier comparison's report in the folder.")
 @friendly
 def compare(

@@ -51,6 +51,7 @@ class CompareSettings:
     folds: int = 10
     seed: int = 0
     device: str = "auto"
+    fill_holes: bool = False  # the evaluation's binarization fills each component's holes (evaluate_heatmaps)
     families: Sequence[str] = field(default_factory=lambda: list(FAMILIES))
 
 
@@ -138,7 +139,7 @@ def run_comparison(
         # the report folder is this command's own: heatmaps made otherwise (other sizes, weights) are redone
         run_dataset(engine_for(m, weights, s), cases, report_dir / "heatmaps" / slug(m.name), on_stale="redo")
         results[m.name] = evaluate_heatmaps(
-            report_dir / "heatmaps" / slug(m.name), dataset_csv, folds=s.folds, seed=s.seed
+            report_dir / "heatmaps" / slug(m.name), dataset_csv, folds=s.folds, seed=s.seed, fill_holes=s.fill_holes
         )
         results[m.name]["family"], results[m.name]["layer"] = m.family, m.layer
         on_method and on_method(m, "done")
@@ -232,7 +233,8 @@ def render_figure(dataset_csv: str | Path, heat_root: Path, out: dict[str, Any],
             heat = load_volume(heat_root / slug(name) / f"{case.name}.nii.gz").data[0].numpy()
             tau, tau_prime = r.get("tau"), r.get("tau_prime")
             usable = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (tau, tau_prime))
-            binm = binarize(heat, min(tau_prime, tau), tau) if usable else np.zeros(heat.shape, bool)
+            filled = r.get("fill_holes") is True  # as the evaluation binarized
+            binm = binarize(heat, min(tau_prime, tau), tau, fill_holes=filled) if usable else np.zeros(heat.shape, bool)
             panels += [(family, heat[d], "inferno"), (f"{family}\nmask", binm[d], "gray")]
         for col, (title, img, cmap) in enumerate(panels):
             ax = axes[row, col]

@@ -70,8 +70,15 @@ def evaluate_heatmaps(
     iou: float = 0.125,
     boxes_csv: str | Path | None = None,
     seed: int = 0,
+    fill_holes: bool = False,
 ) -> dict[str, Any]:
-    """Run the evaluation protocol on the heatmaps of every volume of a dataset."""
+    """Run the evaluation protocol on the heatmaps of every volume of a dataset.
+
+    ``fill_holes``: binarize with each kept component's enclosed holes filled
+    (:func:`tomofield.evaluation.binarize`), in the folds, the stored thresholds and the
+    per-case rows alike; the result records it under ``fill_holes``, and a mask made from
+    the report's thresholds (:func:`mask_fill_holes`) follows it.
+    """
     from tomofield.evaluation import evaluate, tune_thresholds
 
     cases = read_dataset(dataset_csv)
@@ -83,6 +90,8 @@ def evaluate_heatmaps(
         )
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1 or not 0 <= iou < 1:
         raise InputError(f"need folds >= 1 and 0 <= iou < 1, got folds={folds!r}, iou={iou!r}")
+    if not isinstance(fill_holes, bool):
+        raise InputError(f"fill_holes must be True or False, got {fill_holes!r}")
     heats = load_heatmaps(heatmaps_dir, cases, dataset_csv)
     labels = [int(c.label) for c in cases]
     masks = boxes = None
@@ -95,10 +104,13 @@ def evaluate_heatmaps(
             if m is not None and m.shape != h.shape:
                 raise InputError(f"mask {c.mask} has grid {m.shape} but its heatmap has {h.shape}")
             masks.append(m)
-    res = evaluate(heats, labels, masks=masks, boxes=boxes, folds=folds, iou_threshold=iou, seed=seed)
+    res = evaluate(
+        heats, labels, masks=masks, boxes=boxes, folds=folds, iou_threshold=iou, seed=seed, fill_holes=fill_holes
+    )
+    res["fill_holes"] = fill_holes  # how it binarized; a mask from these thresholds does the same
     # the thresholds a mask of a new volume uses (tomofield run --mask --thresholds REPORT)
-    res["thresholds"] = tune_thresholds(heats, labels, masks=masks, boxes=boxes, seed=seed)
-    res["cases"] = case_metrics(cases, heats, masks, res["thresholds"], iou)
+    res["thresholds"] = tune_thresholds(heats, labels, masks=masks, boxes=boxes, seed=seed, fill_holes=fill_holes)
+    res["cases"] = case_metrics(cases, heats, masks, res["thresholds"], iou, fill_holes)
     res["volumes"] = len(cases)
     res["positives"] = int(sum(labels))
     res["inputs"] = [str(p) for p in (dataset_csv, boxes_csv) if p]  # files write_reports never replaces
@@ -115,13 +127,15 @@ def case_metrics(
     masks: list[np.ndarray | None] | None,
     thresholds: dict[str, float],
     iou: float,
+    fill_holes: bool = False,
 ) -> list[dict[str, Any]]:
     """Each volume at the thresholds tuned on all of them: its score, the decision, its lesion metrics.
 
-    The lesion metrics (of the protocol's binarization against the mask) are given for the
-    positives with a mask, as in the evaluation's means; ``None`` elsewhere.
+    The lesion metrics (of the protocol's binarization against the mask, its components as
+    the folds match them) are given for the positives with a mask, as in the evaluation's
+    means; ``None`` elsewhere.
     """
-    from tomofield.evaluation import binarize, lesion_scores
+    from tomofield.evaluation import kept_components, lesion_scores
 
     tau, tau_prime = thresholds["tau"], thresholds["tau_prime"]
     rows = []
@@ -135,7 +149,8 @@ def case_metrics(
         }
         truth = masks[i] if masks is not None else None
         if case.label == 1 and truth is not None and truth.any():
-            scores = lesion_scores(binarize(heat, tau_prime, tau), truth, iou)
+            kept = kept_components(heat, tau_prime, tau, fill_holes=fill_holes)
+            scores = lesion_scores(None, truth, iou, pred_components=kept)
             row.update({k: float(scores[k]) for k in ("precision", "recall", "f1", "dice")})
         else:
             row.update(dict.fromkeys(("precision", "recall", "f1", "dice")))
@@ -250,6 +265,31 @@ def read_thresholds(source: str | Path) -> tuple[float, float]:
 
     A report of several methods (``tomofield compare``) needs ``#METHOD``.
     """
+    method, stored = _report_entry(source)
+    thresholds = stored.get("thresholds")
+    if not isinstance(thresholds, dict) or not all(_is_finite(thresholds.get(k)) for k in ("tau", "tau_prime")):
+        raise InputError(
+            f"--thresholds {str(source)!r}: method {method!r} stores no finite tau and tau_prime (a report from "
+            "before tomofield evaluate stored them, or no volume to tune on): run tomofield evaluate again, or give "
+            "--threshold TAU[,TAU_PRIME]"
+        )
+    return float(thresholds["tau"]), float(thresholds["tau_prime"])
+
+
+def read_fill_holes(source: str | Path) -> bool:
+    """Whether the report (``REPORT.json`` or ``REPORT.json#METHOD``) binarized with filled holes.
+
+    A report from before the option binarized without: ``False``.
+    """
+    _, stored = _report_entry(source)
+    value = stored.get("fill_holes", False)
+    if not isinstance(value, bool):
+        raise InputError(f"--thresholds {str(source)!r}: fill_holes is {value!r}, not true or false")
+    return value
+
+
+def _report_entry(source: str | Path) -> tuple[str, dict[str, Any]]:
+    """``(method, its result)`` of a report of ``tomofield evaluate`` or ``compare`` (see :func:`read_thresholds`)."""
     path_text, _, method = str(source).partition("#")
     path = Path(path_text)
     if not path.is_file():
@@ -270,25 +310,22 @@ def read_thresholds(source: str | Path) -> tuple[float, float]:
         method = methods[0]
     if method not in methods:
         raise InputError(f"--thresholds {str(source)!r}: no method {method!r}; valid: {', '.join(methods)}")
-    stored = report[method].get("thresholds")
-    if not isinstance(stored, dict) or not all(_is_finite(stored.get(k)) for k in ("tau", "tau_prime")):
-        raise InputError(
-            f"--thresholds {str(source)!r}: method {method!r} stores no finite tau and tau_prime (a report from "
-            "before tomofield evaluate stored them, or no volume to tune on): run tomofield evaluate again, or give "
-            "--threshold TAU[,TAU_PRIME]"
-        )
-    return float(stored["tau"]), float(stored["tau_prime"])
+    return method, report[method]
 
 
 def _is_finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def segmentation(heatmap: np.ndarray, tau: float, tau_prime: float) -> np.ndarray:
-    """The protocol's binarization of a (D, H, W) heatmap as a uint8 label map (1 = lesion)."""
+def segmentation(heatmap: np.ndarray, tau: float, tau_prime: float, *, fill_holes: bool = False) -> np.ndarray:
+    """The protocol's binarization of a (D, H, W) heatmap as a uint8 label map (1 = lesion).
+
+    ``fill_holes``: each kept component not touching the volume's border takes the
+    background it encloses (:func:`tomofield.evaluation.binarize`).
+    """
     from tomofield.evaluation import binarize
 
-    return binarize(np.asarray(heatmap), tau_prime, tau).astype(np.uint8)
+    return binarize(np.asarray(heatmap), tau_prime, tau, fill_holes=fill_holes).astype(np.uint8)
 
 
 def mask_thresholds(threshold: str | None, thresholds: str | None) -> tuple[float, float]:
@@ -299,3 +336,11 @@ def mask_thresholds(threshold: str | None, thresholds: str | None) -> tuple[floa
             "evaluate tuned), not both"
         )
     return parse_threshold(threshold) if threshold is not None else read_thresholds(thresholds)
+
+
+def mask_fill_holes(fill_holes: bool | None, thresholds: str | None) -> bool:
+    """Whether ``--mask`` fills holes: ``--fill-holes/--no-fill-holes`` when given (None: not given), else as the
+    ``--thresholds`` report binarized (its ``tau'`` was tuned on that binarization), else not."""
+    if fill_holes is not None:
+        return bool(fill_holes)
+    return read_fill_holes(thresholds) if thresholds is not None else False

@@ -84,6 +84,7 @@ def test_a_dataset_run_writes_one_mask_per_volume_and_given_thresholds_work(eval
         (["--mask", "m.nii.gz"], "--mask needs its thresholds"),
         (["--mask", "m.nii.gz", "--threshold", "1", "--thresholds", "r.json"], "not both"),
         (["--threshold", "1"], "give --mask PATH too"),
+        (["--fill-holes"], "give --mask PATH too"),
         (["--mask", "m.nii.gz", "--threshold", "0.2,0.5"], "TAU_PRIME (0.5) must not exceed TAU (0.2)"),
         (["--mask", "m.nii.gz", "--threshold", "high"], "--threshold 'high' is not TAU or TAU,TAU_PRIME"),
         (["--mask", "m.nii.gz", "--thresholds", "nowhere.json"], "no report 'nowhere.json'"),
@@ -109,6 +110,23 @@ def test_a_report_without_thresholds_or_of_several_methods_says_what_to_do(tmp_p
     with pytest.raises(InputError, match=r"reports 2 methods; name one: .*many.json#a, .*many.json#b"):
         read_thresholds(many)
     assert read_thresholds(f"{many}#a") == (1.0, 0.5)
+
+
+def test_a_masks_fill_holes_is_the_options_else_the_reports_else_off(tmp_path):
+    from tomofield.errors import InputError
+    from tomofield.report import mask_fill_holes
+
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"a": {"thresholds": {"tau": 1, "tau_prime": 0.5}, "fill_holes": True}}))
+    old = tmp_path / "old.json"  # from before the option: it binarized without filling
+    old.write_text(json.dumps({"a": {"thresholds": {"tau": 1, "tau_prime": 0.5}}}))
+    assert mask_fill_holes(None, str(report)) is True and mask_fill_holes(False, str(report)) is False
+    assert mask_fill_holes(None, str(old)) is False and mask_fill_holes(True, str(old)) is True
+    assert mask_fill_holes(None, None) is False and mask_fill_holes(True, None) is True
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"a": {"thresholds": {"tau": 1, "tau_prime": 0.5}, "fill_holes": "yes"}}))
+    with pytest.raises(InputError, match="fill_holes is 'yes', not true or false"):
+        mask_fill_holes(None, str(bad))
 
 
 def test_evaluate_reports_every_case_beside_the_aggregates(evaluated, tmp_path):
@@ -147,3 +165,81 @@ def test_the_mask_file_holds_the_binarization_whatever_the_thresholds_scale(writ
     assert expected.sum() > 1
     np.testing.assert_array_equal(labels, expected.astype(np.uint8))
     np.testing.assert_array_equal(load_volume(tmp_path / "m.nii.gz").data[0].numpy(), expected.astype(np.float32))
+
+
+def rim_heatmap(shape, centre, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A large lesion's rim-bright heatmap (rim 4 <= r <= 7, dim core, noise outside) and its mask, the ball r <= 7."""
+    r = np.sqrt(sum((g - c) ** 2 for g, c in zip(np.indices(shape), centre, strict=True)))
+    heat = np.where((r >= 4) & (r <= 7), 1.0, np.where(r < 4, 0.05, 0.3 * rng.random(shape)))
+    return heat.astype(np.float32), r <= 7
+
+
+def test_evaluate_fill_holes_scores_hollow_heatmaps_as_their_lesions_and_records_it(write_nifti, tmp_path):
+    from tomofield.evaluation import kept_components, lesion_scores, tune_thresholds
+    from tomofield.report import evaluate_heatmaps, mask_fill_holes
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "heat").mkdir()
+    rows, heats, masks = [], [], []
+    for i in range(8):
+        heat, mask = rim_heatmap((20, 20, 20), rng.integers(8, 12, 3), rng)
+        if i % 2 == 0:
+            heat, mask = 0.3 * rng.random(heat.shape).astype(np.float32), np.zeros_like(mask)
+        write_nifti(f"img{i}.nii.gz", heat)
+        write_nifti(f"m{i}.nii.gz", mask)
+        write_nifti(f"heat/img{i}.nii.gz", heat)
+        rows.append(f"img{i}.nii.gz,{i % 2},m{i}.nii.gz")
+        heats.append(heat)
+        masks.append(mask)
+    (tmp_path / "data.csv").write_text("image,label,mask\n" + "\n".join(rows) + "\n")
+    plain = evaluate_heatmaps(tmp_path / "heat", tmp_path / "data.csv", folds=2)
+    filled = evaluate_heatmaps(tmp_path / "heat", tmp_path / "data.csv", folds=2, fill_holes=True)
+    assert plain["fill_holes"] is False and filled["fill_holes"] is True
+    assert filled["dice"] == pytest.approx(1.0) and plain["dice"] < 0.95
+    labels = [i % 2 for i in range(8)]
+    assert filled["thresholds"] == tune_thresholds(heats, labels, masks=masks, fill_holes=True)
+    tau, tau_prime = filled["thresholds"]["tau"], filled["thresholds"]["tau_prime"]
+    for row, heat, mask in zip(filled["cases"], heats, masks, strict=True):
+        if row["label"]:
+            kept = kept_components(heat, tau_prime, tau, fill_holes=True)
+            assert row["dice"] == 1.0 == lesion_scores(None, mask, pred_components=kept)["dice"]
+    res = invoke(
+        "evaluate", tmp_path / "heat", tmp_path / "data.csv", "-o", tmp_path / "r", "--folds", 2, "--fill-holes"
+    )
+    assert res.exit_code == 0, res.output
+    stored = json.loads((tmp_path / "r.json").read_text())["heat"]
+    assert stored["fill_holes"] is True and stored["thresholds"] == filled["thresholds"]
+    assert mask_fill_holes(None, str(tmp_path / "r.json")) is True
+
+
+def test_a_mask_follows_the_reports_fill_holes_unless_told_otherwise(evaluated, tmp_path):
+    dataset, _, report = evaluated
+    data = json.loads(report.read_text())
+    assert data["heat"]["fill_holes"] is False
+    tau, tau_prime = data["heat"]["thresholds"]["tau"], data["heat"]["thresholds"]["tau_prime"]
+    data["heat"]["fill_holes"] = True
+    filled_report = tmp_path / "filled.json"
+    filled_report.write_text(json.dumps(data))
+    image = dataset.parent / "img0.nii.gz"
+    for i, (source, flags, filled) in enumerate(
+        [(filled_report, [], True), (filled_report, ["--no-fill-holes"], False), (report, ["--fill-holes"], True)]
+    ):
+        out, mask = tmp_path / f"run{i}.nii.gz", tmp_path / f"run{i}_mask.nii.gz"
+        res = invoke("run", image, "-o", out, "--mask", mask, "--thresholds", source, *flags, *FAST)
+        assert res.exit_code == 0, res.output
+        heat = load_volume(out).data[0].numpy()
+        expected = binarize(heat, tau_prime, tau, fill_holes=filled)
+        np.testing.assert_array_equal(load_volume(mask).data[0].numpy(), expected.astype(np.float32))
+        assert nib.load(str(mask)).header["descrip"].item().decode().endswith(" filled") == filled
+
+
+def test_extras_write_fills_the_masks_holes_when_asked(write_nifti, tmp_path):
+    from tomofield.cli_commands import Extras
+
+    heat, ball = rim_heatmap((18, 18, 18), (9, 9, 9), np.random.default_rng(1))
+    scan = load_volume(write_nifti("scan.nii.gz", heat))
+    plain = Extras(cuts=(0.9, 0.5)).write(None, None, heat, scan, "t", False)
+    labels = Extras(cuts=(0.9, 0.5), fill_holes=True).write(tmp_path / "m.nii.gz", None, heat, scan, "t", False)
+    np.testing.assert_array_equal(labels, ball.astype(np.uint8))
+    assert plain.sum() < labels.sum()
+    np.testing.assert_array_equal(load_volume(tmp_path / "m.nii.gz").data[0].numpy(), ball.astype(np.float32))

@@ -8,12 +8,15 @@ from scipy import ndimage
 
 from tomofield.evaluation.metrics import dice
 from tomofield.evaluation.protocol import (
+    _kept_over_grid,
     binarize,
     detection_threshold,
     evaluate,
     evaluate_fold,
+    kept_components,
     select_tau_prime,
     tau_prime_grid,
+    tune_thresholds,
 )
 
 
@@ -204,3 +207,135 @@ def test_evaluate_fold_explicit_split():
     # labels only: segmentation metrics undefined, balanced accuracy still computed
     g = evaluate_fold(hs, ys, [0, 1, 2, 3], [4, 5, 6, 7])
     assert np.isnan(g["f1"]) and g["balanced_accuracy"] == 1.0
+
+
+# -- fill_holes: each kept component's enclosed holes, in 3D ----------------------------------------
+def radius(shape, centre) -> np.ndarray:
+    grid = np.indices(shape, dtype=np.float64)
+    return np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)))
+
+
+def hollow(shape=(21, 21, 21), centre=(10, 10, 10), inner=5.0, outer=8.0, rim=1.0, core=0.1) -> np.ndarray:
+    """A bright rim (``inner <= r <= outer``) around a weak core, 0 outside: a large lesion's ToNNO heatmap."""
+    r = radius(shape, centre)
+    return np.where((r >= inner) & (r <= outer), rim, np.where(r < inner, core, 0.0))
+
+
+@pytest.mark.parametrize("conn", [6, 18, 26])
+def test_fill_holes_turns_a_hollow_sphere_into_the_ball(conn):
+    h = hollow()
+    r = radius(h.shape, (10, 10, 10))
+    shell, ball = (r >= 5) & (r <= 8), r <= 8
+    np.testing.assert_array_equal(binarize(h, 0.5, 0.9, connectivity=conn), shell)
+    np.testing.assert_array_equal(binarize(h, 0.5, 0.9, connectivity=conn, fill_holes=False), shell)
+    np.testing.assert_array_equal(binarize(h, 0.5, 0.9, connectivity=conn, fill_holes=True), ball)
+    labels, n = kept_components(h, 0.5, 0.9, connectivity=conn, fill_holes=True)
+    assert n == 1 and np.array_equal(labels == 1, ball)
+
+
+def test_fill_holes_keeps_a_shell_touching_the_volume_border_as_it_is():
+    # closed cavity, but the rim reaches index 0 of the first axis
+    touching = hollow(centre=(8, 10, 10))
+    assert binarize(touching, 0.5, 0.9)[0].any() and binarize(touching, 0.5, 0.9)[1:].any()
+    np.testing.assert_array_equal(binarize(touching, 0.5, 0.9, fill_holes=True), binarize(touching, 0.5, 0.9))
+    # cut open by the last border of the last axis
+    cut = hollow(centre=(10, 10, 15))
+    np.testing.assert_array_equal(binarize(cut, 0.5, 0.9, fill_holes=True), binarize(cut, 0.5, 0.9))
+    # the same shell one voxel away from the border is filled
+    away = np.pad(touching, ((1, 0), (0, 0), (0, 0)))
+    assert binarize(away, 0.5, 0.9, fill_holes=True).sum() > binarize(away, 0.5, 0.9).sum()
+
+
+def test_fill_holes_changes_only_hollow_components_and_never_takes_another_components_voxels():
+    shape = (24, 46, 24)
+    ra, rb = radius(shape, (12, 11, 12)), radius(shape, (12, 34, 12))
+    h = np.where((ra >= 5) & (ra <= 8), 1.0, 0.0) + np.where(rb <= 6, 1.0, 0.0)  # A hollow, B solid
+    filled = binarize(h, 0.5, 0.9, fill_holes=True)
+    np.testing.assert_array_equal(filled, (ra <= 8) | (rb <= 6))
+
+    # nested: B (its own cavity, r < 3) sits in A's cavity; a weak blob C (max below tau) in the gap
+    r = radius((25, 25, 25), (12, 12, 12))
+    a, b = (r >= 8) & (r <= 10), (r >= 3) & (r <= 4)
+    h = np.where(a | b, 1.0, 0.1)
+    h[12, 12, 18] = 0.6  # C: above tau' = 0.5, but its max is below tau = 0.9
+    labels, n = kept_components(h, 0.5, 0.9)
+    assert n == 2 and not labels[12, 12, 18]
+    la, lb = labels[12, 12, 21], labels[12, 12, 15]
+    lab, n = kept_components(h, 0.5, 0.9, fill_holes=True)
+    assert n == 2 and (lab[12, 12, 21], lab[12, 12, 15]) == (la, lb)
+    np.testing.assert_array_equal(lab == la, (r <= 10) & (r > 4))  # A, the gap and the dropped C
+    np.testing.assert_array_equal(lab == lb, r <= 4)  # B keeps its voxels and takes its own cavity
+    np.testing.assert_array_equal(binarize(h, 0.5, 0.9, fill_holes=True), r <= 10)
+
+
+def test_fill_holes_grid_search_fills_each_thresholds_own_components():
+    """The cropped fast path of the tau' grid search gives binarize's filled mask at every candidate."""
+    rng = np.random.default_rng(11)
+    shape = (30, 28, 26)
+    h = ndimage.gaussian_filter(rng.normal(size=shape), 1.0) * 0.15
+    for centre, outer, rim in (((10, 9, 9), 7.0, 1.0), ((21, 19, 16), 5.0, 0.8), ((13, 10, 10), 2.0, 0.7)):
+        r = radius(shape, centre)
+        h = h + rim * np.exp(-(((r - outer + 1.5) / 1.2) ** 2))  # rims, one inside another's cavity
+    tau = 0.9
+    cands = np.linspace(-0.1, tau, 40)
+    seen_fill = 0
+    for conn in (6, 26):
+        steps = list(_kept_over_grid(h, cands, tau, conn, True))
+        assert len(steps) == cands.size
+        for k, labels, n, crop in steps:
+            got = np.zeros(shape, bool)
+            got[crop] = labels > 0
+            want = binarize(h, cands[k], tau, connectivity=conn, fill_holes=True)
+            np.testing.assert_array_equal(got, want, err_msg=f"tau' {cands[k]}, connectivity {conn}")
+            assert n == kept_components(h, cands[k], tau, connectivity=conn)[1]
+            seen_fill += int(want.sum() > binarize(h, cands[k], tau, connectivity=conn).sum())
+    assert seen_fill >= 4  # the filling mattered at several thresholds
+
+
+def hollow_lesions(n: int, rng: np.random.Generator):
+    """Half positive volumes with one large lesion (mask: the ball r <= 7) whose heatmap is a rim (4 <= r <= 7)."""
+    heatmaps, labels, masks = [], [], []
+    for i in range(n):
+        shape = (22, 22, 22)
+        r = radius(shape, rng.integers(9, 13, 3))
+        noise = 0.3 * rng.random(shape)
+        if i % 2:
+            heatmaps.append(np.where((r >= 4) & (r <= 7), 1.0, np.where(r < 4, 0.05, noise)))
+            masks.append(r <= 7)
+        else:
+            heatmaps.append(noise)
+            masks.append(np.zeros(shape, bool))
+        labels.append(i % 2)
+    return heatmaps, labels, masks
+
+
+def test_fill_holes_in_the_evaluation_agrees_with_binarize():
+    hs, ys, ms = hollow_lesions(12, np.random.default_rng(3))
+    r = radius((15, 15, 15), (7, 7, 7))
+    ball, shell = np.count_nonzero(r <= 7), np.count_nonzero((r >= 4) & (r <= 7))
+    plain = evaluate(hs, ys, ms, folds=3, seed=2, grid=20)
+    filled = evaluate(hs, ys, ms, folds=3, seed=2, grid=20, fill_holes=True)
+    assert plain["dice"] == pytest.approx(2 * shell / (shell + ball))  # the shell of every lesion
+    assert filled["dice"] == pytest.approx(1.0) and filled["f1"] == pytest.approx(1.0)
+    assert filled["balanced_accuracy"] == plain["balanced_accuracy"] == 1.0
+    # a fold's Dice is the mean Dice of binarize(fill_holes=True) at the fold's own thresholds
+    test = range(6, 12)
+    fold = evaluate_fold(hs, ys, range(6), test, ms, grid=20, fill_holes=True)
+    want = [dice(binarize(hs[i], fold["tau_prime"], fold["tau"], fill_holes=True), ms[i]) for i in test if ys[i]]
+    assert fold["n_test_segmentation"] == len(want) == 3 and fold["dice"] == pytest.approx(np.mean(want))
+    # the thresholds for new volumes: tau' tuned on the filled binarization, tau unchanged
+    t = tune_thresholds(hs, ys, ms, grid=20, fill_holes=True)
+    u = tune_thresholds(hs, ys, ms, grid=20)
+    assert t["tau"] == u["tau"] and set(t) == set(u) == {"tau", "tau_prime", "volumes"}
+    for h, m, y in zip(hs, ms, ys, strict=True):
+        if y:
+            assert dice(binarize(h, t["tau_prime"], t["tau"], fill_holes=True), m) == 1.0
+            assert dice(binarize(h, u["tau_prime"], u["tau"]), m) == pytest.approx(2 * shell / (shell + ball))
+
+
+def test_fill_holes_default_is_the_plain_protocol_and_solid_lesions_do_not_change():
+    hs, ys, ms = synthetic(8, np.random.default_rng(4))
+    base = evaluate(hs, ys, ms, folds=2, seed=5, grid=8)
+    assert evaluate(hs, ys, ms, folds=2, seed=5, grid=8, fill_holes=False) == base
+    filled = evaluate(hs, ys, ms, folds=2, seed=5, grid=8, fill_holes=True)
+    assert filled["folds"] == base["folds"]

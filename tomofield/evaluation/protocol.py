@@ -4,7 +4,10 @@
    maximum is ``>= tau``; ``tau`` maximises ``(5 sens + spec) / 6``.
 2. :func:`binarize`: threshold at ``tau' <= tau`` and keep the connected components that
    contain a voxel ``>= tau`` (component max ``>= tau``), so binarization never changes
-   the volume-level decision.
+   the volume-level decision. With ``fill_holes`` (an option, off by default and in the
+   paper) each kept component that does not touch the volume's border also takes the
+   background it encloses in 3D (:func:`_fill_holes`): a rim-bright heatmap of a large
+   lesion binarizes to the lesion, not to a hollow shell.
 3. ``tau'`` (:func:`select_tau_prime`): grid search maximising the mean Dice (or, for
    box-only data, the best bounding-box IoU) over at most 5 annotated positive volumes.
 4. :func:`evaluate`: Monte-Carlo cross-validation. Each fold shuffles the volumes, tunes
@@ -20,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from tomofield.evaluation.metrics import (
     Box,
@@ -77,13 +81,49 @@ def detection_threshold(
     return float((cands[best - 1] + cands[best]) / 2)
 
 
-def _kept_over_grid(heatmap: np.ndarray, cands, tau: float, connectivity: int):
+def _fill_holes(labels: np.ndarray, n: int, crop, shape, connectivity: int) -> np.ndarray:
+    """``labels`` (components 1..n of ``volume[crop]``, ``shape`` the volume's) with each one's holes filled.
+
+    A component's holes are the background voxels it encloses on its own (3D
+    ``binary_fill_holes`` of the component alone on its bounding box, the background
+    connected with the connectivity complementary to ``connectivity``: 26 for 6, else 6).
+    Only background (label 0: below ``tau'``, or a component dropped for a max below
+    ``tau``) becomes part of a component, never another kept component's voxels; background enclosed by several (a component inside another's cavity, with a
+    cavity of its own) goes to the innermost one: the filled regions are nested or disjoint,
+    so they are written largest first. A component touching the volume's border is kept as
+    it is (a shell cut open by the border is no closed shell; filling against the border
+    would invent tissue). Each component stays inside its own bounding box, so the crops of
+    :func:`_kept_over_grid` stay valid. Returns ``labels`` itself when nothing is filled.
+    """
+    back = structure(26 if connectivity == 6 else 6)
+    fills = []
+    for j, box in enumerate(ndimage.find_objects(labels, max_label=n), start=1):
+        if box is None:
+            continue
+        if any(o.start + b.start == 0 or o.start + b.stop == d for o, b, d in zip(crop, box, shape, strict=True)):
+            continue  # touches the volume's border (not merely the crop's)
+        filled = ndimage.binary_fill_holes(labels[box] == j, structure=back)
+        holes = filled & (labels[box] == 0)
+        if holes.any():  # the filled region's size, other components inside it included, orders the nesting
+            fills.append((int(np.count_nonzero(filled)), j, box, holes))
+    if not fills:
+        return labels
+    out = labels.copy()
+    for _, j, box, holes in sorted(fills, key=lambda f: -f[0]):  # innermost (smallest filled region) last
+        out[box][holes] = j
+    return out
+
+
+def _kept_over_grid(heatmap: np.ndarray, cands, tau: float, connectivity: int, fill_holes: bool = False):
     """Yield ``(k, labels, n, crop)``: components kept at ascending ``cands[k] <= tau``.
 
     A component of ``h >= c`` holding a seed (voxel ``>= tau``) lies inside a kept
     component at any lower threshold, so each step labels only the bounding box of the
     previous kept region; ``labels`` (relabelled 1..n) covers ``heatmap[crop]``. Nothing
-    is yielded for a volume whose max is below ``tau`` (empty predictions).
+    is yielded for a volume whose max is below ``tau`` (empty predictions). With
+    ``fill_holes`` each step's components are filled (:func:`_fill_holes`) from that
+    step's own components; a filled component keeps its bounding box, so the next crop is
+    the same as without filling.
     """
     if not heatmap.max() >= tau:
         return
@@ -96,27 +136,45 @@ def _kept_over_grid(heatmap: np.ndarray, cands, tau: float, connectivity: int):
         lut = np.zeros(n + 1, dtype=np.int32)
         lut[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
         labels = lut[labels]
+        if fill_holes:
+            labels = _fill_holes(labels, int(keep.size), crop, heatmap.shape, connectivity)
         yield k, labels, int(keep.size), crop
         kept = labels > 0
         box = [np.flatnonzero(kept.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1))]
         crop = tuple(slice(o.start + int(b[0]), o.start + int(b[-1]) + 1) for o, b in zip(crop, box, strict=True))
 
 
-def _kept(heatmap: np.ndarray, tau_prime: float, tau: float, connectivity: int) -> Components:
-    for _, labels, n, _ in _kept_over_grid(heatmap, [tau_prime], tau, connectivity):
+def _kept(heatmap: np.ndarray, tau_prime: float, tau: float, connectivity: int, fill_holes: bool = False) -> Components:
+    for _, labels, n, _ in _kept_over_grid(heatmap, [tau_prime], tau, connectivity, fill_holes):
         return labels, n  # first step: the crop is the whole volume
     return np.zeros(heatmap.shape, dtype=np.int32), 0
 
 
-def binarize(heatmap: np.ndarray, tau_prime: float, tau: float, *, connectivity: int = 26) -> np.ndarray:
+def binarize(
+    heatmap: np.ndarray, tau_prime: float, tau: float, *, connectivity: int = 26, fill_holes: bool = False
+) -> np.ndarray:
     """Boolean mask of the components of ``heatmap >= tau_prime`` whose max is ``>= tau``.
 
-    Requires ``tau_prime <= tau``; ``connectivity`` is 6, 18 or 26.
+    Requires ``tau_prime <= tau``; ``connectivity`` is 6, 18 or 26. ``fill_holes``: each
+    kept component not touching the volume's border also takes the background it encloses
+    (3D; see the module's step 2).
+    """
+    return kept_components(heatmap, tau_prime, tau, connectivity=connectivity, fill_holes=fill_holes)[0] > 0
+
+
+def kept_components(
+    heatmap: np.ndarray, tau_prime: float, tau: float, *, connectivity: int = 26, fill_holes: bool = False
+) -> Components:
+    """:func:`binarize`'s components as ``(labels, n)``, the ones the protocol's lesion metrics match.
+
+    They differ from the components of the boolean mask only with ``fill_holes``, when a
+    kept component lies in another's cavity: filled, the two touch, yet each keeps its own
+    label.
     """
     if tau_prime > tau:
         raise ValueError(f"tau_prime ({tau_prime}) must not exceed tau ({tau})")
     structure(connectivity)  # validate even when nothing is labelled
-    return _kept(np.asarray(heatmap), tau_prime, tau, connectivity)[0] > 0
+    return _kept(np.asarray(heatmap), tau_prime, tau, connectivity, fill_holes)
 
 
 def tau_prime_grid(heatmaps: Sequence[np.ndarray], tau: float, n: int = 50) -> np.ndarray:
@@ -154,6 +212,7 @@ def select_tau_prime(
     grid: Grid = 50,
     rng: np.random.Generator | None = None,
     connectivity: int = 26,
+    fill_holes: bool = False,
 ) -> float:
     """Grid-search ``tau' <= tau`` maximising mean Dice (or mean best box IoU).
 
@@ -161,17 +220,18 @@ def select_tau_prime(
     ``boxes`` ``(d0, h0, w0, d1, h1, w1)``. Only volumes with a non-empty mask (or a box)
     take part: at most ``n_select`` (paper: 5), drawn with ``rng`` (the first ones in
     order if ``rng`` is None). ``grid`` is a number of candidates (:func:`tau_prime_grid`)
-    or explicit candidates (those above ``tau`` are dropped).
+    or explicit candidates (those above ``tau`` are dropped). Each candidate is scored on
+    :func:`binarize`'s mask with the same ``connectivity`` and ``fill_holes``.
 
     Returns:
         The best ``tau'``, ties going to the largest; ``tau`` itself when no volume has a
         ground truth, ``tau`` is not finite, or no candidate lies at or below it.
     """
     structure(connectivity)
-    return _select_tau_prime(heatmaps, masks, boxes, tau, n_select, grid, rng, connectivity)[0]
+    return _select_tau_prime(heatmaps, masks, boxes, tau, n_select, grid, rng, connectivity, fill_holes)[0]
 
 
-def _select_tau_prime(heatmaps, masks, boxes, tau, n_select, grid, rng, connectivity):
+def _select_tau_prime(heatmaps, masks, boxes, tau, n_select, grid, rng, connectivity, fill_holes=False):
     """:func:`select_tau_prime`, also returning the indices of the volumes used."""
     is_box = masks is None
     targets = boxes if is_box else masks
@@ -191,7 +251,7 @@ def _select_tau_prime(heatmaps, masks, boxes, tau, n_select, grid, rng, connecti
     totals = np.zeros(cands.size)
     for h, i in zip(hs, idx, strict=True):
         gt = None if is_box else np.asarray(targets[i]) != 0
-        for k, labels, n, crop in _kept_over_grid(h, cands, tau, connectivity):
+        for k, labels, n, crop in _kept_over_grid(h, cands, tau, connectivity, fill_holes):
             if is_box:
                 pred_boxes = component_boxes(labels, n) + [sl.start for sl in crop] * 2
                 totals[k] += float(np.max(box_iou(pred_boxes, targets[i])))
@@ -205,7 +265,7 @@ def _select_tau_prime(heatmaps, masks, boxes, tau, n_select, grid, rng, connecti
 class _Dataset:
     """Validated inputs plus per-volume caches (maxima, ground-truth components)."""
 
-    def __init__(self, heatmaps, labels, masks, boxes, connectivity: int) -> None:
+    def __init__(self, heatmaps, labels, masks, boxes, connectivity: int, fill_holes: bool = False) -> None:
         structure(connectivity)  # validate early
         if masks is not None and boxes is not None:
             raise ValueError("give masks or boxes, not both")
@@ -237,6 +297,7 @@ class _Dataset:
             [y and _has_target(t, self.is_box) for y, t in zip(self.labels, targets, strict=True)]
         )
         self.connectivity = connectivity
+        self.fill_holes = bool(fill_holes)
         self._gt: dict[int, Components] = {}
 
     def gt_components(self, i: int) -> Components:
@@ -267,10 +328,11 @@ def _evaluate_fold(data: _Dataset, tune, test, rng, iou_threshold, n_select, gri
         grid,
         rng,
         data.connectivity,
+        data.fill_holes,
     )
     rows = []
     for i in test[data.has_target[test]]:
-        pc = _kept(data.heatmaps[i], tau_prime, tau, data.connectivity)
+        pc = _kept(data.heatmaps[i], tau_prime, tau, data.connectivity, data.fill_holes)
         rows.append(
             box_lesion_scores(None, data.targets[i], iou_threshold, pred_components=pc)
             if data.is_box
@@ -302,8 +364,12 @@ def evaluate_fold(
     grid: Grid = 50,
     rng: np.random.Generator | None = None,
     connectivity: int = 26,
+    fill_holes: bool = False,
 ) -> dict:
     """Tune ``tau`` and ``tau'`` on ``tune_idx``, measure on ``test_idx``.
+
+    ``fill_holes`` binarizes with filled components (:func:`binarize`), both to tune
+    ``tau'`` and to measure.
 
     Returns:
         Dict with ``tau``, ``tau_prime``, ``precision``, ``recall``, ``f1``, ``dice`` (or
@@ -311,7 +377,7 @@ def evaluate_fold(
         ``n_test_segmentation`` (volumes in the segmentation means; these are NaN when it
         is 0) and ``tau_prime_volumes`` (indices used to tune ``tau'``).
     """
-    data = _Dataset(heatmaps, labels, masks, boxes, connectivity)
+    data = _Dataset(heatmaps, labels, masks, boxes, connectivity, fill_holes)
     return _evaluate_fold(data, tune_idx, test_idx, rng, iou_threshold, n_select, grid)
 
 
@@ -325,16 +391,18 @@ def tune_thresholds(
     grid: Grid = 50,
     seed: int = 0,
     connectivity: int = 26,
+    fill_holes: bool = False,
 ) -> dict[str, float]:
     """``tau`` and ``tau'`` tuned on every volume, as one fold tunes them: the thresholds of a mask.
 
     The Monte-Carlo folds of :func:`evaluate` measure how well tuned thresholds transfer;
-    these are the thresholds to apply to new volumes (:func:`binarize`).
+    these are the thresholds to apply to new volumes (:func:`binarize`, with the same
+    ``fill_holes``: ``tau'`` is tuned on that binarization).
 
     Returns:
         ``{"tau": ..., "tau_prime": ..., "volumes": n}``.
     """
-    data = _Dataset(heatmaps, labels, masks, boxes, connectivity)
+    data = _Dataset(heatmaps, labels, masks, boxes, connectivity, fill_holes)
     everything = np.arange(len(data.heatmaps))
     tau = detection_threshold(data.scores, data.labels)
     sub = [data.targets[i] if data.has_target[i] else None for i in everything]
@@ -347,6 +415,7 @@ def tune_thresholds(
         grid,
         np.random.default_rng(seed),
         connectivity,
+        data.fill_holes,
     )
     return {"tau": float(tau), "tau_prime": float(tau_prime), "volumes": int(everything.size)}
 
@@ -363,13 +432,15 @@ def evaluate(
     n_select: int = 5,
     grid: Grid = 50,
     connectivity: int = 26,
+    fill_holes: bool = False,
 ) -> dict:
     """Monte-Carlo cross-validated evaluation of heatmaps (paper, A.7).
 
     Each fold draws a permutation from ``np.random.default_rng(seed)``, tunes on the first
     ``n // 2`` volumes and tests on the rest (see :func:`evaluate_fold`). Heatmaps may
     have different shapes; each mask must match its heatmap. Give ``masks`` or ``boxes``
-    (with neither, only the balanced accuracy is defined).
+    (with neither, only the balanced accuracy is defined). ``fill_holes`` binarizes with
+    filled components (:func:`binarize`) throughout.
 
     Returns:
         Dict with the fold means (NaN folds skipped) of ``precision``, ``recall``, ``f1``,
@@ -378,7 +449,7 @@ def evaluate(
         (per-fold dicts); ``segmentation_metric`` (``"dice"`` or ``"max_iou"``);
         ``n_folds``.
     """
-    data = _Dataset(heatmaps, labels, masks, boxes, connectivity)
+    data = _Dataset(heatmaps, labels, masks, boxes, connectivity, fill_holes)
     n = len(data.heatmaps)
     if folds < 1 or n < 2:
         raise ValueError(f"need folds >= 1 and at least 2 volumes, got {folds} and {n}")
