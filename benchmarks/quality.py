@@ -69,7 +69,9 @@ class Counting:
         return self.head(encoder, slices)
 
 
-def run_setting(weights: str, csv: str, out: Path, L: int, M: int, size: int | None) -> dict[str, Any]:
+def run_setting(
+    weights: str, csv: str, out: Path, L: int, M: int, size: int | None, amp: str = "auto"
+) -> dict[str, Any]:
     """Heatmaps of every volume of ``csv`` by fbp and regularized from one encoder run; the protocol's scores."""
     from tomofield.dataset import read_dataset
     from tomofield.engine import Engine
@@ -79,7 +81,7 @@ def run_setting(weights: str, csv: str, out: Path, L: int, M: int, size: int | N
 
     head, tee = Counting(), Tee(Regularized())
     regularize = L <= REGULARIZE_UP_TO
-    opts = {"slice_size": size} if size else {}
+    opts = {"slice_size": size, "amp": amp} if size else {"amp": amp}
     engine = Engine(
         weights=weights,
         head=head,
@@ -160,17 +162,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--quick", action="store_true", help="two settings only (a check of the benchmark itself)")
     p.add_argument("--folds", type=int, default=10)
+    p.add_argument("--grid", nargs="+", metavar="L,M[,S]", help="settings instead of the built-in grid")
+    p.add_argument("--amp", default="auto", help="comma-separated encoder precisions to compare (auto, bf16, ...)")
     a = p.parse_args(argv)
     FOLDS = a.folds
     out = Path(a.out)
     sets = {"usual": a.data, **({"large": a.large} if a.large else {})}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in sets}
-    for L, M, size in QUICK if a.quick else GRID:
+    grid = QUICK if a.quick else GRID
+    if a.grid:
+        grid = [
+            (*(int(v) for v in g.split(",")[:2]), int(g.split(",")[2]) if g.count(",") == 2 else None) for g in a.grid
+        ]
+    for (L, M, size), amp in ((g, amp) for g in grid for amp in a.amp.split(",")):
         for name, csv in sets.items():
-            row = run_setting(a.weights, csv, out / "heatmaps" / name / f"L{L}-M{M}-S{size or 'run'}", L, M, size)
+            where = out / "heatmaps" / name / f"L{L}-M{M}-S{size or 'run'}-{amp}"
+            row = run_setting(a.weights, csv, where, L, M, size, amp)
             results[name].append(row)
             print(
-                f"{name} L={L} M={M} S={row['slice_size']}: {row['slices_per_volume']:.0f} slices/volume, "
+                f"{name} L={L} M={M} S={row['slice_size']} amp={amp}: {row['slices_per_volume']:.0f} slices/volume, "
                 f"{row['seconds']} s; F1 fbp {row['fbp']['f1']:.3f} "
                 f"reg {row.get('regularized', {}).get('f1', float('nan')):.3f}; "
                 f"Dice fbp {row['fbp']['dice']:.3f} reg {row.get('regularized', {}).get('dice', float('nan')):.3f}",
@@ -178,8 +188,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             (out / "results.json").write_text(json.dumps(results, indent=1))
     lines = [
-        "| set | L | M | slice | encoder slices / volume | reconstructor | F1 | Dice | balanced acc. | s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| set | L | M | slice | amp | encoder slices / volume | reconstructor | F1 | Dice | balanced acc. | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in results.items():
         for r in rows:
@@ -188,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 m = r[rec]
                 lines.append(
-                    f"| {name} | {r['L']} | {r['M']} | {r['slice_size']} | {r['slices_per_volume']:.0f} | {rec} | "
+                    f"| {name} | {r['L']} | {r['M']} | {r['slice_size']} | {r['amp']} | {r['slices_per_volume']:.0f} | "
+                    f"{rec} | "
                     f"{m['f1']:.3f} ± {m.get('f1_std', 0):.3f} | {m['dice']:.3f} ± {m.get('dice_std', 0):.3f} | "
                     f"{m['balanced_accuracy']:.3f} | {r['seconds']} |"
                 )
