@@ -111,6 +111,7 @@ def run_setting(
     return {
         "L": L,
         "M": M,
+        "amp": amp,
         "slice_size": size or engine.config.slice_size,
         "slices_per_volume": head.runs / len(cases),
         "seconds": round(seconds, 1),
