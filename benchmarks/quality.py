@@ -47,39 +47,27 @@ class Tee:
         self.regularized, self.other = regularized, None
 
     def __call__(self, chunks, stacks):
+        from tomofield.reconstructors import FilteredBackprojection
+
         kept = [(scores.clone(), dirs) for scores, dirs in chunks]
         self.other = self.regularized(iter(kept), stacks)
-        bp = stacks.backprojector()
-        for scores, dirs in kept:
-            bp.add(stacks.filter(scores, dirs), dirs)
-        return bp.result()
-
-
-class Counting:
-    """The logit head, counting the slices the encoder scores."""
-
-    def __init__(self) -> None:
-        from tomofield.heads import LogitHead
-
-        self.head, self.runs = LogitHead(), 0
-        self.name, self.needs_encoder, self.needs_grad, self.compilable = "logit", True, False, True
-
-    def __call__(self, encoder, slices):
-        self.runs += slices.shape[0]
-        return self.head(encoder, slices)
+        return FilteredBackprojection()(iter(kept), stacks)
 
 
 def run_setting(
     weights: str, csv: str, out: Path, L: int, M: int, size: int | None, amp: str = "auto"
 ) -> dict[str, Any]:
     """Heatmaps of every volume of ``csv`` by fbp and regularized from one encoder run; the protocol's scores."""
+    from benchmarks.suite import _Counting
     from tomofield.dataset import read_dataset
     from tomofield.engine import Engine
+    from tomofield.heads import LogitHead
     from tomofield.io import Reorientation, load_volume, save_heatmap
     from tomofield.reconstructors import Regularized
     from tomofield.report import evaluate_heatmaps, summary_rows
 
-    head, tee = Counting(), Tee(Regularized())
+    runs = [0]
+    head, tee = _Counting(LogitHead(), runs), Tee(Regularized())
     regularize = L <= REGULARIZE_UP_TO
     opts = {"slice_size": size, "amp": amp} if size else {"amp": amp}
     engine = Engine(
@@ -113,7 +101,7 @@ def run_setting(
         "M": M,
         "amp": amp,
         "slice_size": size or engine.config.slice_size,
-        "slices_per_volume": head.runs / len(cases),
+        "slices_per_volume": runs[0] / len(cases),
         "seconds": round(seconds, 1),
         **{r: rows[r] for r in rows},
     }

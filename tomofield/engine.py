@@ -15,7 +15,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 import torch
@@ -221,9 +221,7 @@ _REQUIRED = {
 
 def _options_of(component: Any) -> dict[str, Any]:
     """A component's settings for the provenance record: a dataclass's fields, else none."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(component) and not isinstance(component, type):
+    if is_dataclass(component) and not isinstance(component, type):
         return json.loads(json.dumps(asdict(component), default=str))
     return {}
 
@@ -331,7 +329,6 @@ class Engine:
             reconstructor = preset_reconstructor if reconstructor is None else reconstructor
             config = {**chosen, **config}
         reconstructor = "fbp" if reconstructor is None else reconstructor
-        self.preset = preset
         unknown = sorted(set(config) - {f.name for f in fields(EngineConfig)})
         if unknown:
             valid = ", ".join(f.name for f in fields(EngineConfig))

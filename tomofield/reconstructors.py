@@ -85,12 +85,8 @@ class Regularized:
                 "the regularized reconstructor fits all directions at once and cannot share them among ranks "
                 "(shard_directions under torchrun); use reconstructor='fbp' there, or shard the volumes instead"
             )
-        kept, bp = [], stacks.backprojector()
-        for scores, dirs in chunks:
-            scores = scores.float()
-            kept.append((scores, dirs))
-            bp.add(stacks.filter(scores, dirs), dirs)
-        start = bp.result()
+        kept = [(scores.float(), dirs) for scores, dirs in chunks]
+        start = FilteredBackprojection()(iter(kept), stacks)  # B s
         cells = tuple(kept[0][0].shape[-2:])
         shrink = self.sparsity * start.flatten(1).abs().amax(dim=1).reshape(-1, 1, 1, 1)
 
@@ -99,21 +95,20 @@ class Regularized:
                 x = torch.sign(x) * torch.clamp(x.abs() - shrink, min=0)
             return x.clamp(min=0) if self.positive else x
 
-        def normal(x: Tensor, data: bool) -> Tensor:
-            """``B (s - A x)`` with ``data``, else ``B A x``."""
+        def normal(x: Tensor) -> Tensor:
+            """``B A x``: the filtered backprojection of ``x``'s own scores."""
             bp = stacks.backprojector()
-            for scores, dirs in kept:
-                model = stacks.project(x, dirs, cells)
-                bp.add(stacks.filter(scores - model if data else model, dirs), dirs)
+            for _, dirs in kept:
+                bp.add(stacks.filter(stacks.project(x, dirs, cells), dirs), dirs)
             return bp.result()
 
         x = prox(start)
         if not self.iterations:
             return x
-        step = self.step / spectral_radius(lambda v: normal(v, False), start)
+        step = self.step / spectral_radius(normal, start)
         y, t = x, 1.0
         for _ in range(self.iterations):
-            x_next = prox(y + step * normal(y, True))
+            x_next = prox(y + step * (start - normal(y)))  # B (s - A y): filter and B are linear
             t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
             y = x_next + ((t - 1) / t_next) * (x_next - x)
             x, t = x_next, t_next
