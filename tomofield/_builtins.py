@@ -58,6 +58,16 @@ def register_reconstructors(register):
         reconstructors.Regularized,
         "heatmap fitted to every stack's scores: non-negative, FISTA from FBP (no extra encoder runs)",
     )
+    register(
+        "filled",
+        reconstructors.Filled,
+        "ToNNO plus the planes' consensus: large lesions come back filled (the logit head's default)",
+    )
+    register(
+        "calibrated",
+        reconstructors.Calibrated,
+        "FBP of the scores under a monotone link fitted for solid lesions (self-consistency)",
+    )
 
 
 @hookimpl

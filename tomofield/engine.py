@@ -46,10 +46,15 @@ DEFAULT_ENCODER = "resnet10t"
 PRESETS: dict[str, dict[str, Any]] = {
     # docs/benchmarks.md section 10: on the demo's 16 held-out volumes, F1 0.985 / Dice 0.722 in
     # 1.5 min against the default's 0.937 / 0.689 in 8.0 min; regularized at the same L, M: 0.985 / 0.693
-    "fast": {"directions": 128, "slices": 32, "reconstructor": "fbp"},
+    "fast": {"directions": 128, "slices": 32},
     "default": {},
     "paper": {"directions": 2000, "slices": 100},
 }
+
+#: The reconstructor of a head when none is given: a slice classifier's saturating logit gets
+#: ``filled`` (large lesions come back filled, docs/results.md "Filled lesions"); every other
+#: head's scores are plane integrals or maps, and get filtered backprojection.
+DEFAULT_RECONSTRUCTORS: dict[str, str] = {"logit": "filled"}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -328,7 +333,8 @@ class Engine:
             preset_reconstructor = chosen.pop("reconstructor", None)
             reconstructor = preset_reconstructor if reconstructor is None else reconstructor
             config = {**chosen, **config}
-        reconstructor = "fbp" if reconstructor is None else reconstructor
+        if reconstructor is None:
+            reconstructor = DEFAULT_RECONSTRUCTORS.get(_name(head), "fbp")
         unknown = sorted(set(config) - {f.name for f in fields(EngineConfig)})
         if unknown:
             valid = ", ".join(f.name for f in fields(EngineConfig))

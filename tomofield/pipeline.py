@@ -308,6 +308,16 @@ class Backprojector:
         return self.out.reshape(-1, *self.plan.shape)
 
 
+class _Mean:
+    """The weights of a plain mean over directions (:meth:`Stacks.mean_backprojector`)."""
+
+    constant = 1.0 / (4.0 * math.pi)  # times 4 pi / L: 1 / L
+    integral = False
+
+
+_MEAN = _Mean()
+
+
 class Stacks:
     """The operators of one volume's plan, for a reconstructor.
 
@@ -330,6 +340,20 @@ class Stacks:
     def backprojector(self) -> Backprojector:
         """A new accumulator of weighted, filtered profiles (:class:`Backprojector`)."""
         return Backprojector(self.plan, self._filter, self.device)
+
+    def mean_backprojector(self) -> Backprojector:
+        """A new accumulator of the mean over directions of unfiltered profiles (L, M, K, h, w).
+
+        At a voxel ``x`` it returns ``1/L sum_l p_l(x . n_l)``: the mean of a per-slice value
+        over the planes through ``x`` (the ``none`` filter's Averaged reconstruction), for
+        profiles without the filter's ``pad`` slices (:meth:`unpadded`).
+        """
+        return Backprojector(self.plan, _MEAN, self.device)
+
+    def unpadded(self, scores: Tensor) -> Tensor:
+        """The scores (L, M, ...) of a chunk's stack slices, without the filter's ``pad`` slices at each end."""
+        pad = self.plan.pad
+        return scores[:, pad : scores.shape[1] - pad] if pad else scores
 
     @property
     def sharded(self) -> bool:

@@ -13,6 +13,22 @@
   from ``x = B s``, with Nesterov/FISTA momentum; ``prox`` is the prior: ``x >= 0``
   (``positive``) and an L1 shrinkage of ``sparsity`` times the FBP maximum. Each iteration
   costs one slicing of the heatmap and one backprojection, no encoder evaluation.
+* :class:`Filled` (``filled``, the default with the ``logit`` head): ToNNO in units of its
+  own noise plus ``weight`` times the *consensus* of the planes through each voxel,
+  ``exp(mean_l log sigmoid((s_l(x) - threshold) / temperature))``: the geometric mean over
+  directions of the probability that the plane through ``x`` cuts a lesion. A slice
+  classifier's logit saturates once a slice cuts a lesion, so its profile across a large
+  lesion is a plateau; a plateau is exactly the plane-integral profile of a thin spherical
+  shell (Archimedes' hat-box theorem: a plane at any offset cuts a sphere's surface in a
+  band of the same area), so plain ToNNO returns a rim around a hollow centre, and no
+  monotone link of the scores can tell a plateau from a shell (:class:`Calibrated` shows
+  it). The consensus reads the plateau for what it is, "this plane cuts a lesion": inside
+  a lesion every plane does, outside most do not, so it is highest on the whole lesion.
+  Both parts stream (two accumulators, nothing kept).
+* :class:`Calibrated` (``calibrated``): a monotone link from the scores to plane
+  integrals, fitted by self-consistency with a solid prior (:func:`self_consistent_link`),
+  then FBP of the linked scores. It recovers a link that still grows with the cut area; on
+  saturated logits it has nothing to recover (docs/results.md, "Filled lesions").
 """
 
 from __future__ import annotations
@@ -22,13 +38,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from tomofield.errors import InputError
 from tomofield.protocols import Option
 
-__all__ = ["FilteredBackprojection", "Regularized"]
+__all__ = ["Calibrated", "FilteredBackprojection", "Filled", "MonotoneLink", "Regularized", "self_consistent_link"]
 
 
 class FilteredBackprojection:
@@ -133,3 +151,196 @@ def spectral_radius(op, like: Tensor, iterations: int = 8, seed: int = 0) -> flo
         radius = norm / float(v.norm())
         v = w / norm
     return 1.05 * max(radius, 1.0)
+
+
+def _refuse_sharded(stacks: Any, name: str) -> None:
+    if stacks.sharded:
+        raise InputError(
+            f"the {name} reconstructor combines all directions at the end and cannot share them among ranks "
+            "(shard_directions under torchrun); use reconstructor='fbp' there, or shard the volumes instead"
+        )
+
+
+def noise_units(heat: Tensor, most: int = 1 << 22) -> Tensor:
+    """Each channel of ``heat`` (K, ...) minus its median, over its median absolute deviation.
+
+    The statistics come from at most ``most`` voxels (an even subsample), so that they cost
+    little on a CT-sized grid. A constant channel becomes 0.
+    """
+    flat = heat.reshape(heat.shape[0], -1)
+    sample = flat[:, :: max(1, flat.shape[1] // most)]
+    med = sample.median(dim=1, keepdim=True).values
+    mad = (sample - med).abs().median(dim=1, keepdim=True).values
+    z = (flat - med) / mad.clamp_min(torch.finfo(flat.dtype).tiny)
+    return torch.where(mad > 0, z, torch.zeros_like(z)).reshape(heat.shape)
+
+
+@dataclass(frozen=True)
+class Filled:
+    """ToNNO plus the consensus of the planes through each voxel (the module's doc).
+
+    Args:
+        weight: the consensus's weight against ToNNO in units of its noise (the median
+            absolute deviation of the FBP heatmap).
+        threshold: the score at which a plane counts as cutting a lesion (a logit).
+        temperature: the softness of that decision, in score units; smaller is closer to
+            "every plane through the voxel" (the lesion's convex hull).
+    """
+
+    weight: float = 6.0
+    threshold: float = 0.5
+    temperature: float = 0.2
+
+    name = "filled"
+    options = (
+        Option("weight", float, 6.0, "weight of the consensus against ToNNO in noise units", min=0.0, max=1000.0),
+        Option("threshold", float, 0.5, "score at which a plane counts as cutting a lesion", min=-1e3, max=1e3),
+        Option("temperature", float, 0.2, "softness of that decision, in score units", min=1e-3, max=100.0),
+    )
+
+    def __post_init__(self) -> None:
+        if not (self.weight >= 0 and self.temperature > 0 and math.isfinite(self.threshold)):
+            raise InputError(
+                f"filled: need weight >= 0, temperature > 0 and a finite threshold, got weight={self.weight!r}, "
+                f"threshold={self.threshold!r}, temperature={self.temperature!r}"
+            )
+
+    def consensus_profile(self, scores: Tensor) -> Tensor:
+        """``log sigmoid((s - threshold) / temperature)``: a slice's log-probability of cutting a lesion."""
+        return F.logsigmoid((scores.float() - self.threshold) / self.temperature)
+
+    def __call__(self, chunks: Iterator[tuple[Tensor, Any]], stacks: Any) -> Tensor:
+        _refuse_sharded(stacks, self.name)
+        fbp, mean = stacks.backprojector(), stacks.mean_backprojector()
+        for scores, dirs in chunks:
+            fbp.add(stacks.filter(scores, dirs), dirs)
+            mean.add(self.consensus_profile(stacks.unpadded(scores)), dirs)
+        heat = fbp.result().float()
+        return noise_units(heat) + self.weight * mean.result().exp()
+
+
+@dataclass(frozen=True)
+class MonotoneLink:
+    """A non-decreasing piecewise-linear map from scores to plane integrals (flat beyond its knots)."""
+
+    knots: tuple[float, ...]
+    values: tuple[float, ...]
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        x = torch.tensor(self.knots, dtype=torch.float64)
+        y = torch.tensor(self.values, dtype=torch.float64)
+        s = scores.double().clamp(x[0], x[-1])
+        i = torch.searchsorted(x, s.contiguous()).clamp(1, len(x) - 1) if len(x) > 1 else None
+        if i is None:
+            return torch.full_like(scores, self.values[0])
+        x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
+        t = torch.where(x1 > x0, (s - x0) / (x1 - x0).clamp_min(1e-300), torch.zeros_like(s))
+        return (y0 + t * (y1 - y0)).to(scores.dtype)
+
+
+def isotonic_link(x: np.ndarray, y: np.ndarray, bins: int = 256) -> MonotoneLink:
+    """The least-squares non-decreasing fit of ``y`` on ``x`` (pool adjacent violators) on ``bins`` quantile bins."""
+    x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)))
+    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, max(len(edges) - 2, 0))
+    w = np.bincount(idx).astype(np.float64)
+    keep = w > 0
+    mx = (np.bincount(idx, weights=x)[keep]) / w[keep]
+    my = (np.bincount(idx, weights=y)[keep]) / w[keep]
+    w = w[keep]
+    vals: list[float] = []
+    wts: list[float] = []
+    sizes: list[int] = []
+    for v, wt in zip(my, w, strict=True):  # pool adjacent violators
+        vals.append(float(v))
+        wts.append(float(wt))
+        sizes.append(1)
+        while len(vals) > 1 and vals[-2] > vals[-1]:
+            wt2 = wts[-2] + wts[-1]
+            vals[-2] = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / wt2
+            wts[-2], sizes[-2] = wt2, sizes[-2] + sizes[-1]
+            del vals[-1], wts[-1], sizes[-1]
+    fitted = np.repeat(vals, sizes)
+    return MonotoneLink(tuple(float(v) for v in mx), tuple(float(v) for v in fitted))
+
+
+def solid(heat: Tensor, level: float = 0.5) -> Tensor:
+    """The solid prior: each channel's region at or above ``level`` times its maximum, holes filled in 3D (float 0/1)."""
+    from scipy import ndimage
+
+    out = []
+    for ch in heat.detach().float().cpu().numpy():
+        top = float(ch.max())
+        mask = ndimage.binary_fill_holes(ch >= level * top) if top > 0 else np.zeros(ch.shape, bool)
+        out.append(torch.from_numpy(mask.astype(np.float32)))
+    return torch.stack(out).to(heat.device)
+
+
+def self_consistent_link(
+    kept: list[tuple[Tensor, Any]], stacks: Any, iterations: int = 3, level: float = 0.5
+) -> list[MonotoneLink]:
+    """Per channel, the monotone link under which the scores' reconstruction is consistent with solid lesions.
+
+    Start from the identity; repeat ``iterations`` times: reconstruct the linked scores by
+    FBP, take the solid region (:func:`solid`), cut it as the encoder's slices are
+    (``stacks.project``: each slice's mean of the 0/1 region, the plane integral of a unit
+    lesion over the slice area) and fit the link from the scores to those values
+    (:func:`isotonic_link`). A score that grows with the cut area gives back its inverse;
+    a saturated one (a plateau) cannot: a plateau is also the profile of a hollow shell.
+    """
+    channels = kept[0][0].shape[2]
+    links: list[MonotoneLink | None] = [None] * channels
+    for _ in range(max(1, iterations)):
+        linked = [(_apply(links, s), d) for s, d in kept]
+        heat = FilteredBackprojection()(iter(linked), stacks)
+        region = solid(heat, level)
+        cells = tuple(kept[0][0].shape[-2:])
+        target = [stacks.project(region, d, cells) for _, d in kept]
+        links = [
+            isotonic_link(
+                torch.cat([s[:, :, c].flatten() for s, _ in kept]).cpu().numpy(),
+                torch.cat([t[:, :, c].flatten() for t in target]).cpu().numpy(),
+            )
+            for c in range(channels)
+        ]
+    return links  # type: ignore[return-value]  # set by the first round
+
+
+def _apply(links: list[MonotoneLink | None], scores: Tensor) -> Tensor:
+    """The scores (L, S, K, h, w) under channel ``c``'s link (unchanged before the first fit)."""
+    if any(link is None for link in links):
+        return scores
+    return torch.stack([link(scores[:, :, c]) for c, link in enumerate(links)], dim=2)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """FBP of the scores under the self-consistent monotone link (:func:`self_consistent_link`).
+
+    Args:
+        iterations: rounds of reconstruct, solidify, re-project and refit.
+        level: the solid prior's threshold, a fraction of the heatmap's maximum.
+    """
+
+    iterations: int = 3
+    level: float = 0.5
+
+    name = "calibrated"
+    options = (
+        Option("iterations", int, 3, "rounds of reconstruct, solidify, re-project, refit", min=1, max=100),
+        Option("level", float, 0.5, "the solid prior's threshold, a fraction of the maximum", min=0.01, max=0.99),
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise InputError(f"calibrated: iterations must be an integer >= 1, got {self.iterations!r}")
+        if not 0 < self.level < 1:
+            raise InputError(f"calibrated: level must lie in (0, 1), got {self.level!r}")
+
+    def __call__(self, chunks: Iterator[tuple[Tensor, Any]], stacks: Any) -> Tensor:
+        _refuse_sharded(stacks, self.name)
+        kept = [(scores.float(), dirs) for scores, dirs in chunks]
+        links = self_consistent_link(kept, stacks, self.iterations, self.level)
+        return FilteredBackprojection()(iter([(_apply(links, s), d) for s, d in kept]), stacks)
