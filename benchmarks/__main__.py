@@ -13,6 +13,8 @@ Commands (default ``compare``):
 * ``memory``: peak host memory of one large reconstruction (own process).
 * ``quality``: heatmap quality (F1, Dice) against encoder slices for a grid of L, M and
   slice size, fbp and regularized side by side (:mod:`benchmarks.quality`, its own options).
+* ``filled``: plain ToNNO against the filled and calibrated reconstructions of the same
+  encoder runs, usual and large lesions (:mod:`benchmarks.filled`, its own options).
 
 ``--case cpu`` (64^3 volume, 64 x 64 slices, L = 256, M = 32) or ``--case paper``
 (64 x 512 x 512, 224 x 224, L = 2000, M = 100); ``--directions`` etc. override.
@@ -133,10 +135,10 @@ def _memory(args: argparse.Namespace, case: cases.Case) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["quality"]:  # its own options (datasets, a trained run)
-        from benchmarks import quality
+    if argv[:1] in (["quality"], ["filled"]):  # their own options (datasets, a trained run)
+        import importlib
 
-        quality.main(argv[1:])
+        importlib.import_module(f"benchmarks.{argv[0]}").main(argv[1:])
         return 0
     args = _parser().parse_args(argv)
     if args.threads:

@@ -209,8 +209,10 @@ _COMPONENT_OPTIONS = {
     "filter": ("--filter", "Reconstruction filter along each stack's normal (tomofield plugins lists them)."),
     "reconstructor": (
         "--reconstructor",
-        "How the stacks' scores become the heatmap: fbp (filtered backprojection; the default, or the preset's) or "
-        "regularized (fitted under a non-negativity prior, no extra encoder runs).",
+        "How the stacks' scores become the heatmap: filled (ToNNO plus the planes' consensus, large lesions come "
+        "back filled; the default with --head logit and a tomo filter), fbp (filtered backprojection: plain ToNNO, "
+        "every other head's default), regularized (fitted under a non-negativity prior) or calibrated (a monotone "
+        "link fitted for solid lesions); none runs the encoder again.",
     ),
     "sampler": ("--sampler", "Slice sampler (tomofield plugins lists them)."),
     "device": ("--device", "auto | cpu | cuda | cuda:N."),

@@ -51,9 +51,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"directions": 2000, "slices": 100},
 }
 
-#: The reconstructor of a head when none is given: a slice classifier's saturating logit gets
-#: ``filled`` (large lesions come back filled, docs/results.md "Filled lesions"); every other
-#: head's scores are plane integrals or maps, and get filtered backprojection.
+#: The reconstructor of a head when none is given, with an inverse-Radon filter (``tomo``,
+#: ``tomo-sg``, ``tomo-gauss``): a slice classifier's saturating logit gets ``filled`` (large
+#: lesions come back filled, docs/results.md "Filled lesions"); every other head, and every
+#: head under the ``none`` filter, gets filtered backprojection.
 DEFAULT_RECONSTRUCTORS: dict[str, str] = {"logit": "filled"}
 
 
@@ -256,9 +257,12 @@ class Engine:
             given, are loaded into it, strictly).
         head: head name or object (``logit``, ``sum``, ...).
         filter: filter name or object (``tomo``, ``none``).
-        reconstructor: how the filtered stacks become the heatmap: ``fbp`` (filtered
-            backprojection, streaming; the default) or ``regularized`` (fitted to every
-            stack's scores under a non-negativity prior), or an object
+        reconstructor: how the filtered stacks become the heatmap: ``filled`` (ToNNO plus
+            the planes' consensus: large lesions come back filled; the default with the
+            ``logit`` head and a ``tomo`` filter, :data:`DEFAULT_RECONSTRUCTORS`), ``fbp``
+            (filtered backprojection, streaming: plain ToNNO; every other head's default),
+            ``regularized`` (fitted to every stack's scores under a non-negativity prior),
+            ``calibrated`` (FBP under a self-consistent monotone link), or an object
             (:mod:`tomofield.reconstructors`).
         preset: ``fast``, ``default`` or ``paper`` (:data:`PRESETS`): directions, slices and
             reconstructor chosen together; what is given explicitly wins.
@@ -333,8 +337,6 @@ class Engine:
             preset_reconstructor = chosen.pop("reconstructor", None)
             reconstructor = preset_reconstructor if reconstructor is None else reconstructor
             config = {**chosen, **config}
-        if reconstructor is None:
-            reconstructor = DEFAULT_RECONSTRUCTORS.get(_name(head), "fbp")
         unknown = sorted(set(config) - {f.name for f in fields(EngineConfig)})
         if unknown:
             valid = ", ".join(f.name for f in fields(EngineConfig))
@@ -357,6 +359,10 @@ class Engine:
         self.head_name, self.filter_name, self.sampler_name = (_name(c) for c in (head, filter, sampler))
         self.head = _build("head", head, **self.config.head_options)
         self.filter = _build("filter", filter)
+        if reconstructor is None:
+            # filled augments an inverse Radon transform: with the none filter (Averaged) it stays fbp
+            integral = getattr(self.filter, "integral", False)
+            reconstructor = DEFAULT_RECONSTRUCTORS.get(self.head_name, "fbp") if integral else "fbp"
         self.reconstructor = _build("reconstructor", reconstructor)
         self.reconstructor_name = _name(reconstructor)
         self.sampler = _build("sampler", sampler)

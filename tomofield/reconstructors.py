@@ -13,18 +13,23 @@
   from ``x = B s``, with Nesterov/FISTA momentum; ``prox`` is the prior: ``x >= 0``
   (``positive``) and an L1 shrinkage of ``sparsity`` times the FBP maximum. Each iteration
   costs one slicing of the heatmap and one backprojection, no encoder evaluation.
-* :class:`Filled` (``filled``, the default with the ``logit`` head): ToNNO in units of its
-  own noise plus ``weight`` times the *consensus* of the planes through each voxel,
-  ``exp(mean_l log sigmoid((s_l(x) - threshold) / temperature))``: the geometric mean over
-  directions of the probability that the plane through ``x`` cuts a lesion. A slice
+* :class:`Filled` (``filled``, the default with the ``logit`` head): ToNNO filled by the
+  *consensus* of the planes through each voxel,
+  ``c(x) = exp(mean_l log sigmoid((s_l(x) - threshold) / temperature))``, the geometric mean
+  over directions of the probability that the plane through ``x`` cuts a lesion: each
+  voxel takes ``max(ToNNO, c^power x the largest ToNNO value of its consensus region)``
+  (:func:`fill_by_consensus`). A slice
   classifier's logit saturates once a slice cuts a lesion, so its profile across a large
   lesion is a plateau; a plateau is exactly the plane-integral profile of a thin spherical
   shell (Archimedes' hat-box theorem: a plane at any offset cuts a sphere's surface in a
   band of the same area), so plain ToNNO returns a rim around a hollow centre, and no
   monotone link of the scores can tell a plateau from a shell (:class:`Calibrated` shows
   it). The consensus reads the plateau for what it is, "this plane cuts a lesion": inside
-  a lesion every plane does, outside most do not, so it is highest on the whole lesion.
-  Both parts stream (two accumulators, nothing kept).
+  a lesion every plane does, outside most do not, so it is high on the whole lesion and
+  says which voxels a rim encloses without the rim having to be closed. ToNNO is never
+  lowered: small lesions and the volume-level decision (the heatmap's maximum) stay as
+  they were. Both parts stream (two accumulators, nothing kept); the regions are labelled
+  once per volume on the host.
 * :class:`Calibrated` (``calibrated``): a monotone link from the scores to plane
   integrals, fitted by self-consistency with a solid prior (:func:`self_consistent_link`),
   then FBP of the linked scores. It recovers a link that still grows with the cut area; on
@@ -161,62 +166,81 @@ def _refuse_sharded(stacks: Any, name: str) -> None:
         )
 
 
-def noise_units(heat: Tensor, most: int = 1 << 22) -> Tensor:
-    """Each channel of ``heat`` (K, ...) minus its median, over its median absolute deviation.
+def fill_by_consensus(heat: Tensor, consensus: Tensor, level: float = 0.5, power: float = 2.0) -> Tensor:
+    """``max(heat, consensus^power * M)``, with ``M`` the maximum of ``heat`` over the voxel's consensus region.
 
-    The statistics come from at most ``most`` voxels (an even subsample), so that they cost
-    little on a CT-sized grid. A constant channel becomes 0.
+    A consensus region is a connected component (26-neighbourhood) of ``consensus >= level``
+    in one channel; voxels outside every region, and regions whose maximum is not positive,
+    keep ``heat``. So the heatmap never goes down, and a voxel that every plane through it
+    calls lesion rises to the brightest value of its region: a large lesion's rim level
+    fills its centre, whatever the lesion's size. The labelling runs on the host (scipy).
     """
-    flat = heat.reshape(heat.shape[0], -1)
-    sample = flat[:, :: max(1, flat.shape[1] // most)]
-    med = sample.median(dim=1, keepdim=True).values
-    mad = (sample - med).abs().median(dim=1, keepdim=True).values
-    z = (flat - med) / mad.clamp_min(torch.finfo(flat.dtype).tiny)
-    return torch.where(mad > 0, z, torch.zeros_like(z)).reshape(heat.shape)
+    from scipy import ndimage
+
+    out = []
+    for h, c in zip(heat.float(), consensus.float(), strict=True):
+        labels, n = ndimage.label((c >= level).cpu().numpy(), structure=np.ones((3, 3, 3), bool))
+        if n == 0:
+            out.append(h)
+            continue
+        top = np.asarray(ndimage.maximum(h.cpu().numpy(), labels, index=np.arange(1, n + 1)), np.float32)
+        top = np.concatenate([[0.0], np.maximum(top, 0.0)]).astype(np.float32)  # label 0: outside every region
+        region_max = torch.from_numpy(top[labels]).to(h.device)
+        fill = torch.where(region_max > 0, c.pow(power) * region_max, torch.full_like(h, -math.inf))
+        out.append(torch.maximum(h, fill))
+    return torch.stack(out)
 
 
 @dataclass(frozen=True)
 class Filled:
-    """ToNNO plus the consensus of the planes through each voxel (the module's doc).
+    """ToNNO filled where the planes agree that a voxel is lesion (the module's doc).
 
     Args:
-        weight: the consensus's weight against ToNNO in units of its noise (the median
-            absolute deviation of the FBP heatmap).
         threshold: the score at which a plane counts as cutting a lesion (a logit).
         temperature: the softness of that decision, in score units; smaller is closer to
             "every plane through the voxel" (the lesion's convex hull).
+        level: the consensus that makes a voxel part of a region to fill.
+        power: the fill is ``consensus^power`` times the region's maximum.
     """
 
-    weight: float = 6.0
     threshold: float = 0.5
     temperature: float = 0.2
+    level: float = 0.5
+    power: float = 2.0
 
     name = "filled"
     options = (
-        Option("weight", float, 6.0, "weight of the consensus against ToNNO in noise units", min=0.0, max=1000.0),
         Option("threshold", float, 0.5, "score at which a plane counts as cutting a lesion", min=-1e3, max=1e3),
         Option("temperature", float, 0.2, "softness of that decision, in score units", min=1e-3, max=100.0),
+        Option("level", float, 0.5, "consensus that makes a voxel part of a region to fill", min=0.0, max=1.0),
+        Option("power", float, 2.0, "the fill is consensus^power times the region's maximum", min=0.0, max=100.0),
     )
 
     def __post_init__(self) -> None:
-        if not (self.weight >= 0 and self.temperature > 0 and math.isfinite(self.threshold)):
+        ok = math.isfinite(self.threshold) and self.temperature > 0 and 0 < self.level <= 1 and self.power >= 0
+        if not ok:
             raise InputError(
-                f"filled: need weight >= 0, temperature > 0 and a finite threshold, got weight={self.weight!r}, "
-                f"threshold={self.threshold!r}, temperature={self.temperature!r}"
+                "filled: need a finite threshold, temperature > 0, 0 < level <= 1 and power >= 0, got "
+                f"threshold={self.threshold!r}, temperature={self.temperature!r}, level={self.level!r}, "
+                f"power={self.power!r}"
             )
 
     def consensus_profile(self, scores: Tensor) -> Tensor:
         """``log sigmoid((s - threshold) / temperature)``: a slice's log-probability of cutting a lesion."""
         return F.logsigmoid((scores.float() - self.threshold) / self.temperature)
 
-    def __call__(self, chunks: Iterator[tuple[Tensor, Any]], stacks: Any) -> Tensor:
+    def parts(self, chunks: Iterator[tuple[Tensor, Any]], stacks: Any) -> tuple[Tensor, Tensor]:
+        """Plain ToNNO (FBP) and the consensus ``exp(mean log sigmoid(...))``, from one pass over the chunks."""
         _refuse_sharded(stacks, self.name)
         fbp, mean = stacks.backprojector(), stacks.mean_backprojector()
         for scores, dirs in chunks:
             fbp.add(stacks.filter(scores, dirs), dirs)
             mean.add(self.consensus_profile(stacks.unpadded(scores)), dirs)
-        heat = fbp.result().float()
-        return noise_units(heat) + self.weight * mean.result().exp()
+        return fbp.result(), mean.result().exp()
+
+    def __call__(self, chunks: Iterator[tuple[Tensor, Any]], stacks: Any) -> Tensor:
+        heat, consensus = self.parts(chunks, stacks)
+        return fill_by_consensus(heat, consensus, self.level, self.power).to(heat.dtype)
 
 
 @dataclass(frozen=True)

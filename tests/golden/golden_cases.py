@@ -96,6 +96,12 @@ def case_sum_none_sphere_tight(inp, out):
 
 
 def case_logit_tomo(inp, out):
+    """Plain ToNNO (fbp), pinned before ``filled`` became the logit head's default."""
+    return _cli_case("--head", "logit", "--reconstructor", "fbp", *_weights(inp))(inp, out)
+
+
+def case_logit_default_filled(inp, out):
+    """The logit head's default reconstructor, ``filled`` (issue 18)."""
     return _cli_case("--head", "logit", *_weights(inp))(inp, out)
 
 
@@ -104,7 +110,9 @@ def case_logit_axial(inp, out):
 
 
 def case_logit_orthogonal_normalized(inp, out):
-    return _cli_case("--head", "logit", "--sampler", "orthogonal", "--geometry", "normalized", *_weights(inp))(inp, out)
+    return _cli_case(
+        "--head", "logit", "--sampler", "orthogonal", "--geometry", "normalized", "--reconstructor", "fbp", *_weights(inp)
+    )(inp, out)
 
 
 def case_layercam_tomo(inp, out):
@@ -122,7 +130,7 @@ def case_avgpool_tomo(inp, out):
 
 
 def case_dataset_csv(inp, out):
-    _cli("run", inp["csv"], "-o", out / "hm", *FAST, "--head", "logit", *_weights(inp))
+    _cli("run", inp["csv"], "-o", out / "hm", *FAST, "--head", "logit", "--reconstructor", "fbp", *_weights(inp))
     return {f"d{i}": _read_nifti(out / "hm" / f"d{i}.nii.gz") for i in range(3)}
 
 
@@ -143,6 +151,7 @@ def case_library_engine(inp, out):
         extent="tight",
         seed=5,
         batch_size=7,
+        reconstructor="fbp",
     )
     return {"heatmap": engine.reconstruct(volume.data, volume.spacing).numpy()}
 

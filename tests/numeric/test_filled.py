@@ -20,8 +20,8 @@ from tomofield.reconstructors import (
     Filled,
     FilteredBackprojection,
     MonotoneLink,
+    fill_by_consensus,
     isotonic_link,
-    noise_units,
     self_consistent_link,
 )
 
@@ -72,28 +72,43 @@ class _Capture:
 
 def test_the_consensus_of_saturated_scores_is_the_solid_ball_where_fbp_is_a_hollow_rim():
     ball, r = _ball(), _radius()
-    fbp = Engine(head=_Cuts(), reconstructor="fbp", **KW).reconstruct(ball)[0].double()
-    # the consensus alone: no ToNNO part
-    cons = Engine(head=_Cuts(), reconstructor=Filled(weight=1.0), **KW).reconstruct(ball)[0].double()
-    cons = cons - noise_units(fbp[None])[0]
+    cap = _Capture()
+    fbp = Engine(head=_Cuts(), reconstructor=cap, **KW).reconstruct(ball)[0].double()
+    heat, cons = Filled().parts(iter(cap.kept), cap.stacks)
+    cons = cons[0].double()
+    torch.testing.assert_close(heat[0].double(), fbp)  # the ToNNO part is plain FBP
     inside, outside = r <= R - 1.5, r >= 1.4 * R
     # every plane through an inner voxel cuts the ball: sigmoid((4 - 0.5) / 0.2) ~ 1 in each
     assert float(cons[inside].min()) > 0.95
     # a voxel at distance d misses the ball in a share 1 - R / d of the directions: log-sigmoid ~ -22 there
     assert float(cons[outside].max()) < 0.05
-    # plain ToNNO of a plateau is the hat-box shell: its centre is weaker than its rim
+    # plain ToNNO of a plateau is the hat-box shell: its centre is 0, its rim bright
     rim, centre = (r > R - 2.5) & (r < R + 0.5), r <= 2
     assert float(fbp[centre].abs().max()) < 1e-3 * float(fbp[rim].mean())  # a plateau's second derivative is 0
-    # the filled heatmap comes back filled: its centre is within 20 % of its rim (measured: 5.9 against 7.0)
+    # filled: the centre takes the rim's level; nothing is lowered, and far outside nothing changes
     filled = Engine(head=_Cuts(), reconstructor="filled", **KW).reconstruct(ball)[0].double()
-    assert float(filled[centre].mean()) > 0.8 * float(filled[rim].mean())
+    assert float(filled[centre].mean()) > 0.9 * float(fbp[rim].max())
+    assert bool((filled >= fbp - 1e-5).all())
+    torch.testing.assert_close(filled[outside], fbp[outside])
 
 
-def test_noise_units_are_the_median_and_the_median_absolute_deviation():
-    x = torch.tensor([[0.0, 1.0, 2.0, 3.0, 10.0]])
-    # median 2, deviations (2, 1, 0, 1, 8): their median 1
-    assert noise_units(x).tolist() == [[-2.0, -1.0, 0.0, 1.0, 8.0]]
-    assert noise_units(torch.full((2, 3), 5.0)).abs().max() == 0  # a constant channel
+def test_fill_by_consensus_raises_each_region_to_its_own_maximum():
+    heat = torch.zeros(1, 3, 3, 9)
+    heat[0, 1, 1, 1], heat[0, 1, 1, 3] = 4.0, 4.0  # a "rim" around x = 2
+    heat[0, 1, 1, 7] = 1.0  # a second, weaker region
+    heat[0, 0, 0, 5] = 9.0  # bright, but outside every region
+    cons = torch.zeros(1, 3, 3, 9)
+    cons[0, :, :, 1:4] = 1.0
+    cons[0, 1, 1, 2] = 0.5  # the centre: half the planes agree
+    cons[0, :, :, 7] = 0.8
+    out = fill_by_consensus(heat, cons, level=0.5, power=2.0)
+    assert float(out[0, 1, 1, 2]) == pytest.approx(0.25 * 4.0)  # 0.5^2 x its region's maximum
+    assert float(out[0, 0, 0, 1]) == pytest.approx(4.0)  # full consensus: the region's maximum
+    assert float(out[0, 1, 1, 7]) == pytest.approx(1.0)  # max(1, 0.64 x 1)
+    assert float(out[0, 0, 0, 7]) == pytest.approx(0.64)  # its own region's maximum, not the other's
+    assert float(out[0, 0, 0, 5]) == 9.0 and float(out[0, 0, 0, 0]) == 0.0  # outside: unchanged
+    negative = fill_by_consensus(-torch.ones(1, 2, 2, 2), torch.ones(1, 2, 2, 2))
+    assert negative.eq(-1).all()  # a region whose maximum is not positive keeps its values
 
 
 def test_the_isotonic_link_is_the_least_squares_monotone_fit():
@@ -135,7 +150,9 @@ def test_the_logit_head_defaults_to_filled_and_every_other_head_to_fbp():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(weight=-1.0), dict(temperature=0.0), dict(threshold=math.inf)], ids=["weight", "temp", "thr"]
+    "kwargs",
+    [dict(level=0.0), dict(temperature=0.0), dict(threshold=math.inf), dict(power=-1.0)],
+    ids=["level", "temp", "thr", "power"],
 )
 def test_filled_refuses_bad_settings_naming_them(kwargs):
     with pytest.raises(InputError, match=next(iter(kwargs))):
