@@ -10,7 +10,8 @@ with the evaluation protocol (paper A.7, ``--folds`` Monte-Carlo folds), without
 
 Writes ``OUT/results.json``, ``OUT/filled.md`` (the table), ``OUT/filled.png`` (the large
 set's first positives: image, plain and filled heatmaps at the lesion's largest axial
-cross-section, and the line profile through the lesion's centre) and the heatmaps under
+cross-section, and the line profile through the lesion's centre), ``OUT/filled-usual.png``
+(the same for the usual set) and the heatmaps under
 ``OUT/heatmaps/SET/RECONSTRUCTOR/``.
 """
 
@@ -99,22 +100,22 @@ def figure(csv: str, heatmaps: Path, path: Path, n: int = 3) -> None:
         }
         heat = {k: v[..., 0] if v.ndim == 4 else v for k, v in heat.items()}
         k = int(np.argmax(mask.sum(axis=(0, 1))))  # the axial cut with the most lesion
-        ii, jj = np.nonzero(mask[:, :, k])
-        ci, cj = int(round(ii.mean())), int(round(jj.mean()))
+        cj = int(round(np.nonzero(mask[:, :, k])[1].mean()))
+        # both heatmaps on the plain one's scale: the filled one is never lower
+        lo, hi = float(heat["fbp"].min()), float(heat["fbp"].max())
         # the arrays are (i, j, k); imshow of the transpose puts i across and j up (origin lower)
         row[0].imshow(img[:, :, k].T, cmap="gray", origin="lower")
         row[0].set_title(f"{case.name}, k = {k}", fontsize=8)
-        for ax, name, title in ((row[1], "fbp", "plain ToNNO (fbp)"), (row[2], "filled", "filled")):
-            ax.imshow(heat[name][:, :, k].T, cmap="magma", origin="lower")
+        for ax, name, title in ((row[1], "fbp", "plain ToNNO (fbp)"), (row[2], "filled", "filled (the default)")):
+            ax.imshow(heat[name][:, :, k].T, cmap="magma", origin="lower", vmin=lo, vmax=hi)
             ax.contour(mask[:, :, k].T, [0.5], colors="cyan", linewidths=0.8)
             ax.axhline(cj, color="w", lw=0.5, ls=":")
             ax.set_title(title, fontsize=8)
-        for name, style in (("fbp", "-"), ("filled", "-")):
-            prof = heat[name][:, cj, k]
-            lo, hi = float(prof.min()), float(prof.max())
-            row[3].plot((prof - lo) / max(hi - lo, 1e-12), style, label=name)
+        for name in ("fbp", "filled"):
+            row[3].plot(heat[name][:, cj, k] / hi, label=name)
         row[3].fill_between(np.arange(mask.shape[0]), 0, mask[:, cj, k], color="cyan", alpha=0.25, label="lesion")
-        row[3].set_title("profile along i through the lesion's centre (min-max)", fontsize=8)
+        row[3].axhline(0, color="k", lw=0.4)
+        row[3].set_title("profile along i at the dotted line (/ plain max)", fontsize=8)
         row[3].legend(fontsize=6)
         for ax in row[:3]:
             ax.set_xticks([])
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "filled.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     figure(a.large, out / "heatmaps" / "large", out / "filled.png")
+    figure(a.data, out / "heatmaps" / "usual", out / "filled-usual.png")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ class Method:
     head: str
     filter: str
     sampler: str
+    #: plain ToNNO (``fbp``) is the paper's; ``filled`` the logit head's default since issue 18
+    reconstructor: str = "fbp"
 
     @property
     def name(self) -> str:
@@ -55,23 +57,25 @@ class CompareSettings:
     families: Sequence[str] = field(default_factory=lambda: list(FAMILIES))
 
 
+#: family -> (head, filter, sampler, reconstructor)
 FAMILIES = {
-    "GradCAM": ("gradcam", "none", "axial"),
-    "LayerCAM": ("layercam", "none", "axial"),
-    "GradCAM (3 axes)": ("gradcam", "none", "orthogonal"),
-    "LayerCAM (3 axes)": ("layercam", "none", "orthogonal"),
-    "ToNNO": ("logit", "tomo", "fibonacci"),
-    "Averaged LayerCAM": ("layercam", "none", "fibonacci"),
-    "Tomographic LayerCAM": ("layercam", "tomo", "fibonacci"),
+    "GradCAM": ("gradcam", "none", "axial", "fbp"),
+    "LayerCAM": ("layercam", "none", "axial", "fbp"),
+    "GradCAM (3 axes)": ("gradcam", "none", "orthogonal", "fbp"),
+    "LayerCAM (3 axes)": ("layercam", "none", "orthogonal", "fbp"),
+    "ToNNO": ("logit", "tomo", "fibonacci", "fbp"),
+    "ToNNO (filled)": ("logit", "tomo", "fibonacci", "filled"),
+    "Averaged LayerCAM": ("layercam", "none", "fibonacci", "fbp"),
+    "Tomographic LayerCAM": ("layercam", "tomo", "fibonacci", "fbp"),
 }
 
 
 def methods(s: CompareSettings) -> list[Method]:
     out = []
     for family in s.families:
-        head, filt, sampler = FAMILIES[family]
+        head, filt, sampler, rec = FAMILIES[family]
         layers = [None] if head == "logit" else list(s.layers)
-        out.extend(Method(family, layer, head, filt, sampler) for layer in layers)
+        out.extend(Method(family, layer, head, filt, sampler, rec) for layer in layers)
     return out
 
 
@@ -87,6 +91,7 @@ def engine_for(m: Method, weights: str | Path, s: CompareSettings) -> Engine:
         head=m.head,
         filter=m.filter,
         sampler=m.sampler,
+        reconstructor=m.reconstructor,
         head_options=opts,
         directions=s.cam_directions if cam else s.directions,
         slices=s.cam_slices if cam else s.slices,

@@ -111,7 +111,15 @@ def case_logit_axial(inp, out):
 
 def case_logit_orthogonal_normalized(inp, out):
     return _cli_case(
-        "--head", "logit", "--sampler", "orthogonal", "--geometry", "normalized", "--reconstructor", "fbp", *_weights(inp)
+        "--head",
+        "logit",
+        "--sampler",
+        "orthogonal",
+        "--geometry",
+        "normalized",
+        "--reconstructor",
+        "fbp",
+        *_weights(inp),
     )(inp, out)
 
 
@@ -152,6 +160,24 @@ def case_library_engine(inp, out):
         seed=5,
         batch_size=7,
         reconstructor="fbp",
+    )
+    return {"heatmap": engine.reconstruct(volume.data, volume.spacing).numpy()}
+
+
+def case_library_filled(inp, out):
+    """The filled reconstructor's fill (issue 18): options that make this seeded encoder's consensus regions."""
+    import tomofield
+    from tomofield.reconstructors import Filled
+
+    volume = tomofield.load_volume([inp["volume"]])
+    engine = tomofield.Engine(
+        weights=str(inp["weights"]),
+        reconstructor=Filled(threshold=-1.0, temperature=2.0),
+        device="cpu",
+        directions=9,
+        slices=6,
+        slice_size=20,
+        seed=5,
     )
     return {"heatmap": engine.reconstruct(volume.data, volume.spacing).numpy()}
 
