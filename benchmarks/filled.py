@@ -26,24 +26,9 @@ from typing import Any
 RECONSTRUCTORS = ("fbp", "filled", "calibrated")
 
 
-class Keep:
-    """FBP that keeps the chunks' scores and the stacks of the last volume, for the other reconstructors."""
-
-    name = "fbp"
-
-    def __init__(self) -> None:
-        self.kept: list = []
-        self.stacks: Any = None
-
-    def __call__(self, chunks, stacks):
-        from tomofield.reconstructors import FilteredBackprojection
-
-        self.kept, self.stacks = [(scores.clone(), dirs) for scores, dirs in chunks], stacks
-        return FilteredBackprojection()(iter(self.kept), stacks)
-
-
 def run_set(weights: str, csv: str, out: Path, L: int, M: int, folds: int) -> dict[str, Any]:
     """Every reconstructor's heatmaps of ``csv`` from one encoder run per volume, and the protocol's scores."""
+    from benchmarks.quality import Keep
     from tomofield import plugins
     from tomofield.dataset import read_dataset
     from tomofield.engine import Engine

@@ -272,7 +272,7 @@ def engine_options(exclude: Sequence[str] = (), defaults: dict[str, Any] | None 
                     "preset",
                     type=click.Choice(list(PRESETS)),
                     default=None,
-                    help="Directions, slices and reconstructor chosen together from the quality-cost curve: "
+                    help="Directions and slices chosen together from the quality-cost curve: "
                     + "; ".join(
                         f"{name}: {', '.join(f'{k} {v}' for k, v in p.items()) or 'the defaults'}"
                         for name, p in PRESETS.items()

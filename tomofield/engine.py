@@ -40,11 +40,12 @@ Progress = Callable[[int, int], None]
 SPEED_ONLY = ("batch_size", "channels_last", "compile", "skip_empty", "shard_directions")
 #: The encoder an engine builds when none is given (nor a run directory that names one).
 DEFAULT_ENCODER = "resnet10t"
-#: ``Engine(preset=NAME)`` and ``tomofield run --preset NAME``: the directions, slices and
-#: reconstructor of a quality-cost point (docs/benchmarks.md, "Quality against encoder
-#: slices"); settings and a reconstructor given explicitly win, a run's slice size stays.
+#: ``Engine(preset=NAME)`` and ``tomofield run --preset NAME``: the directions and slices (and
+#: a reconstructor, where a preset names one; none does since the head's default became
+#: ``filled``) of a quality-cost point (docs/benchmarks.md, "Quality against encoder slices");
+#: settings and a reconstructor given explicitly win, a run's slice size stays.
 PRESETS: dict[str, dict[str, Any]] = {
-    # docs/benchmarks.md section 10: on the demo's 16 held-out volumes, F1 0.985 / Dice 0.722 in
+    # docs/benchmarks.md section 10: on the demo's 16 held-out volumes (fbp), F1 0.985 / Dice 0.722 in
     # 1.5 min against the default's 0.937 / 0.689 in 8.0 min; regularized at the same L, M: 0.985 / 0.693
     "fast": {"directions": 128, "slices": 32},
     "default": {},
@@ -264,8 +265,8 @@ class Engine:
             ``regularized`` (fitted to every stack's scores under a non-negativity prior),
             ``calibrated`` (FBP under a self-consistent monotone link), or an object
             (:mod:`tomofield.reconstructors`).
-        preset: ``fast``, ``default`` or ``paper`` (:data:`PRESETS`): directions, slices and
-            reconstructor chosen together; what is given explicitly wins.
+        preset: ``fast``, ``default`` or ``paper`` (:data:`PRESETS`): directions and slices
+            chosen together; what is given explicitly wins.
         sampler: sampler name or object (``fibonacci``, ``axial``, ``orthogonal``).
         postprocess: post-processor names or callables, applied in order.
         weights: a ``.safetensors`` file, or a run directory of ``tomofield train`` whose
