@@ -135,3 +135,19 @@ def test_the_cli_preset_gives_way_to_explicit_options(tmp_path):
     want = Engine(head="sum", directions=8, slices=4, slice_size=16, reconstructor="regularized", device="cpu")
     got = np.asarray(nib.load(str(out)).dataobj)
     np.testing.assert_array_equal(got, want.run(load_volume(src)).data[0].numpy().transpose(2, 1, 0))
+
+
+@pytest.mark.parametrize("name", ["fbp", "filled"])
+@pytest.mark.parametrize("filt", ["tomo", "tomo-sg"])
+def test_one_run_with_the_widest_padding_reconstructs_as_a_narrower_filters_run(name, filt):
+    """The quality benchmark's sharing: the M slices lie where they lie whatever the padding."""
+    from benchmarks.quality import Keep, reconstruct_as
+
+    vol = ball_phantom((20, 22, 18), (2.0, 1.0, 1.0), [((0.1, 0.0, 0.0), 6.0, 1.0)])
+    kw = dict(head="sum", directions=24, slices=12, slice_size=24, device="cpu")
+    keep = Keep()
+    Engine(filter="tomo-gauss", reconstructor=keep, **kw).reconstruct(vol, (2.0, 1.0, 1.0))  # pad 3
+    assert keep.stacks.plan.pad == 3
+    rec, f = plugins.get("reconstructor", name).factory(), plugins.get("filter", filt).factory()
+    direct = Engine(filter=filt, reconstructor=rec, **kw).reconstruct(vol, (2.0, 1.0, 1.0))
+    torch.testing.assert_close(reconstruct_as(keep.kept, keep.stacks, rec, f), direct, rtol=0, atol=0)
