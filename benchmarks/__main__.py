@@ -12,9 +12,12 @@ Commands (default ``compare``):
 * ``precision``: bf16 and fp16 encoders against fp32: logits and filtered profiles.
 * ``memory``: peak host memory of one large reconstruction (own process).
 * ``quality``: heatmap quality (F1, Dice) against encoder slices for a grid of L, M and
-  slice size, fbp and regularized side by side (:mod:`benchmarks.quality`, its own options).
+  slice size, every filter and reconstructor at equal encoder slices, the curve in L from
+  subsets of the reference run, the noise against L and M (:mod:`benchmarks.quality`).
 * ``filled``: plain ToNNO against the filled and calibrated reconstructions of the same
   encoder runs, usual and large lesions (:mod:`benchmarks.filled`, its own options).
+* ``presets``: what ``--preset fast`` chooses for grids up to a 512 x 512 CT, and its time
+  (:mod:`benchmarks.presets`, its own options).
 
 ``--case cpu`` (64^3 volume, 64 x 64 slices, L = 256, M = 32) or ``--case paper``
 (64 x 512 x 512, 224 x 224, L = 2000, M = 100); ``--directions`` etc. override.
@@ -135,7 +138,7 @@ def _memory(args: argparse.Namespace, case: cases.Case) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["quality"], ["filled"]):  # their own options (datasets, a trained run)
+    if argv[:1] in (["quality"], ["filled"], ["presets"]):  # their own options (datasets, a trained run)
         import importlib
 
         importlib.import_module(f"benchmarks.{argv[0]}").main(argv[1:])

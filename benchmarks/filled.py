@@ -28,11 +28,11 @@ RECONSTRUCTORS = ("fbp", "filled", "calibrated")
 
 def run_set(weights: str, csv: str, out: Path, L: int, M: int, folds: int) -> dict[str, Any]:
     """Every reconstructor's heatmaps of ``csv`` from one encoder run per volume, and the protocol's scores."""
-    from benchmarks.quality import Keep
+    from benchmarks.quality import Keep, save_variant
     from tomofield import plugins
     from tomofield.dataset import read_dataset
     from tomofield.engine import Engine
-    from tomofield.io import Heatmap, Reorientation, load_volume, save_heatmap
+    from tomofield.io import Reorientation, load_volume
     from tomofield.report import evaluate_heatmaps, summary_rows
 
     keep = Keep()
@@ -49,11 +49,7 @@ def run_set(weights: str, csv: str, out: Path, L: int, M: int, folds: int) -> di
             t = time.perf_counter()
             data = heat.data if name == "fbp" else turn.backward(rec(iter(keep.kept), keep.stacks)).contiguous()
             seconds[name] += time.perf_counter() - t
-            save_heatmap(
-                out / name / f"{case.name}.nii.gz",
-                Heatmap(data.float().cpu(), heat.affine, heat.spacing, heat.header),
-                overwrite=True,
-            )
+            save_variant(out / name / f"{case.name}.nii.gz", data, heat)
     encoder_s = time.perf_counter() - t0 - sum(seconds.values())
     rows: dict[str, Any] = {}
     for name in RECONSTRUCTORS:

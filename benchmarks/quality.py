@@ -24,17 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: (L, M, slice size or None for the run's): the reference first.
+#: (L, M, slice size or None for the run's): the reference first, at the encoder's own slice size.
 GRID = (
-    (1024, 64, 32),
-    (256, 32, 32),
-    (128, 32, 32),
-    (128, 16, 32),
-    (64, 24, 32),
-    (32, 16, 32),
+    (1024, 64, None),
+    (256, 32, None),
     (128, 32, None),
+    (128, 16, None),
 )
 QUICK = ((256, 32, None), (64, 16, None))
+#: subsets of the reference run's directions, each reconstructed as a setting of its own
+#: (:func:`direction_subset`): the curve in L at the reference's M for no encoder time
+SUBSETS = (512, 256, 128, 64, 32)
 #: the regularized fit also runs on settings of at most this many directions (each of its
 #: 18 operator applications slices the heatmap at every plane; at L = 1024 x M = 64 that
 #: is as long as the encoder)
@@ -86,23 +86,103 @@ def reconstruct_as(kept: list, stacks: Any, reconstructor: Any, filt: Any):
     return reconstructor(iter(inner), Stacks(replace(stacks.plan, pad=filt.pad), filt, stacks.device))
 
 
+def direction_subset(kept: list, stacks: Any, n: int, seed: int = 0) -> tuple[list, Any]:
+    """The kept scores and the stacks of the first ``n`` of a fixed random order of a run's directions.
+
+    A run with only those directions would have scored exactly these slices (each
+    direction's stack is cut from the volume alone), so the subset is that run at the
+    encoder cost of ``n`` directions. A random subset of a Fibonacci set is less even than
+    a Fibonacci set of ``n``: if anything it understates a real run at ``n``.
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from tomofield.pipeline import Stacks
+
+    plan = stacks.plan
+    total = sum(len(g) for g in plan.groups)
+    if not 0 < n <= total:
+        raise ValueError(f"a subset of {n} directions of a run of {total}")
+    chosen = torch.zeros(total, dtype=torch.bool)
+    chosen[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]] = True
+
+    def pick(items: list, size) -> list:
+        picked, start = [], 0
+        for item in items:
+            k = size(item)
+            mask = chosen[start : start + k]
+            start += k
+            if mask.any():
+                picked.append((item, mask))
+        if start != total:
+            raise ValueError(f"the kept chunks hold {start} directions, the plan {total}")
+        return picked
+
+    sub_kept = [
+        (scores[mask.to(scores.device)], dirs[mask.to(dirs.normals.device)])
+        for (scores, dirs), mask in pick(kept, lambda c: len(c[1]))
+    ]
+    groups = [g[mask] for g, mask in pick(plan.groups, len)]
+    return sub_kept, Stacks(replace(plan, groups=groups, n_dirs=n), stacks._filter, stacks.device)
+
+
+def save_variant(path: Path, data: Any, like: Any) -> None:
+    """A reconstruction ``data`` on the stored grid of heatmap ``like``, saved to ``path`` (replacing it)."""
+    from tomofield.io import Heatmap, save_heatmap
+
+    save_heatmap(path, Heatmap(data.float().cpu(), like.affine, like.spacing, like.header), overwrite=True)
+
+
+def contrast(heat_dir: Path, csv: str) -> dict[str, float]:
+    """Background noise and lesion contrast of a heatmap set.
+
+    ``noise``: the median over volumes of the heatmap's standard deviation outside the
+    lesion masks (the heatmap's units); ``cnr``: the mean over positives of (mean inside
+    the lesions - mean outside) / that standard deviation.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    from tomofield.dataset import read_dataset
+
+    noise, cnr = [], []
+    for case in read_dataset(csv):
+        h = np.asarray(nib.load(str(heat_dir / f"{case.name}.nii.gz")).dataobj, dtype=np.float64)
+        h = h[..., 0] if h.ndim == 4 else h
+        m = np.asarray(nib.load(str(case.mask)).dataobj) > 0 if case.mask else np.zeros(h.shape, bool)
+        sd = float(h[~m].std())
+        noise.append(sd)
+        if m.any() and sd > 0:
+            cnr.append((float(h[m].mean()) - float(h[~m].mean())) / sd)
+    return {"noise": float(np.median(noise)), "cnr": float(np.mean(cnr)) if cnr else float("nan")}
+
+
 def run_setting(
-    weights: str, csv: str, out: Path, L: int, M: int, size: int | None, amp: str = "auto", reference: bool = False
-) -> dict[str, Any]:
-    """Every variant's heatmaps of every volume of ``csv`` from one encoder run each; the protocol's scores."""
+    weights: str,
+    csv: str,
+    out: Path,
+    L: int,
+    M: int,
+    size: int | None,
+    amp: str = "auto",
+    subsets: tuple[int, ...] = (),
+) -> list[dict[str, Any]]:
+    """Every variant's heatmaps of every volume of ``csv`` from one encoder run each; the protocol's scores.
+
+    One row for the setting, then one per subset of its directions (:func:`direction_subset`).
+    """
     from benchmarks.suite import _Counting
     from tomofield import plugins
     from tomofield.dataset import read_dataset
     from tomofield.engine import Engine
     from tomofield.heads import LogitHead
-    from tomofield.io import Heatmap, Reorientation, load_volume, save_heatmap
+    from tomofield.io import Reorientation, load_volume
     from tomofield.report import evaluate_heatmaps, summary_rows
 
-    variants = [v for v in VARIANTS if not reference or v[0] == "fbp"]
-    variants = [v for v in variants if v[1] != "regularized" or L <= REGULARIZE_UP_TO]
-    filters = {f: plugins.get("filter", f).factory() for f in {v[2] for v in variants}}
+    filters = {f: plugins.get("filter", f).factory() for f in {v[2] for v in VARIANTS}}
     widest = max(filters.values(), key=lambda f: f.pad)
-    recs = {v[1]: plugins.get("reconstructor", v[1]).factory() for v in variants}
+    recs = {v[1]: plugins.get("reconstructor", v[1]).factory() for v in VARIANTS}
     runs, keep = [0], Keep()
     opts = {"slice_size": size, "amp": amp} if size else {"amp": amp}
     engine = Engine(
@@ -115,36 +195,45 @@ def run_setting(
         device="cpu",
         **opts,
     )
+    views = [(L, "")] + [(n, f"sub{n}-") for n in subsets if n < L]
+
+    def variants(n: int) -> list[tuple[str, str, str]]:
+        return [v for v in VARIANTS if v[1] != "regularized" or n <= REGULARIZE_UP_TO]
+
     cases = read_dataset(csv)
     t0 = time.perf_counter()
     for case in cases:
         vol = load_volume(case.images)
         heat = engine.run(vol)
         turn = Reorientation.of(vol.affine)
-        for label, rec, filt in variants:
-            data = turn.backward(reconstruct_as(keep.kept, keep.stacks, recs[rec], filters[filt])).contiguous()
-            save_heatmap(
-                out / label.replace(" ", "-") / f"{case.name}.nii.gz",
-                Heatmap(data.float().cpu(), heat.affine, heat.spacing, heat.header),
-                overwrite=True,
-            )
+        for n, tag in views:
+            kept, stacks = (keep.kept, keep.stacks) if n == L else direction_subset(keep.kept, keep.stacks, n)
+            for label, rec, filt in variants(n):
+                data = turn.backward(reconstruct_as(kept, stacks, recs[rec], filters[filt])).contiguous()
+                save_variant(out / (tag + label.replace(" ", "-")) / f"{case.name}.nii.gz", data, heat)
     seconds = time.perf_counter() - t0
-    rows: dict[str, Any] = {}
-    for label, _, filt in variants:
-        res = evaluate_heatmaps(out / label.replace(" ", "-"), csv, folds=FOLDS)
-        rows[label] = summary_rows({label: res})[0]
-        rows[label]["case_dice"] = [c["dice"] for c in res["cases"]]
-        # the slices this filter alone would have run: its own padding instead of the widest's
-        rows[label]["slices_per_volume"] = runs[0] / len(cases) * (M + 2 * filters[filt].pad) / (M + 2 * widest.pad)
-    return {
-        "L": L,
-        "M": M,
-        "amp": amp,
-        "slice_size": size or engine.config.slice_size,
-        "slices_per_volume": runs[0] / len(cases),
-        "seconds": round(seconds, 1),
-        **rows,
-    }
+    per_volume = runs[0] / len(cases)
+    rows = []
+    for n, tag in views:
+        row: dict[str, Any] = {
+            "L": n,
+            "M": M,
+            "amp": amp,
+            "slice_size": size or engine.config.slice_size,
+            "subset_of": L if n != L else None,
+            "slices_per_volume": per_volume * n / L,
+            "seconds": round(seconds * n / L, 1),
+        }
+        for label, _, filt in variants(n):
+            where = out / (tag + label.replace(" ", "-"))
+            res = evaluate_heatmaps(where, csv, folds=FOLDS)
+            row[label] = summary_rows({label: res})[0]
+            row[label]["case_dice"] = [c["dice"] for c in res["cases"]]
+            row[label].update(contrast(where, csv))
+            # the slices this filter alone would have run: its own padding instead of the widest's
+            row[label]["slices_per_volume"] = per_volume * n / L * (M + 2 * filters[filt].pad) / (M + 2 * widest.pad)
+        rows.append(row)
+    return rows
 
 
 METRICS = ("f1", "dice", "balanced_accuracy")
@@ -201,6 +290,65 @@ def pareto_png(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     plt.close(fig)
 
 
+def noise_png(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Background noise and lesion contrast-to-noise of ``fbp`` against L (subsets) and against M (at L = 128).
+
+    Next to them the white-noise prediction: the second difference divides by the slice
+    spacing squared and the backprojection averages L directions, so the noise goes as
+    ``M^2 / sqrt(L)`` at a fixed extent.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
+    for name, rows in results.items():
+        ref = rows[0]
+        along_l = sorted(
+            (r for r in rows if r["M"] == ref["M"] and r["slice_size"] == ref["slice_size"]), key=lambda r: r["L"]
+        )
+        along_m = sorted(
+            (r for r in rows if r["L"] == 128 and r["slice_size"] == ref["slice_size"]), key=lambda r: r["M"]
+        )
+        for col, (line, key, law) in enumerate(((along_l, "L", -0.5), (along_m, "M", 2.0))):
+            if len(line) < 2:
+                continue
+            xs = [r[key] for r in line]
+            noise = [r["fbp"]["noise"] for r in line]
+            (dots,) = axes[0][col].plot(xs, noise, "o-", label=f"{name}: fbp")
+            axes[0][col].plot(
+                xs,
+                [noise[-1] * (x / xs[-1]) ** law for x in xs],
+                ":",
+                color=dots.get_color(),
+                label=f"{name}: white noise, {key}^{law:g}",
+            )
+            for label, marker in MARKERS.items():
+                pts = [(r[key], r[label]["cnr"]) for r in line if label in r]
+                if pts:
+                    axes[1][col].plot(
+                        *zip(*pts, strict=True),
+                        marker=marker,
+                        ls="-" if label == "fbp" else ":",
+                        label=f"{name}: {label}",
+                        alpha=0.8,
+                    )
+    for col, key in enumerate(("L (directions; M = the reference's, subsets of its run)", "M (slices; L = 128)")):
+        for r, what in enumerate(("background noise (heatmap std outside lesions)", "lesion contrast-to-noise")):
+            ax = axes[r][col]
+            ax.set_xscale("log", base=2)
+            if r == 0:
+                ax.set_yscale("log")
+            ax.set_xlabel(key)
+            ax.set_ylabel(what)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+    fig.suptitle("Why more slices can be worse: FBP noise against L and M")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     global FOLDS
     p = argparse.ArgumentParser(prog="python -m benchmarks quality", description=__doc__.splitlines()[0])
@@ -212,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--grid", nargs="+", metavar="L,M[,S]", help="settings instead of the built-in grid")
     p.add_argument("--amp", default="auto", help="comma-separated encoder precisions to compare (auto, bf16, ...)")
+    p.add_argument("--no-subsets", action="store_true", help="no subsets of the reference's directions")
     a = p.parse_args(argv)
     FOLDS = a.folds
     out = Path(a.out)
@@ -226,15 +375,18 @@ def main(argv: list[str] | None = None) -> None:
     for i, ((L, M, size), amp) in enumerate((g, amp) for g in grid for amp in a.amp.split(",")):
         for name, csv in sets.items():
             where = out / "heatmaps" / name / f"L{L}-M{M}-S{size or 'run'}-{amp}"
-            row = run_setting(a.weights, csv, where, L, M, size, amp, reference=i == 0 and not a.quick)
-            results[name].append(row)
-            got = ", ".join(f"{k} {row[k]['f1']:.3f}/{row[k]['dice']:.3f}" for k in MARKERS if k in row)
-            print(f"{name} L={L} M={M} S={row['slice_size']} amp={amp}: {row['seconds']} s; F1/Dice {got}", flush=True)
+            subsets = SUBSETS if i == 0 and not a.quick and not a.no_subsets else ()
+            for row in run_setting(a.weights, csv, where, L, M, size, amp, subsets):
+                results[name].append(row)
+                got = ", ".join(f"{k} {row[k]['f1']:.3f}/{row[k]['dice']:.3f}" for k in MARKERS if k in row)
+                print(
+                    f"{name} L={row['L']} M={M} S={row['slice_size']} amp={amp}: {row['seconds']} s; {got}", flush=True
+                )
             (out / "results.json").write_text(json.dumps(results, indent=1))
     lines = [
         "| set | L | M | slice | amp | encoder slices / volume | reconstruction | F1 | Dice | "
-        "paired Dice - reference | balanced acc. | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "paired Dice - reference | balanced acc. | CNR | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in results.items():
         for r in rows:
@@ -243,15 +395,18 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 m = r[label]
                 d, se = paired_dice(m, rows[0]["fbp"])
+                sub = f" (of {r['subset_of']})" if r.get("subset_of") else ""
                 lines.append(
-                    f"| {name} | {r['L']} | {r['M']} | {r['slice_size']} | {r['amp']} | {m['slices_per_volume']:.0f} | "
-                    f"{label} | {m['f1']:.3f} ± {m.get('f1_std', 0):.3f} | {m['dice']:.3f} ± {m.get('dice_std', 0):.3f} | "
-                    f"{d:+.3f} ± {se:.3f} | {m['balanced_accuracy']:.3f} | {r['seconds']} |"
+                    f"| {name} | {r['L']}{sub} | {r['M']} | {r['slice_size']} | {r['amp']} | "
+                    f"{m['slices_per_volume']:.0f} | {label} | {m['f1']:.3f} ± {m.get('f1_std', 0):.3f} | "
+                    f"{m['dice']:.3f} ± {m.get('dice_std', 0):.3f} | {d:+.3f} ± {se:.3f} | "
+                    f"{m['balanced_accuracy']:.3f} | {m['cnr']:.2f} | {r['seconds']} |"
                 )
     lines.append(f"\nwall time {time.perf_counter() - t_all:.0f} s")
     (out / "quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     pareto_png(results, out / "pareto.png")
+    noise_png(results, out / "noise.png")
 
 
 if __name__ == "__main__":

@@ -313,7 +313,7 @@ def run_volume(
     err.print(
         f"{volume.paths[0].name}: {c} channel(s), grid {tuple(shape)}, spacing "
         f"{tuple(round(s, 3) for s in volume.spacing)} mm; {total:,} "
-        f"slices of {engine.config.slice_size}px on {engine.device}",
+        f"slices of {engine.config_for(shape).slice_size}px on {engine.device}",
         highlight=False,
     )
     t0 = time.perf_counter()

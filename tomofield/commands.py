@@ -272,12 +272,9 @@ def engine_options(exclude: Sequence[str] = (), defaults: dict[str, Any] | None 
                     "preset",
                     type=click.Choice(list(PRESETS)),
                     default=None,
-                    help="Directions and slices chosen together from the quality-cost curve: "
-                    + "; ".join(
-                        f"{name}: {', '.join(f'{k} {v}' for k, v in p.items()) or 'the defaults'}"
-                        for name, p in PRESETS.items()
-                    )
-                    + ". Options given explicitly win.",
+                    help="Directions, slices and slice size chosen together from the quality-cost curve: "
+                    + "; ".join(f"{name}: {p.describe()}" for name, p in PRESETS.items())
+                    + ". Options given explicitly win; a trained run's slice size stays.",
                 )
             )
         if "post" not in exclude:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from tomofield import distributed, plugins
+from tomofield import presets as _presets
 from tomofield._fastpath import AMP_MODES
 from tomofield.checkpoint import NUM_CLASSES, SLICE_SIZES, RunDir, is_run_dir
 from tomofield.encoders import NORMS, build_encoder, first_conv_in_chans, load_weights, read_safetensors
@@ -40,17 +41,10 @@ Progress = Callable[[int, int], None]
 SPEED_ONLY = ("batch_size", "channels_last", "compile", "skip_empty", "shard_directions")
 #: The encoder an engine builds when none is given (nor a run directory that names one).
 DEFAULT_ENCODER = "resnet10t"
-#: ``Engine(preset=NAME)`` and ``tomofield run --preset NAME``: the directions and slices (and
-#: a reconstructor, where a preset names one; none does since the head's default became
-#: ``filled``) of a quality-cost point (docs/benchmarks.md, "Quality against encoder slices");
-#: settings and a reconstructor given explicitly win, a run's slice size stays.
-PRESETS: dict[str, dict[str, Any]] = {
-    # docs/benchmarks.md section 10: on the demo's 16 held-out volumes (fbp), F1 0.985 / Dice 0.722 in
-    # 1.5 min against the default's 0.937 / 0.689 in 8.0 min; regularized at the same L, M: 0.985 / 0.693
-    "fast": {"directions": 128, "slices": 32},
-    "default": {},
-    "paper": {"directions": 2000, "slices": 100},
-}
+#: ``Engine(preset=NAME)`` and ``tomofield run --preset NAME`` (:mod:`tomofield.presets`):
+#: ``fast`` sizes L, M and the slice size to each volume, ``default`` and ``paper`` are fixed
+#: counts; settings given explicitly win, a run's slice size stays.
+PRESETS = _presets.PRESETS
 
 #: The reconstructor of a head when none is given, with an inverse-Radon filter (``tomo``,
 #: ``tomo-sg``, ``tomo-gauss``): a slice classifier's saturating logit gets ``filled`` (large
@@ -265,8 +259,9 @@ class Engine:
             ``regularized`` (fitted to every stack's scores under a non-negativity prior),
             ``calibrated`` (FBP under a self-consistent monotone link), or an object
             (:mod:`tomofield.reconstructors`).
-        preset: ``fast``, ``default`` or ``paper`` (:data:`PRESETS`): directions and slices
-            chosen together; what is given explicitly wins.
+        preset: ``fast``, ``default`` or ``paper`` (:data:`PRESETS`): directions, slices and
+            slice size chosen together, ``fast`` for each volume's grid (:meth:`config_for`);
+            what is given explicitly wins, and a run's slice size stays.
         sampler: sampler name or object (``fibonacci``, ``axial``, ``orthogonal``).
         postprocess: post-processor names or callables, applied in order.
         weights: a ``.safetensors`` file, or a run directory of ``tomofield train`` whose
@@ -331,13 +326,13 @@ class Engine:
             if isinstance(head, str) and run.head_defaults(head):
                 # the run knows how its outputs read under this head (e.g. a density's units); explicit options win
                 config["head_options"] = {**run.head_defaults(head), **config.get("head_options", {})}
-        if preset is not None:
-            if preset not in PRESETS:
-                raise InputError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-            chosen = dict(PRESETS[preset])
-            preset_reconstructor = chosen.pop("reconstructor", None)
-            reconstructor = preset_reconstructor if reconstructor is None else reconstructor
-            config = {**chosen, **config}
+        #: the preset (:mod:`tomofield.presets`), and the settings it chooses per volume
+        self.preset = _presets.resolve(preset)
+        self._per_volume: tuple[str, ...] = ()
+        if self.preset is not None and self.preset.per_volume:
+            self._per_volume = tuple(k for k in self.preset.chooses if k not in config)
+        elif self.preset is not None:
+            config = {**self.preset.settings, **config}
         unknown = sorted(set(config) - {f.name for f in fields(EngineConfig)})
         if unknown:
             valid = ", ".join(f.name for f in fields(EngineConfig))
@@ -442,9 +437,19 @@ class Engine:
         return self._scorers[in_chans]
 
     # -- reconstruction ------------------------------------------------------------------
+    def config_for(self, shape: Sequence[int]) -> EngineConfig:
+        """The settings a volume of spatial ``shape`` is reconstructed with: :attr:`config`, and what
+        a per-volume preset (``fast``) chooses for this grid where nothing was given."""
+        chosen = _presets.settings_for(self.preset, self._per_volume, shape)
+        if not chosen:
+            return self.config
+        cfg = replace(self.config, **chosen)
+        cfg.validate()
+        return cfg
+
     def plan(self, shape: Sequence[int], spacing: Sequence[float]) -> Plan:
         """The plan (half-extents, direction groups, slice counts) for a volume of spatial ``shape``."""
-        cfg = self.config
+        cfg = self.config_for(shape)
         sampling = SamplingConfig(
             directions=cfg.directions, slices=cfg.slices, hemisphere=cfg.hemisphere, seed=cfg.seed, extent=cfg.extent
         )
@@ -537,6 +542,8 @@ class Engine:
         except PackageNotFoundError:  # a source tree that is not installed
             tomofield_version = "unknown"
         settings = {k: v for k, v in asdict(self.config).items() if k not in SPEED_ONLY}
+        for k in self._per_volume:  # the preset's choice for each volume's grid
+            settings[k] = f"preset {self.preset.name}"
         encoder = self.encoder_name
         return {
             "tomofield": tomofield_version,
@@ -573,6 +580,7 @@ class Engine:
         new.__dict__.update(self.__dict__)
         new.config = replace(self.config, **changes)
         new.config.validate()
+        new._per_volume = tuple(k for k in self._per_volume if k not in changes)  # what is set now wins
         new._scorers = {}
         return new
 

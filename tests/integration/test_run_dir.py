@@ -511,3 +511,13 @@ def test_head_defaults_that_fit_are_the_heads_defaults(run, probe_head):
     head = Engine(weights=str(run), head="probe", device="cpu").head
     assert (head.count, head.gain, head.mode, head.path) == (3, 2, "b", None)
     assert Engine(weights=str(run), head="probe", device="cpu", head_options={"count": 5}).head.count == 5
+
+
+def test_fast_keeps_the_runs_slice_size_and_sizes_the_rest_to_the_volume(trained):
+    """The encoder was trained at its slice size: the per-volume preset chooses only L and M around it."""
+    run_size = RunDir(trained[1]).engine_defaults()["slice_size"]
+    engine = Engine(weights=str(trained[1]), preset="fast", device="cpu")
+    cfg = engine.config_for((300, 512, 512))
+    assert (cfg.directions, cfg.slices, cfg.slice_size) == (48, 48, run_size)
+    assert engine.provenance()["settings"]["slice_size"] == run_size
+    assert engine.provenance()["settings"]["directions"] == "preset fast"

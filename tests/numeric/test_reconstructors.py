@@ -107,16 +107,50 @@ def test_regularized_is_registered_recorded_and_checks_its_settings():
 
 
 def test_a_preset_chooses_directions_slices_and_reconstructor_and_explicit_settings_win():
+    from tomofield.presets import FAST_BY_SIZE
+
     fast = Engine(head="sum", preset="fast", device="cpu")
-    assert (fast.config.directions, fast.config.slices, fast.reconstructor_name) == (128, 32, "fbp")
+    small, ct = (19, 36, 34), (300, 512, 512)
+    assert [getattr(fast.config_for(small), k) for k in ("directions", "slices", "slice_size")] == [128, 32, 64]
+    assert [getattr(fast.config_for(ct), k) for k in ("directions", "slices", "slice_size")] == [48, 48, 224]
+    # every row of the table: bigger grids get M and slice size no smaller, about the same slices
+    rows = [fast.config_for((n, 8, 8)) for n in (up for up, *_ in FAST_BY_SIZE[:-1])] + [fast.config_for(ct)]
+    assert all(a.slices <= b.slices and a.slice_size <= b.slice_size for a, b in zip(rows, rows[1:], strict=False))
+    assert all(2000 <= c.directions * c.slices <= 4096 for c in rows)
+    # the slices the encoder sees are the chosen ones: L x (M + 2), for this grid
+    assert fast.count_slices(small) == 128 * (32 + 2)
+    assert fast.count_slices((65, 8, 8)) == 96 * (40 + 2)
+    assert fast.plan(ct, (1.0, 1.0, 1.0)).size == (224, 224)
+    # explicit settings win, one by one; the others stay per volume
     mine = Engine(head="sum", preset="fast", directions=16, reconstructor="regularized", device="cpu")
-    assert (mine.config.directions, mine.config.slices, mine.reconstructor_name) == (16, 32, "regularized")
+    assert (mine.config_for(ct).directions, mine.config_for(ct).slices, mine.reconstructor_name) == (
+        16,
+        48,
+        "regularized",
+    )
+    assert Engine(head="sum", preset="fast", slice_size=24, device="cpu").config_for(ct).slice_size == 24
+    assert mine.with_options(slices=7).config_for(ct).slices == 7
+    # the record says the preset chose, so a dataset run does not mistake it for fixed counts
+    prov = fast.provenance()["settings"]
+    assert (prov["directions"], prov["slices"], prov["slice_size"]) == ("preset fast", "preset fast", "preset fast")
+    assert mine.provenance()["settings"]["directions"] == 16
     assert Engine(head="sum", preset="paper", device="cpu").config.directions == 2000
+    assert Engine(head="sum", preset="paper", device="cpu").config_for(ct).directions == 2000
     assert (
         Engine(head="sum", preset="default", device="cpu").provenance() == Engine(head="sum", device="cpu").provenance()
     )
     with pytest.raises(InputError, match="unknown preset 'quick'; valid: fast, default, paper"):
         Engine(head="sum", preset="quick")
+
+
+def test_fast_sizes_itself_to_each_volume_and_the_heatmap_is_that_of_its_settings():
+    """Two grids through one engine: each heatmap equals an engine given that grid's row explicitly."""
+    vol_small = ball_phantom((12, 14, 10), (1.0, 1.0, 1.0), [((0.0, 0.0, 0.0), 4.0, 1.0)])
+    vol_big = ball_phantom((70, 20, 16), (1.0, 1.0, 1.0), [((0.0, 0.0, 0.0), 6.0, 1.0)])
+    fast = Engine(head="sum", preset="fast", directions=6, device="cpu")
+    for vol, (L, M, size) in ((vol_small, (6, 32, 64)), (vol_big, (6, 40, 128))):
+        want = Engine(head="sum", directions=L, slices=M, slice_size=size, device="cpu")
+        torch.testing.assert_close(fast.reconstruct(vol), want.reconstruct(vol), rtol=0, atol=0)
 
 
 def test_the_cli_preset_gives_way_to_explicit_options(tmp_path):
@@ -151,3 +185,39 @@ def test_one_run_with_the_widest_padding_reconstructs_as_a_narrower_filters_run(
     rec, f = plugins.get("reconstructor", name).factory(), plugins.get("filter", filt).factory()
     direct = Engine(filter=filt, reconstructor=rec, **kw).reconstruct(vol, (2.0, 1.0, 1.0))
     torch.testing.assert_close(reconstruct_as(keep.kept, keep.stacks, rec, f), direct, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["fbp", "filled", "regularized"])
+def test_a_subset_of_a_runs_directions_reconstructs_as_a_run_of_those_directions_alone(name, monkeypatch):
+    """The quality benchmark's curve in L from the reference run: subset n equals a run with those n directions."""
+    from benchmarks.quality import Keep, direction_subset, reconstruct_as
+    from tomofield.samplers import FibonacciSampler
+
+    n, total = 7, 24
+
+    class Chosen:
+        """Fibonacci's directions at ``total``, only those :func:`direction_subset` picks for ``n``."""
+
+        name = "chosen"
+
+        def plan(self, shape, e, config):
+            (g,) = FibonacciSampler().plan(shape, e, config)
+            chosen = torch.zeros(total, dtype=torch.bool)
+            chosen[torch.randperm(total, generator=torch.Generator().manual_seed(0))[:n]] = True
+            return [g[chosen]]
+
+    vol = ball_phantom((20, 22, 18), (2.0, 1.0, 1.0), [((0.1, 0.0, 0.0), 6.0, 1.0)])
+    kw = dict(head="sum", filter="tomo", directions=total, slices=12, slice_size=24, device="cpu", batch_size=40)
+    monkeypatch.setattr("tomofield.pipeline.CHUNK_SLICES", 40)  # chunks of 3 directions
+    keep = Keep()
+    Engine(reconstructor=keep, **kw).reconstruct(vol, (2.0, 1.0, 1.0))
+    assert len(keep.kept) > 1  # the subset is picked across chunks
+    kept, stacks = direction_subset(keep.kept, keep.stacks, n)
+    assert stacks.plan.n_dirs == n and sum(len(d) for _, d in kept) == n
+    rec, f = plugins.get("reconstructor", name).factory(), plugins.get("filter", "tomo").factory()
+    direct = Engine(sampler=Chosen(), reconstructor=rec, **kw).reconstruct(vol, (2.0, 1.0, 1.0))
+    torch.testing.assert_close(reconstruct_as(kept, stacks, rec, f), direct, rtol=1e-6, atol=1e-6)
+    full = direction_subset(keep.kept, keep.stacks, total)
+    torch.testing.assert_close(reconstruct_as(*full, rec, f), reconstruct_as(keep.kept, keep.stacks, rec, f))
+    with pytest.raises(ValueError, match="subset of 25"):
+        direction_subset(keep.kept, keep.stacks, total + 1)

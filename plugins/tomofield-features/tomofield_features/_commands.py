@@ -86,7 +86,7 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
         )
     total = engine.count_slices(shape, volume.spacing)
     err.print(
-        f"{volume.paths[0].name}: grid {tuple(shape)}; {total:,} slices of {engine.config.slice_size}px on "
+        f"{volume.paths[0].name}: grid {tuple(shape)}; {total:,} slices of {engine.config_for(shape).slice_size}px on "
         f"{engine.device}",
         highlight=False,
     )
