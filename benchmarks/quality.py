@@ -27,13 +27,13 @@ from typing import Any
 #: (L, M, slice size or None for the run's): the reference first, at the encoder's own slice size.
 GRID = (
     (1024, 64, None),
+    (512, 16, None),
     (256, 32, None),
     (128, 32, None),
-    (128, 16, None),
 )
 QUICK = ((256, 32, None), (64, 16, None))
-#: subsets of the reference run's directions, each reconstructed as a setting of its own
-#: (:func:`direction_subset`): the curve in L at the reference's M for no encoder time
+#: subsets of each setting's directions (those below its L), each reconstructed as a setting
+#: of its own (:func:`direction_subset`): the curve in L at each M for no encoder time
 SUBSETS = (512, 256, 128, 64, 32)
 #: the regularized fit also runs on settings of at most this many directions (each of its
 #: 18 operator applications slices the heatmap at every plane; at L = 1024 x M = 64 that
@@ -259,6 +259,7 @@ def pareto_png(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True, squeeze=False)
     for row_axes, (name, rows) in zip(axes, results.items(), strict=False):
@@ -280,7 +281,12 @@ def pareto_png(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
             if rows:
                 ax.axhline(rows[0]["fbp"][metric], color="k", lw=0.6, ls="--", label="reference")
                 ax.axhspan(rows[0]["fbp"][metric] - 0.02, rows[0]["fbp"][metric] + 0.02, color="k", alpha=0.08)
+            if rows:
+                ax.axvline(
+                    rows[0]["fbp"]["slices_per_volume"] / 4, color="k", lw=0.6, ls=":", label="1/4 of its slices"
+                )
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel("encoder slices per volume (run, not skipped)")
             ax.set_ylabel(("F1" if metric == "f1" else "Dice") + f" ({name} set)")
             ax.grid(alpha=0.3)
@@ -290,63 +296,131 @@ def pareto_png(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     plt.close(fig)
 
 
-def noise_png(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """Background noise and lesion contrast-to-noise of ``fbp`` against L (subsets) and against M (at L = 128).
+def fitted_exponent(xs: list[float], ys: list[float]) -> float:
+    """The slope of ``log y`` against ``log x`` (least squares)."""
+    import numpy as np
 
-    Next to them the white-noise prediction: the second difference divides by the slice
-    spacing squared and the backprojection averages L directions, so the noise goes as
-    ``M^2 / sqrt(L)`` at a fixed extent.
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def noise_lines(rows: list[dict[str, Any]], L: int = 128) -> tuple[dict[int, list], list]:
+    """The rows at the first row's slice size as lines: ``{M: rows by L}`` and the rows at ``L`` by M.
+
+    Where a real run and a subset share (L, M), the real run is kept.
+    """
+    size = rows[0]["slice_size"]
+    by_lm: dict[tuple[int, int], dict[str, Any]] = {}
+    for r in rows:
+        if r["slice_size"] == size and r["amp"] == rows[0]["amp"]:
+            if (r["L"], r["M"]) not in by_lm or not r.get("subset_of"):
+                by_lm[(r["L"], r["M"])] = r
+    along_l: dict[int, list] = {}
+    for (_, m), r in sorted(by_lm.items()):
+        along_l.setdefault(m, []).append(r)
+    along_m = [r for (l_, _), r in sorted(by_lm.items(), key=lambda kv: kv[0][1]) if l_ == L]
+    return along_l, along_m
+
+
+def noise_png(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Background noise and lesion contrast-to-noise of ``fbp`` against L (per M) and against M (at L = 128).
+
+    Dotted: the white-noise law (the second difference divides by the slice spacing
+    squared, the backprojection averages L directions: ``M^2 / sqrt(L)``,
+    ``tests/numeric/test_noise_law.py``); the legend gives each measured line's exponent.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
+    styles = {"usual": "-", "large": "--"}
     for name, rows in results.items():
-        ref = rows[0]
-        along_l = sorted(
-            (r for r in rows if r["M"] == ref["M"] and r["slice_size"] == ref["slice_size"]), key=lambda r: r["L"]
-        )
-        along_m = sorted(
-            (r for r in rows if r["L"] == 128 and r["slice_size"] == ref["slice_size"]), key=lambda r: r["M"]
-        )
-        for col, (line, key, law) in enumerate(((along_l, "L", -0.5), (along_m, "M", 2.0))):
+        along_l, along_m = noise_lines(rows)
+        for m, line in along_l.items():
             if len(line) < 2:
                 continue
-            xs = [r[key] for r in line]
-            noise = [r["fbp"]["noise"] for r in line]
-            (dots,) = axes[0][col].plot(xs, noise, "o-", label=f"{name}: fbp")
-            axes[0][col].plot(
+            xs, noise = [r["L"] for r in line], [r["fbp"]["noise"] for r in line]
+            (dots,) = axes[0][0].plot(
+                xs, noise, "o" + styles.get(name, "-"), label=f"{name}, M={m}: L^{fitted_exponent(xs, noise):.2f}"
+            )
+            if name == "usual":
+                axes[0][0].plot(xs, [noise[0] * (x / xs[0]) ** -0.5 for x in xs], ":", color=dots.get_color())
+            axes[1][0].plot(
                 xs,
-                [noise[-1] * (x / xs[-1]) ** law for x in xs],
+                [r["fbp"]["cnr"] for r in line],
+                "o" + styles.get(name, "-"),
+                color=dots.get_color(),
+                label=f"{name}, M={m}: fbp",
+            )
+            axes[1][0].plot(
+                xs,
+                [r["filled"]["cnr"] for r in line],
+                "D:",
+                color=dots.get_color(),
+                alpha=0.6,
+                label=f"{name}, M={m}: filled",
+            )
+        if len(along_m) >= 2:
+            xs, noise = [r["M"] for r in along_m], [r["fbp"]["noise"] for r in along_m]
+            (dots,) = axes[0][1].plot(
+                xs, noise, "o" + styles.get(name, "-"), label=f"{name}, fbp: M^{fitted_exponent(xs, noise):.2f}"
+            )
+            axes[0][1].plot(
+                xs,
+                [noise[0] * ((x - 1) / (xs[0] - 1)) ** 2 for x in xs],
                 ":",
                 color=dots.get_color(),
-                label=f"{name}: white noise, {key}^{law:g}",
+                label=f"{name}: white noise, (M-1)^2",
             )
-            for label, marker in MARKERS.items():
-                pts = [(r[key], r[label]["cnr"]) for r in line if label in r]
-                if pts:
-                    axes[1][col].plot(
-                        *zip(*pts, strict=True),
-                        marker=marker,
-                        ls="-" if label == "fbp" else ":",
-                        label=f"{name}: {label}",
-                        alpha=0.8,
-                    )
-    for col, key in enumerate(("L (directions; M = the reference's, subsets of its run)", "M (slices; L = 128)")):
-        for r, what in enumerate(("background noise (heatmap std outside lesions)", "lesion contrast-to-noise")):
-            ax = axes[r][col]
+            for label, marker in (("fbp", "o"), ("fbp tomo-gauss", "^"), ("filled", "D")):
+                axes[1][1].plot(
+                    xs,
+                    [r[label]["cnr"] for r in along_m],
+                    marker + styles.get(name, "-"),
+                    label=f"{name}: {label}",
+                    alpha=0.8,
+                )
+    titles = (
+        ("L (directions); subsets of each run's directions", "M (slices per direction), L = 128"),
+        ("background noise: heatmap std outside the lesions", "lesion contrast-to-noise ratio"),
+    )
+    for r in range(2):
+        for c in range(2):
+            ax = axes[r][c]
             ax.set_xscale("log", base=2)
             if r == 0:
                 ax.set_yscale("log")
-            ax.set_xlabel(key)
-            ax.set_ylabel(what)
+            ax.set_xlabel(titles[0][c])
+            ax.set_ylabel(titles[1][r])
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6)
-    fig.suptitle("Why more slices can be worse: FBP noise against L and M")
+    fig.suptitle("Why more slices can be worse: FBP noise against L and M (dotted: white-noise scores)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def condensed(results: dict[str, list[dict[str, Any]]]) -> str:
+    """One line per setting: F1 / Dice of each variant, fbp's noise and contrast-to-noise (Markdown)."""
+    labels = [label for label in MARKERS if any(label in r for rows in results.values() for r in rows)]
+    lines = [
+        "| set | L x M | encoder slices / volume | "
+        + " | ".join(f"{label} F1 / Dice" for label in labels)
+        + " | fbp noise | fbp CNR |",
+        "|---|---|---|" + "---|" * len(labels) + "---|---|",
+    ]
+    for name, rows in results.items():
+        for r in sorted(rows, key=lambda r: (r["slice_size"], r["M"], r["L"])):
+            cells = [f"{r[k]['f1']:.3f} / {r[k]['dice']:.3f}" if k in r else "" for k in labels]
+            sub = f" (of {r['subset_of']})" if r.get("subset_of") else ""
+            lines.append(
+                f"| {name} | {r['L']} x {r['M']}{sub}"
+                + (f" @ {r['slice_size']}" if r["slice_size"] != rows[0]["slice_size"] else "")
+                + f" | {r['fbp']['slices_per_volume']:.0f} | "
+                + " | ".join(cells)
+                + f" | {r['fbp']['noise']:.1f} | {r['fbp']['cnr']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -360,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--grid", nargs="+", metavar="L,M[,S]", help="settings instead of the built-in grid")
     p.add_argument("--amp", default="auto", help="comma-separated encoder precisions to compare (auto, bf16, ...)")
-    p.add_argument("--no-subsets", action="store_true", help="no subsets of the reference's directions")
+    p.add_argument("--no-subsets", action="store_true", help="no subsets of the settings' directions")
     a = p.parse_args(argv)
     FOLDS = a.folds
     out = Path(a.out)
@@ -372,10 +446,10 @@ def main(argv: list[str] | None = None) -> None:
             (*(int(v) for v in g.split(",")[:2]), int(g.split(",")[2]) if g.count(",") == 2 else None) for g in a.grid
         ]
     t_all = time.perf_counter()
-    for i, ((L, M, size), amp) in enumerate((g, amp) for g in grid for amp in a.amp.split(",")):
+    for (L, M, size), amp in ((g, amp) for g in grid for amp in a.amp.split(",")):
         for name, csv in sets.items():
             where = out / "heatmaps" / name / f"L{L}-M{M}-S{size or 'run'}-{amp}"
-            subsets = SUBSETS if i == 0 and not a.quick and not a.no_subsets else ()
+            subsets = () if a.quick or a.no_subsets else SUBSETS
             for row in run_setting(a.weights, csv, where, L, M, size, amp, subsets):
                 results[name].append(row)
                 got = ", ".join(f"{k} {row[k]['f1']:.3f}/{row[k]['dice']:.3f}" for k in MARKERS if k in row)
@@ -405,6 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     lines.append(f"\nwall time {time.perf_counter() - t_all:.0f} s")
     (out / "quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    (out / "condensed.md").write_text(condensed(results))
     pareto_png(results, out / "pareto.png")
     noise_png(results, out / "noise.png")
 

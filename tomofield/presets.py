@@ -10,10 +10,13 @@ volumes").
 
 Why fine slicing is not bought with directions: the second difference of ``tomo`` divides
 the slice scores by the slice spacing squared, and the backprojection averages over L
-directions, so the heatmap's noise grows as ``M^2 / sqrt(L)`` at a fixed extent
-(docs/benchmarks.md section 10, the noise figure). At a fixed number of encoder slices
-``L x M`` coarse stacks of many directions win until the slices stop resolving the
-lesions. The table keeps ``M`` as small as the grid allows.
+directions, so white-noise scores give a heatmap noise of ``(M - 1)^2 / sqrt(L)`` at a
+fixed extent (tests/numeric/test_noise_law.py). A trained encoder's scores are smoother
+from slice to slice, and their heatmap's noise grows about as ``M^1.1 / L^0.4``
+(docs/benchmarks.md section 10, the noise figure), still faster in M than the lesions'
+contrast. At a fixed number of encoder slices ``L x M`` coarse stacks of many directions
+win until the slices stop resolving the lesions, so the table keeps ``M`` as small as the
+grid allows.
 
 Example:
     A 40-voxel volume gets the measured quality-cost point, 128 x 32 slices of 64 px; a
@@ -94,14 +97,14 @@ class Preset:
                 for up, L, M, s in self.by_size
             ]
             return f"{self.summary} (longest side in voxels {'; '.join(rows)})"
-        fixed = ", ".join(f"{k} {v}" for k, v in self.settings.items()) or "the defaults"
-        return f"{self.summary} ({fixed})"
+        fixed = ", ".join(f"{k} {v}" for k, v in self.settings.items())
+        return f"{self.summary} ({fixed})" if fixed else self.summary
 
 
 #: ``Engine(preset=NAME)`` and ``tomofield run --preset NAME``.
 PRESETS: dict[str, Preset] = {
     "fast": Preset("fast", "sized to the volume, about a minute per volume on a CPU", by_size=FAST_BY_SIZE),
-    "default": Preset("default", "the engine's defaults"),
+    "default": Preset("default", "the engine's own defaults (--directions, --slices, --slice-size)"),
     "paper": Preset("paper", "the paper's counts", {"directions": 2000, "slices": 100}),
 }
 
