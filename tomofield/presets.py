@@ -19,11 +19,11 @@ win until the slices stop resolving the lesions, so the table keeps ``M`` as sma
 grid allows.
 
 Example:
-    A 40-voxel volume gets the measured quality-cost point, 128 x 32 slices of 64 px; a
+    A 40-voxel volume gets the measured quality-cost point, 128 x 16 slices of 64 px; a
     512 x 512 x 300 CT gets finer stacks of 224-pixel slices:
 
     >>> PRESETS["fast"].for_volume((19, 36, 34))
-    {'directions': 128, 'slices': 32, 'slice_size': 64}
+    {'directions': 128, 'slices': 16, 'slice_size': 64}
     >>> PRESETS["fast"].for_volume((300, 512, 512))
     {'directions': 48, 'slices': 48, 'slice_size': 224}
     >>> PRESETS["paper"].for_volume((300, 512, 512))
@@ -37,12 +37,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: ``fast`` by the volume's longest side in voxels: (up to this many voxels, L, M, slice size).
-#: The first row is the measured point (docs/benchmarks.md section 10); the others keep about
-#: 4,000 encoder slices (2,300 for the largest, whose 224-pixel slices cost about 20 times a
-#: 48-pixel one on a CPU) with M rising so that a slice stays a few voxels thick.
+#: The first row is measured (docs/benchmarks.md section 10: on 40-48 voxel grids 128 x 16
+#: slices, 1/30 of the reference's, reconstruct at least as well as 1024 x 64); the others are
+#: extrapolated from it: between 2,300 and 4,000 encoder slices (the largest row's 224-pixel
+#: slices cost about 20 times a 48-pixel one on a CPU), M rising with the grid so that a
+#: slice stays a few voxels thick.
 FAST_BY_SIZE: tuple[tuple[int, int, int, int], ...] = (
-    (64, 128, 32, 64),
-    (128, 96, 40, 128),
+    (64, 128, 16, 64),
+    (128, 96, 32, 128),
     (256, 80, 48, 192),
     (1 << 30, 48, 48, 224),
 )

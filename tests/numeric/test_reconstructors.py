@@ -111,15 +111,15 @@ def test_a_preset_chooses_directions_slices_and_reconstructor_and_explicit_setti
 
     fast = Engine(head="sum", preset="fast", device="cpu")
     small, ct = (19, 36, 34), (300, 512, 512)
-    assert [getattr(fast.config_for(small), k) for k in ("directions", "slices", "slice_size")] == [128, 32, 64]
+    assert [getattr(fast.config_for(small), k) for k in ("directions", "slices", "slice_size")] == [128, 16, 64]
     assert [getattr(fast.config_for(ct), k) for k in ("directions", "slices", "slice_size")] == [48, 48, 224]
     # every row of the table: bigger grids get M and slice size no smaller, about the same slices
     rows = [fast.config_for((n, 8, 8)) for n in (up for up, *_ in FAST_BY_SIZE[:-1])] + [fast.config_for(ct)]
     assert all(a.slices <= b.slices and a.slice_size <= b.slice_size for a, b in zip(rows, rows[1:], strict=False))
     assert all(2000 <= c.directions * c.slices <= 4096 for c in rows)
     # the slices the encoder sees are the chosen ones: L x (M + 2), for this grid
-    assert fast.count_slices(small) == 128 * (32 + 2)
-    assert fast.count_slices((65, 8, 8)) == 96 * (40 + 2)
+    assert fast.count_slices(small) == 128 * (16 + 2)
+    assert fast.count_slices((65, 8, 8)) == 96 * (32 + 2)
     assert fast.plan(ct, (1.0, 1.0, 1.0)).size == (224, 224)
     # explicit settings win, one by one; the others stay per volume
     mine = Engine(head="sum", preset="fast", directions=16, reconstructor="regularized", device="cpu")
@@ -148,7 +148,7 @@ def test_fast_sizes_itself_to_each_volume_and_the_heatmap_is_that_of_its_setting
     vol_small = ball_phantom((12, 14, 10), (1.0, 1.0, 1.0), [((0.0, 0.0, 0.0), 4.0, 1.0)])
     vol_big = ball_phantom((70, 20, 16), (1.0, 1.0, 1.0), [((0.0, 0.0, 0.0), 6.0, 1.0)])
     fast = Engine(head="sum", preset="fast", directions=6, device="cpu")
-    for vol, (L, M, size) in ((vol_small, (6, 32, 64)), (vol_big, (6, 40, 128))):
+    for vol, (L, M, size) in ((vol_small, (6, 16, 64)), (vol_big, (6, 32, 128))):
         want = Engine(head="sum", directions=L, slices=M, slice_size=size, device="cpu")
         torch.testing.assert_close(fast.reconstruct(vol), want.reconstruct(vol), rtol=0, atol=0)
 
