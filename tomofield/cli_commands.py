@@ -309,11 +309,14 @@ def run_volume(
     if world > 1:
         engine = engine.with_options(shard_directions=True)
     c, *shape = volume.data.shape
-    total = engine.count_slices(shape, volume.spacing)
+    plan = engine.plan(shape, volume.spacing)
+    total = plan.total_slices
+    per_stack = "/".join(str(m) for m in sorted({g.num_slices for g in plan.groups}))
+    chosen = f", preset {engine.preset.name}" if engine.preset is not None else ""
     err.print(
         f"{volume.paths[0].name}: {c} channel(s), grid {tuple(shape)}, spacing "
-        f"{tuple(round(s, 3) for s in volume.spacing)} mm; {total:,} "
-        f"slices of {engine.config_for(shape).slice_size}px on {engine.device}",
+        f"{tuple(round(s, 3) for s in volume.spacing)} mm; {total:,} slices (L {plan.n_dirs} x M "
+        f"{per_stack}{chosen}) of {plan.size[0]}px on {engine.device}",
         highlight=False,
     )
     t0 = time.perf_counter()
