@@ -91,8 +91,9 @@ def direction_subset(kept: list, stacks: Any, n: int, seed: int = 0) -> tuple[li
 
     A run with only those directions would have scored exactly these slices (each
     direction's stack is cut from the volume alone), so the subset is that run at the
-    encoder cost of ``n`` directions. A random subset of a Fibonacci set is less even than
-    a Fibonacci set of ``n``: if anything it understates a real run at ``n``.
+    encoder cost of ``n`` directions. It is another direction set than a Fibonacci set of
+    ``n``, and F1 on a few positives moves with the direction set (docs/benchmarks.md
+    section 10: up to 0.4 between a subset and the real run at the same L x M).
     """
     from dataclasses import replace
 
@@ -281,7 +282,6 @@ def pareto_png(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
             if rows:
                 ax.axhline(rows[0]["fbp"][metric], color="k", lw=0.6, ls="--", label="reference")
                 ax.axhspan(rows[0]["fbp"][metric] - 0.02, rows[0]["fbp"][metric] + 0.02, color="k", alpha=0.08)
-            if rows:
                 ax.axvline(
                     rows[0]["fbp"]["slices_per_volume"] / 4, color="k", lw=0.6, ls=":", label="1/4 of its slices"
                 )
@@ -325,7 +325,7 @@ def noise_png(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """Background noise and lesion contrast-to-noise of ``fbp`` against L (per M) and against M (at L = 128).
 
     Dotted: the white-noise law (the second difference divides by the slice spacing
-    squared, the backprojection averages L directions: ``M^2 / sqrt(L)``,
+    squared, the backprojection averages L directions: ``(M - 1)^2 / sqrt(L)``,
     ``tests/numeric/test_noise_law.py``); the legend gives each measured line's exponent.
     """
     import matplotlib

@@ -36,6 +36,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tomofield.errors import InputError
+
+#: the last row of a size table: every grid larger than the row before
+LARGER = 1 << 30
 #: ``fast`` by the volume's longest side in voxels: (up to this many voxels, L, M, slice size).
 #: The first row is measured (docs/benchmarks.md section 10: on 40-48 voxel grids 128 x 16
 #: slices, 1/30 of the reference's, reconstruct at least as well as 1024 x 64); the others are
@@ -46,7 +50,7 @@ FAST_BY_SIZE: tuple[tuple[int, int, int, int], ...] = (
     (64, 128, 16, 64),
     (128, 96, 32, 128),
     (256, 80, 48, 192),
-    (1 << 30, 48, 48, 224),
+    (LARGER, 48, 48, 224),
 )
 #: the settings a preset may choose
 CHOSEN = ("directions", "slices", "slice_size")
@@ -95,7 +99,7 @@ class Preset:
         """What it chooses, in words (for ``--help`` and errors)."""
         if self.per_volume:
             rows = [
-                f"{'up to ' + str(up) if up < 1 << 30 else 'larger'}: L {L} x M {M}, {s} px"
+                f"{'up to ' + str(up) if up < LARGER else 'larger'}: L {L} x M {M}, {s} px"
                 for up, L, M, s in self.by_size
             ]
             return f"{self.summary} (longest side in voxels {'; '.join(rows)})"
@@ -116,8 +120,6 @@ def resolve(preset: str | None) -> Preset | None:
     if preset is None:
         return None
     if preset not in PRESETS:
-        from tomofield.errors import InputError
-
         raise InputError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     return PRESETS[preset]
 
