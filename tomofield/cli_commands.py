@@ -57,6 +57,7 @@ from tomofield.synth import BACKGROUNDS, write_dataset
 from tomofield.synth import RECORD as SYNTH_RECORD
 from tomofield.train import DEFAULTS as TRAIN_DEFAULTS
 from tomofield.train import TASKS, TrainConfig, Trainer
+from tomofield.train.objective import OBJECTIVES, POOLS
 
 
 @click.command(cls=EngineCommand)
@@ -643,8 +644,21 @@ def print_table(results: dict[str, dict[str, Any]], caption: str = "") -> None:
     help="Lesions per positive: N, or LO,HI to draw from (e.g. 1 for a large-lesion set).  [default: 1,3; with "
     "--lesion-radius as many of 1-3 as fit]",
 )
+@click.option(
+    "--lesion-contrast",
+    default=None,
+    help="Lesion brightness as LO,HI: each lesion 1 + C times as bright as the tissue around it, C drawn in this "
+    "range (e.g. 0.35,0.7 for faint lesions).  [default: the built-in step, about 2-3 times as bright]",
+)
 @friendly
-def synth(out_dir: str, spacing: str | None, lesion_radius: str | None, lesions: str | None, **o: Any) -> None:
+def synth(
+    out_dir: str,
+    spacing: str | None,
+    lesion_radius: str | None,
+    lesions: str | None,
+    lesion_contrast: str | None,
+    **o: Any,
+) -> None:
     """Write a synthetic weakly supervised dataset (NIfTI images, masks, CSVs).
 
     synth.json beside the CSVs records the settings it was made with.
@@ -655,14 +669,19 @@ def synth(out_dir: str, spacing: str | None, lesion_radius: str | None, lesions:
             o["spacing"] = tuple(float(v) for v in spacing.split(","))
         except ValueError:
             raise InputError(f"--spacing {spacing!r} is not three numbers D,H,W (e.g. 2.5,1,1)") from None
-    if lesion_radius is not None:
-        parts = lesion_radius.split(",")
+    for flag, text, example in (
+        ("lesion_radius", lesion_radius, "8,10"),
+        ("lesion_contrast", lesion_contrast, "0.35,0.7"),
+    ):
+        if text is None:
+            continue
+        parts = text.split(",")
         try:
-            o["lesion_radius"] = tuple(float(v) for v in parts)
+            o[flag] = tuple(float(v) for v in parts)
         except ValueError:
             parts = []
         if len(parts) != 2:
-            raise InputError(f"--lesion-radius {lesion_radius!r} is not two numbers LO,HI (e.g. 8,10)")
+            raise InputError(f"--{flag.replace('_', '-')} {text!r} is not two numbers LO,HI (e.g. {example})")
     if lesions is not None:
         parts = lesions.split(",")
         try:
@@ -696,7 +715,7 @@ def _topt(flag: str, help: str, **kw: Any) -> Any:
 @_topt("--encoder", "Registered or timm encoder name (a teacher's, with --teacher).")
 @_topt(
     "--norm",
-    "Normalisation layers.  [default: group-norm from scratch, frozen-bn with --pretrained]",
+    "Normalisation layers.  [default: batch-norm from scratch, frozen-bn with --pretrained]",
     type=click.Choice(NORMS),
 )
 @_topt("--pretrained/--no-pretrained", "timm weights from the local cache.")
@@ -709,18 +728,41 @@ def _topt(flag: str, help: str, **kw: Any) -> Any:
     type=int,
 )
 @_topt("--batch-volumes", "Volumes per step (pairs of one positive and one negative).", type=int)
-@_topt(
-    "--lr", "Peak learning rate (cosine schedule).  [default: 1e-3 from scratch, 3e-4 with --pretrained]", type=float
-)
+@_topt("--lr", "Peak learning rate (cosine schedule).  [default: 3e-4]", type=float)
 @_topt("--warmup", "Steps of linear learning-rate warm-up.  [default: 5% of --iterations]", type=int)
 @_topt(
     "--intensity",
     "Intensity normalisation of every volume (recorded in the run; tomofield run applies the same): volume = "
-    "per channel, background to 0 and the foreground's median to 1; none = the values as stored.",
+    "per channel, background to 0 and the foreground's median to 1; zscore = per channel, mean 0 and standard "
+    "deviation 1; none = the values as stored.",
     type=click.Choice(INTENSITY_MODES),
 )
+@_topt(
+    "--objective",
+    "Classification loss: mil = one stack of parallel slices per volume, pooled to the volume's logit (a "
+    "positive needs one lesion slice, every slice of a negative is negative); slice = every slice takes its "
+    "volume's label (the paper's).",
+    type=click.Choice(OBJECTIVES),
+)
+@_topt("--pool", "mil: how a stack's slice logits pool to the volume's.", type=click.Choice(POOLS))
+@_topt(
+    "--scale-jitter",
+    "Augmentation: in-plane zoom, a share of the slice's side.  [default: 0 for classification, 0.3 for regression]",
+    type=float,
+)
+@_topt(
+    "--translation",
+    "Augmentation: in-plane shift, a share of the slice's side.  [default: 0 for classification, 0.3 for regression]",
+    type=float,
+)
+@_topt(
+    "--intensity-jitter",
+    "Augmentation: each slice's gain and offset, up to this much.  [default: 0 for classification, 0.3 for regression]",
+    type=float,
+)
+@_topt("--slice-weight", "mil: weight of the per-slice loss added to it.", type=float)
 @click.option("--val", "val_csv", type=click.Path(), help="Validation dataset CSV.")
-@_topt("--val-every", "Validate every this many steps.", type=int)
+@_topt("--val-every", "Validate every this many steps.  [default: an eighth of --iterations]", type=int)
 @_topt("--checkpoint-every", "Checkpoint every this many steps.", type=int)
 @_topt("--geometry", "Slicing geometry (a teacher's, with --teacher).", type=click.Choice(GEOMETRIES))
 @_topt("--extent", "Slice offsets (a teacher's, with --teacher).", type=click.Choice(EXTENTS))

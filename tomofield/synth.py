@@ -42,6 +42,9 @@ BACKGROUNDS = ("plain", "realistic")
 _REF = 48.0
 ORGAN_RADIUS = (7.0, 14.0)  # equivalent radius of the enhancing organ, reference voxels
 ORGAN_CONTRAST = (0.4, 0.9)  # above tissue; lesions are 0.4-0.9 above their surroundings
+#: What a realistic scan adds to the normalised image inside the body (:func:`as_scan`): its
+#: stored signal is about ``img + SIGNAL_FLOOR`` there.
+SIGNAL_FLOOR = 0.2
 
 
 def _soft(signed_dist: np.ndarray, width: float) -> np.ndarray:
@@ -414,7 +417,7 @@ def as_scan(
     sp = np.asarray(spacing, dtype=float)
     unit = (np.asarray(img.shape) * sp).min() / _REF
     tex = 0.05 * _smooth_noise(rng, img.shape, 1.5 * unit / sp) + 0.03 * _smooth_noise(rng, img.shape, 0.7 * unit / sp)
-    signal = np.clip(img + 0.2 * body + body * tex, 0.0, None)  # air 0, fat about 0.07, tissue about 0.4
+    signal = np.clip(img + SIGNAL_FLOOR * body + body * tex, 0.0, None)  # air 0, fat about 0.07, tissue about 0.4
     bias = np.exp(rng.uniform(0.15, 0.4) * _smooth_noise(rng, img.shape, 0.25 * np.asarray(img.shape)))
     sigma = rng.uniform(0.01, 0.03)
     noisy = np.hypot(signal * bias + rng.normal(0.0, sigma, img.shape), rng.normal(0.0, sigma, img.shape))
@@ -438,6 +441,7 @@ def make_case(
     n_lesions: int | tuple[int, int] | None = None,
     scan: tuple[float, float] | None = None,
     lesion_radius: tuple[float, float] | None = None,
+    lesion_contrast: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one synthetic case.
 
@@ -464,6 +468,12 @@ def make_case(
             (None): the built-in sizes, 3-8 reference voxels (1/48 of the shortest side),
             scaled down so that a case's lesions together hold at most a ball of 8 and
             shrunk where there is no room; unchanged draw for draw.
+        lesion_contrast: ``(lo, hi)``: each lesion is ``1 + c`` times as bright as the tissue
+            around it (its 90th percentile), ``c`` drawn uniformly in this range (0.35-0.7:
+            35-70 % brighter, a faint lesion; measured on the stored signal of a
+            ``scan``, on the image otherwise). Default (None): the built-in step of 0.4-0.9
+            normalised units above the surroundings (about 2-3 times as bright), unchanged
+            draw for draw.
 
     Returns:
         ``(image, mask)``: float32 image (roughly CT / 1000, background ~0; int16 in ``gain``
@@ -528,7 +538,11 @@ def make_case(
         mask[sl] |= m
         local = np.percentile(level[sl][ndi.binary_dilation(m, iterations=2)], 90)
         tex = np.clip(tex, -2.0, 2.0) * obj_rng.uniform(0.2, 0.35)
-        lesions.append((sl, soft, local + obj_rng.uniform(0.4, 0.9) * (1.0 + tex)))
+        if lesion_contrast is None:  # the built-in step above the surroundings (every earlier dataset's draws)
+            lesions.append((sl, soft, local + obj_rng.uniform(0.4, 0.9) * (1.0 + tex)))
+        else:  # a relative step: the lesion's signal (1 + c) times its surroundings' (a scan's adds SIGNAL_FLOOR)
+            c, floor = obj_rng.uniform(*(float(v) for v in lesion_contrast)), SIGNAL_FLOOR if scan else 0.0
+            lesions.append((sl, soft, local + c * (local + floor) * (1.0 + tex)))
     # One enhancing organ in every case, larger and smoother than lesions, away from them:
     # a bright blob alone does not make a positive. Lesions fill 1-5% of the body; this
     # organ, the other bright distractors and the per-volume random gain below keep global
@@ -642,6 +656,7 @@ LIMITS = {
     "spacing": (0.01, 100.0),
     "n_lesions": (1, 10),
     "lesion_radius": (1.0, None),  # voxels of the finest spacing: a lesion of one voxel's radius at least
+    "lesion_contrast": (0.05, 10.0),  # relative step above the surroundings: faint to very bright
 }
 
 
@@ -655,6 +670,7 @@ def check_settings(
     background: str = "plain",
     lesion_radius: Sequence[float] | None = None,
     n_lesions: int | Sequence[int] | None = None,
+    lesion_contrast: Sequence[float] | None = None,
 ) -> None:
     """Refuse settings :func:`write_dataset` cannot honour, naming the value and the valid range.
 
@@ -694,6 +710,17 @@ def check_settings(
             f"n_lesions={_tuple(n_lesions)} (valid: a count N or a range (LO, HI) of counts per positive, "
             f"{LIMITS['n_lesions'][0]} <= LO <= HI <= {LIMITS['n_lesions'][1]})"
         )
+    if lesion_contrast is not None:
+        k_lo, k_hi = LIMITS["lesion_contrast"]
+        try:
+            c = [float(v) for v in lesion_contrast]
+        except (TypeError, ValueError):
+            c = []
+        if len(c) != 2 or not all(np.isfinite(c)) or not k_lo <= c[0] <= c[1] <= k_hi:
+            problems.append(
+                f"lesion_contrast={_tuple(lesion_contrast)} (valid: (LO, HI) with {k_lo:g} <= LO <= HI <= {k_hi:g}; "
+                "0.5 is 50 % brighter than the surroundings)"
+            )
     if not problems:  # lesion sizes against a valid grid
         shape = _smallest_grid(size, sp, background)
         grid = f"{'x'.join(map(str, shape))} voxels of {'x'.join(f'{v:g}' for v in sp)} mm"
@@ -723,6 +750,7 @@ def write_dataset(
     background: str = "plain",
     lesion_radius: tuple[float, float] | None = None,
     n_lesions: int | tuple[int, int] | None = None,
+    lesion_contrast: tuple[float, float] | None = None,
 ) -> dict[str, Path]:
     """Write ``n`` cases (half positive) as NIfTI plus ``dataset/train/val`` CSVs and ``synth.json``.
 
@@ -743,6 +771,9 @@ def write_dataset(
             with the grid), the very datasets of earlier versions.
         n_lesions: lesions per positive, a count or an inclusive range (default 1 to 3; with
             ``lesion_radius``, 1 to as many as fit, at most 3).
+        lesion_contrast: ``(lo, hi)``: each lesion ``1 + c`` times as bright as the tissue
+            around it, ``c`` drawn in this range (:func:`make_case`; ``(0.35, 0.7)``: faint
+            lesions). Default: the built-in step, about 2-3 times as bright.
 
     The settings are recorded in ``synth.json`` beside the CSVs (the generator, its version
     and every argument but ``out_dir``), so that the dataset says how it was made.
@@ -769,6 +800,7 @@ def write_dataset(
         "background": background,
         "lesion_radius": lesion_radius,
         "n_lesions": n_lesions,
+        "lesion_contrast": lesion_contrast,
     }
     check_settings(**settings)
     if out.exists() and not out.is_dir():
@@ -777,7 +809,9 @@ def write_dataset(
         raise InputError(f"output directory {str(out)!r} is not empty; choose another")
     made = [p for p in (*reversed(out.parents), out) if not p.exists()]
     try:
-        paths = _write_cases(out, n, size, seed, spacing, val_fraction, background, lesion_radius, n_lesions)
+        paths = _write_cases(
+            out, n, size, seed, spacing, val_fraction, background, lesion_radius, n_lesions, lesion_contrast
+        )
         _write_record(out / RECORD, settings)
         return paths
     except BaseException as exc:
@@ -799,6 +833,7 @@ def _write_cases(
     background: str,
     lesion_radius: tuple[float, float] | None = None,
     n_lesions: int | tuple[int, int] | None = None,
+    lesion_contrast: tuple[float, float] | None = None,
 ) -> dict[str, Path]:
     """The work of :func:`write_dataset` in a checked ``out`` folder."""
     lesions = {}  # only what was given: the default call is the one earlier versions made
@@ -806,6 +841,8 @@ def _write_cases(
         lesions["lesion_radius"] = tuple(float(v) for v in lesion_radius)
     if n_lesions is not None:  # negatives draw them too (unrendered), as their positive twins
         lesions["n_lesions"] = tuple(int(v) for v in n_lesions) if isinstance(n_lesions, (tuple, list)) else n_lesions
+    if lesion_contrast is not None:
+        lesions["lesion_contrast"] = tuple(float(v) for v in lesion_contrast)
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % 2)
     scanner = np.random.default_rng([seed, n, 1])  # the dataset's unit and offset

@@ -83,7 +83,8 @@ def test_a_bare_weights_file_reconstructs_what_its_run_directory_does(tiny_datas
     from tomofield.io import load_volume
 
     run = tmp_path / "run"
-    Trainer(tiny_dataset, run, small(iterations=2, checkpoint_every=2, slice_size=24), device="cpu").fit()
+    cfg = small(iterations=2, checkpoint_every=2, slice_size=24, norm="group-norm")
+    Trainer(tiny_dataset, run, cfg, device="cpu").fit()
     bare = tmp_path / "elsewhere" / "weights.safetensors"
     bare.parent.mkdir()
     shutil.copy(run / "model.safetensors", bare)

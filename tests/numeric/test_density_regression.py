@@ -52,7 +52,9 @@ def test_unit_volume_is_the_maps_jacobian():
 @pytest.mark.parametrize("extent", ["tight", "unit"])
 def test_training_stack_is_a_quadrature_of_the_integral(extent):
     vol, truth = loaded(9.0)
-    cfg = TrainConfig(task="regression", slices_per_volume=48, slice_size=64, extent=extent, intensity_jitter=0.0)
+    cfg = TrainConfig(
+        task="regression", slices_per_volume=48, slice_size=64, extent=extent, intensity_jitter=0.0
+    ).resolved()
     gen = torch.Generator().manual_seed(0)
     estimates = []
     for _ in range(12):  # random normal, bases, zoom-out and shift each time

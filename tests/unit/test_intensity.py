@@ -67,5 +67,14 @@ def test_large_volumes_are_sampled_by_a_fixed_stride():
 
 
 def test_an_unknown_mode_names_the_valid_ones():
-    with pytest.raises(InputError, match=f"unknown intensity normalisation 'zscore'; valid: {', '.join(MODES)}"):
-        normalize(body(), "zscore")
+    with pytest.raises(InputError, match=f"unknown intensity normalisation 'minmax'; valid: {', '.join(MODES)}"):
+        normalize(body(), "minmax")
+
+
+def test_zscore_gives_each_channel_mean_0_and_standard_deviation_1_whatever_the_unit():
+    x = torch.stack([body()[0], 3 * body()[0] ** 2])
+    y = normalize(x, "zscore")
+    assert torch.allclose(y.mean(dim=(1, 2, 3)), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(y.std(dim=(1, 2, 3)), torch.ones(2), atol=1e-5)
+    assert torch.allclose(normalize(250 * x - 1024, "zscore"), y, atol=1e-4)
+    assert torch.equal(normalize(torch.full((1, 4, 4, 4), 7.0), "zscore"), torch.zeros(1, 4, 4, 4))  # constant

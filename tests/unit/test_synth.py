@@ -451,3 +451,33 @@ def test_synth_cli_takes_lesion_sizes_and_counts(tmp_path):
         res = CliRunner().invoke(cli, ["synth", str(tmp_path / "no"), "--n", "4", *args])
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
         assert not (tmp_path / "no").exists()
+
+
+def _contrast(image: np.ndarray, mask: np.ndarray, floor: float = 0.0) -> list[float]:
+    """Each lesion's median over the median of the tissue around it (shell 2-3 voxels out), on ``image + floor``."""
+    lab, n = ndi.label(mask)
+    out = []
+    for k in range(1, n + 1):
+        m = lab == k
+        shell = ndi.binary_dilation(m, iterations=3) & ~ndi.binary_dilation(m, iterations=1)
+        out.append(float(np.median(image[m] + floor) / np.median(image[shell] + floor)))
+    return out
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(0.35, 0.7), (1.5, 2.0)])
+def test_lesion_contrast_makes_lesions_that_much_brighter_than_their_surroundings(lo, hi):
+    ratios = []
+    for seed in range(4):
+        image, mask = _case(seed, True, size=40, lesion_radius=(3, 4), lesion_contrast=(lo, hi))
+        ratios += _contrast(image, mask)  # plain background: the image is the signal
+    # the lesion's texture and partial-volume edge spread the median about the drawn step
+    assert 1 + 0.6 * lo < np.median(ratios) < 1 + 1.2 * hi, ratios
+    twin, _ = _case(0, False, size=40, lesion_radius=(3, 4), lesion_contrast=(lo, hi))
+    default_twin, _ = _case(0, False, size=40, lesion_radius=(3, 4))
+    assert np.array_equal(twin, default_twin)  # the anatomy does not depend on the contrast
+
+
+def test_lesion_contrast_out_of_range_is_refused_with_the_range(tmp_path):
+    with pytest.raises(InputError, match=r"lesion_contrast=\(0.7, 0.35\) \(valid: \(LO, HI\) with 0.05 <= LO <= HI"):
+        write_dataset(tmp_path / "ds", n=4, size=32, lesion_contrast=(0.7, 0.35))
+    assert not (tmp_path / "ds").exists()

@@ -28,13 +28,13 @@ from tomofield.train import (
 #: slice size of the data is tested below).
 TODAY = dict(
     encoder="resnet10t",
-    norm="group-norm",
+    norm="batch-norm",
     pretrained=False,
     iterations=1200,
     slices_per_volume=32,
     slice_size=224,
     batch_volumes=2,
-    lr=1e-3,
+    lr=3e-4,
     lr_end=1e-7,
     warmup=60,
     intensity="volume",
@@ -43,12 +43,19 @@ TODAY = dict(
     extent="unit",
     task="classification",
     loss="bce",
-    scale_jitter=0.3,
-    translation=0.3,
-    intensity_jitter=0.3,
-    val_every=100,
+    objective="mil",
+    pool="lse",
+    pool_temperature=1.0,
+    pool_k=4,
+    slice_weight=0.0,
+    negative_share=0.0,
+    stack_range="box",
+    scale_jitter=0.0,
+    translation=0.0,
+    intensity_jitter=0.0,
+    val_every=150,
     val_directions=8,
-    val_slices=16,
+    val_slices=None,
     checkpoint_every=100,
     teacher=None,
     teacher_quantile=0.95,
@@ -95,7 +102,7 @@ def test_pretrained_encoders_keep_their_batch_norm_and_the_slice_size_follows_th
     paper = TrainConfig(pretrained=True).resolved([(66, 78, 63)])
     assert (paper.norm, paper.lr, paper.slice_size, paper.intensity) == ("frozen-bn", 3e-4, 80, "volume")
     scratch = TrainConfig(iterations=400).resolved([(66, 78, 63), (40, 40, 40)])
-    assert (scratch.norm, scratch.lr, scratch.slice_size, scratch.warmup) == ("group-norm", 1e-3, 80, 20)
+    assert (scratch.norm, scratch.lr, scratch.slice_size, scratch.warmup) == ("batch-norm", 3e-4, 80, 20)
     given = TrainConfig(lr=3e-4, norm="batch-norm", slice_size=64, warmup=0).resolved([(66, 78, 63)])
     assert (given.lr, given.norm, given.slice_size, given.warmup) == (3e-4, "batch-norm", 64, 0)
 
@@ -148,7 +155,7 @@ def test_trainer_inherits_the_teachers_settings(datasets, teacher, tmp_path):
     assert (wins.cfg.slice_size, wins.cfg.extent) == (24, "tight")
     plain = Trainer(datasets[1], tmp_path / "p", TrainConfig(task="regression"), device="cpu")
     # from scratch on 20^3 volumes: group norm and the smallest slice size chosen from data
-    assert {k: getattr(plain.cfg, k) for k in TRAINING_INHERITED} == DEFAULTS | {"norm": "group-norm", "slice_size": 32}
+    assert {k: getattr(plain.cfg, k) for k in TRAINING_INHERITED} == DEFAULTS | {"norm": "batch-norm", "slice_size": 32}
 
 
 def test_student_run_records_concrete_settings_and_resumes(datasets, teacher, tmp_path):
@@ -182,11 +189,38 @@ def test_student_run_records_concrete_settings_and_resumes(datasets, teacher, tm
         ("geometry", "spherical", "physical, normalized"),
         ("extent", "loose", "unit, tight"),
         ("norm", "layer-norm", "frozen-bn, batch-norm, group-norm"),
+        ("objective", "volume", "mil, slice"),
+        ("pool", "mean", "lse, max, top-k"),
+        ("stack_range", "body", "box, support"),
     ],
 )
 def test_choices_are_validated_with_the_valid_values(name, value, valid):
     with pytest.raises(InputError, match=f"unknown {name} '{value}'; valid: {valid}"):
         TrainConfig(**{name: value}).validate()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "valid"),
+    [
+        ("scale_jitter", 1.0, r"in \[0, 1\)"),
+        ("translation", -0.1, r"in \[0, 1\)"),
+        ("intensity_jitter", float("nan"), r"in \[0, 1\)"),
+        ("negative_share", 1.5, r"in \[0, 1\)"),
+        ("slice_weight", -1.0, ">= 0"),
+        ("pool_temperature", 0.0, "> 0"),
+        ("pool_k", 0, ">= 1"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_with_the_range(name, value, valid):
+    with pytest.raises(InputError, match=f"{name.replace('_', '-')} must be .*{valid}, got {value!r}"):
+        TrainConfig(**{name: value}).validate()
+
+
+def test_the_augmentation_follows_the_task_unless_given():
+    assert TrainConfig().resolved().scale_jitter == 0.0
+    regression = TrainConfig(task="regression").resolved()
+    assert (regression.scale_jitter, regression.translation, regression.intensity_jitter) == (0.3, 0.3, 0.3)
+    assert TrainConfig(translation=0.2).resolved().translation == 0.2
 
 
 def test_an_invalid_setting_from_the_teacher_is_refused(datasets, tmp_path):

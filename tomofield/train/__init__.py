@@ -1,10 +1,15 @@
 """Weakly supervised training of the slice encoder (``docs/design.md``; the ToNNO paper, A.4).
 
-Every slice inherits its volume's label. A step draws ``B`` volumes (pairs of one
-positive and one negative), one uniform random normal per volume and ``M`` slices at
-random offsets, with random in-plane bases of random lengths (anisotropic scale),
-in-plane translation and an affine intensity change; binary cross-entropy (or MSE /
-Huber for regression), Adam, a cosine learning-rate schedule updated every step.
+A classification step draws ``B`` volumes (pairs of one positive and one negative) and, by
+default (``objective="mil"``, :mod:`~tomofield.train.objective`), cuts each into one stack
+of ``M`` parallel slices along a uniform random normal (stratified offsets, random in-plane
+bases): a stack's slice logits pool to the volume's logit, so a positive needs one slice
+that cuts a lesion and every slice of a negative is a negative. The paper's objective
+(``objective="slice"``) gives every slice its volume's label instead, at random offsets
+with random in-plane bases of random lengths (anisotropic scale), in-plane translation and
+an affine intensity change. Binary cross-entropy (or MSE / Huber for regression), Adam, a
+cosine learning-rate schedule updated every step; :mod:`~tomofield.train.monitor` judges
+whether the run learns by what separates the classes.
 
 Regression with a ``teacher`` (a classification run on the same kind of data) trains an
 encoder whose slice score is a *density*: the mean over the slice of target units per
@@ -20,6 +25,7 @@ student's encoder, norm, slice size, geometry and extent default to the teacher'
 (:meth:`TrainConfig.resolved`).
 
 Modules: :mod:`~tomofield.train.config` (arguments and their defaults),
+:mod:`~tomofield.train.objective` (the multiple-instance loss),
 :mod:`~tomofield.train.slicing` (data and augmentation), :mod:`~tomofield.train.teacher`,
 :mod:`~tomofield.train.validation` (volume-level metrics), :mod:`~tomofield.train.trainer`
 (the loop, checkpoints, resume).

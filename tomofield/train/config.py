@@ -5,20 +5,24 @@ loss, the learning rate and the warm-up default to ``None``, "not given";
 :meth:`TrainConfig.resolved` fills them from the teacher's run directory when there is one,
 else from the library's own defaults. Explicit values always win.
 
-The defaults depend on where the encoder starts (``pretrained``), because what trains a
-pretrained network gently leaves a random one at chance:
+The defaults depend on where the encoder starts (``pretrained``):
 
 ============  ========================================  ====================================
 setting       from scratch (the default)                pretrained
 ============  ========================================  ====================================
-norm          ``group-norm``: normalises from step one  ``frozen-bn``: ImageNet statistics
-lr            ``1e-3``                                  ``3e-4``
+norm          ``batch-norm``                            ``frozen-bn``: ImageNet statistics
+lr            ``3e-4``                                  ``3e-4``
 ============  ========================================  ====================================
 
-(frozen batch norm on a random network is no normalisation at all; the paper's 5e-5 with
-224-pixel slices, ``--recipe mosmed``, is a GPU recipe: docs/benchmarks.md §6 and §9 have the
-measurements). The slice size is the volumes' largest side, rounded up to a multiple of 16,
-in 32..224 (:func:`slice_size_for`): more pixels than voxels only cost time. Both ramp the learning
+(frozen batch norm on a random network is no normalisation at all; group norm from scratch
+stayed at chance on small lesions where batch norm learned; the paper's 5e-5 with 224-pixel
+slices, ``--recipe mosmed``, is a GPU recipe: docs/benchmarks.md §6, §9 and §11 have the
+measurements). A classifier trains with the multiple-instance objective (``objective="mil"``,
+:mod:`tomofield.train.objective`: one stack of parallel slices per volume, pooled) and no
+augmentation beyond the random orientation, offsets and in-plane bases of its slices
+(:data:`AUGMENTATION`); ``objective="slice"`` is the paper's per-slice loss. The slice size
+is the volumes' largest side, rounded up to a multiple of 16, in 32..224
+(:func:`slice_size_for`): more pixels than voxels only cost time. Runs ramp the learning
 rate up linearly over the first ``warmup`` steps (default 5 % of the run) before the cosine
 decay, and normalise every volume's intensities (``intensity="volume"``,
 :mod:`tomofield.intensity`); the run records the choice and every engine built on it
@@ -37,6 +41,7 @@ from tomofield.errors import InputError
 from tomofield.geometry import EXTENTS, GEOMETRIES
 from tomofield.intensity import MODES as INTENSITY_MODES
 from tomofield.protocols import SEED_MAX
+from tomofield.train.objective import OBJECTIVES, POOLS, STACK_RANGES
 
 #: The losses each task accepts; the first is the task's default.
 TASKS = {"classification": ("bce",), "regression": ("mse", "huber")}
@@ -51,9 +56,18 @@ DEFAULTS: dict[str, Any] = {
     "intensity": "volume",
 }
 #: Defaults of an encoder trained from scratch.
-SCRATCH: dict[str, Any] = {"norm": "group-norm", "lr": 1e-3}
+SCRATCH: dict[str, Any] = {"norm": "batch-norm", "lr": 3e-4}
 #: Defaults of a pretrained encoder (frozen batch norm as in the paper; lr measured in docs/benchmarks.md §6).
 PRETRAINED: dict[str, Any] = {"norm": "frozen-bn", "lr": 3e-4}
+#: The default augmentation strength of each task (``scale_jitter``, ``translation`` and
+#: ``intensity_jitter`` alike): a classifier of small lesions learns only without it
+#: (docs/benchmarks.md §11); the density student keeps the strength it was measured with.
+AUGMENTATION = {"classification": 0.0, "regression": 0.3}
+#: The settings :data:`AUGMENTATION` fills.
+AUGMENTATIONS = ("scale_jitter", "translation", "intensity_jitter")
+#: Validations in a run when ``val_every`` is not given (each scores every validation volume
+#: and up to 16 training volumes on 8 stacks).
+VALIDATIONS = 8
 #: The default warm-up, as a share of the iterations.
 WARMUP_SHARE = 0.05
 #: The range of a slice size chosen from the data.
@@ -63,7 +77,15 @@ LEGACY_INTENSITY = "none"
 #: The default loss of each task.
 DEFAULT_LOSS = {task: losses[0] for task, losses in TASKS.items()}
 #: Settings that take one of a fixed set of values.
-CHOICES = {"geometry": GEOMETRIES, "extent": EXTENTS, "norm": NORMS, "intensity": INTENSITY_MODES}
+CHOICES = {
+    "geometry": GEOMETRIES,
+    "extent": EXTENTS,
+    "norm": NORMS,
+    "intensity": INTENSITY_MODES,
+    "objective": OBJECTIVES,
+    "pool": POOLS,
+    "stack_range": STACK_RANGES,
+}
 #: Lower bounds of the integer settings.
 MINIMA = {
     "iterations": 1,
@@ -75,6 +97,15 @@ MINIMA = {
     "val_directions": 1,
     "val_slices": 2,
     "warmup": 0,
+    "pool_k": 1,
+}
+#: Ranges ``[lo, hi)`` of the real-valued settings (``hi`` None: no upper bound).
+RANGES = {
+    "scale_jitter": (0.0, 1.0),
+    "translation": (0.0, 1.0),
+    "intensity_jitter": (0.0, 1.0),
+    "slice_weight": (0.0, None),
+    "negative_share": (0.0, 1.0),
 }
 
 
@@ -127,12 +158,31 @@ class TrainConfig:
     extent: str | None = None
     task: str = "classification"
     loss: str | None = None
-    scale_jitter: float = 0.3
-    translation: float = 0.3
-    intensity_jitter: float = 0.3
-    val_every: int = 100
+    #: classification: ``mil`` (a stack per volume, pooled; :mod:`tomofield.train.objective`) or ``slice`` (the paper's)
+    objective: str = "mil"
+    #: ``mil``: how a stack's slice logits pool to the volume's (``lse``, ``max``, ``top-k``)
+    pool: str = "lse"
+    #: ``mil``: temperature of ``lse`` pooling
+    pool_temperature: float = 1.0
+    #: ``mil``: the ``k`` of ``top-k`` pooling
+    pool_k: int = 4
+    #: ``mil``: weight of the paper's per-slice loss added to the multiple-instance one
+    slice_weight: float = 0.0
+    #: ``mil``: the share of a positive's stack, its lowest-scoring slices, taken as negatives
+    negative_share: float = 0.0
+    #: ``mil``: a stack's offsets span the volume's foreground (``support``) or its whole extent (``box``)
+    stack_range: str = "box"
+    #: in-plane zoom, a share of the slice's side (None: the task's :data:`AUGMENTATION`)
+    scale_jitter: float | None = None
+    #: in-plane shift, a share of the slice's side (None: the task's :data:`AUGMENTATION`)
+    translation: float | None = None
+    #: each slice's gain and offset, up to this much (None: the task's :data:`AUGMENTATION`)
+    intensity_jitter: float | None = None
+    #: validate every this many steps (None: :data:`VALIDATIONS` times a run)
+    val_every: int | None = None
     val_directions: int = 8
-    val_slices: int = 16
+    #: slices per validation stack (None: from each volume's grid, :func:`~tomofield.train.validation.val_slices_for`)
+    val_slices: int | None = None
     checkpoint_every: int = 100
     #: regression only: run directory of a classification encoder that places each target (package doc).
     teacher: str | None = None
@@ -160,7 +210,10 @@ class TrainConfig:
         loss = self.loss if self.loss is not None else DEFAULT_LOSS.get(self.task)
         lr = self.lr if self.lr is not None else start["lr"]
         warmup = self.warmup if self.warmup is not None else round(WARMUP_SHARE * self.iterations)
-        return replace(self, **filled, loss=loss, lr=lr, warmup=warmup)
+        strength = AUGMENTATION.get(self.task, 0.0)
+        augment = {k: getattr(self, k) if getattr(self, k) is not None else strength for k in AUGMENTATIONS}
+        val_every = self.val_every if self.val_every is not None else max(1, self.iterations // VALIDATIONS)
+        return replace(self, **filled, loss=loss, lr=lr, warmup=warmup, val_every=val_every, **augment)
 
     def validate(self) -> None:
         """Raise :class:`InputError` on an invalid argument; settings still ``None`` are not checked."""
@@ -178,6 +231,15 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < lo:
                 raise InputError(f"{name.replace('_', '-')} must be >= {lo}, got {value}")
+        for name, (lo, hi) in RANGES.items():
+            value = getattr(self, name)
+            if value is None and name in AUGMENTATIONS:
+                continue
+            if not (isinstance(value, (int, float)) and lo <= value and (hi is None or value < hi)):
+                where = f"in [{lo:g}, {hi:g})" if hi is not None else f">= {lo:g}"
+                raise InputError(f"{name.replace('_', '-')} must be a number {where}, got {value!r}")
+        if not (isinstance(self.pool_temperature, (int, float)) and self.pool_temperature > 0):
+            raise InputError(f"pool-temperature must be a number > 0, got {self.pool_temperature!r}")
         if self.task == "classification" and self.batch_volumes % 2:
             raise InputError(
                 f"batch-volumes must be even (pairs of one positive and one negative), got {self.batch_volumes}"

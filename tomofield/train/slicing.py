@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 Frame = tuple[Tensor, Tensor, Tensor]
 
 
+#: Points of a volume's foreground kept to find a stack's range (a fixed stride through it).
+SUPPORT_POINTS = 4096
+
+
 @dataclass
 class Loaded:
     """A volume cached on the device with its half-extents and target."""
@@ -33,6 +37,30 @@ class Loaded:
     label: float
     case: Case
     mm3: float = 1.0  # cubic millimetres per unit cube of the geometry (geometry.unit_volume_mm3)
+    #: up to SUPPORT_POINTS foreground voxel centres in the box's coordinates (K, 3), float64 on the CPU
+    support: Tensor | None = None
+
+
+def foreground_points(data: Tensor, e: Tensor) -> Tensor:
+    """Where a (C, D, H, W) volume has structure: its foreground voxels' centres in the box ``[-e, e]``, (K, 3).
+
+    A voxel is foreground where any channel lies above its 1st percentile by a tenth of the
+    way to its 99th (the rule of :mod:`tomofield.intensity`: air and the scanner's floor
+    are not). At most :data:`SUPPORT_POINTS`, a fixed stride through them; the whole box's
+    corners when nothing stands out.
+    """
+    flat = data.detach().reshape(data.shape[0], -1).float()
+    stride = max(1, -(-flat.shape[1] // (1 << 21)))
+    q = torch.quantile(flat[:, ::stride], torch.tensor([0.01, 0.99], device=flat.device), dim=1)
+    fg = (flat > (q[0] + 0.1 * (q[1] - q[0]))[:, None]).any(0)
+    idx = torch.nonzero(fg).flatten().cpu()
+    shape = torch.tensor(data.shape[1:])
+    if idx.numel() == 0:
+        corners = torch.tensor([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], dtype=torch.float64)
+        return corners * e.cpu().double()
+    idx = idx[:: max(1, -(-idx.numel() // SUPPORT_POINTS))]
+    ijk = torch.stack([idx // (shape[1] * shape[2]), (idx // shape[2]) % shape[1], idx % shape[2]], -1)
+    return (ijk.double() / (shape - 1).clamp_min(1).double() * 2 - 1) * e.cpu().double()
 
 
 def spatial_shapes(cases: list[Case]) -> list[tuple[int, ...]]:
@@ -56,7 +84,8 @@ def load_cases(cases: list[Case], geometry: str, device: torch.device, intensity
         vol = load_volume(list(c.images))
         e = half_extents(vol.data.shape[1:], vol.spacing, geometry).to(device, torch.float32)
         mm3 = unit_volume_mm3(vol.data.shape[1:], vol.spacing, geometry)
-        out.append(Loaded(normalize(vol.data.to(device), intensity), e, c.label, c, mm3))
+        data = vol.data.to(device)
+        out.append(Loaded(normalize(data, intensity), e, c.label, c, mm3, foreground_points(data, e)))
     chans = {v.data.shape[0] for v in out}
     if len(chans) > 1:
         raise InputError(f"volumes have different channel counts {sorted(chans)}; every volume needs the same")
@@ -111,26 +140,35 @@ def augmented_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> Ten
     return cut_jittered(vol, cfg, gen, (n, u, v), offsets, a_half, b_half, shift)
 
 
-def stack_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+def stack_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator, support: bool = False) -> tuple[Tensor, Tensor]:
     """One full stack of ``M`` parallel slices (M, C, S, S) and each slice's weight in mL (M,).
 
-    Offsets are stratified over the stack (one per ``2 s_half / M`` bin, random within
-    it) along one random normal; the in-plane frame only zooms out (up to ``1 +
-    scale_jitter``) and shifts within the margin that opens, so every slice still covers
-    the whole cross-section and ``sum_k w_k mean(slice_k)`` is a quadrature of the volume's
-    integral (in mL when the volume is a density per mL).
+    Offsets are stratified over the stack (one per bin of its range, random within it)
+    along one random normal: the range is the stack's whole extent ``[-s_half, s_half]``,
+    or with ``support`` the span of the volume's foreground along the normal
+    (:attr:`Loaded.support`) widened by a bin on each side, within that extent, so that
+    every slice but the outermost cuts the body and the slices lie denser there. The
+    in-plane frame only zooms out (up to ``1 + scale_jitter``) and shifts within the margin
+    that opens, so every slice still covers the whole cross-section and ``sum_k w_k
+    mean(slice_k)`` is a quadrature of the volume's integral (in mL when the volume is a
+    density per mL; over the whole extent only).
     """
     M = cfg.slices_per_volume
     U = lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1  # noqa: E731
     n, u, v = random_frame(M, gen)
     s_half, a_half, b_half = stack_extents(vol.e.cpu().double(), n, u, v, cfg.extent)
-    offsets = (-1 + (2 * torch.arange(M, dtype=torch.float64) + 1 + U(M)) / M) * s_half
+    lo, hi = -s_half, s_half
+    if support and vol.support is not None:
+        s = vol.support @ n[0]
+        pad = (s.max() - s.min()) / max(M - 2, 1)
+        lo, hi = torch.maximum(s.min() - pad, -s_half), torch.minimum(s.max() + pad, s_half)
+    offsets = lo + (torch.arange(M, dtype=torch.float64) + (1 + U(M)) / 2) * (hi - lo) / M
     za, zb = 1 + cfg.scale_jitter * U(M).abs(), 1 + cfg.scale_jitter * U(M).abs()
     shift = (cfg.translation * U(M, 1) * ((za - 1) * a_half)[:, None]) * u + (
         cfg.translation * U(M, 1) * ((zb - 1) * b_half)[:, None]
     ) * v
     a_half, b_half = a_half * za, b_half * zb
-    weight = slice_area(a_half, b_half, (cfg.slice_size,) * 2) * (2 * s_half / M) * vol.mm3 / 1000
+    weight = slice_area(a_half, b_half, (cfg.slice_size,) * 2) * ((hi - lo) / M) * vol.mm3 / 1000
     x = cut_jittered(vol, cfg, gen, (n, u, v), offsets, a_half, b_half, shift)
     return x, weight.to(x.device, torch.float32)
 

@@ -22,6 +22,7 @@ from tomofield.engine import resolve_device
 from tomofield.errors import InputError, NotLearningWarning
 from tomofield.train.config import TrainConfig
 from tomofield.train.monitor import Monitor
+from tomofield.train.objective import chance_loss, mil_loss, pool
 from tomofield.train.slicing import (
     Loaded,
     augmented_slices,
@@ -34,6 +35,8 @@ from tomofield.train.teacher import Teacher, spread_targets
 from tomofield.train.validation import classification_metrics, regression_metrics, volume_scores
 
 Progress = Callable[[dict[str, Any]], None]
+#: Training volumes of each class scored at a validation for its decision threshold.
+THRESHOLD_VOLUMES = 8
 LOSSES = {"bce": F.binary_cross_entropy_with_logits, "mse": F.mse_loss, "huber": F.huber_loss}
 
 
@@ -84,8 +87,15 @@ class Trainer:
         config.validate()
         self.cfg, self.run_dir, self.device = config, Path(run_dir), resolve_device(device)
         #: watches the run for signs of not learning (recorded as the run's diagnostics)
-        self.monitor = Monitor.for_loss(config.task, config.loss, config.iterations, config.lr)
         self.val_cases = read_dataset(self.val_csv, config.task) if self.val_csv else []
+        chance = (
+            chance_loss(config.objective, config.slice_weight, config.negative_share)
+            if config.task == "classification"
+            else None
+        )
+        self.monitor = Monitor.for_loss(
+            config.task, config.loss, config.iterations, config.lr, chance=chance, validated=bool(self.val_cases)
+        )
         if config.task == "classification" and {c.label for c in self.cases} != {0.0, 1.0}:
             raise InputError(f"{self.train_csv}: training needs both positive (1) and negative (0) volumes")
         self.hash = dataset_hash(self.train_csv, self.cases)
@@ -214,9 +224,11 @@ class Trainer:
         """Volume-level metrics: the max over a fixed set of slices is the volume's score.
 
         The decision threshold is the one that maximises balanced accuracy on the
-        training volumes (slice logits of weakly labelled data are not calibrated at 0),
-        applied unchanged to the validation volumes.
+        training volumes (slice logits of weakly labelled data are not calibrated at 0;
+        at most :data:`THRESHOLD_VOLUMES` of each class), applied unchanged to the
+        validation volumes.
         """
+        train = [v for c in (1.0, 0.0) for v in [v for v in train if v.label == c][:THRESHOLD_VOLUMES]]
         model.eval()
         try:
             scores = volume_scores(Scaled(model, self.scale) if self.cfg.teacher else model, vols, self.cfg)
@@ -244,14 +256,39 @@ class Trainer:
 
     def _loss(
         self, net: nn.Module, vols: list[Loaded], teacher: Teacher | None, gen: torch.Generator
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One step's slices, loss and outputs: every slice takes its volume's label, or with a teacher its density."""
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """One step's slices, loss, outputs and each volume's score (its slices pooled; None for regression).
+
+        Classification: ``mil`` cuts one stack per volume and pools it (:mod:`tomofield.train.objective`),
+        ``slice`` gives every slice its volume's label; with a teacher, each slice its density.
+        """
         cfg, loss_fn = self.cfg, LOSSES[self.cfg.loss]
+        M = cfg.slices_per_volume
         if teacher is None:
-            x = torch.cat([augmented_slices(v, cfg, gen) for v in vols])
-            y = torch.tensor([v.label for v in vols], device=self.device).repeat_interleave(cfg.slices_per_volume)
+            mil = cfg.task == "classification" and cfg.objective == "mil"
+            support = cfg.stack_range == "support"
+            cut = (
+                (lambda v: stack_slices(v, cfg, gen, support)[0]) if mil else (lambda v: augmented_slices(v, cfg, gen))
+            )
+            x = torch.cat([cut(v) for v in vols])
             out = net(x)[:, 0]
-            return x, loss_fn(out, y), out
+            labels = torch.tensor([v.label for v in vols], device=self.device)
+            if cfg.task != "classification":
+                return x, loss_fn(out, labels.repeat_interleave(M)), out, None
+            z = out.reshape(len(vols), M)
+            if mil:
+                loss = mil_loss(
+                    z,
+                    labels,
+                    cfg.pool,
+                    temperature=cfg.pool_temperature,
+                    k=cfg.pool_k,
+                    slice_weight=cfg.slice_weight,
+                    negative_share=cfg.negative_share,
+                )
+            else:
+                loss = loss_fn(out, labels.repeat_interleave(M))
+            return x, loss, out, pool(z.detach(), cfg.pool, temperature=cfg.pool_temperature, k=cfg.pool_k)
         # density regression: the teacher spreads each target over a full stack
         xs, ws = zip(*[stack_slices(v, cfg, gen) for v in vols], strict=True)
         x, w = torch.cat(xs), torch.stack(ws)
@@ -259,7 +296,7 @@ class Trainer:
         density, usable = spread_targets(teacher.excess(x).reshape(len(vols), -1), w, targets)
         out = net(x)[:, 0]
         per_slice = loss_fn(out.reshape(len(vols), -1), density / self.scale, reduction="none")
-        return x, (per_slice * usable[:, None]).sum() / (usable.sum() * cfg.slices_per_volume).clamp_min(1), out
+        return x, (per_slice * usable[:, None]).sum() / (usable.sum() * M).clamp_min(1), out, None
 
     def fit(self, progress: Progress | None = None) -> dict[str, Any]:
         """Train to ``iterations`` steps (continuing a checkpoint with ``resume``)."""
@@ -290,7 +327,8 @@ class Trainer:
         while step < cfg.iterations:
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, cfg.iterations, cfg.lr, cfg.lr_end, cfg.warmup)
-            x, loss, outputs = self._loss(net, pick_volumes(train, cfg, gen), teacher, gen)
+            drawn = pick_volumes(train, cfg, gen)
+            x, loss, outputs, scores = self._loss(net, drawn, teacher, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -299,9 +337,10 @@ class Trainer:
             spread = (
                 outputs.detach().float().std() if outputs.numel() > 1 else outputs.new_zeros((), dtype=torch.float32)
             )
-            loss_v, spread_v = torch.stack([loss.detach().float(), spread]).tolist()  # one transfer from the device
+            fetched = [loss.detach().float(), spread] + ([] if scores is None else list(scores.float()))
+            loss_v, spread_v, *score_v = torch.stack(fetched).tolist()  # one transfer from the device
             window.append(loss_v)
-            self.monitor.step(loss_v, spread_v)
+            self.monitor.step(loss_v, spread_v, score_v or None, [v.label for v in drawn] if score_v else None)
             record: dict[str, Any] = {"iteration": step, "loss": loss_v, "lr": opt.param_groups[0]["lr"]}
             problems = [p for p in [self.monitor.diverged(step, loss_v)] if p is not None]
             if val and rank == 0 and (step % cfg.val_every == 0 or step == cfg.iterations):
@@ -312,7 +351,9 @@ class Trainer:
             stop = not math.isfinite(loss_v)
             if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stop:
                 mean = distributed.all_reduce_sum(torch.tensor([sum(window), len(window)], dtype=torch.float64))
-                self.loss_log.append({"iteration": step, "train_loss": float(mean[0] / mean[1])})
+                logged = {"iteration": step, "train_loss": float(mean[0] / mean[1])}
+                separation = self.monitor.separation()
+                self.loss_log.append(logged | ({"train_auc": separation} if math.isfinite(separation) else {}))
                 window = []
                 problems += self.monitor.checkpoint(step)
                 if not stop:

@@ -7,7 +7,6 @@ balanced accuracy is the evaluation's (:func:`tomofield.evaluation.metrics.balan
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,32 +15,49 @@ from torch import Tensor, nn
 from tomofield.evaluation.metrics import balanced_accuracy as _balanced_accuracy
 from tomofield.geometry import sample_slices, slice_area, slice_points
 from tomofield.samplers import FibonacciSampler, SamplingConfig
+from tomofield.train.objective import pool
 from tomofield.train.slicing import Loaded
 
 if TYPE_CHECKING:
     from tomofield.train.config import TrainConfig
 
 
+#: The slices per validation stack chosen from a volume's grid: one every two voxels of its longest side, in this range.
+VAL_SLICES = (16, 64)
+
+
+def val_slices_for(shape: tuple[int, ...]) -> int:
+    """Slices per validation stack for a grid: a lesion two voxels across is cut by every stack.
+
+    >>> val_slices_for((20, 40, 40)), val_slices_for((66, 78, 63)), val_slices_for((300, 512, 512))
+    (21, 40, 64)
+    """
+    lo, hi = VAL_SLICES
+    return int(min(max(-(-max(shape) // 2) + 1, lo), hi))
+
+
 @torch.inference_mode()
 def volume_scores(model: nn.Module, vols: list[Loaded], cfg: TrainConfig, batch: int = 128) -> Tensor:
     """Each volume's prediction from a fixed set of slices.
 
-    The max of the slice logits, or for a density encoder (regression with a teacher) the
-    mean over directions of each stack's quadrature ``sum_k w_k max(g_k, 0)`` in mL.
+    ``val_directions`` stacks of ``val_slices`` parallel slices (:func:`val_slices_for` of
+    the volume's grid when ``None``). A classifier's score: each stack's slice logits pool
+    as training pools them (:func:`tomofield.train.objective.pool`), averaged over the
+    stacks. A density encoder's (regression with a teacher): the mean over the stacks of
+    the quadrature ``sum_k w_k max(g_k, 0)`` in mL. Any other regressor's: the largest
+    slice output.
     """
     sampler, out = FibonacciSampler(), []
-    scfg = SamplingConfig(
-        directions=cfg.val_directions, slices=cfg.val_slices, hemisphere=True, seed=0, extent=cfg.extent
-    )
     integral = cfg.teacher is not None
     for vol in vols:
+        slices = cfg.val_slices if cfg.val_slices is not None else val_slices_for(tuple(vol.data.shape[1:]))
+        scfg = SamplingConfig(directions=cfg.val_directions, slices=slices, hemisphere=True, seed=0, extent=cfg.extent)
         d = sampler.plan(vol.data.shape[1:], vol.e.cpu().double(), scfg)[0].to(vol.data.device)
         L, M = len(d), d.num_slices
         off = (d.s_half[:, None] * torch.linspace(-1, 1, M, device=vol.data.device)).reshape(-1)
         idx = torch.arange(L, device=vol.data.device).repeat_interleave(M)
         weight = (slice_area(d.a_half, d.b_half, (cfg.slice_size,) * 2) * 2 * d.s_half / (M - 1) * vol.mm3 / 1000)[idx]
-        best = torch.tensor(-math.inf, device=vol.data.device)
-        total = torch.zeros((), device=vol.data.device)
+        logits = []
         for b in range(0, L * M, batch):
             i = idx[b : b + batch]
             pts = slice_points(
@@ -53,10 +69,14 @@ def volume_scores(model: nn.Module, vols: list[Loaded], cfg: TrainConfig, batch:
                 d.b_half[i],
                 (cfg.slice_size, cfg.slice_size),
             )
-            g = model(sample_slices(vol.data, pts, vol.e))[:, 0]
-            best = torch.maximum(best, g.max())
-            total = total + (g.clamp_min(0) * weight[b : b + batch]).sum()
-        out.append(total / L if integral else best)
+            logits.append(model(sample_slices(vol.data, pts, vol.e))[:, 0].float())
+        g = torch.cat(logits)
+        if integral:
+            out.append((g.clamp_min(0) * weight).sum() / L)
+        elif cfg.task == "classification":
+            out.append(pool(g.reshape(L, M), cfg.pool, temperature=cfg.pool_temperature, k=cfg.pool_k).mean())
+        else:
+            out.append(g.max())
     return torch.stack(out).cpu()
 
 
