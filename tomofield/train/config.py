@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tomofield.checkpoint import RunDir, is_run_dir
-from tomofield.encoders import NORMS
+from tomofield.encoders import DEFAULT_ENCODER, NORMS
 from tomofield.errors import InputError
 from tomofield.geometry import EXTENTS, GEOMETRIES
 from tomofield.intensity import MODES as INTENSITY_MODES
@@ -48,7 +48,7 @@ TASKS = {"classification": ("bce",), "regression": ("mse", "huber")}
 #: The library's defaults of the settings a teacher run would otherwise provide; ``None``:
 #: depends on ``pretrained`` (:data:`SCRATCH` and :data:`PRETRAINED`).
 DEFAULTS: dict[str, Any] = {
-    "encoder": "resnet10t",
+    "encoder": DEFAULT_ENCODER,
     "norm": None,
     "slice_size": None,
     "geometry": "physical",

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tomofield import checkpoint as ck
+from tomofield.encoders import DEFAULT_ENCODER
 from tomofield.engine import validate_volume
 from tomofield.errors import InputError
 from tomofield.geometry import half_extents, sample_slices, slice_points, stack_extents
@@ -35,7 +36,7 @@ from tomofield_features.heads import encoder_features
 class SimCLRConfig:
     """SimCLR pretraining arguments (CPU-sized defaults)."""
 
-    encoder: str = "resnet10t"
+    encoder: str = DEFAULT_ENCODER
     norm: str = "group-norm"
     iterations: int = 200
     batch_volumes: int = 2

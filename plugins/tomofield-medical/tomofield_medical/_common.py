@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tomofield.encoders import DEFAULT_ENCODER
 from tomofield.errors import InputError
 from tomofield.io import atomic_write, save_nifti
 
@@ -29,10 +30,16 @@ Progress = Callable[[int, int, str], None]
 RECIPE_BASE: dict[str, object] = {
     # Paper, A.4: ResNet-10-T, ImageNet weights, frozen batch-norm, Adam at 5e-5 (cosine to 1e-7),
     # B = 2 volumes (one positive, one negative), M_train = 120 slices of 224 x 224.
-    "encoder": "resnet10t",
+    "encoder": DEFAULT_ENCODER,
     "norm": "frozen-bn",
     "pretrained": True,
     "lr": 5e-5,
+    # Paper, A.6: every slice takes its volume's label; scale and translation jitter of 0.3,
+    # an affine intensity change y = a x + b with a, b in (-0.3, 0.3)
+    "objective": "slice",
+    "scale_jitter": 0.3,
+    "translation": 0.3,
+    "intensity_jitter": 0.3,
     "batch_volumes": 2,
     "slices_per_volume": 120,
     "slice_size": 224,
