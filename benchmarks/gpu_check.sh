@@ -32,7 +32,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 $PY - <<'EOF' || { echo "missing dependencies: see the header of this script"; exit 2; }
 import torch, timm, pluggy, safetensors, nibabel, rich, click  # noqa: F401
 assert torch.cuda.is_available(), "torch sees no CUDA device"
-from tomofield.kernels import triton_bp
+from tomofield.pipeline.kernels import triton_bp
 print("torch", torch.__version__, "| CUDA", torch.version.cuda, "|", torch.cuda.get_device_name(),
       "| triton backprojector:", triton_bp.available())
 EOF

@@ -12,12 +12,13 @@ import torch
 from benchmarks import cases
 from benchmarks.measure import Measurement, fmt_bytes, measure, sync, timed_rate
 from benchmarks.naive import half_extents, logit_scorer, naive_backprojection, naive_reconstruct, voxel_coordinates
-from tomofield import Engine, _fastpath
-from tomofield.backproject import backproject_grid, backproject_reference
+from tomofield import Engine
 from tomofield.demo import correlation
 from tomofield.geometry import Directions, fibonacci_directions, random_bases, slice_offsets, stack_extents
-from tomofield.kernels import native as native_kernels
-from tomofield.kernels import triton_bp
+from tomofield.pipeline import cut_slices, normalised_frames
+from tomofield.pipeline.backproject import backproject_grid, backproject_reference
+from tomofield.pipeline.kernels import native as native_kernels
+from tomofield.pipeline.kernels import triton_bp
 
 #: Engine settings of the fast-path configurations the pipeline benchmark can run.
 FAST_CONFIGS: dict[str, dict[str, Any]] = {
@@ -226,8 +227,8 @@ def slicer(case: cases.Case, device: str, min_seconds: float = 2.0) -> list[dict
 
     def engine(n: int, native: bool) -> torch.Tensor:
         rows = torch.arange(n, device=device).repeat_interleave(S)
-        frames = _fastpath.normalised_frames(dirs, e.to(device, torch.float32))
-        return _fastpath.cut_slices(vol, frames, dirs, rows, offsets[: n * S], size, e if native else None)
+        frames = normalised_frames(dirs, e.to(device, torch.float32))
+        return cut_slices(vol, frames, dirs, rows, offsets[: n * S], size, e if native else None)
 
     impls = {"naive (one direction at a time)": naive, "engine (grid_sample)": lambda n: engine(n, False)}
     if torch.device(device).type == "cpu" and native_kernels.available():
@@ -266,8 +267,8 @@ def precision(case: cases.Case, device: str, batch_size: int) -> list[dict[str, 
     S, L = M + 2, case.directions
     rows = torch.arange(L, device=device).repeat_interleave(S)
     offsets = slice_offsets(dirs.s_half, M, 1).reshape(-1)
-    frames = _fastpath.normalised_frames(dirs, e.to(device, torch.float32))
-    slices = _fastpath.cut_slices(vol, frames, dirs, rows, offsets, size, e)
+    frames = normalised_frames(dirs, e.to(device, torch.float32))
+    slices = cut_slices(vol, frames, dirs, rows, offsets, size, e)
     slices = slices.contiguous(memory_format=torch.channels_last)
     dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     res = {}

@@ -111,7 +111,7 @@ def engine_record(engine: Engine) -> dict[str, Any]:
 
 def _autocast(engine: Engine) -> str:
     """The dtype the encoder runs in, as the scorer chooses it (``float32`` without autocast)."""
-    from tomofield._fastpath import amp_dtype
+    from tomofield.pipeline import amp_dtype
 
     if not getattr(engine.head, "needs_encoder", True):
         return "float32"

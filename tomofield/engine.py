@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from tomofield import distributed, encoders, plugins
 from tomofield import presets as _presets
-from tomofield._fastpath import AMP_MODES
 from tomofield.checkpoint import NUM_CLASSES, SLICE_SIZES, RunDir, is_run_dir
 from tomofield.encoders import NORMS, build_encoder, first_conv_in_chans, load_weights, read_safetensors
 from tomofield.errors import InputError, NotLearningWarning, TomofieldError
@@ -31,7 +30,7 @@ from tomofield.geometry import EXTENTS, GEOMETRIES
 from tomofield.intensity import MODES as INTENSITY_MODES
 from tomofield.intensity import normalize
 from tomofield.io import ORIENTATIONS, Heatmap, Reorientation, Volume
-from tomofield.pipeline import Plan, Scorer, Slicer, Stacks
+from tomofield.pipeline import AMP_MODES, Plan, Scorer, Slicer, Stacks
 from tomofield.protocols import SEED_MAX
 from tomofield.samplers import SamplingConfig
 

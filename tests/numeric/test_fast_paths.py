@@ -12,8 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from tomofield import Engine, InputError, _fastpath, pipeline
-from tomofield.backproject import backproject, backproject_grid, backproject_reference
+from tomofield import Engine, InputError, pipeline
 from tomofield.geometry import (
     Directions,
     fibonacci_directions,
@@ -26,9 +25,10 @@ from tomofield.geometry import (
     stack_extents,
     voxel_points,
 )
-from tomofield.kernels import native as native_kernels
 from tomofield.phantom import ball_phantom
 from tomofield.pipeline import Scorer
+from tomofield.pipeline.backproject import backproject, backproject_grid, backproject_reference
+from tomofield.pipeline.kernels import native as native_kernels
 
 E = torch.tensor([1.0, 0.4, 0.7], dtype=torch.float64)
 #: CPU kernels of backproject_grid: the torch path, and the native one where it builds.
@@ -129,7 +129,7 @@ def test_triton_kernel_matches_reference_in_interpreter():
     code = textwrap.dedent(
         """
         import torch
-        from tomofield.backproject import backproject_grid, backproject_reference
+        from tomofield.pipeline.backproject import backproject_grid, backproject_reference
         from tomofield.geometry import Directions, fibonacci_directions, random_bases, stack_extents, voxel_points
         E = torch.tensor([1.0, 0.4, 0.7], dtype=torch.float64)
         for L, M, K in ((7, 9, 1), (4, 5, 2)):
@@ -169,7 +169,7 @@ def test_cut_slices_equal_sample_slices(native, size, monkeypatch):
     ref = sample_slices(vol, pts, e)
     if size != (1, 1):  # a 1-pixel slice samples its corner (-a_half, -b_half): outside
         assert bool((ref == 0).any()) and bool((ref != 0).any())
-    got = _fastpath.cut_slices(vol, _fastpath.normalised_frames(dirs, e), dirs, rows, offsets, size, e)
+    got = pipeline.cut_slices(vol, pipeline.normalised_frames(dirs, e), dirs, rows, offsets, size, e)
     _close(got, ref)
 
 
@@ -187,7 +187,7 @@ def test_portable_cpu_slicer_matches_reference(monkeypatch, tmp_path):
     pts = slice_points(
         dirs.normals[rows], dirs.u[rows], dirs.v[rows], offsets, dirs.a_half[rows], dirs.b_half[rows], (9, 19)
     )
-    frames = _fastpath.index_frames(dirs, rows, offsets, e, (6, 8, 7), (9, 19))
+    frames = pipeline.index_frames(dirs, rows, offsets, e, (6, 8, 7), (9, 19))
     _close(native_kernels.slice_trilinear(vol, frames, (9, 19), lib=lib), sample_slices(vol, pts, e))
 
 
@@ -255,7 +255,7 @@ def _all_slices(eng: Engine, vol: torch.Tensor, spacing) -> tuple[torch.Tensor, 
     e, (dirs,) = plan.e, plan.groups
     S = dirs.num_slices + 2 * eng.filter.pad
     off = slice_offsets(dirs.s_half, dirs.num_slices, eng.filter.pad)
-    hits = _fastpath.Occupancy.of(vol, e, eng.config.empty_tol).hits(dirs, off).reshape(-1)
+    hits = pipeline.Occupancy.of(vol, e, eng.config.empty_tol).hits(dirs, off).reshape(-1)
     d = dirs.to("cpu")
     idx = torch.arange(len(d)).repeat_interleave(S)
     size = (eng.config.slice_size,) * 2
@@ -338,7 +338,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, when):
     net = TinyNet()
     x = torch.randn(3, 1, 8, 8)
     with pytest.warns(UserWarning, match="running eagerly"):
-        torch.testing.assert_close(_fastpath.compiled(net)(x), net(x))
+        torch.testing.assert_close(pipeline.compiled(net)(x), net(x))
     vol = torch.rand(1, 8, 8, 8)
     kw = dict(head="logit", directions=6, slices=5, slice_size=8, device="cpu")
     torch.testing.assert_close(
@@ -361,7 +361,8 @@ class _Compilable:
 
 def test_compiled_batches_follow_the_current_batch_size(monkeypatch):
     """Padding for a compiled encoder reads the scorer's batch size at each call (it shrinks after an OOM)."""
-    monkeypatch.setattr(pipeline, "compiled", lambda enc: enc)  # the padding is under test, not torch.compile
+    # the padding is under test, not torch.compile
+    monkeypatch.setattr("tomofield.pipeline.scoring.compiled", lambda enc: enc)
     head = _Compilable()
     scorer = Scorer(head, TinyNet(), torch.device("cpu"), compile=True, batch_size=8)
     assert scorer(torch.ones(5, 1, 4, 4)).shape == (5, 1, 1, 1)
@@ -373,7 +374,7 @@ def test_compiled_batches_follow_the_current_batch_size(monkeypatch):
 def test_only_heads_that_allow_it_are_compiled(monkeypatch):
     """Whether the encoder is compiled is the head's to say (``compilable``), not a check of its name."""
     built = []
-    monkeypatch.setattr(pipeline, "compiled", lambda enc: built.append(enc) or enc)
+    monkeypatch.setattr("tomofield.pipeline.scoring.compiled", lambda enc: built.append(enc) or enc)
 
     class Named:  # named like the logit head but does not allow compilation
         name, needs_grad = "logit", False

@@ -24,8 +24,7 @@ import pytest
 import torch
 from torch import nn
 
-from tomofield import Engine, InputError, _fastpath
-from tomofield.backproject import backproject, backproject_grid, backproject_reference
+from tomofield import Engine, InputError, pipeline
 from tomofield.geometry import (
     Directions,
     fibonacci_directions,
@@ -35,8 +34,9 @@ from tomofield.geometry import (
     stack_extents,
     voxel_points,
 )
-from tomofield.kernels import native, triton_bp
 from tomofield.phantom import ball_phantom
+from tomofield.pipeline.backproject import backproject, backproject_grid, backproject_reference
+from tomofield.pipeline.kernels import native, triton_bp
 
 E = torch.tensor([1.0, 0.4, 0.7], dtype=torch.float64)
 has_native = pytest.mark.skipif(not native.available(), reason="no native kernel on this machine")
@@ -67,9 +67,9 @@ _INTERPRETED = textwrap.dedent(
     """
     import json, sys
     import torch, triton
-    from tomofield.backproject import backproject_grid, backproject_reference
+    from tomofield.pipeline.backproject import backproject_grid, backproject_reference
     from tomofield.geometry import Directions, fibonacci_directions, random_bases, stack_extents, voxel_points
-    from tomofield.kernels import triton_bp
+    from tomofield.pipeline.kernels import triton_bp
 
     triton_bp._jit()
     _flat_offsets = triton_bp._flat_offsets  # the kernel's own index arithmetic
@@ -479,7 +479,7 @@ def _slicing(device: str = "cpu"):
     dirs = _dirs(6, 5, e.double().cpu(), device)
     offsets = slice_offsets(dirs.s_half, 5, 1).reshape(-1).float()
     rows = torch.arange(6, device=device).repeat_interleave(7)
-    return vol, _fastpath.normalised_frames(dirs, e), dirs, rows, offsets, e
+    return vol, pipeline.normalised_frames(dirs, e), dirs, rows, offsets, e
 
 
 CUT_BAD = {
@@ -508,7 +508,7 @@ def test_cut_slices_refuses_bad_arguments(monkeypatch, case):
     monkeypatch.setattr(native, "slice_trilinear", lambda *a: pytest.fail("ran"))
     args = change(dict(volume=vol, frames=frames, dirs=dirs, rows=rows, offsets=offsets, size=(6, 6), e=e))
     with pytest.raises(InputError) as info:
-        _fastpath.cut_slices(**args)
+        pipeline.cut_slices(**args)
     assert message in str(info.value)
 
 
@@ -516,10 +516,10 @@ def test_cut_slices_refuses_bad_arguments(monkeypatch, case):
 def test_cut_slices_takes_grid_sample_beyond_the_native_limit(monkeypatch):
     """A volume too large for the native slicer's 32-bit indices is sliced by grid_sample, same samples."""
     vol, frames, dirs, rows, offsets, e = _slicing()
-    want = _fastpath.cut_slices(vol, frames, dirs, rows, offsets, (6, 6), e)
+    want = pipeline.cut_slices(vol, frames, dirs, rows, offsets, (6, 6), e)
     monkeypatch.setattr(native, "MAX_VOXELS", vol[0].numel())
     monkeypatch.setattr(native, "slice_trilinear", lambda *a: pytest.fail("native for a volume beyond its limit"))
-    torch.testing.assert_close(_fastpath.cut_slices(vol, frames, dirs, rows, offsets, (6, 6), e), want)
+    torch.testing.assert_close(pipeline.cut_slices(vol, frames, dirs, rows, offsets, (6, 6), e), want)
 
 
 # -- the compiled encoder's fallback -----------------------------------------------------------
@@ -573,7 +573,7 @@ def test_out_of_memory_propagates_and_keeps_compilation(monkeypatch, make):
     fakes: list[FakeCompiled] = []
     monkeypatch.setattr(torch, "compile", lambda m, **kw: fakes.append(FakeCompiled(m, {1: make()})) or fakes[-1])
     net = TinyNet()
-    wrapper = _fastpath.compiled(net)
+    wrapper = pipeline.compiled(net)
     x = torch.randn(3, 1, 8, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "running eagerly"
@@ -589,7 +589,7 @@ def test_an_error_of_the_input_keeps_compilation(monkeypatch):
     fakes: list[FakeCompiled] = []
     monkeypatch.setattr(torch, "compile", lambda m, **kw: fakes.append(FakeCompiled(m, {})) or fakes[-1])
     net = TinyNet()
-    wrapper = _fastpath.compiled(net)
+    wrapper = pipeline.compiled(net)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(RuntimeError, match="channels"):
@@ -604,7 +604,7 @@ def test_a_compiler_failure_still_turns_compilation_off(monkeypatch):
     broken = {1: RuntimeError("InductorError: no working C++ compiler")}
     monkeypatch.setattr(torch, "compile", lambda m, **kw: fakes.append(FakeCompiled(m, broken)) or fakes[-1])
     net = TinyNet()
-    wrapper = _fastpath.compiled(net)
+    wrapper = pipeline.compiled(net)
     x = torch.randn(2, 1, 8, 8)
     with pytest.warns(UserWarning, match="torch.compile failed .*no working C.. compiler.*; running eagerly"):
         torch.testing.assert_close(wrapper(x), net(x))
@@ -705,10 +705,10 @@ def test_grid_sample_slicer_on_cuda_matches_the_native_slicer():
     offsets = slice_offsets(dirs.s_half, 32, 1).reshape(-1).float()
     rows = torch.arange(32).repeat_interleave(34)
     size = (64, 64)
-    cpu = _fastpath.cut_slices(vol, _fastpath.normalised_frames(dirs, e.float()), dirs, rows, offsets, size, e.float())
+    cpu = pipeline.cut_slices(vol, pipeline.normalised_frames(dirs, e.float()), dirs, rows, offsets, size, e.float())
     dc, ec = dirs.to("cuda"), e.float().cuda()
-    frames = _fastpath.normalised_frames(dc, ec)
-    got = _fastpath.cut_slices(vol.cuda(), frames, dc, rows.cuda(), offsets.cuda(), size, ec)
+    frames = pipeline.normalised_frames(dc, ec)
+    got = pipeline.cut_slices(vol.cuda(), frames, dc, rows.cuda(), offsets.cuda(), size, ec)
     assert got.device.type == "cuda" and got.shape == cpu.shape
     assert _rel_err(got, cpu) < 1e-4
 
@@ -828,7 +828,7 @@ def test_triton_voxel_offsets_past_2_31_on_cuda():
 @pytest.fixture
 def broken_native(monkeypatch):
     """The native kernel "available" but failing as Triton does on a GPU it cannot compile for."""
-    import tomofield.backproject as bp
+    import tomofield.pipeline.backproject as bp
 
     calls = []
 
@@ -847,11 +847,13 @@ def test_auto_falls_back_once_to_torch_when_a_fused_kernel_fails(broken_native):
     args = _grid_args(kernel="auto", weights=torch.rand(4, generator=torch.Generator().manual_seed(3)) + 0.5)
     want = backproject_grid(**(args | dict(kernel="torch")))
     out = torch.full((2, 60), 1.5)
-    with pytest.warns(RuntimeWarning, match="fused backprojector tomofield.kernels.native failed .*no kernel image"):
+    with pytest.warns(
+        RuntimeWarning, match="fused backprojector tomofield.pipeline.kernels.native failed .*no kernel image"
+    ):
         got = backproject_grid(**args, out=out)
     assert got is out
     torch.testing.assert_close(got - 1.5, want)  # weights applied once
-    assert "sm_60" in bp.failed_kernels["tomofield.kernels.native"]
+    assert "sm_60" in bp.failed_kernels["tomofield.pipeline.kernels.native"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # one warning per process
         torch.testing.assert_close(backproject_grid(**args), want)
@@ -866,7 +868,7 @@ def test_a_fused_kernel_named_explicitly_raises_its_error(broken_native):
 
 
 def test_out_of_memory_in_a_fused_kernel_is_not_a_failure(monkeypatch):
-    import tomofield.backproject as bp
+    import tomofield.pipeline.backproject as bp
 
     monkeypatch.setattr(bp, "failed_kernels", {})
     monkeypatch.setattr(native, "available", lambda: True)

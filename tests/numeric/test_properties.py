@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tomofield import Engine
-from tomofield.backproject import backproject_reference
 from tomofield.geometry import Directions, random_bases, sample_slices, slice_points
+from tomofield.pipeline.backproject import backproject_reference
 
 unit = st.floats(-1, 1, allow_nan=False)
 SETTINGS = settings(max_examples=25, deadline=None)

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from tomofield import Engine
-from tomofield.backproject import backproject
 from tomofield.demo import correlation
 from tomofield.filters import NoFilter, TomoFilter
 from tomofield.geometry import Directions, fibonacci_directions, random_bases, voxel_points
 from tomofield.phantom import ball_phantom
+from tomofield.pipeline.backproject import backproject
 
 
 def test_tomo_filter_is_exact_on_quadratics():

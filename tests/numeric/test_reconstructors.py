@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tomofield import Engine, InputError, plugins
-from tomofield.backproject import backproject_grid, project_adjoint
 from tomofield.batch import engine_differences
 from tomofield.geometry import Directions, fibonacci_directions, random_bases, stack_extents
 from tomofield.phantom import ball_phantom
 from tomofield.pipeline import Stacks
+from tomofield.pipeline.backproject import backproject_grid, project_adjoint
 from tomofield.reconstructors import Regularized, spectral_radius
 
 E = torch.tensor([1.0, 0.6, 0.8], dtype=torch.float64)
@@ -208,7 +208,7 @@ def test_a_subset_of_a_runs_directions_reconstructs_as_a_run_of_those_directions
 
     vol = ball_phantom((20, 22, 18), (2.0, 1.0, 1.0), [((0.1, 0.0, 0.0), 6.0, 1.0)])
     kw = dict(head="sum", filter="tomo", directions=total, slices=12, slice_size=24, device="cpu", batch_size=40)
-    monkeypatch.setattr("tomofield.pipeline.CHUNK_SLICES", 40)  # chunks of 3 directions
+    monkeypatch.setattr("tomofield.pipeline.plan.CHUNK_SLICES", 40)  # chunks of 3 directions
     keep = Keep()
     Engine(reconstructor=keep, **kw).reconstruct(vol, (2.0, 1.0, 1.0))
     assert len(keep.kept) > 1  # the subset is picked across chunks

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tomofield.backproject import backproject_grid
 from tomofield.geometry import Directions, fibonacci_directions, random_bases, stack_extents
 from tomofield.io import cache_dir
-from tomofield.kernels import native
+from tomofield.pipeline.backproject import backproject_grid
+from tomofield.pipeline.kernels import native
 
 SOURCE = native.SOURCE_PATH.read_text()
 needs_sh = pytest.mark.skipif(sys.platform == "win32", reason="fake compilers are shell scripts")
@@ -50,7 +50,7 @@ def _recorded(fn) -> list[warnings.WarningMessage]:
 
 
 def test_source_ships_with_the_package():
-    assert importlib.resources.files("tomofield.kernels").joinpath("cpu.c").is_file()
+    assert importlib.resources.files("tomofield.pipeline.kernels").joinpath("cpu.c").is_file()
     assert "void bp_scalar(" in SOURCE and "void slice_trilinear(" in SOURCE
 
 

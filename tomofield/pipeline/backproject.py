@@ -18,8 +18,8 @@ Implementations of the same sum, all returning ``(K, N)``:
   sampling coordinate is affine in the voxel index, so a block's coordinates are two
   broadcast additions of per-axis vectors (no ``(N, 3)`` point array), accumulated into
   ``out`` in place. Scalar profiles go to a fused kernel when the device has one: Triton
-  on CUDA (:mod:`tomofield.kernels.triton_bp`), a compiled C kernel on CPU
-  (:mod:`tomofield.kernels.native`); both keep every direction of a chunk in registers per
+  on CUDA (:mod:`tomofield.pipeline.kernels.triton_bp`), a compiled C kernel on CPU
+  (:mod:`tomofield.pipeline.kernels.native`); both keep every direction of a chunk in registers per
   run of voxels and write the output once.
 """
 
@@ -34,7 +34,7 @@ from torch import Tensor
 
 from tomofield.errors import InputError
 from tomofield.geometry import Directions
-from tomofield.kernels import native, triton_bp
+from tomofield.pipeline.kernels import native, triton_bp
 
 #: Upper bound on directions x voxels handled by one ``grid_sample`` call (reference).
 DEFAULT_BUDGET = 1 << 22

@@ -5,7 +5,7 @@ path left to the compiler's vectoriser; rows are handed out to OpenMP threads
 (``torch.get_num_threads()``) a few at a time, so a thread that the OS preempts on a busy
 machine does not hold the others up.
 
-* ``bp_scalar``: the computation of the Triton kernel (:mod:`tomofield.kernels.triton_bp`).
+* ``bp_scalar``: the computation of the Triton kernel (:mod:`tomofield.pipeline.kernels.triton_bp`).
   For a run of 64 voxels along the last axis every direction of the chunk is visited
   with the running sums kept in four AVX-512 registers: two gathers and one fused
   multiply-add per 16 voxel-direction updates, one write of the output.
@@ -44,7 +44,7 @@ from torch import Tensor
 
 from tomofield.errors import InputError
 from tomofield.io import cache_dir
-from tomofield.kernels.triton_bp import check_scalar_arguments, describe
+from tomofield.pipeline.kernels.triton_bp import check_scalar_arguments, describe
 
 #: The C source of the kernels.
 SOURCE_PATH = Path(__file__).with_name("cpu.c")
@@ -190,14 +190,14 @@ def backproject_scalar(
     Args:
         profiles: (L, K, M) weighted scalar profiles.
         coef: (L, 4) affine coefficients ``p = c0 + c1 i + c2 j + c3 k`` into the profile
-            padded with one zero in front (see :func:`tomofield.kernels.triton_bp.affine_coefficients`).
+            padded with one zero in front (see :func:`tomofield.pipeline.kernels.triton_bp.affine_coefficients`).
         shape: grid (D, H, W).
         out: (K, D*H*W) contiguous float32 accumulator.
         lib: a kernel from :func:`load` (default: the machine's own build).
 
     Raises:
         InputError: arguments the kernel cannot take, checked before it runs
-            (:func:`tomofield.kernels.triton_bp.check_scalar_arguments`), or non-finite
+            (:func:`tomofield.pipeline.kernels.triton_bp.check_scalar_arguments`), or non-finite
             coefficients.
         RuntimeError: the kernels are not available on this machine.
     """

@@ -1,9 +1,9 @@
 """Compiled kernels of the fast paths.
 
-* :mod:`tomofield.kernels.native`: the C kernels of ``cpu.c`` (backprojection of scalar
+* :mod:`tomofield.pipeline.kernels.native`: the C kernels of ``cpu.c`` (backprojection of scalar
   profiles, trilinear slicing), built with the system C compiler and loaded with
   ``ctypes``; the one loader of compiled code in tomofield.
-* :mod:`tomofield.kernels.triton_bp`: the fused Triton backprojector used on CUDA.
+* :mod:`tomofield.pipeline.kernels.triton_bp`: the fused Triton backprojector used on CUDA.
 
 Nothing is imported here: each module is loaded when a user asks for it.
 """

@@ -1,53 +1,29 @@
-"""The engine's fast path: slicing in normalised coordinates, skipping empty slices,
-and running the encoder in reduced precision, channels-last or compiled.
+"""Cutting slices: in normalised coordinates or the native kernel, and knowing which sample nothing.
 
-Everything here is an implementation detail of the stages in :mod:`tomofield.pipeline`;
-the settings live in :class:`tomofield.EngineConfig` (``amp``, ``channels_last``,
-``compile``, ``skip_empty``, ``empty_tol``) and docs/benchmarks.md holds the
-measurements behind their defaults.
+:class:`Slicer` cuts batches of slices of one chunk of directions out of a volume;
+:class:`Occupancy` tells the slices that sample nothing above a tolerance, so they are
+not scored (``skip_empty``, ``empty_tol`` in :class:`tomofield.EngineConfig`;
+docs/benchmarks.md holds the measurements behind the defaults).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from tomofield.errors import InputError
-from tomofield.geometry import Directions, slice_points
-from tomofield.kernels import native
+from tomofield.geometry import Directions, slice_offsets, slice_points
+from tomofield.pipeline.kernels import native
+from tomofield.pipeline.plan import Plan
 
-AMP_MODES = ("auto", "off", "bf16", "fp16")
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: The occupancy test uses at most this many blocks per axis.
 OCCUPANCY_BLOCKS = 16
 
-_compiled: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], nn.Module]] = weakref.WeakKeyDictionary()
 
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of an ``amp`` setting: ``auto`` is fp16 on CUDA, off elsewhere.
-
-    fp16 rather than bf16: the tomo filter takes second differences of the logits of
-    neighbouring slices, which bf16's 8-bit mantissa blurs (docs/benchmarks.md: filtered
-    profiles correlate at 0.91 with fp32 in bf16, 0.998 in fp16, at the paper's M = 100);
-    on GPUs both run the tensor cores at the same rate. On CPU fp16 is not faster than
-    fp32 and bf16 is only fast with native bf16 units, so ``auto`` stays in fp32 there.
-    """
-    if amp not in AMP_MODES:
-        raise ValueError(f"unknown amp mode {amp!r}; valid: {', '.join(AMP_MODES)}")
-    if amp == "auto":
-        return torch.float16 if device.type == "cuda" else None
-    return _AMP_DTYPES.get(amp)
-
-
-# -- empty slices ---------------------------------------------------------------------------
 @dataclass
 class Occupancy:
     """Boxes that hold every voxel above ``tol``, each dilated by one voxel.
@@ -115,7 +91,6 @@ class Occupancy:
         return out
 
 
-# -- slicing ----------------------------------------------------------------------------------
 def normalised_frames(dirs: Directions, e: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(n, u, v) / e`` in grid_sample's (x, y, z) = (w, h, d) order, (L, 3) each.
 
@@ -176,7 +151,7 @@ def cut_slices(
 
     Same samples as ``sample_slices(volume, slice_points(...), e)``: with the native
     kernel on CPU (when it is available, ``e`` is given and the volume has fewer than
-    :data:`tomofield.kernels.native.MAX_VOXELS` voxels per channel), else one
+    :data:`tomofield.pipeline.kernels.native.MAX_VOXELS` voxels per channel), else one
     ``grid_sample`` on the normalised ``frames`` of :func:`normalised_frames`.
 
     Raises:
@@ -200,76 +175,34 @@ def cut_slices(
     return out[0].transpose(0, 1)
 
 
-# -- encoder ----------------------------------------------------------------------------------
-def _out_of_memory(exc: BaseException) -> torch.OutOfMemoryError | None:
-    """The out-of-memory error behind ``exc``: itself, its cause or context, or a compiler's inner exception."""
-    stack, seen = [exc], set()
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        if isinstance(e, torch.OutOfMemoryError):
-            return e
-        seen.add(id(e))
-        stack += [getattr(e, "inner_exception", None), e.__cause__, e.__context__]
-    return None
+class Slicer:
+    """Cuts the slices of a plan out of one (C, D, H, W) float32 volume on its device.
 
-
-class _CompiledOrEager(nn.Module):
-    """Runs the compiled module; when compiling fails, warns once and stays eager.
-
-    ``torch.compile`` compiles lazily, so a missing C++ compiler or an unsupported
-    operator shows up at a call, not when compiling is requested. Only failures of the
-    compiler turn compilation off: an out-of-memory error (itself or behind the
-    compiler's error) propagates, so that the scorer halves its batch and the compiled
-    module runs the next one, and an error the eager module raises too (the input's
-    fault) propagates with compilation kept on.
+    Args:
+        volume: the volume, on the device the slices are scored on.
+        plan: the plan.
+        skip_empty: find the slices that sample nothing above ``empty_tol``.
+        empty_tol: the tolerance.
     """
 
-    def __init__(self, eager: nn.Module, fast: Callable) -> None:
-        super().__init__()
-        self.eager = eager
-        object.__setattr__(self, "fast", fast)  # not a submodule: the parameters are eager's
-        self.failed = False
+    def __init__(self, volume: Tensor, plan: Plan, skip_empty: bool, empty_tol: float) -> None:
+        self.volume, self.plan = volume, plan
+        self.e = plan.e.to(volume.device, torch.float32)
+        self.occupancy = Occupancy.of(volume, plan.e, empty_tol) if skip_empty else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.failed:
-            return self.eager(x)
-        try:
-            return self.fast(x)
-        except Exception as exc:
-            oom = _out_of_memory(exc)
-            if oom is exc:
-                raise
-            if oom is not None:
-                raise oom from None
-            result = self.eager(x)  # raises when the input is at fault: compilation stays on
-            self.failed = True
-            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); running eagerly", stacklevel=2)
-            return result
+    def hits(self, host: Directions) -> Tensor | None:
+        """(L, S) bool: the slices of a chunk that may sample something; None when all are cut."""
+        if self.occupancy is None:
+            return None
+        return self.occupancy.hits(host, slice_offsets(host.s_half, host.num_slices, self.plan.pad))
 
+    def prepare(self, dirs: Directions) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """Per-chunk state for :meth:`cut`: the flat slice offsets and the normalised frames."""
+        offsets = slice_offsets(dirs.s_half, dirs.num_slices, self.plan.pad).reshape(-1)
+        return offsets, normalised_frames(dirs, self.e)
 
-def compiled(encoder: nn.Module) -> nn.Module:
-    """``torch.compile(encoder)`` with frozen weights, built once per module and weights.
-
-    Freezing folds the weights into the graph (conv + batch-norm fusion, prepacked
-    oneDNN weights on CPU); the cache is keyed by the parameters' version counters, so
-    weights changed in place later get a fresh compilation. Runs the module itself, with
-    a warning, when compiling fails (no C++ compiler, unsupported platform); out of
-    memory is not a compiler failure and propagates (:class:`_CompiledOrEager`).
-    """
-    try:
-        versions = tuple(p._version for p in encoder.parameters())
-    except RuntimeError:  # inference tensors keep no version counter (and cannot change)
-        versions = ()
-    cached = _compiled.get(encoder)
-    if cached is None or cached[0] != versions:
-        try:
-            fast = torch.compile(encoder, dynamic=False, options={"freezing": True})
-        except Exception as exc:
-            if _out_of_memory(exc) is not None:
-                raise
-            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); running eagerly", stacklevel=3)
-            fast = encoder
-        _compiled[encoder] = cached = (versions, _CompiledOrEager(encoder, fast))
-    return cached[1]
+    def cut(self, dirs: Directions, state: tuple[Tensor, tuple], index: Tensor) -> Tensor:
+        """Slices (N, C, h, w) number ``index`` (N,) of the chunk (direction-major)."""
+        offsets, frames = state
+        S = dirs.num_slices + 2 * self.plan.pad
+        return cut_slices(self.volume, frames, dirs, index // S, offsets[index], self.plan.size, self.e)
