@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from tomofield.encoders import timm_encoder
-from tomofield.phantom import ball_phantom
+from tomofield.synth import ball_phantom
 
 
 @dataclass(frozen=True)

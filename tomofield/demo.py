@@ -18,7 +18,7 @@ import torch
 from tomofield.engine import Engine
 from tomofield.errors import InputError
 from tomofield.io import affine_for_spacing, check_output_path, load_volume, save_heatmap, save_nifti
-from tomofield.phantom import ball_phantom
+from tomofield.synth import ball_phantom
 
 SPACING = (2.5, 1.0, 1.0)  # (d, h, w) mm: anisotropic, like a thick-slice scan
 

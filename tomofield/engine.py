@@ -276,7 +276,7 @@ class Engine:
         constants"): about 1 inside, about 0 outside.
 
         >>> from tomofield import Engine
-        >>> from tomofield.phantom import ball_phantom
+        >>> from tomofield.synth import ball_phantom
         >>> ball = ball_phantom((24, 24, 24), (1.0, 1.0, 1.0), [((0.0, 0.0, 0.0), 7.0, 1.0)])
         >>> engine = Engine(head="sum", filter="tomo", directions=200, slices=24, slice_size=32, device="cpu")
         >>> heatmap = engine.reconstruct(ball, spacing=(1.0, 1.0, 1.0))

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from tomofield.cli import cli
 from tomofield.demo import correlation
-from tomofield.phantom import ball_phantom
+from tomofield.synth import ball_phantom
 
 FAST = ["-L", "6", "-M", "4", "--slice-size", "16", "--device", "cpu", "--random-weights"]
 
@@ -213,7 +213,7 @@ def test_warnings_print_as_one_line_and_numpy_arithmetic_warnings_not_at_all():
 
     import click
 
-    from tomofield.commands import friendly
+    from tomofield.cli.toolkit import friendly
 
     @click.command()
     @friendly

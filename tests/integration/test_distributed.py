@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tomofield.io import affine_for_spacing, save_nifti
-from tomofield.phantom import ball_phantom
+from tomofield.synth import ball_phantom
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -155,7 +155,7 @@ def test_evaluate_reports_every_case_beside_the_aggregates(evaluated, tmp_path):
 
 def test_the_mask_file_holds_the_binarization_whatever_the_thresholds_scale(write_nifti, tmp_path):
     """Thresholds in the heatmap's own units (here above 1): the file is the binarization, not a re-threshold."""
-    from tomofield.cli_commands import Extras
+    from tomofield.cli.run import Extras
 
     zz, yy, xx = np.mgrid[:12, :12, :12]
     heat = (40.0 * np.exp(-((zz - 6) ** 2 + (yy - 5) ** 2 + (xx - 7) ** 2) / 6.0)).astype(np.float32)
@@ -234,7 +234,7 @@ def test_a_mask_follows_the_reports_fill_holes_unless_told_otherwise(evaluated, 
 
 
 def test_extras_write_fills_the_masks_holes_when_asked(write_nifti, tmp_path):
-    from tomofield.cli_commands import Extras
+    from tomofield.cli.run import Extras
 
     heat, ball = rim_heatmap((18, 18, 18), (9, 9, 9), np.random.default_rng(1))
     scan = load_volume(write_nifti("scan.nii.gz", heat))

@@ -53,7 +53,7 @@ def test_every_declared_head_option_refuses_bad_values_from_the_library(head, op
 
 @pytest.mark.parametrize("head,opt", _heads_with_options(), ids=lambda x: getattr(x, "name", x))
 def test_every_declared_head_option_refuses_bad_values_from_the_cli(head, opt, volume_file, tmp_path):
-    from tomofield.commands import head_params
+    from tomofield.cli.toolkit import head_params
 
     flag = next(hp.flag for hp in head_params() if head in hp.heads and hp.option.name == opt.name)
     value = "abc" if opt.type is not str else None

@@ -7,7 +7,7 @@ import torch
 
 from tomofield import Engine
 from tomofield.demo import correlation
-from tomofield.phantom import ball_phantom
+from tomofield.synth import ball_phantom
 
 BALLS = [((0.2, 0.1, -0.2), 8.0, 1.0), ((-0.4, -0.3, 0.3), 6.0, 0.6), ((0.3, -0.4, 0.4), 4.0, 1.0)]
 

@@ -19,7 +19,7 @@ from torch import nn
 from tomofield import Engine
 from tomofield.dataset import Case
 from tomofield.geometry import half_extents, unit_volume_mm3
-from tomofield.phantom import ball_phantom
+from tomofield.synth import ball_phantom
 from tomofield.train import Loaded, Scaled, TrainConfig, spread_targets, stack_slices, volume_scores
 
 SPACING = (2.0, 1.0, 1.5)  # mm, (d, h, w)

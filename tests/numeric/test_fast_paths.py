@@ -25,10 +25,10 @@ from tomofield.geometry import (
     stack_extents,
     voxel_points,
 )
-from tomofield.phantom import ball_phantom
 from tomofield.pipeline import Scorer
 from tomofield.pipeline.backproject import backproject, backproject_grid, backproject_reference
 from tomofield.pipeline.kernels import native as native_kernels
+from tomofield.synth import ball_phantom
 
 E = torch.tensor([1.0, 0.4, 0.7], dtype=torch.float64)
 #: CPU kernels of backproject_grid: the torch path, and the native one where it builds.

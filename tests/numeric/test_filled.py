@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from tomofield import Engine, InputError
-from tomofield.phantom import ball_phantom
 from tomofield.reconstructors import (
     Calibrated,
     Filled,
@@ -24,6 +23,7 @@ from tomofield.reconstructors import (
     isotonic_link,
     self_consistent_link,
 )
+from tomofield.synth import ball_phantom
 
 R, N = 7.0, 24
 KW = dict(directions=48, slices=24, slice_size=32, device="cpu")

@@ -34,9 +34,9 @@ from tomofield.geometry import (
     stack_extents,
     voxel_points,
 )
-from tomofield.phantom import ball_phantom
 from tomofield.pipeline.backproject import backproject, backproject_grid, backproject_reference
 from tomofield.pipeline.kernels import native, triton_bp
+from tomofield.synth import ball_phantom
 
 E = torch.tensor([1.0, 0.4, 0.7], dtype=torch.float64)
 has_native = pytest.mark.skipif(not native.available(), reason="no native kernel on this machine")

@@ -11,8 +11,8 @@ from tomofield import Engine
 from tomofield.demo import correlation
 from tomofield.filters import NoFilter, TomoFilter
 from tomofield.geometry import Directions, fibonacci_directions, random_bases, voxel_points
-from tomofield.phantom import ball_phantom
 from tomofield.pipeline.backproject import backproject
+from tomofield.synth import ball_phantom
 
 
 def test_tomo_filter_is_exact_on_quadratics():

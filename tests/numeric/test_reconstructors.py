@@ -8,10 +8,10 @@ import torch
 from tomofield import Engine, InputError, plugins
 from tomofield.batch import engine_differences
 from tomofield.geometry import Directions, fibonacci_directions, random_bases, stack_extents
-from tomofield.phantom import ball_phantom
 from tomofield.pipeline import Stacks
 from tomofield.pipeline.backproject import backproject_grid, project_adjoint
 from tomofield.reconstructors import Regularized, spectral_radius
+from tomofield.synth import ball_phantom
 
 E = torch.tensor([1.0, 0.6, 0.8], dtype=torch.float64)
 SHAPE = (6, 7, 8)

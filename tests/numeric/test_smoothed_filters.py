@@ -18,8 +18,8 @@ from tomofield.filters import (
     TomoFilter,
     second_derivative_weights,
 )
-from tomofield.phantom import ball_phantom
 from tomofield.protocols import Filter
+from tomofield.synth import ball_phantom
 
 FILTERS = [SavitzkyGolayFilter(w) for w in (3, 5, 7, 11)] + [GaussianDerivativeFilter(s) for s in (0.5, 1.0, 2.0)]
 IDS = [f.name for f in FILTERS]

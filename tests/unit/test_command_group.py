@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from tomofield.cli import BUILTIN_COMMANDS, cli
-from tomofield.commands import CommandGroup
+from tomofield.cli.toolkit import CommandGroup
 
 # A fresh interpreter: what listing the commands imports, and the listing itself.
 _PROBE = """
@@ -21,8 +21,8 @@ from tomofield.cli import cli
 helped = CliRunner().invoke(cli, ["--help"])
 completed = CliRunner().invoke(cli, [], env={"_TOMOFIELD_COMPLETE": "bash_complete", "COMP_WORDS": "tomofield ",
                                               "COMP_CWORD": "1"}, prog_name="tomofield")
-heavy = sorted(m for m in ("torch", "timm", "scipy", "nibabel", "tomofield.engine", "tomofield.cli_commands")
-               if m in sys.modules)
+commands = [f"tomofield.cli.{m}" for m in ("run", "train", "evaluate", "synth", "datasets", "plugins", "demo")]
+heavy = sorted(m for m in ("torch", "timm", "scipy", "nibabel", "tomofield.engine", *commands) if m in sys.modules)
 print(json.dumps({"help": helped.output, "complete": completed.output, "heavy": heavy}))
 """
 

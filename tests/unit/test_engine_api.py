@@ -148,7 +148,7 @@ def test_cli_and_library_inherit_the_same_from_a_run(tmp_path, write_nifti, tiny
 
 def test_cli_defaults_are_the_librarys(tmp_path, write_nifti):
     """With no options the CLI builds the engine the library builds with no arguments."""
-    from tomofield.commands import build_engine
+    from tomofield.cli.toolkit import build_engine
 
     engine = build_engine({k: None for k in ("directions", "slices", "head", "filter", "seed")})
     assert engine.config == EngineConfig()

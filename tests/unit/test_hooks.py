@@ -217,7 +217,7 @@ def test_hook_register_datasets(tmp_path):
 
 def test_hook_register_commands(monkeypatch):
     """A plugin's command lands in the `tomofield` group and may use the public toolkit."""
-    from tomofield.commands import CommandGroup, friendly, out
+    from tomofield.cli.toolkit import CommandGroup, friendly, out
 
     @click.command("hello-plugin")
     @friendly

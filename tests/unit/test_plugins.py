@@ -137,7 +137,7 @@ def test_entry_point_plugin_is_discovered(installed_plugin):
 
 
 def test_entry_point_commands_are_added(installed_plugin):
-    from tomofield.commands import CommandGroup
+    from tomofield.cli.toolkit import CommandGroup
 
     group = CommandGroup()
     plugins.add_commands(group)

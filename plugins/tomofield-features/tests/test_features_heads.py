@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tomofield import Engine, InputError, plugins
-from tomofield.phantom import ball_phantom
+from tomofield.synth import ball_phantom
 from tomofield_features import FeaturesHead, Projection, RegressionHead, fit_projection, pca
 from tomofield_features.ssl import build_encoder
 

@@ -8,7 +8,16 @@ from typing import Any
 
 import click
 
-from tomofield.commands import build_engine, engine_options, err, friendly, given, out, setting_option, slice_progress
+from tomofield.cli.toolkit import (
+    build_engine,
+    engine_options,
+    err,
+    friendly,
+    given,
+    out,
+    setting_option,
+    slice_progress,
+)
 from tomofield.encoders import NORMS
 from tomofield.errors import InputError
 from tomofield.geometry import EXTENTS, GEOMETRIES

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import tomofield
 from tomofield import Engine, InputError, plugins
 from tomofield.cli import cli
-from tomofield.commands import head_params
+from tomofield.cli.toolkit import head_params
 from tomofield.io import affine_for_spacing, save_nifti
 from tomofield_gradcam.heads import LEFT_OUT, METHODS, PREFIX, PgcHead
 

@@ -1,6 +1,6 @@
 """The plugin's CLI command, added to ``tomofield`` through the ``register_commands`` hook.
 
-Built on :mod:`tomofield.commands`, the toolkit tomofield offers plugins' commands.
+Built on :mod:`tomofield.cli.toolkit`, the toolkit tomofield offers plugins' commands.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from tomofield.commands import friendly, out
+from tomofield.cli.toolkit import friendly, out
 from tomofield.errors import InputError
 from tomofield.io import check_output_path, save_nifti
 

@@ -1,15 +1,14 @@
 """The command-line toolkit shared by tomofield's commands and plugins' commands.
 
 A plugin that adds a command (hook ``register_commands``) builds it from this module,
-never from ``tomofield.cli``: error reporting (:func:`friendly`), the consoles
+never from tomofield's own commands (the other modules of :mod:`tomofield.cli`): error reporting (:func:`friendly`), the consoles
 (:data:`err`, :data:`out`), progress bars (:func:`slice_progress`) and the options of an
 engine (:func:`engine_options`, :class:`EngineCommand`, :func:`build_engine`).
 
 The library owns every default. Options that stand for an engine or trainer setting
 default to ``None`` ("not given") and only what the user gave is passed on, so a run
 directory's settings and the library's defaults apply exactly as from Python; help texts
-show the library's default, read from it. This module and ``tomofield.cli`` are the only
-ones that import click and rich.
+show the library's default, read from it. Only :mod:`tomofield.cli` imports click and rich.
 """
 
 from __future__ import annotations

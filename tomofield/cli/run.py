@@ -1,0 +1,480 @@
+"""``tomofield run``: the heatmap of a volume, or of every volume of a dataset CSV, a folder or a pattern."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from tomofield.cli.toolkit import (
+    EngineCommand,
+    build_engine,
+    default_of,
+    engine_options,
+    err,
+    friendly,
+    given,
+    out,
+    slice_progress,
+)
+from tomofield.dataset import folder_cases, is_volume_list
+from tomofield.errors import InputError
+from tomofield.io import is_dicom_folder
+
+
+@click.command(cls=EngineCommand)
+@click.argument("inputs", nargs=-1, type=click.Path())
+@click.option(
+    "--input",
+    "-i",
+    "more_inputs",
+    multiple=True,
+    type=click.Path(),
+    help="An input, as the arguments are: a volume (several: its channels), a dataset CSV, a folder of volumes "
+    "or a quoted glob pattern ('scans/*.nii.gz').",
+)
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(),
+    help="Output heatmap (.nii or .nii.gz); a folder when the input is a dataset CSV, a folder or a pattern.",
+)
+@click.option(
+    "--preview",
+    type=click.Path(),
+    help="Also write a PNG: three planes in RAS through the heatmap's strongest component, the heatmap over the scan.",
+)
+@click.option(
+    "--window",
+    help="The preview's display range LO,HI (CT: -1000,400 lung, -160,240 soft tissue).  [default: soft tissue for a "
+    "CT in HU, else the 1st-99th percentile inside the body]",
+)
+@click.option(
+    "--mask",
+    type=click.Path(),
+    help="Also write a uint8 segmentation (1 = lesion) on the input grid: the evaluation protocol's binarization "
+    "(components of heatmap >= TAU_PRIME whose maximum reaches TAU). A folder for a dataset CSV, one mask per volume.",
+)
+@click.option("--threshold", help="The mask's TAU, or TAU,TAU_PRIME (TAU_PRIME defaults to TAU).")
+@click.option(
+    "--thresholds",
+    "thresholds_from",
+    help="The mask's TAU and TAU_PRIME as tomofield evaluate tuned them: its REPORT.json (REPORT.json#METHOD "
+    "for a report of several methods).",
+)
+@click.option(
+    "--fill-holes/--no-fill-holes",
+    "fill_holes",
+    default=None,
+    help="Each of the mask's components also takes the background it encloses (3D; a component touching the "
+    "volume's border is kept as it is), as tomofield evaluate --fill-holes binarizes.  [default: as the "
+    "--thresholds report binarized; off with --threshold]",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace existing outputs (dataset runs skip finished volumes without it)."
+)
+@click.option(
+    "--num-parts",
+    type=int,
+    default=None,
+    metavar="K",
+    help="Split a dataset, folder or pattern run into K independent jobs (a SLURM array), each given its --part-id: "
+    "consecutive blocks of the volumes in the CSV's or the folder's order. Every part checks the finished heatmaps "
+    "of all volumes and writes only its own.  [default: 1]",
+)
+@click.option(
+    "--part-id",
+    type=int,
+    default=None,
+    metavar="I",
+    help="Which part of --num-parts K this job writes, 0 to K-1.  [default: with --num-parts in a SLURM array job, "
+    "its task's index, (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP; otherwise 0, which "
+    "needs K = 1]",
+)
+@engine_options()
+@friendly
+def run(
+    inputs: tuple[str, ...],
+    more_inputs: tuple[str, ...],
+    output: str,
+    preview: str | None,
+    window: str | None,
+    mask: str | None,
+    threshold: str | None,
+    thresholds_from: str | None,
+    fill_holes: bool | None,
+    overwrite: bool,
+    num_parts: int | None,
+    part_id: int | None,
+    **o: Any,
+) -> None:
+    """Reconstruct the heatmap of a volume (several INPUTS are its channels) or of every volume of a dataset CSV,
+    a folder or a glob pattern (one heatmap each in the --output folder, finished ones skipped).
+
+    Head options (--target, --layer, --pool, and those plugin heads declare) apply to the
+    heads that declare them; `tomofield plugins` lists the heads. --num-parts K --part-id I
+    splits a dataset run into K independent jobs.
+    """
+    from tomofield import distributed
+    from tomofield.engine import Engine
+
+    device = o["device"] or default_of(Engine, "device")
+    rank, world = distributed.init(device)
+    if o["device"] is not None or distributed.launched():
+        o["device"] = distributed.local_device(device)
+    inputs = (*inputs, *more_inputs)
+    if not inputs:
+        raise InputError("no input: give a volume, a dataset CSV, a folder of volumes or a pattern (or -i INPUT)")
+    shown = parse_window(window) if window is not None else None
+    cuts, filled = None, False
+    if mask is not None:
+        from tomofield.report import mask_fill_holes, mask_thresholds
+
+        cuts = mask_thresholds(threshold, thresholds_from)
+        filled = mask_fill_holes(fill_holes, thresholds_from)
+    elif threshold is not None or thresholds_from is not None or fill_holes is not None:
+        raise InputError(
+            "--threshold, --thresholds and --fill-holes set the binarization of --mask; give --mask PATH too"
+        )
+    try:
+        extras = Extras(mask=mask, cuts=cuts, preview=preview, window=shown, fill_holes=filled)
+        many = len(inputs) == 1 and inputs[0].lower().endswith(".csv")
+        if many or (is_volume_list(inputs) and not is_dicom_folder(inputs[0])):
+            run_csv(inputs[0], output, overwrite, o, rank, world, extras, dataset_part(num_parts, part_id))
+        else:
+            if num_parts is not None or part_id is not None:
+                flags = " ".join(
+                    f"{f} {v}" for f, v in (("--num-parts", num_parts), ("--part-id", part_id)) if v is not None
+                )
+                raise InputError(
+                    f"{flags}: --num-parts and --part-id split a run of several volumes (a dataset CSV, a folder "
+                    f"or a glob pattern) into parts; {inputs[0]!r} is one volume, drop them"
+                )
+            run_volume(inputs, output, overwrite, o, rank, world, extras)
+    finally:
+        distributed.finish()
+
+
+def dataset_part(num_parts: int | None, part_id: int | None, environ: dict[str, str] | None = None) -> tuple[int, int]:
+    """``(part_id, num_parts)`` of a dataset run from ``--num-parts`` and ``--part-id`` (None: not given).
+
+    Without ``--part-id``, a run given ``--num-parts`` in a SLURM array job takes its task's
+    index in the array, ``(SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP``
+    (each variable that is set); otherwise the part is 0, which is the only one when K = 1.
+    """
+    env = os.environ if environ is None else environ
+    k = 1 if num_parts is None else num_parts
+    if k < 1:
+        raise InputError(f"--num-parts {k}: the number of parts to split the volumes into must be 1 or more")
+    if part_id is not None:
+        i, where = part_id, f"--part-id {part_id}"
+    elif num_parts is not None and env.get("SLURM_ARRAY_TASK_ID"):
+        i, where = _slurm_array_index(env)
+    elif k > 1:
+        raise InputError(
+            f"--num-parts {k} needs --part-id I, the part this job writes (0 to {k - 1}), or a SLURM array job "
+            "(SLURM_ARRAY_TASK_ID)"
+        )
+    else:
+        i, where = 0, "--part-id 0"
+    if not 0 <= i < k:
+        raise InputError(f"{where} is not a part of --num-parts {k}: valid part ids are 0 to {k - 1}")
+    return i, k
+
+
+def _slurm_array_index(env: Any) -> tuple[int, str]:
+    """This SLURM array task's index in its array, and how it was found (for messages)."""
+    names = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP")
+    values = []
+    for name, default in zip(names, ("", "0", "1"), strict=True):
+        text = env.get(name) or default
+        try:
+            values.append(int(text))
+        except ValueError:
+            raise InputError(f"{name}={text!r} is not an integer; give --part-id I instead") from None
+    task, low, step = values
+    index = (task - low) // max(step, 1)
+    how = " - ".join(f"{n}={env[n]}" for n in names[:2] if env.get(n))
+    how += f" over SLURM_ARRAY_TASK_STEP={step}" if step > 1 else ""
+    return index, f"SLURM array task {index} ({how})"
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What ``run`` writes beside a heatmap: a mask at ``cuts`` = (tau, tau') (its components' holes filled
+    with ``fill_holes``), a preview in ``window``.
+
+    For one volume ``mask`` and ``preview`` are files; for a dataset, folder or pattern, folders.
+    """
+
+    mask: str | None = None
+    cuts: tuple[float, float] | None = None
+    preview: str | None = None
+    window: tuple[float, float] | None = None
+    fill_holes: bool = False
+
+    def write(self, mask: Path | None, png: Path | None, heat: Any, scan: Any, title: str, overwrite: bool) -> Any:
+        """Write the mask (to ``mask``) and the preview (to ``png``) of one (D, H, W) heatmap on ``scan``'s grid.
+
+        Returns the mask array (None without ``cuts``).
+        """
+        labels = None
+        if self.cuts is not None:  # the preview outlines the mask, written or not
+            from tomofield.report import segmentation
+
+            labels = segmentation(heat, *self.cuts, fill_holes=self.fill_holes)
+            if mask is not None:
+                write_mask(
+                    mask, labels, scan.affine, scan.header, self.cuts, overwrite, scan.paths, fill_holes=self.fill_holes
+                )
+        if png is not None:
+            from tomofield.preview import write_preview
+
+            write_preview(
+                png,
+                heat,
+                scan.data[0].numpy(),
+                scan.spacing,
+                title=title,
+                overwrite=overwrite,
+                mask=labels,
+                affine=scan.affine,
+                window=self.window,
+                threshold=self.cuts[1] if self.cuts else None,
+            )
+        return labels
+
+
+def run_volume(
+    inputs: tuple[str, ...],
+    output: str,
+    overwrite: bool,
+    o: dict[str, Any],
+    rank: int = 0,
+    world: int = 1,
+    extras: Extras = Extras(),
+) -> None:
+    """One volume; under torchrun its directions are shared by the ranks and rank 0 writes."""
+    from tomofield.io import check_output_path, load_volume, save_heatmap
+
+    mask, preview = extras.mask, extras.preview
+
+    check_output_path(output, overwrite, inputs=inputs)  # never the input, even with --overwrite
+    if preview:
+        check_output_path(preview, overwrite, suffixes=(".png",), inputs=[*inputs, output])
+    if mask:
+        check_output_path(mask, overwrite, inputs=[*inputs, output, *([preview] if preview else [])])
+    volume = load_volume(inputs, check_content=True, **given({"nan_policy": o["nan_policy"]}))
+    if volume.replaced and rank == 0:
+        err.print(Text(f"replaced {volume.replaced} non-finite voxel(s) by 0", style="yellow"))
+    engine = build_engine(o)
+    if world > 1:
+        engine = engine.with_options(shard_directions=True)
+    c, *shape = volume.data.shape
+    plan = engine.plan(shape, volume.spacing)
+    total = plan.total_slices
+    per_stack = "/".join(str(m) for m in sorted({g.num_slices for g in plan.groups}))
+    chosen = f", preset {engine.preset.name}" if engine.preset is not None else ""
+    err.print(
+        f"{volume.paths[0].name}: {c} channel(s), grid {tuple(shape)}, spacing "
+        f"{tuple(round(s, 3) for s in volume.spacing)} mm; {total:,} slices (L {plan.n_dirs} x M "
+        f"{per_stack}{chosen}) of {plan.size[0]}px on {engine.device}",
+        highlight=False,
+    )
+    t0 = time.perf_counter()
+    with slice_progress("slices" if world == 1 else f"rank {rank}/{world} slices", total) as tick:
+        heat = engine.run(volume, progress=tick).data
+    if rank != 0:
+        return
+    if mask and heat.shape[0] != 1:
+        raise InputError(f"--mask needs a single-channel heatmap; head {engine.head_name!r} gave {heat.shape[0]}")
+    save_heatmap(output, heat.cpu(), volume, overwrite)
+    title = f"{engine.head_name} / {engine.filter_name}: {volume.paths[0].name}"
+    extras.write(
+        Path(mask) if mask else None,
+        Path(preview) if preview else None,
+        heat[0].cpu().numpy(),
+        volume,
+        title,
+        overwrite,
+    )
+    written = [output, *([mask] if mask else []), *([preview] if preview else [])]
+    out.print(f"wrote {', '.join(map(str, written))} in {time.perf_counter() - t0:.1f} s")
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """``--window LO,HI`` as two numbers, ``LO < HI``."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        lo = hi = float("nan")
+    if not lo < hi:
+        raise InputError(f"--window {text!r} is not LO,HI with LO < HI (e.g. -1000,400 for a lung CT)")
+    return lo, hi
+
+
+def write_mask(
+    path: str | Path,
+    labels: Any,
+    affine: Any,
+    header: Any,
+    cuts: tuple[float, float],
+    overwrite: bool,
+    inputs: Any = (),
+    fill_holes: bool = False,
+) -> Path:
+    """A uint8 label map (D, H, W), the segmentation at ``cuts`` = (tau, tau'), on the heatmap's grid.
+
+    Its description names the thresholds, and ``filled`` when the components' holes were filled.
+    """
+    from tomofield.io import save_nifti
+
+    tau, tau_prime = cuts
+    return save_nifti(
+        path,
+        labels,
+        affine,
+        header,
+        overwrite,
+        dtype=np.uint8,
+        description=f"tomofield mask tau={tau:.4g} tau'={tau_prime:.4g}" + (" filled" if fill_holes else ""),
+        inputs=inputs,
+    )
+
+
+def run_csv(
+    csv_path: str,
+    out_dir: str,
+    overwrite: bool,
+    o: dict[str, Any],
+    rank: int = 0,
+    world: int = 1,
+    extras: Extras = Extras(),
+    part_of: tuple[int, int] = (0, 1),
+) -> Any:
+    """Dataset mode of ``run``: one heatmap per volume in ``out_dir``, finished ones skipped.
+
+    The volumes come from a dataset CSV, a folder of volumes or a glob pattern (``csv_path``).
+    A finished heatmap counts as done only when its provenance record matches this run
+    (settings, weights, version, inputs); otherwise the run refuses before any work, unless
+    ``--overwrite``. ``part_of`` = ``(I, K)``: this job writes part I of K of the volumes
+    (:func:`tomofield.batch.part`), shared by the ranks under torchrun. Every part and rank
+    checks the whole dataset, so that all refuse alike. ``mask`` and ``preview`` are
+    folders: one mask and one PNG per volume (of this part).
+    """
+    from tomofield.batch import check_output_folder, part, run_dataset, shard
+    from tomofield.dataset import read_dataset
+
+    is_csv = csv_path.lower().endswith(".csv") and not Path(csv_path).is_dir()
+    check_output_folder([], out_dir, csv_path if is_csv else None)
+    all_cases = read_dataset(csv_path, require_files=True, task="any") if is_csv else folder_cases(csv_path)
+    check_output_folder(all_cases, out_dir, csv_path if is_csv else None)
+    mask, preview = extras.mask, extras.preview
+    if preview is not None and preview.lower().endswith(".png"):
+        raise InputError(f"--preview {preview!r}: a run of several volumes writes one PNG each; give a folder")
+    for extra in (mask, preview):
+        if extra is not None:
+            check_output_folder(all_cases, extra, csv_path if is_csv else None)
+    part_id, num_parts = part_of
+    mine = part(all_cases, part_id, num_parts)
+    share = f", part {part_id} of {num_parts}: {len(mine)} of {len(all_cases)} volume(s)" if num_parts > 1 else ""
+    if not mine and rank == 0:
+        out.print(
+            f"part {part_id} of {num_parts} holds none of the {len(all_cases)} volume(s): nothing to write "
+            "(the finished heatmaps are checked all the same)",
+            highlight=False,
+        )
+    cases = shard(mine, rank, world)
+    engine = build_engine(o)
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    ) as bar:
+        vols = bar.add_task("volumes", total=len(cases))
+
+        def on_volume(case: Any, what: str) -> None:
+            if what != "start":
+                bar.update(vols, advance=1, description=f"volumes ({case.name} {what})")
+
+        result = run_dataset(
+            engine, cases, out_dir, overwrite, on_volume, check=all_cases, **given({"nan_policy": o["nan_policy"]})
+        )
+    from tomofield import distributed
+
+    parts = distributed.gather_objects((len(result.written), len(result.skipped)))
+    if rank == 0:
+        written, skipped = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        ranks = f" by {world} processes" if world > 1 else ""
+        out.print(
+            f"{written} heatmap(s) written, {skipped} already done, in {out_dir}{ranks}{share} "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
+    if (mask or preview) and rank == 0:
+        write_dataset_extras(mine, out_dir, extras, overwrite)
+    return result
+
+
+def write_dataset_extras(cases: list[Any], heat_dir: str, extras: Extras, overwrite: bool) -> None:
+    """One mask and one preview per volume from its finished heatmap, each heatmap read once.
+
+    A mask or preview newer than its heatmap is kept unless ``overwrite``.
+    """
+    from tomofield.batch import heatmap_path
+    from tomofield.io import load_volume
+
+    folders = [Path(f) if f else None for f in (extras.mask, extras.preview)]
+    for folder in folders:
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+    made, kept = [0, 0], [0, 0]
+    for case in cases:
+        heat_file = heatmap_path(heat_dir, case)
+        targets = [
+            heatmap_path(folders[0], case) if folders[0] else None,
+            folders[1] / f"{case.name}.png" if folders[1] else None,
+        ]
+        if targets[0] is not None and targets[0].resolve() == heat_file.resolve():
+            raise InputError(f"--mask {extras.mask!r} is the heatmaps' folder; give another folder for the masks")
+        stale = [
+            t is not None and (overwrite or not t.exists() or t.stat().st_mtime < heat_file.stat().st_mtime)
+            for t in targets
+        ]
+        for i, t in enumerate(targets):
+            made[i] += stale[i]
+            kept[i] += t is not None and not stale[i]
+        if not any(stale):
+            continue
+        heat = load_volume(heat_file)
+        if heat.data.shape[0] != 1:
+            raise InputError(f"--mask needs single-channel heatmaps; {str(heat_file)!r} has {heat.data.shape[0]}")
+        scan = load_volume(list(case.images)) if stale[1] else heat  # the heatmap has the scan's grid
+        chosen = [t if st else None for t, st in zip(targets, stale, strict=True)]
+        extras.write(chosen[0], chosen[1], heat.data[0].numpy(), scan, case.name, True)
+    if folders[0] is not None:
+        tau, tau_prime = extras.cuts or (float("nan"), float("nan"))
+        out.print(
+            f"{made[0]} mask(s) written, {kept[0]} up to date, in {extras.mask} (tau {tau:.4g}, tau' {tau_prime:.4g}"
+            + (", holes filled)" if extras.fill_holes else ")")
+        )
+    if folders[1] is not None:
+        out.print(f"{made[1]} preview(s) written, {kept[1]} up to date, in {extras.preview}")
