@@ -18,7 +18,7 @@
 """
 
 from tomofield.pipeline.plan import CHUNK_SLICES, Plan, Tick
-from tomofield.pipeline.scoring import AMP_MODES, Scorer, amp_dtype, compiled
+from tomofield.pipeline.scoring import AMP_MODES, Scorer, amp_dtype, compiled, encoder_dtype
 from tomofield.pipeline.slicing import Occupancy, Slicer, cut_slices, index_frames, normalised_frames
 from tomofield.pipeline.stacks import Backprojector, Stacks, available_memory, check_memory
 
@@ -37,6 +37,7 @@ __all__ = [
     "check_memory",
     "compiled",
     "cut_slices",
+    "encoder_dtype",
     "index_frames",
     "normalised_frames",
 ]

@@ -43,6 +43,18 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return _AMP_DTYPES.get(amp)
 
 
+def encoder_dtype(head, amp: str, device: torch.device) -> torch.dtype | None:
+    """The dtype a head's encoder runs in under ``amp`` on ``device`` (None: float32).
+
+    :func:`amp_dtype`, except that under ``auto`` a head that needs gradients (the CAM heads)
+    stays in float32: they can underflow in fp16, so reduced precision is theirs only on
+    request (``amp="fp16"`` or ``"bf16"``).
+    """
+    if amp == "auto" and getattr(head, "needs_grad", False):
+        return None
+    return amp_dtype(amp, device)
+
+
 def _out_of_memory(exc: BaseException) -> torch.OutOfMemoryError | None:
     """The out-of-memory error behind ``exc``: itself, its cause or context, or a compiler's inner exception."""
     stack, seen = [exc], set()
@@ -160,9 +172,7 @@ class Scorer:
             compile = compile and bool(getattr(head, "compilable", False))
             if compile:
                 encoder = compiled(encoder)
-            self.dtype = amp_dtype(amp, device)
-            if amp == "auto" and getattr(head, "needs_grad", False):
-                self.dtype = None  # gradients (CAM heads) can underflow in fp16: reduced precision only on request
+            self.dtype = encoder_dtype(head, amp, device)
             self.channels_last, self.pad_to = channels_last, compile
         self.encoder = encoder
 
