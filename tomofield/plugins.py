@@ -28,7 +28,7 @@ from typing import Any
 import pluggy
 
 from tomofield import hookspecs
-from tomofield.errors import TomofieldError, UnknownComponentError
+from tomofield.errors import InputError, TomofieldError, UnknownComponentError
 from tomofield.protocols import Option, check_options, options_of
 
 ENTRY_POINT_GROUP = "tomofield"
@@ -234,3 +234,53 @@ def failed_plugins() -> dict[str, str]:
 def add_commands(cli: Any) -> None:
     """Let every plugin add its commands to the click group ``cli``."""
     plugin_manager().hook.register_commands(cli=cli)
+
+
+def build(kind: str, spec: Any, **options: Any) -> Any:
+    """A component of ``kind`` from its registered name, or as given: the one builder of components.
+
+    The boundary where components are validated, whoever builds them (the engine, the
+    command line, an integration).
+
+    Options are checked against the component's declaration (name, type, bounds); what the
+    factory itself refuses (``ValueError``, ``TypeError``) reaches the caller as
+    :class:`~tomofield.errors.InputError` naming the component and its options.
+    """
+    if not isinstance(spec, str):
+        return _check_object(kind, spec)
+    comp = get(kind, spec)
+    declared = {o.name: o for o in comp.options}
+    unknown = sorted(set(options) - set(declared))
+    if comp.options and unknown:
+        valid = ", ".join(sorted(declared))
+        raise InputError(f"{kind} {spec!r} has no option(s) {', '.join(unknown)}; its options: {valid}")
+    owner = f"{kind} {spec!r}"
+    options = {k: declared[k].check(v, owner) if k in declared else v for k, v in options.items()}
+    try:
+        return comp.factory(**options)
+    except TomofieldError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise InputError(f"{owner} refused its options {options}: {type(exc).__name__}: {exc}") from exc
+
+
+#: What a component object given to the Engine (not a name) must have; the rest defaults.
+_REQUIRED = {
+    "head": ("__call__",),
+    "filter": ("pad", "integral", "constant", "__call__"),
+    "reconstructor": ("__call__",),
+    "sampler": ("plan",),
+    "postprocessor": ("__call__",),
+}
+
+
+def _check_object(kind: str, obj: Any) -> Any:
+    """A component given as an object: refuse one that lacks what its kind needs (tomofield.protocols)."""
+    missing = [a for a in _REQUIRED.get(kind, ()) if not (callable(obj) if a == "__call__" else hasattr(obj, a))]
+    if missing:
+        names = ", ".join(a if a != "__call__" else "__call__ (callable)" for a in missing)
+        raise InputError(
+            f"{kind} {obj!r} ({type(obj).__name__}) is not a {kind}: it lacks {names}; give a registered name "
+            f"(tomofield plugins lists them) or an object as described in tomofield.protocols"
+        )
+    return obj

@@ -1,0 +1,214 @@
+"""The settings of a reconstruction (:class:`EngineConfig`), the device, and the checks of an input volume."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tomofield import encoders
+from tomofield import presets as _presets
+from tomofield.checkpoint import NUM_CLASSES, SLICE_SIZES
+from tomofield.encoders import NORMS
+from tomofield.errors import InputError
+from tomofield.geometry import EXTENTS, GEOMETRIES
+from tomofield.intensity import MODES as INTENSITY_MODES
+from tomofield.io import ORIENTATIONS
+from tomofield.pipeline import AMP_MODES
+from tomofield.protocols import SEED_MAX
+
+Progress = Callable[[int, int], None]
+
+#: Settings that change speed or memory only, not the heatmap (left out of :meth:`Engine.provenance`).
+SPEED_ONLY = ("batch_size", "channels_last", "compile", "skip_empty", "shard_directions")
+#: The encoder an engine builds when none is given (nor a run directory that names one).
+DEFAULT_ENCODER = encoders.DEFAULT_ENCODER
+#: ``Engine(preset=NAME)`` and ``tomofield run --preset NAME`` (:mod:`tomofield.presets`):
+#: ``fast`` sizes L, M and the slice size to each volume, ``default`` and ``paper`` are fixed
+#: counts; settings given explicitly win, a run's slice size stays.
+PRESETS = _presets.PRESETS
+
+#: The reconstructor of a head when none is given, with an inverse-Radon filter (``tomo``,
+#: ``tomo-sg``, ``tomo-gauss``): a slice classifier's saturating logit gets ``filled`` (large
+#: lesions come back filled, docs/results.md "Filled lesions"); every other head, and every
+#: head under the ``none`` filter, gets filtered backprojection.
+DEFAULT_RECONSTRUCTORS: dict[str, str] = {"logit": "filled"}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; anything else must be usable here."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from exc
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None) if dev.type != "mps" else getattr(torch.backends, "mps", None)
+    is_available = getattr(backend, "is_available", None)
+    if not callable(is_available) or not is_available():
+        what = "CUDA is" if dev.type == "cuda" else f"the {dev.type!r} device type is"
+        raise InputError(
+            f"device {device!r} requested but {what} not available in this torch build on this machine; "
+            f"use --device cpu{' (or cuda)' if torch.cuda.is_available() else ''}"
+        )
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and callable(count) and not dev.index < count():
+        raise InputError(
+            f"device {device!r} does not exist: this machine has {count()} {dev.type} device(s), "
+            f"valid: {', '.join(f'{dev.type}:{i}' for i in range(count()))}"
+        )
+    return dev
+
+
+def setting(
+    default: Any, help: str, *, short: str | None = None, off: str | None = None, choices: Sequence[str] | None = None
+) -> Any:
+    """A field of :class:`EngineConfig` that front ends offer as an option.
+
+    The field's default is the library's (the only copy); ``help`` is its one-line help,
+    ``short`` a one-letter alias, ``off`` the negative spelling of a switch (default
+    ``--no-NAME``), ``choices`` the valid values.
+    """
+    return field(default=default, metadata={"help": help, "short": short, "off": off, "choices": choices})
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything that defines a reconstruction besides the components.
+
+    Frozen: an engine's settings never change while it works (the batch size a run falls
+    back to after running out of memory is the scorer's state, not the config).
+    """
+
+    directions: int = setting(500, "Number of slicing directions L.", short="-L")
+    slices: int = setting(48, "Slices per direction M.", short="-M")
+    slice_size: int = setting(224, "Slice side in pixels.")
+    hemisphere: bool = setting(True, "Directions on a hemisphere (half the work) or the whole sphere.", off="--sphere")
+    geometry: str = setting(
+        "physical", "physical: millimetres from the affine; normalized: the paper's cube.", choices=GEOMETRIES
+    )
+    extent: str = setting(
+        "unit", "Slice offsets in [-1, 1] (paper) or covering the volume's whole support.", choices=EXTENTS
+    )
+    seed: int = setting(0, "Seed of the random in-plane bases (and of a random-init encoder).")
+    batch_size: int = setting(64, "Slices per encoder batch.")
+    num_classes: int = 1
+    pretrained: bool = setting(False, "timm pretrained weights from the local cache (never downloaded).")
+    norm: str = "frozen-bn"
+    intensity: str = setting(
+        "none",
+        "Intensity normalisation before slicing: volume (per channel, background to 0 and the foreground's "
+        "median to 1, as tomofield train does) or none; a run directory's by default.",
+        choices=INTENSITY_MODES,
+    )
+    orientation: str = setting(
+        "canonical",
+        "Frame of the directions for a volume with an affine: canonical (the volume turned to RAS by flips and "
+        "axis swaps, so copies stored LPS or in other axis orders give the same heatmap) or stored (the array's "
+        "own axes, as before 0.2).",
+        choices=ORIENTATIONS,
+    )
+    head_options: dict[str, Any] = field(default_factory=dict)
+    # Speed settings (docs/benchmarks.md has the measurements behind the defaults).
+    amp: str = setting(
+        "auto", "Encoder autocast: auto = fp16 on CUDA (fp32 for CAM heads), off on CPU.", choices=AMP_MODES
+    )
+    channels_last: bool = setting(True, "Feed the encoder channels-last slices.")
+    compile: bool = setting(False, "torch.compile the encoder (heads that allow it; pays off on long runs).")
+    skip_empty: bool = setting(True, "Give slices that sample nothing the score of an empty slice, unrun.")
+    empty_tol: float = setting(0.0, "Values up to this count as empty.")
+    #: under torch.distributed, share the directions of one volume among the ranks.
+    shard_directions: bool = False
+
+    def validate(self) -> None:
+        """Refuse settings of the wrong type or out of range, naming the value and what is valid."""
+        for f in fields(self):
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            elif isinstance(default, str):
+                ok = isinstance(value, str)
+            else:
+                ok, default = isinstance(value, dict), {}  # head_options
+            if not ok:
+                raise InputError(
+                    f"setting {f.name}={value!r} must be {type(default).__name__}, got {type(value).__name__}"
+                )
+        (lo_s, hi_s), (lo_k, hi_k) = SLICE_SIZES, NUM_CLASSES  # the ranges a run directory may record too
+        checks = [
+            (1 <= self.directions <= 100_000, f"directions must be in 1..100000, got {self.directions}"),
+            (3 <= self.slices <= 10_000, f"slices must be in 3..10000, got {self.slices}"),
+            (lo_s <= self.slice_size <= hi_s, f"slice size must be in {lo_s}..{hi_s} pixels, got {self.slice_size}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (0 <= self.seed <= SEED_MAX, f"seed must be in 0..{SEED_MAX}, got {self.seed}"),
+            (lo_k <= self.num_classes <= hi_k, f"num_classes must be in {lo_k}..{hi_k}, got {self.num_classes}"),
+            (self.geometry in GEOMETRIES, f"unknown geometry {self.geometry!r}; valid: {', '.join(GEOMETRIES)}"),
+            (self.extent in EXTENTS, f"unknown extent {self.extent!r}; valid: {', '.join(EXTENTS)}"),
+            (self.amp in AMP_MODES, f"unknown amp mode {self.amp!r}; valid: {', '.join(AMP_MODES)}"),
+            (self.norm in NORMS, f"unknown norm {self.norm!r}; valid: {', '.join(NORMS)}"),
+            (
+                self.intensity in INTENSITY_MODES,
+                f"unknown intensity normalisation {self.intensity!r}; valid: {', '.join(INTENSITY_MODES)}",
+            ),
+            (
+                self.orientation in ORIENTATIONS,
+                f"unknown orientation {self.orientation!r}; valid: {', '.join(ORIENTATIONS)}",
+            ),
+            (self.empty_tol >= 0, f"empty_tol must be >= 0, got {self.empty_tol}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InputError(msg)
+
+
+def validate_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]:
+    """Three positive finite voxel sizes in mm per (D, H, W) axis (default 1 mm)."""
+    if spacing is None:
+        return (1.0, 1.0, 1.0)
+    try:
+        sp = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        sp = ()
+    if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
+        raise InputError(f"spacing must be 3 positive finite voxel sizes in mm (D, H, W), got {spacing!r}")
+    return sp  # type: ignore[return-value]
+
+
+def validate_volume(volume: Tensor) -> Tensor:
+    """A (C, D, H, W) float view of ``volume``; refuse what cannot be reconstructed."""
+    if not isinstance(volume, Tensor):
+        try:
+            volume = torch.as_tensor(volume)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(
+                f"expected a volume array or tensor (D, H, W) or (C, D, H, W), got {type(volume).__name__}"
+            ) from exc
+    if volume.is_complex():
+        raise InputError("the volume is complex; give its magnitude or its real part explicitly (torch.abs, .real)")
+    if volume.dim() == 3:
+        volume = volume[None]
+    if volume.dim() != 4:
+        raise InputError(
+            f"expected a volume (D, H, W) or (C, D, H, W), got shape {tuple(volume.shape)} ({volume.dim()}D)"
+        )
+    if min(volume.shape[1:]) < 2:
+        raise InputError(f"every spatial axis needs at least 2 voxels, got shape {tuple(volume.shape)}")
+    if not volume.is_floating_point():
+        volume = volume.float()
+    bad = ~torch.isfinite(volume)
+    if bool(bad.any()):
+        raise InputError(
+            f"the volume has {int(bad.sum())} non-finite voxel(s) (NaN or Inf) out of {volume.numel()}; "
+            "fix or mask them before reconstruction"
+        )
+    return volume
