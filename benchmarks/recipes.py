@@ -150,7 +150,8 @@ def tonno(run: Path, test_csv: Path, directions: int, slices: int) -> dict[str, 
     )
     heats, masks, labels = [], [], []
     for case in read_dataset(test_csv):
-        heats.append(engine.run(load_volume(list(case.images))).data[0].numpy())
+        heat = engine.run(load_volume(list(case.images)))
+        heats.append(heat.data[0].numpy())
         masks.append(load_volume([case.mask]).data[0].numpy() if case.label == 1 and case.mask else None)
         labels.append(int(case.label))
     pos = [i for i, y in enumerate(labels) if y == 1]

@@ -17,7 +17,7 @@ import torch
 
 from tomofield.engine import Engine
 from tomofield.errors import InputError
-from tomofield.io import affine_for_spacing, check_output_path, load_volume, save_heatmap, save_nifti
+from tomofield.io import affine_for_spacing, check_output_path, load_volume, save_nifti
 from tomofield.synth import ball_phantom
 
 SPACING = (2.5, 1.0, 1.0)  # (d, h, w) mm: anisotropic, like a thick-slice scan
@@ -82,20 +82,12 @@ def phantom_demo(
         f"{slice_size}x{slice_size} slices, physical geometry"
     )
     with progress_cm("slices") as tick:
-        heat = engine.run(volume, progress=tick).data.cpu()
-    save_heatmap(paths["heatmap"], heat, volume, overwrite)
-    from tomofield.preview import write_preview
+        heat = engine.run(volume, progress=tick)
+    heat.save(paths["heatmap"], overwrite)
+    from tomofield.outputs import preview
 
-    write_preview(
-        png,
-        heat[0].numpy(),
-        volume.data[0].numpy(),
-        volume.spacing,
-        title="sum head + tomo filter: reconstruction of the phantom",
-        overwrite=overwrite,
-        affine=volume.affine,
-    )
-    r = correlation(heat[0], volume.data[0])
+    preview(png, heat, volume, "sum head + tomo filter: reconstruction of the phantom", overwrite)
+    r = correlation(heat.data[0].cpu(), volume.data[0])
     console.print(
         f"correlation with the phantom: {r:.3f}  (outputs in {out_dir}/: phantom.nii.gz, heatmap.nii.gz, preview.png)"
     )
@@ -129,7 +121,7 @@ class DemoSettings:
 def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any, fit: Any, console: Any) -> dict:
     """Synthesise, train, reconstruct held-out positives with ToNNO, report Dice."""
     from tomofield.dataset import read_dataset
-    from tomofield.preview import write_preview
+    from tomofield.outputs import preview
     from tomofield.synth import write_dataset
     from tomofield.train import TrainConfig, Trainer
 
@@ -163,29 +155,19 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
     engine = Engine(
         weights=out_dir / "run", head="logit", filter="tomo", directions=s.directions, slices=s.slices, device=s.device
     )
-    heats, masks = [], []
+    heatmaps, heats, masks = [], [], []
     for case in positives:
         vol = load_volume(list(case.images))
         with progress_cm(case.name) as tick:
-            heat = engine.run(vol, progress=tick).data.cpu()
-        save_heatmap(out_dir / "heatmaps" / f"{case.name}.nii.gz", heat, vol, overwrite=True)
-        mask = load_volume([case.mask]).data[0].numpy()
-        heats.append(heat[0].numpy())
-        masks.append(mask)
+            heat = engine.run(vol, progress=tick)
+        heat.save(out_dir / "heatmaps" / f"{case.name}.nii.gz", overwrite=True)
+        heatmaps.append((heat, vol))
+        heats.append(heat.data[0].cpu().numpy())
+        masks.append(load_volume([case.mask]).data[0].numpy())
     threshold, mean_dice = best_dice(heats, masks)
-    first = load_volume(list(positives[0].images))
     png = out_dir / "preview.png"
-    write_preview(
-        png,
-        heats[0],
-        first.data[0].numpy(),
-        first.spacing,
-        title=f"ToNNO heatmap of held-out {positives[0].name} (trained on volume labels only; lesion outlined)",
-        overwrite=True,
-        mask=masks[0],
-        affine=first.affine,
-        threshold=threshold,
-    )
+    title = f"ToNNO heatmap of held-out {positives[0].name} (trained on volume labels only; lesion outlined)"
+    preview(png, *heatmaps[0], title, overwrite=True, mask=masks[0], threshold=threshold)
     console.print(
         f"validation balanced accuracy {bacc:.3f}; ToNNO mean Dice over {len(heats)} held-out positives "
         f"{mean_dice:.3f} at the best single threshold {threshold:.3g}"

@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from tomofield.cli import cli
@@ -99,7 +100,7 @@ def test_mask_options_are_checked_before_any_work(dataset, tmp_path, monkeypatch
 
 def test_a_report_without_thresholds_or_of_several_methods_says_what_to_do(tmp_path):
     from tomofield.errors import InputError
-    from tomofield.report import read_thresholds
+    from tomofield.outputs import read_thresholds
 
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"heat": {"f1": 0.5}}))
@@ -113,8 +114,8 @@ def test_a_report_without_thresholds_or_of_several_methods_says_what_to_do(tmp_p
 
 
 def test_a_masks_fill_holes_is_the_options_else_the_reports_else_off(tmp_path):
+    from tomofield.cli.run import mask_fill_holes
     from tomofield.errors import InputError
-    from tomofield.report import mask_fill_holes
 
     report = tmp_path / "r.json"
     report.write_text(json.dumps({"a": {"thresholds": {"tau": 1, "tau_prime": 0.5}, "fill_holes": True}}))
@@ -155,12 +156,14 @@ def test_evaluate_reports_every_case_beside_the_aggregates(evaluated, tmp_path):
 
 def test_the_mask_file_holds_the_binarization_whatever_the_thresholds_scale(write_nifti, tmp_path):
     """Thresholds in the heatmap's own units (here above 1): the file is the binarization, not a re-threshold."""
-    from tomofield.cli.run import Extras
+    from tomofield.io import Heatmap
+    from tomofield.outputs import Extras
 
     zz, yy, xx = np.mgrid[:12, :12, :12]
     heat = (40.0 * np.exp(-((zz - 6) ** 2 + (yy - 5) ** 2 + (xx - 7) ** 2) / 6.0)).astype(np.float32)
     scan = load_volume(write_nifti("scan.nii.gz", heat + 1.0))
-    labels = Extras(cuts=(30.0, 10.0)).write(tmp_path / "m.nii.gz", None, heat, scan, "t", False)
+    heatmap = Heatmap.on(torch.from_numpy(heat)[None], scan)
+    labels = Extras(cuts=(30.0, 10.0)).write(tmp_path / "m.nii.gz", None, heatmap, scan, "t", False)
     expected = binarize(heat, 10.0, 30.0)
     assert expected.sum() > 1
     np.testing.assert_array_equal(labels, expected.astype(np.uint8))
@@ -175,8 +178,9 @@ def rim_heatmap(shape, centre, rng) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_evaluate_fill_holes_scores_hollow_heatmaps_as_their_lesions_and_records_it(write_nifti, tmp_path):
+    from tomofield.cli.run import mask_fill_holes
     from tomofield.evaluation import kept_components, lesion_scores, tune_thresholds
-    from tomofield.report import evaluate_heatmaps, mask_fill_holes
+    from tomofield.report import evaluate_heatmaps
 
     rng = np.random.default_rng(0)
     (tmp_path / "heat").mkdir()
@@ -234,12 +238,14 @@ def test_a_mask_follows_the_reports_fill_holes_unless_told_otherwise(evaluated, 
 
 
 def test_extras_write_fills_the_masks_holes_when_asked(write_nifti, tmp_path):
-    from tomofield.cli.run import Extras
+    from tomofield.io import Heatmap
+    from tomofield.outputs import Extras
 
     heat, ball = rim_heatmap((18, 18, 18), (9, 9, 9), np.random.default_rng(1))
     scan = load_volume(write_nifti("scan.nii.gz", heat))
-    plain = Extras(cuts=(0.9, 0.5)).write(None, None, heat, scan, "t", False)
-    labels = Extras(cuts=(0.9, 0.5), fill_holes=True).write(tmp_path / "m.nii.gz", None, heat, scan, "t", False)
+    heatmap = Heatmap.on(torch.from_numpy(heat)[None], scan)
+    plain = Extras(cuts=(0.9, 0.5)).write(None, None, heatmap, scan, "t", False)
+    labels = Extras(cuts=(0.9, 0.5), fill_holes=True).write(tmp_path / "m.nii.gz", None, heatmap, scan, "t", False)
     np.testing.assert_array_equal(labels, ball.astype(np.uint8))
     assert plain.sum() < labels.sum()
     np.testing.assert_array_equal(load_volume(tmp_path / "m.nii.gz").data[0].numpy(), ball.astype(np.float32))

@@ -19,7 +19,7 @@ from tomofield import InputError
 from tomofield.cli import cli
 from tomofield.compare import check_report_dir, report_files, run_comparison
 from tomofield.io import Heatmap, affine_for_spacing, atomic_write, check_output_path, load_volume, save_nifti
-from tomofield.preview import write_preview
+from tomofield.outputs.preview import write_preview
 from tomofield.report import report_paths, write_reports
 from tomofield.synth import write_dataset
 

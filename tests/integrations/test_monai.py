@@ -77,7 +77,12 @@ def test_the_network_monai_passes_is_the_encoder(tmp_path: Path):
     want = Engine(encoder=net, head="logit", device="cpu", **SETTINGS).run(load_volume(_scan(tmp_path, False)))
     assert tuple(got.shape) == (1, 9, 8, 7) and not got.is_batch
     torch.testing.assert_close(got.as_tensor(), want.data.permute(0, 3, 2, 1), rtol=1e-5, atol=1e-6)
-    assert inferer.engine_for(net) is inferer.engine_for(net)  # built once per network
+    scorer = inferer.engine.scorer_for(1, net)
+    assert inferer.engine.scorer_for(1, net) is scorer and scorer.encoder is net  # one engine, kept per network
+    given = TomofieldInferer(Engine(head="logit", device="cpu", **SETTINGS))
+    torch.testing.assert_close(given(img, net).as_tensor(), got.as_tensor())  # a given engine runs it too
+    with pytest.raises(InputError, match="network must be a 2D encoder"):
+        inferer(img, lambda x: x)
 
 
 def test_inputs_without_an_affine_or_in_another_shape_are_refused():

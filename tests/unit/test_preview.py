@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from tomofield.preview import CT_WINDOW, body_mask, default_window, focus, write_preview
+from tomofield.outputs.preview import CT_WINDOW, body_mask, default_window, focus, write_preview
 
 
 def pixels(path: Path) -> np.ndarray:

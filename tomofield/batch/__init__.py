@@ -60,7 +60,7 @@ from tomofield.batch.records import (
 from tomofield.dataset import Case
 from tomofield.engine import Engine
 from tomofield.errors import InputError
-from tomofield.io import Heatmap, load_volume
+from tomofield.io import load_volume
 
 __all__ = [
     "RECORD_FORMAT",
@@ -186,7 +186,7 @@ def run_dataset(
             on_volume and on_volume(case, "start")
             inputs = [input_fingerprint(p) for p in case.images]
             volume = load_volume(list(case.images), nan_policy=nan_policy, check_content=True)
-            heat = Heatmap.on(engine.run(volume, progress=progress).data.cpu(), volume)
+            heat = engine.run(volume, progress=progress)
             heat.header = _with_record(
                 volume.header,
                 {

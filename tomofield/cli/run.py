@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -34,6 +33,7 @@ from tomofield.cli.toolkit import (
 from tomofield.dataset import folder_cases, is_volume_list
 from tomofield.errors import InputError
 from tomofield.io import is_dicom_folder
+from tomofield.outputs import Extras, read_fill_holes, read_thresholds
 
 
 @click.command(cls=EngineCommand)
@@ -143,8 +143,6 @@ def run(
     shown = parse_window(window) if window is not None else None
     cuts, filled = None, False
     if mask is not None:
-        from tomofield.report import mask_fill_holes, mask_thresholds
-
         cuts = mask_thresholds(threshold, thresholds_from)
         filled = mask_fill_holes(fill_holes, thresholds_from)
     elif threshold is not None or thresholds_from is not None or fill_holes is not None:
@@ -214,52 +212,6 @@ def _slurm_array_index(env: Any) -> tuple[int, str]:
     return index, f"SLURM array task {index} ({how})"
 
 
-@dataclass(frozen=True)
-class Extras:
-    """What ``run`` writes beside a heatmap: a mask at ``cuts`` = (tau, tau') (its components' holes filled
-    with ``fill_holes``), a preview in ``window``.
-
-    For one volume ``mask`` and ``preview`` are files; for a dataset, folder or pattern, folders.
-    """
-
-    mask: str | None = None
-    cuts: tuple[float, float] | None = None
-    preview: str | None = None
-    window: tuple[float, float] | None = None
-    fill_holes: bool = False
-
-    def write(self, mask: Path | None, png: Path | None, heat: Any, scan: Any, title: str, overwrite: bool) -> Any:
-        """Write the mask (to ``mask``) and the preview (to ``png``) of one (D, H, W) heatmap on ``scan``'s grid.
-
-        Returns the mask array (None without ``cuts``).
-        """
-        labels = None
-        if self.cuts is not None:  # the preview outlines the mask, written or not
-            from tomofield.report import segmentation
-
-            labels = segmentation(heat, *self.cuts, fill_holes=self.fill_holes)
-            if mask is not None:
-                write_mask(
-                    mask, labels, scan.affine, scan.header, self.cuts, overwrite, scan.paths, fill_holes=self.fill_holes
-                )
-        if png is not None:
-            from tomofield.preview import write_preview
-
-            write_preview(
-                png,
-                heat,
-                scan.data[0].numpy(),
-                scan.spacing,
-                title=title,
-                overwrite=overwrite,
-                mask=labels,
-                affine=scan.affine,
-                window=self.window,
-                threshold=self.cuts[1] if self.cuts else None,
-            )
-        return labels
-
-
 def run_volume(
     inputs: tuple[str, ...],
     output: str,
@@ -267,10 +219,11 @@ def run_volume(
     o: dict[str, Any],
     rank: int = 0,
     world: int = 1,
-    extras: Extras = Extras(),
+    extras: Extras | None = None,
 ) -> None:
     """One volume; under torchrun its directions are shared by the ranks and rank 0 writes."""
-    from tomofield.io import check_output_path, load_volume, save_heatmap
+    extras = extras or Extras()
+    from tomofield.io import check_output_path, load_volume
 
     mask, preview = extras.mask, extras.preview
 
@@ -298,21 +251,15 @@ def run_volume(
     )
     t0 = time.perf_counter()
     with slice_progress("slices" if world == 1 else f"rank {rank}/{world} slices", total) as tick:
-        heat = engine.run(volume, progress=tick).data
+        heat = engine.run(volume, progress=tick)
     if rank != 0:
         return
-    if mask and heat.shape[0] != 1:
-        raise InputError(f"--mask needs a single-channel heatmap; head {engine.head_name!r} gave {heat.shape[0]}")
-    save_heatmap(output, heat.cpu(), volume, overwrite)
+    channels = heat.data.shape[0]
+    if mask and channels != 1:
+        raise InputError(f"--mask needs a single-channel heatmap; head {engine.head_name!r} gave {channels}")
+    heat.save(output, overwrite)
     title = f"{engine.head_name} / {engine.filter_name}: {volume.paths[0].name}"
-    extras.write(
-        Path(mask) if mask else None,
-        Path(preview) if preview else None,
-        heat[0].cpu().numpy(),
-        volume,
-        title,
-        overwrite,
-    )
+    extras.write(Path(mask) if mask else None, Path(preview) if preview else None, heat, volume, title, overwrite)
     written = [output, *([mask] if mask else []), *([preview] if preview else [])]
     out.print(f"wrote {', '.join(map(str, written))} in {time.perf_counter() - t0:.1f} s")
 
@@ -328,35 +275,6 @@ def parse_window(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def write_mask(
-    path: str | Path,
-    labels: Any,
-    affine: Any,
-    header: Any,
-    cuts: tuple[float, float],
-    overwrite: bool,
-    inputs: Any = (),
-    fill_holes: bool = False,
-) -> Path:
-    """A uint8 label map (D, H, W), the segmentation at ``cuts`` = (tau, tau'), on the heatmap's grid.
-
-    Its description names the thresholds, and ``filled`` when the components' holes were filled.
-    """
-    from tomofield.io import save_nifti
-
-    tau, tau_prime = cuts
-    return save_nifti(
-        path,
-        labels,
-        affine,
-        header,
-        overwrite,
-        dtype=np.uint8,
-        description=f"tomofield mask tau={tau:.4g} tau'={tau_prime:.4g}" + (" filled" if fill_holes else ""),
-        inputs=inputs,
-    )
-
-
 def run_csv(
     csv_path: str,
     out_dir: str,
@@ -364,7 +282,7 @@ def run_csv(
     o: dict[str, Any],
     rank: int = 0,
     world: int = 1,
-    extras: Extras = Extras(),
+    extras: Extras | None = None,
     part_of: tuple[int, int] = (0, 1),
 ) -> Any:
     """Dataset mode of ``run``: one heatmap per volume in ``out_dir``, finished ones skipped.
@@ -379,6 +297,8 @@ def run_csv(
     """
     from tomofield.batch import check_output_folder, part, run_dataset, shard
     from tomofield.dataset import read_dataset
+
+    extras = extras or Extras()
 
     is_csv = csv_path.lower().endswith(".csv") and not Path(csv_path).is_dir()
     check_output_folder([], out_dir, csv_path if is_csv else None)
@@ -430,51 +350,52 @@ def run_csv(
             f"({time.perf_counter() - t0:.1f} s)"
         )
     if (mask or preview) and rank == 0:
-        write_dataset_extras(mine, out_dir, extras, overwrite)
+        made, kept = extras.write_dataset(mine, out_dir, overwrite)
+        if mask is not None:
+            tau, tau_prime = extras.cuts or (float("nan"), float("nan"))
+            out.print(
+                f"{made[0]} mask(s) written, {kept[0]} up to date, in {mask} (tau {tau:.4g}, tau' {tau_prime:.4g}"
+                + (", holes filled)" if extras.fill_holes else ")")
+            )
+        if preview is not None:
+            out.print(f"{made[1]} preview(s) written, {kept[1]} up to date, in {preview}")
     return result
 
 
-def write_dataset_extras(cases: list[Any], heat_dir: str, extras: Extras, overwrite: bool) -> None:
-    """One mask and one preview per volume from its finished heatmap, each heatmap read once.
+def parse_threshold(text: str) -> tuple[float, float]:
+    """``--threshold TAU`` or ``TAU,TAU_PRIME`` as ``(tau, tau_prime)`` (``tau_prime`` = ``tau`` when not given).
 
-    A mask or preview newer than its heatmap is kept unless ``overwrite``.
+    >>> parse_threshold("0.8"), parse_threshold("0.8,0.3")
+    ((0.8, 0.8), (0.8, 0.3))
     """
-    from tomofield.batch import heatmap_path
-    from tomofield.io import load_volume
-
-    folders = [Path(f) if f else None for f in (extras.mask, extras.preview)]
-    for folder in folders:
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-    made, kept = [0, 0], [0, 0]
-    for case in cases:
-        heat_file = heatmap_path(heat_dir, case)
-        targets = [
-            heatmap_path(folders[0], case) if folders[0] else None,
-            folders[1] / f"{case.name}.png" if folders[1] else None,
-        ]
-        if targets[0] is not None and targets[0].resolve() == heat_file.resolve():
-            raise InputError(f"--mask {extras.mask!r} is the heatmaps' folder; give another folder for the masks")
-        stale = [
-            t is not None and (overwrite or not t.exists() or t.stat().st_mtime < heat_file.stat().st_mtime)
-            for t in targets
-        ]
-        for i, t in enumerate(targets):
-            made[i] += stale[i]
-            kept[i] += t is not None and not stale[i]
-        if not any(stale):
-            continue
-        heat = load_volume(heat_file)
-        if heat.data.shape[0] != 1:
-            raise InputError(f"--mask needs single-channel heatmaps; {str(heat_file)!r} has {heat.data.shape[0]}")
-        scan = load_volume(list(case.images)) if stale[1] else heat  # the heatmap has the scan's grid
-        chosen = [t if st else None for t, st in zip(targets, stale, strict=True)]
-        extras.write(chosen[0], chosen[1], heat.data[0].numpy(), scan, case.name, True)
-    if folders[0] is not None:
-        tau, tau_prime = extras.cuts or (float("nan"), float("nan"))
-        out.print(
-            f"{made[0]} mask(s) written, {kept[0]} up to date, in {extras.mask} (tau {tau:.4g}, tau' {tau_prime:.4g}"
-            + (", holes filled)" if extras.fill_holes else ")")
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(math.isfinite(v) for v in values):
+        raise InputError(
+            f"--threshold {text!r} is not TAU or TAU,TAU_PRIME (finite numbers: components of heatmap >= TAU_PRIME "
+            "are kept when their maximum reaches TAU)"
         )
-    if folders[1] is not None:
-        out.print(f"{made[1]} preview(s) written, {kept[1]} up to date, in {extras.preview}")
+    tau, tau_prime = values[0], values[-1]
+    if tau_prime > tau:
+        raise InputError(f"--threshold {text!r}: TAU_PRIME ({tau_prime}) must not exceed TAU ({tau})")
+    return tau, tau_prime
+
+
+def mask_thresholds(threshold: str | None, thresholds: str | None) -> tuple[float, float]:
+    """The thresholds of ``--mask``: from ``--threshold`` or from ``--thresholds``, exactly one of them."""
+    if (threshold is None) == (thresholds is None):
+        raise InputError(
+            "--mask needs its thresholds: --threshold TAU[,TAU_PRIME], or --thresholds REPORT.json (what tomofield "
+            "evaluate tuned), not both"
+        )
+    return parse_threshold(threshold) if threshold is not None else read_thresholds(thresholds)
+
+
+def mask_fill_holes(fill_holes: bool | None, thresholds: str | None) -> bool:
+    """Whether ``--mask`` fills holes: ``--fill-holes/--no-fill-holes`` when given (None: not given), else as the
+    ``--thresholds`` report binarized (its ``tau'`` was tuned on that binarization), else not."""
+    if fill_holes is not None:
+        return bool(fill_holes)
+    return read_fill_holes(thresholds) if thresholds is not None else False

@@ -173,6 +173,8 @@ class Engine:
         )
         self._encoders: dict[int, nn.Module] = {}
         self._scorers: dict[int, Scorer] = {}
+        #: scorers of networks given to :meth:`run`: id -> (the network, in_chans -> scorer)
+        self._given: dict[int, tuple[nn.Module, dict[int, Scorer]]] = {}
 
     @property
     def encoder_name(self) -> str:
@@ -222,13 +224,28 @@ class Engine:
             self._encoders[in_chans] = model.to(self.device).eval()
         return self._encoders[in_chans]
 
-    def scorer_for(self, in_chans: int) -> Scorer:
-        """The scorer for volumes of ``in_chans`` channels (kept: its batch size survives an OOM)."""
-        if in_chans not in self._scorers:
+    def scorer_for(self, in_chans: int, encoder: nn.Module | None = None) -> Scorer:
+        """The scorer for volumes of ``in_chans`` channels, of this engine's encoder or of ``encoder``.
+
+        Kept, one per network and channel count: its batch size survives an out-of-memory error.
+        """
+        scorers = self._scorers
+        if encoder is not None:
+            if not isinstance(encoder, nn.Module):
+                raise InputError(f"encoder must be a torch.nn.Module (a 2D network), got {type(encoder).__name__}")
+            kept = self._given.get(id(encoder))
+            if kept is None or kept[0] is not encoder:
+                kept = self._given[id(encoder)] = (encoder, {})
+            scorers = kept[1]
+        if in_chans not in scorers:
             cfg = self.config
-            self._scorers[in_chans] = Scorer(
+            if encoder is not None and getattr(self.head, "needs_encoder", True):
+                net: nn.Module | None = encoder.to(self.device).eval()
+            else:
+                net = self.encoder_for(in_chans)
+            scorers[in_chans] = Scorer(
                 self.head,
-                self.encoder_for(in_chans),
+                net,
                 self.device,
                 amp=cfg.amp,
                 channels_last=cfg.channels_last,
@@ -236,7 +253,7 @@ class Engine:
                 batch_size=cfg.batch_size,
                 label=f"head {self.head_name!r} with options {cfg.head_options}",
             )
-        return self._scorers[in_chans]
+        return scorers[in_chans]
 
     # -- reconstruction ------------------------------------------------------------------
     def config_for(self, shape: Sequence[int]) -> EngineConfig:
@@ -275,6 +292,7 @@ class Engine:
         volume: Tensor,
         spacing: Sequence[float] | None = None,
         progress: Progress | None = None,
+        encoder: nn.Module | None = None,
     ) -> Tensor:
         """Heatmap (K, D, H, W) of a volume (C, D, H, W) or (D, H, W), on the input grid.
 
@@ -282,6 +300,8 @@ class Engine:
             volume: the input; finite values.
             spacing: voxel size per (D, H, W) axis in mm (physical geometry); default 1.
             progress: called as ``progress(slices_done, slices_total)``.
+            encoder: run this network instead of the engine's own (as it is: no weights are
+                loaded into it), for an integration that holds its networks itself.
         """
         vol = validate_volume(volume)
         spacing = validate_spacing(spacing)
@@ -292,7 +312,7 @@ class Engine:
             vol = vol.pin_memory().to(dev, non_blocking=True)  # asynchronous, no stream sync
         given = vol = vol.to(dev)
         vol = normalize(vol, cfg.intensity)  # the encoder sees what it was trained on; post-processors the input
-        scorer = self.scorer_for(vol.shape[0])
+        scorer = self.scorer_for(vol.shape[0], encoder)
         total = plan.total_slices
         tick = (lambda n: progress(n, total)) if progress else (lambda n: None)
         ctx = torch.no_grad if getattr(self.head, "needs_grad", False) else torch.inference_mode
@@ -318,16 +338,22 @@ class Engine:
             heat = post(heat, given)
         return heat
 
-    def run(self, volume: Volume, progress: Progress | None = None) -> Heatmap:
+    def run(self, volume: Volume, progress: Progress | None = None, encoder: nn.Module | None = None) -> Heatmap:
         """The heatmap of a :class:`~tomofield.Volume`, on its grid with its affine.
 
         The computation of :meth:`reconstruct` on ``volume.data`` and ``volume.spacing``,
         in the frame ``config.orientation`` names: ``canonical`` turns the volume to RAS
         storage first (:class:`~tomofield.io.Reorientation`, flips and axis swaps) and the
-        heatmap back, so the heatmap does not depend on how the scan was stored.
+        heatmap back, so the heatmap does not depend on how the scan was stored. ``encoder``:
+        a network to run instead of the engine's own (:meth:`reconstruct`).
         """
+        if not isinstance(volume, Volume):
+            raise InputError(
+                f"Engine.run takes a tomofield.Volume (load_volume(path), or Volume.from_array(array, affine)), got "
+                f"{type(volume).__name__}; Engine.reconstruct takes a (C, D, H, W) tensor and its spacing"
+            )
         turn = Reorientation.of(volume.affine) if self.config.orientation == "canonical" else Reorientation()
-        heat = self.reconstruct(turn.forward(volume.data), turn.spacing(volume.spacing), progress)
+        heat = self.reconstruct(turn.forward(volume.data), turn.spacing(volume.spacing), progress, encoder)
         return Heatmap.on(turn.backward(heat).contiguous(), volume)
 
     def provenance(self) -> dict[str, Any]:
@@ -383,5 +409,5 @@ class Engine:
         new.config = replace(self.config, **changes)
         new.config.validate()
         new._per_volume = tuple(k for k in self._per_volume if k not in changes)  # what is set now wins
-        new._scorers = {}
+        new._scorers, new._given = {}, {}
         return new

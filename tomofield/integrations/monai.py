@@ -45,7 +45,8 @@ class TomofieldInferer(Inferer):
 
     ``inferer(inputs)`` runs the engine's own encoder; ``inferer(inputs, network)``, as MONAI
     calls inferers, uses ``network`` (a 2D ``nn.Module`` taking ``(N, C, S, S)`` slices) as
-    the encoder with the other settings unchanged.
+    the encoder with the other settings unchanged: the same engine runs every network
+    (:meth:`tomofield.Engine.run`'s ``encoder``), none is built per network.
     """
 
     def __init__(
@@ -56,30 +57,8 @@ class TomofieldInferer(Inferer):
             raise InputError(
                 f"TomofieldInferer: give an engine or its arguments, not both (got {', '.join(sorted(engine_kwargs))})"
             )
-        self._kwargs = engine_kwargs
-        self._given = engine is not None
         self.engine = engine if engine is not None else Engine(**engine_kwargs)
         self.progress = progress
-        self._by_network: dict[int, tuple[nn.Module, Engine]] = {}
-
-    def engine_for(self, network: Callable | None) -> Engine:
-        """The engine that runs ``network`` as its encoder (the inferer's own for ``None``)."""
-        if network is None:
-            return self.engine
-        if not isinstance(network, nn.Module):
-            raise InputError(
-                f"TomofieldInferer: network must be a 2D encoder (torch.nn.Module), got {type(network).__name__}"
-            )
-        if self._given:
-            raise InputError(
-                "TomofieldInferer was built from an engine: pass network=None, or build it from the engine's "
-                "arguments (TomofieldInferer(head=..., ...)) to run other networks"
-            )
-        kept = self._by_network.get(id(network))
-        if kept is None or kept[0] is not network:
-            kept = (network, Engine(**{**self._kwargs, "encoder": network}))
-            self._by_network[id(network)] = kept
-        return kept[1]
 
     def __call__(self, inputs: Tensor, network: Callable | None = None, *args: Any, **kwargs: Any) -> MetaTensor:
         """Heatmaps ``(B, K, H, W, D)`` of ``inputs`` ``(B, C, H, W, D)``; an unbatched ``(C, H, W, D)`` gives ``(K, H, W, D)``.
@@ -105,12 +84,15 @@ class TomofieldInferer(Inferer):
             affines = affines[None].expand(items.shape[0], 4, 4)
         if affines.shape[0] != items.shape[0]:
             raise InputError(f"{items.shape[0]} volume(s) but {affines.shape[0]} affine(s) in the metadata")
-        engine = self.engine_for(network)
+        if network is not None and not isinstance(network, nn.Module):
+            raise InputError(
+                f"TomofieldInferer: network must be a 2D encoder (torch.nn.Module), got {type(network).__name__}"
+            )
         heats = []
         for item, affine in zip(items, affines, strict=True):
             volume = Volume.from_array(item, affine.detach().cpu().double().numpy(), layout="ijk")
-            heat = engine.run(volume, self.progress).data  # (K, D, H, W) = (K, k, j, i)
-            heats.append(heat.permute(0, 3, 2, 1).to(item.device))
+            heat = self.engine.run(volume, self.progress, encoder=network)
+            heats.append(heat.to_array("ijk").to(item.device))
         out = torch.stack(heats) if batched else heats[0]
         result = MetaTensor(out, meta=dict(inputs.meta), applied_operations=list(inputs.applied_operations))
         result.is_batch = inputs.is_batch

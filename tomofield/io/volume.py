@@ -190,7 +190,15 @@ class Heatmap:
             )
         return cls(data, volume.affine, volume.spacing, volume.header, tuple(volume.paths))
 
-    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+    def to_array(self, layout: str = "dhw") -> Tensor:
+        """The data in ``layout``: ``dhw`` is tomofield's (K, D, H, W), ``ijk`` the affine's (K, i, j, k)
+        (nibabel's order, MONAI's and torchio's channel-first one): the inverse of
+        :meth:`Volume.from_array`'s ``layout``."""
+        if layout not in LAYOUTS:
+            raise InputError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+        return self.data if layout == "dhw" else self.data.permute(0, 3, 2, 1)
+
+    def save(self, path: str | Path, overwrite: bool = False, description: str = "tomofield heatmap") -> Path:
         """Write as NIfTI with the input's affine and header geometry (atomic; no overwrite unless asked).
 
         Refused: replacing one of ``sources`` (even with ``overwrite``), and a heatmap with
@@ -204,9 +212,7 @@ class Heatmap:
                 "as when the reconstruction overflows float32; rescale the input so that its values stay within "
                 f"+-{VALUE_LIMIT:g} (load_volume(..., check_content=True) checks this)"
             )
-        return save_nifti(
-            path, data, self.affine, self.header, overwrite, description="tomofield heatmap", inputs=self.sources
-        )
+        return save_nifti(path, data, self.affine, self.header, overwrite, description=description, inputs=self.sources)
 
 
 def save_heatmap(

@@ -53,7 +53,7 @@ _OWN = ("stage", "pool", "components", "projection", "save_projection", "fit_sli
 @friendly
 def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrite: bool, **o: Any) -> None:
     """Dense 3D features of a volume from a 2D encoder: a C x D x H x W (or K after PCA) NIfTI."""
-    from tomofield.io import check_output_path, load_volume, save_nifti
+    from tomofield.io import check_output_path, load_volume
     from tomofield_features.projection import fit_projection, save_projection
 
     check_output_path(output, overwrite, inputs=inputs)
@@ -100,8 +100,8 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
         highlight=False,
     )
     with slice_progress("slices", total) as tick:
-        feats = engine.run(volume, progress=tick).data.cpu()
-    save_nifti(output, feats, volume.affine, volume.header, overwrite, description="tomofield features", inputs=inputs)
+        feats = engine.run(volume, progress=tick)
+    feats.save(output, overwrite, description="tomofield features")
     if o["save_projection"]:
         save_projection(proj, o["save_projection"], overwrite, inputs=inputs)
     if preview:
@@ -109,14 +109,14 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
 
         write_rgb_preview(
             preview,
-            feats.numpy(),
+            feats.data.cpu().numpy(),
             volume.data[0].numpy(),
             volume.spacing,
             title=f"features / {engine.filter_name}: {volume.paths[0].name}",
             overwrite=overwrite,
         )
     out.print(
-        f"wrote {output} ({feats.shape[0]} channels)"
+        f"wrote {output} ({feats.data.shape[0]} channels)"
         + (f" and {preview}" if preview else "")
         + f" in {time.perf_counter() - t0:.1f} s"
     )

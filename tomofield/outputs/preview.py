@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tomofield.errors import InputError
-from tomofield.io import atomic_write, check_output_path
+from tomofield.io import Heatmap, Volume, atomic_write, check_output_path
 
 #: Default window of a CT in Hounsfield units (soft tissue: level 40, width 400).
 CT_WINDOW = (-160.0, 240.0)
@@ -182,3 +182,23 @@ def write_preview(
         return atomic_write(path, save, overwrite=overwrite)
     finally:
         plt.close(fig)
+
+
+def preview(
+    path: str | Path, heatmap: Heatmap, volume: Volume, title: str = "", overwrite: bool = False, **options
+) -> Path:
+    """:func:`write_preview` of a :class:`~tomofield.Heatmap` (its first channel) over the ``volume`` it was made from.
+
+    The planes are drawn in the volume's frame (its affine) at its voxel sizes; ``options``
+    are :func:`write_preview`'s (``mask``, ``window``, ``threshold``).
+    """
+    return write_preview(
+        path,
+        heatmap.data[0].detach().cpu().numpy(),
+        volume.data[0].detach().cpu().numpy(),
+        volume.spacing,
+        title=title,
+        overwrite=overwrite,
+        affine=volume.affine,
+        **options,
+    )

@@ -1,0 +1,107 @@
+"""Masks: the evaluation protocol's binarization of a heatmap at thresholds a report stored, written as a label map."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tomofield.errors import InputError
+from tomofield.io import Heatmap, save_nifti
+
+
+def segmentation(heatmap: np.ndarray, tau: float, tau_prime: float, *, fill_holes: bool = False) -> np.ndarray:
+    """The protocol's binarization of a (D, H, W) heatmap as a uint8 label map (1 = lesion).
+
+    ``fill_holes``: each kept component not touching the volume's border takes the
+    background it encloses (:func:`tomofield.evaluation.binarize`).
+    """
+    from tomofield.evaluation import binarize
+
+    return binarize(np.asarray(heatmap), tau_prime, tau, fill_holes=fill_holes).astype(np.uint8)
+
+
+def write_mask(
+    path: str | Path,
+    labels: np.ndarray,
+    heatmap: Heatmap,
+    cuts: tuple[float, float],
+    overwrite: bool = False,
+    fill_holes: bool = False,
+) -> Path:
+    """A uint8 label map (D, H, W), the segmentation at ``cuts`` = (tau, tau'), on ``heatmap``'s grid.
+
+    Written with the heatmap's affine and header geometry, never over one of its sources;
+    its description names the thresholds, and ``filled`` when the components' holes were filled.
+    """
+    tau, tau_prime = cuts
+    return save_nifti(
+        path,
+        labels,
+        heatmap.affine,
+        heatmap.header,
+        overwrite,
+        dtype=np.uint8,
+        description=f"tomofield mask tau={tau:.4g} tau'={tau_prime:.4g}" + (" filled" if fill_holes else ""),
+        inputs=heatmap.sources,
+    )
+
+
+def read_thresholds(source: str | Path) -> tuple[float, float]:
+    """``(tau, tau_prime)`` that ``tomofield evaluate`` stored: ``REPORT.json`` or ``REPORT.json#METHOD``.
+
+    A report of several methods (``tomofield compare``) needs ``#METHOD``.
+    """
+    method, stored = _report_entry(source)
+    thresholds = stored.get("thresholds")
+    if not isinstance(thresholds, dict) or not all(_is_finite(thresholds.get(k)) for k in ("tau", "tau_prime")):
+        raise InputError(
+            f"--thresholds {str(source)!r}: method {method!r} stores no finite tau and tau_prime (a report from "
+            "before tomofield evaluate stored them, or no volume to tune on): run tomofield evaluate again, or give "
+            "--threshold TAU[,TAU_PRIME]"
+        )
+    return float(thresholds["tau"]), float(thresholds["tau_prime"])
+
+
+def read_fill_holes(source: str | Path) -> bool:
+    """Whether the report (``REPORT.json`` or ``REPORT.json#METHOD``) binarized with filled holes.
+
+    A report from before the option binarized without: ``False``.
+    """
+    _, stored = _report_entry(source)
+    value = stored.get("fill_holes", False)
+    if not isinstance(value, bool):
+        raise InputError(f"--thresholds {str(source)!r}: fill_holes is {value!r}, not true or false")
+    return value
+
+
+def _report_entry(source: str | Path) -> tuple[str, dict[str, Any]]:
+    """``(method, its result)`` of a report of ``tomofield evaluate`` or ``compare`` (see :func:`read_thresholds`)."""
+    path_text, _, method = str(source).partition("#")
+    path = Path(path_text)
+    if not path.is_file():
+        raise InputError(f"--thresholds {str(source)!r}: no report {path_text!r} (the JSON of tomofield evaluate)")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"--thresholds {str(source)!r}: cannot read it as JSON ({exc})") from None
+    methods = [k for k, v in report.items() if isinstance(v, dict)] if isinstance(report, dict) else []
+    if not methods:
+        raise InputError(f"--thresholds {str(source)!r} is not a report of tomofield evaluate")
+    if not method:
+        if len(methods) > 1:
+            raise InputError(
+                f"--thresholds {str(source)!r} reports {len(methods)} methods; name one: "
+                + ", ".join(f"{path_text}#{m}" for m in methods)
+            )
+        method = methods[0]
+    if method not in methods:
+        raise InputError(f"--thresholds {str(source)!r}: no method {method!r}; valid: {', '.join(methods)}")
+    return method, report[method]
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
