@@ -73,11 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         losses.append(float(loss.detach()))
         if (step + 1) % 100 == 0:
             print(f"step {step + 1}: mean loss {np.mean(losses[-100:]):.4f}", flush=True)
-    # a run directory any tomofield engine reads (checkpoint.CONFIG_SCHEMA)
-    from tomofield.checkpoint import save_tensors, weights_metadata, write_json
+    # a run directory any tomofield engine reads
+    from tomofield.checkpoint import write_run
 
     config = {
-        "format": "tomofield-run/1",
         "encoder": "resnet10t",
         "in_chans": 1,
         "num_classes": 1,
@@ -93,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             {"iteration": i + 100, "train_loss": float(np.mean(losses[i : i + 100]))} for i in range(0, a.steps, 100)
         ],
     }
-    a.output.mkdir(parents=True, exist_ok=False)
-    save_tensors(a.output / "model.safetensors", model.state_dict(), weights_metadata(config))
-    write_json(a.output / "config.json", config)
+    if a.output.exists():
+        raise SystemExit(f"{a.output} exists; give a new folder")
+    write_run(a.output, model.state_dict(), config)
     print(json.dumps({"run": str(a.output), "last_loss": config["loss_log"][-1]["train_loss"]}))
     return 0
 

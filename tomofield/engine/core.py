@@ -167,6 +167,7 @@ class Engine:
         self.postprocess = [plugins.build("postprocessor", p) for p in postprocess]
         self._post_names = [_name(p, "__name__") for p in postprocess]
         self._encoder_spec = DEFAULT_ENCODER if encoder is None else encoder
+        self._run = run
         self._weights_path = str(weights) if weights is not None else None
         self._weights = (
             (run.weights() if run is not None else read_safetensors(weights)) if weights is not None else None
@@ -207,20 +208,24 @@ class Engine:
             return None
         if in_chans not in self._encoders:
             self._check_channels(in_chans)
-            if isinstance(self._encoder_spec, nn.Module):
-                model = self._encoder_spec
+            run, spec, cfg = self._run, self._encoder_spec, self.config
+            if run is not None and isinstance(spec, str) and spec == run.config.get("encoder"):
+                model = run.build_encoder(in_chans, norm=cfg.norm, num_classes=cfg.num_classes)  # network and weights
             else:
-                with torch.random.fork_rng(devices=[]):  # reproducible random init, caller's RNG untouched
-                    torch.manual_seed(self.config.seed)
-                    model = build_encoder(
-                        self._encoder_spec,
-                        in_chans=in_chans,
-                        num_classes=self.config.num_classes,
-                        pretrained=self.config.pretrained and self._weights is None,
-                        norm=self.config.norm,
-                    )
-            if self._weights is not None:
-                load_weights(model, self._weights, str(self._weights_path))
+                if isinstance(spec, nn.Module):
+                    model = spec
+                else:
+                    with torch.random.fork_rng(devices=[]):  # reproducible random init, caller's RNG untouched
+                        torch.manual_seed(cfg.seed)
+                        model = build_encoder(
+                            spec,
+                            in_chans=in_chans,
+                            num_classes=cfg.num_classes,
+                            pretrained=cfg.pretrained and self._weights is None,
+                            norm=cfg.norm,
+                        )
+                if self._weights is not None:
+                    load_weights(model, self._weights, str(self._weights_path))
             self._encoders[in_chans] = model.to(self.device).eval()
         return self._encoders[in_chans]
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from tomofield.checkpoint import MODEL, TEACHER_REQUIRED
+from tomofield.checkpoint import TEACHER_REQUIRED
 from tomofield.errors import InputError
 from tomofield.train.config import teacher_run
 from tomofield.train.slicing import Loaded, stack_slices
@@ -43,15 +43,12 @@ class Teacher:
     """A classification run's encoder that says where in a stack each target lies.
 
     Attributes:
-        state: the run's encoder weights.
         run: the run's ``config.json``.
         model: the frozen encoder on the device.
         baseline: its score on target-0 volumes (set by :meth:`calibrate`).
     """
 
     def __init__(self, run_dir: str | Path, in_chans: int, device: torch.device) -> None:
-        from tomofield.encoders import build_encoder, load_weights
-
         run = teacher_run(run_dir)  # config.json checked against its schema
         run.require(TEACHER_REQUIRED, "a teacher")
         self.run = run.config
@@ -63,9 +60,7 @@ class Teacher:
             raise InputError(
                 f"--teacher {str(run_dir)!r} takes {self.run['in_chans']} channel(s), the volumes have {in_chans}"
             )
-        self.model = build_encoder(self.run["encoder"], in_chans=in_chans, num_classes=1, norm=self.run["norm"])
-        self.state = run.weights()  # model.safetensors, from inside the run directory
-        load_weights(self.model, self.state, str(run.path / MODEL))
+        self.model = run.build_encoder(in_chans, num_classes=1)  # model.safetensors, from inside the run
         self.model.to(device).eval().requires_grad_(False)
         self.baseline = 0.0
 

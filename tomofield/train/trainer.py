@@ -178,8 +178,7 @@ class Trainer:
         }
         config = self.run_config(in_chans, step, history[-1] if history else {})
         ck.save_tensors(self.run_dir / ck.STATE, tensors, meta)
-        ck.save_tensors(self.run_dir / ck.MODEL, model.state_dict(), ck.weights_metadata(config))
-        ck.write_json(self.run_dir / ck.CONFIG, config)
+        ck.write_run(self.run_dir, model.state_dict(), config)
 
     def _remove_stale(self) -> None:
         """Delete writes cut short by a kill: ours (.NAME.XXXX.tmp.EXT) and safetensors' own (.tmpXXXXXX)."""

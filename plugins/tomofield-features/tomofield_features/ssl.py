@@ -205,15 +205,12 @@ def save_run(
     run_dir: str | Path, encoder: nn.Module, cfg: SimCLRConfig, in_chans: int, history: list[dict[str, float]]
 ) -> Path:
     """A tomofield run directory (model.safetensors, config.json) for ``--weights``."""
-    p = Path(run_dir)
-    p.mkdir(parents=True, exist_ok=True)
-    ck.save_tensors(p / ck.MODEL, encoder.state_dict())
     last = history[-1] if history else {}
     first = history[0] if history else {}
-    ck.write_json(
-        p / ck.CONFIG,
+    p = ck.write_run(
+        run_dir,
+        encoder.state_dict(),
         {
-            "format": ck.FORMAT,
             "encoder": cfg.encoder,
             "in_chans": in_chans,
             "num_classes": 1,
