@@ -58,7 +58,7 @@ def register_heads(register):
 
 @hookimpl
 def register_commands(cli):
-    here = "tomofield_features._commands"
+    here = "tomofield_features.commands"
     cli.add_lazy_command(
         "features",
         f"{here}:features",

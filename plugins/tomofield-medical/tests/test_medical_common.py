@@ -10,9 +10,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from tomofield.errors import InputError
-from tomofield_medical._common import split_patients, zscore
-from tomofield_medical._geometry import ball, ball_closing, ball_opening, bounding_box, resample, shifted_affine
-from tomofield_medical._tables import iter_rows, read_table
+from tomofield_medical.common import split_patients, zscore
+from tomofield_medical.geometry import ball, ball_closing, ball_opening, bounding_box, resample, shifted_affine
+from tomofield_medical.tables import iter_rows, read_table
 
 from medical_fakes import write_xlsx
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tomofield.errors import InputError
-from tomofield_medical._dicom import read_series
+from tomofield_medical.dicom import read_series
 from tomofield_medical.duke import DukeBreastMRI
 
 from medical_fakes import read_nifti, world, write_dicom_series, write_table

@@ -47,6 +47,6 @@ def register_datasets(register):
 def register_commands(cli):
     cli.add_lazy_command(
         "dicom-to-nifti",
-        "tomofield_medical._commands:dicom_to_nifti",
+        "tomofield_medical.commands:dicom_to_nifti",
         "Convert one DICOM series folder to NIfTI (slices sorted in space, affine from the headers).",
     )

@@ -24,8 +24,8 @@ import numpy as np
 
 from tomofield.errors import InputError
 from tomofield.io import load_volume
-from tomofield_medical._common import Progress, Writer, find_dir, recipe, safe_name
-from tomofield_medical._geometry import bounding_box, resample, shifted_affine
+from tomofield_medical.common import Progress, Writer, find_dir, recipe, safe_name
+from tomofield_medical.geometry import bounding_box, resample, shifted_affine
 
 SUV_THRESHOLD = 0.2
 CT_SCALE, SUV_SCALE = 1000.0, 10.0

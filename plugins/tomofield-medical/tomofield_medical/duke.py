@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from tomofield.errors import InputError
-from tomofield_medical._common import Progress, Writer, find_dir, find_file, recipe, write_csv, zscore
-from tomofield_medical._dicom import Series, SeriesInfo, read_series, series_info
-from tomofield_medical._geometry import resample, same_grid, shifted_affine
-from tomofield_medical._tables import iter_rows, read_table, to_int
+from tomofield_medical.common import Progress, Writer, find_dir, find_file, recipe, write_csv, zscore
+from tomofield_medical.dicom import Series, SeriesInfo, read_series, series_info
+from tomofield_medical.geometry import resample, same_grid, shifted_affine
+from tomofield_medical.tables import iter_rows, read_table, to_int
 
 PATIENT = r"Breast_MRI_\d+"
 SEQUENCES = ("pre", "post_1")

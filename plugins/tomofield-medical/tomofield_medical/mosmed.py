@@ -23,8 +23,8 @@ import numpy as np
 
 from tomofield.errors import InputError
 from tomofield.io import load_volume
-from tomofield_medical._common import Progress, Writer, find_dir, nifti_stem, recipe
-from tomofield_medical._geometry import ball_closing, ball_opening
+from tomofield_medical.common import Progress, Writer, find_dir, nifti_stem, recipe
+from tomofield_medical.geometry import ball_closing, ball_opening
 
 CLASSES = {"CT-0": 0, "CT-1": 1}
 CLOSING_MM, OPENING_MM = 20.0, 10.0

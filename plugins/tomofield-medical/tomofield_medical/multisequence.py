@@ -37,8 +37,8 @@ import numpy as np
 
 from tomofield.errors import InputError
 from tomofield.io import load_volume
-from tomofield_medical._common import Progress, Writer, recipe, safe_name, zscore
-from tomofield_medical._tables import read_table, to_int
+from tomofield_medical.common import Progress, Writer, recipe, safe_name, zscore
+from tomofield_medical.tables import read_table, to_int
 
 CONFIG = "tomofield.json"
 KEYS = {"sequences", "path", "mask", "labels", "normalize"}

@@ -21,7 +21,7 @@ from tomofield.io import check_output_path, save_nifti
 @friendly
 def dicom_to_nifti(series_dir: str, output: str, overwrite: bool) -> None:
     """Convert one DICOM series folder to NIfTI (slices sorted in space, affine from the headers)."""
-    from tomofield_medical._dicom import read_series
+    from tomofield_medical.dicom import read_series
 
     check_output_path(output, overwrite)
     folder = Path(series_dir)
