@@ -12,6 +12,7 @@ docs/plugins.md documents the whole surface with an example plugin.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -99,16 +100,32 @@ class Option:
         if self.objects and not isinstance(value, (str, Path, int, float, bool)):
             return value  # the factory's own kind of object, from Python
         converted = self._convert(value)
-        ok = converted is not _BAD
-        if ok and self.choices is not None:
-            ok = converted in self.choices
-        if ok and self.type in (int, float):
-            ok = (self.min is None or converted >= self.min) and (self.max is None or converted <= self.max)
-            ok = ok and math.isfinite(converted)
-        if not ok:
+        if not self.fits(converted):
             where = f"{owner}: " if owner else ""
             raise InputError(f"{where}option {self.name}={value!r} is not valid; it takes {self.valid()}")
         return converted
+
+    def fits(self, value: Any, strict: bool = False) -> bool:
+        """Whether ``value`` is of the option's type (with ``strict``, as it is: no text read as a
+        number; an integer is a number, a bool is neither) and within its bounds and choices."""
+        if strict:
+            kind = self.type
+            if kind is bool:
+                typed = isinstance(value, bool)
+            elif kind is float:
+                typed = isinstance(value, (int, float)) and not isinstance(value, bool)
+            else:
+                typed = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+            if not typed:
+                return False
+        elif value is _BAD:
+            return False
+        if self.choices is not None and value not in self.choices:
+            return False
+        if self.type in (int, float):
+            in_range = (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+            return bool(in_range and math.isfinite(value))
+        return True
 
     def _convert(self, value: Any) -> Any:
         if self.type is bool:
@@ -130,6 +147,95 @@ class Option:
 
 
 _BAD = object()  # a value that does not convert
+
+
+# -- settings declared once --------------------------------------------------------------------
+def setting(
+    default: Any,
+    help: str = "",
+    *,
+    type: type | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    choices: Sequence[Any] | None = None,
+    short: str | None = None,
+    off: str | None = None,
+    optional: bool = False,
+    cli: bool = True,
+    shown: str | None = None,
+) -> Any:
+    """A field of a settings dataclass, declared once: its default, one-line help, bounds and choices.
+
+    The engine's, the trainer's and the components' settings are such fields; their
+    :class:`Option` (:func:`declared`) is what the command line offers, what
+    :func:`check_settings` validates and what a run directory's values are checked against.
+    ``type`` defaults to the default's; ``short`` is a one-letter alias and ``off`` the
+    negative spelling of a switch for the command line, ``cli=False`` keeps it off the command
+    line (a run directory sets it); ``optional``: ``None`` is a valid value ("not given",
+    resolved later), not only a default; ``shown``: the default as help texts say it, where it
+    is resolved later (``None``) or depends on other settings.
+    """
+    meta = {
+        "help": help,
+        "type": type,
+        "min": min,
+        "max": max,
+        "choices": tuple(choices) if choices is not None else None,
+        "short": short,
+        "off": off,
+        "optional": optional or default is None,
+        "cli": cli,
+        "shown": shown,
+    }
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: default.copy(), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _option_of(f: dataclasses.Field) -> Option | None:
+    """The :class:`Option` a :func:`setting` field declares (None: a plain field)."""
+    meta = f.metadata
+    if "help" not in meta:
+        return None
+    default = f.default if f.default is not dataclasses.MISSING else None
+    kind = meta["type"] or (type(default) if type(default) in OPTION_TYPES else None)
+    if kind is None:
+        return None  # a structured setting (a dict of options): its owner checks it
+    return Option(f.name, kind, default, meta["help"], meta["choices"], meta["min"], meta["max"])
+
+
+def declared(cls: Any) -> tuple[Option, ...]:
+    """The :class:`Option` of every :func:`setting` field of the dataclass ``cls`` (or of an instance's class)."""
+    return tuple(o for f in dataclasses.fields(cls) if (o := _option_of(f)) is not None)
+
+
+def check_settings(obj: Any, owner: str = "") -> None:
+    """Validate every :func:`setting` field of the dataclass instance ``obj``: one loop over the declarations.
+
+    A value must be of the declared type as it is (no text read as a number) and within its
+    bounds and choices; ``None`` only where the field is optional.
+
+    Raises:
+        InputError: naming ``owner``, the setting, the value and what is valid.
+
+    >>> @dataclass
+    ... class Knobs:
+    ...     size: int = setting(8, "pixels", min=8, max=64)
+    >>> check_settings(Knobs(size=4), "demo")
+    Traceback (most recent call last):
+    ...
+    tomofield.errors.InputError: demo: size must be an integer in 8..64, got 4
+    """
+    where = f"{owner}: " if owner else ""
+    for f in dataclasses.fields(obj):
+        opt = _option_of(f)
+        if opt is None:
+            continue
+        value = getattr(obj, f.name)
+        if value is None and f.metadata.get("optional"):
+            continue
+        if not opt.fits(value, strict=True):
+            raise InputError(f"{where}{f.name} must be {opt.valid()}, got {value!r}")
 
 
 def check_options(options: Sequence[Any]) -> tuple[Option, ...]:

@@ -165,7 +165,11 @@ def _truncated(write_nifti, tmp_path: Path) -> Path:
         (lambda w, t: w("nan.nii.gz", np.where(np.eye(8)[None].repeat(8, 0) > 0, np.nan, 1.0)), [], "non-finite"),
         (lambda w, t: w("ok.nii.gz", np.random.rand(8, 8, 8)), ["--head", "bogus"], "unknown head 'bogus'"),
         (lambda w, t: w("ok.nii.gz", np.random.rand(8, 8, 8)), ["--weights", "x.pt"], "does not exist"),
-        (lambda w, t: w("ok.nii.gz", np.random.rand(8, 8, 8)), ["--slices", "1"], "slices must be in 3..10000"),
+        (
+            lambda w, t: w("ok.nii.gz", np.random.rand(8, 8, 8)),
+            ["--slices", "1"],
+            "slices must be an integer in 3..10000",
+        ),
     ],
 )
 def test_bad_input_fails_clearly_without_output(write_nifti, tmp_path: Path, make, extra, message):

@@ -105,7 +105,7 @@ def test_bad_teachers_are_refused(datasets, teacher, tmp_path):
         Trainer(datasets[1], tmp_path / "c", student(tmp_path / "reg"), device="cpu").fit()
     with pytest.raises(InputError, match="--teacher is for --task regression"):
         Trainer(datasets[0], tmp_path / "d", config(teacher=str(teacher)), device="cpu")
-    with pytest.raises(InputError, match=r"teacher-quantile must be in \(0, 1\), got 1.5"):
+    with pytest.raises(InputError, match=r"teacher_quantile must be a number in 0.01..0.99, got 1.5"):
         config(task="regression", loss="mse", teacher="t", teacher_quantile=1.5).validate()
     only_positive = tmp_path / "pos.csv"
     only_positive.write_text("image,label\nv0.nii.gz,0.4\nv2.nii.gz,0.4\n")

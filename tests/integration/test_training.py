@@ -78,7 +78,7 @@ def test_resume_refuses_changed_arguments_and_fresh_runs_refuse_non_empty_dirs(t
 
 
 def test_odd_batch_and_one_class_are_refused(tiny_dataset, tmp_path):
-    with pytest.raises(InputError, match="batch-volumes must be even"):
+    with pytest.raises(InputError, match="batch_volumes must be even"):
         Trainer(tiny_dataset, tmp_path / "x", config(batch_volumes=3), device="cpu")
     one = tmp_path / "one.csv"
     one.write_text("image,label\nv0.nii.gz,1\nv2.nii.gz,1\n")

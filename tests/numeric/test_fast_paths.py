@@ -320,7 +320,7 @@ def test_scorer_returns_float32_under_bf16_and_bad_amp_is_refused():
     x = torch.randn(5, 1, 12, 12)
     got = scorer(x)
     assert got.dtype == torch.float32 and got.shape == (5, 1, 1, 1)
-    with pytest.raises(InputError, match="unknown amp mode 'fast'"):
+    with pytest.raises(InputError, match="amp must be one of auto, off, bf16, fp16, got 'fast'"):
         Engine(head="sum", amp="fast")
 
 

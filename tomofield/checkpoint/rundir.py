@@ -9,12 +9,10 @@ from typing import Any
 import torch
 
 from tomofield.checkpoint.schema import (
-    _TYPE_WORDS,
     CONFIG,
     CONFIG_SCHEMA,
     FORMAT,
     MODEL,
-    _fits,
     _parse_json,
     _read_text,
     _show,
@@ -177,9 +175,8 @@ class RunDir:
                     f"{where}.{name} is {_show(value)}: a run may not set the text option {name!r} "
                     "(it may name a file); give it on the command line instead"
                 )
-            if not _fits(value, opt):
-                valid = "one of " + ", ".join(map(str, opt.choices)) if opt.choices else _TYPE_WORDS[opt.type]
-                raise InputError(f"{where}.{name} holds {_show(value)}; valid: {valid}")
+            if not opt.fits(value, strict=True):  # the option's own declaration: type, bounds, choices
+                raise InputError(f"{where}.{name} holds {_show(value)}; valid: {opt.valid()}")
         return recorded
 
     def weights(self) -> dict[str, torch.Tensor]:

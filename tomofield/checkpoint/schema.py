@@ -186,18 +186,6 @@ def check_config(cfg: Any, source: str) -> dict[str, Any]:
     return cfg
 
 
-_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a text"}
-
-
-def _fits(value: Any, opt: Any) -> bool:
-    """Whether a JSON value is of a declared option's type (an integer is a number) and among its choices."""
-    kind = opt.type
-    ok = isinstance(value, bool) if kind is bool else _finite(value) if kind is float else _is_int(value)
-    if kind is str:
-        ok = isinstance(value, str)
-    return ok and (not opt.choices or value in opt.choices)
-
-
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -234,8 +234,8 @@ def _setting_option(f: dataclasses.Field, default: Any) -> Callable:
 def engine_options(exclude: Sequence[str] = (), defaults: dict[str, Any] | None = None) -> Callable:
     """Click options for every setting of :class:`~tomofield.EngineConfig` and the components.
 
-    Settings come from the fields that :func:`tomofield.engine.setting` describes; each
-    option defaults to ``None`` (not given).
+    Settings come from the fields that :func:`tomofield.protocols.setting` declares (those it
+    leaves on the command line); each option defaults to ``None`` (not given).
 
     Args:
         exclude: option names to leave out (e.g. ``head`` for a command with a fixed head).
@@ -283,7 +283,7 @@ def engine_options(exclude: Sequence[str] = (), defaults: dict[str, Any] | None 
                 )
             )
         for f in dataclasses.fields(EngineConfig):
-            if "help" in f.metadata and f.name not in exclude:
+            if f.metadata.get("cli") and f.name not in exclude:
                 opts.append(_setting_option(f, defaults.get(f.name, f.default)))
         if "weights" not in exclude:
             opts.append(

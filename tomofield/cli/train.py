@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import click
@@ -25,101 +26,53 @@ from tomofield.cli.toolkit import (
     setting_option,
     with_default,
 )
-from tomofield.encoders import NORMS
-from tomofield.geometry import EXTENTS, GEOMETRIES
-from tomofield.intensity import MODES as INTENSITY_MODES
 from tomofield.train import DEFAULTS as TRAIN_DEFAULTS
-from tomofield.train import TASKS, TrainConfig, Trainer
-from tomofield.train.objective import OBJECTIVES, POOLS
+from tomofield.train import TrainConfig, Trainer
 
 
-def _train_default(name: str) -> Any:
-    """The library's default of a TrainConfig field (settings a teacher may provide: its DEFAULTS)."""
-    value = default_of(TrainConfig, name)
-    return TRAIN_DEFAULTS.get(name, value) if value is None else value
-
-
-def _topt(flag: str, help: str, **kw: Any) -> Any:
+def _topt(flag: str, **kw: Any) -> Any:
+    """The option of TrainConfig's setting ``flag`` stands for: help, choices and the default as declared."""
     name = flag.lstrip("-").split("/")[0].replace("-", "_")
-    return click.option(flag, name, default=None, help=with_default(help, _train_default(name)), **kw)
+    decl = {f.name: f for f in fields(TrainConfig)}[name]
+    meta = decl.metadata
+    default = meta["shown"] or (decl.default if decl.default is not None else TRAIN_DEFAULTS.get(name))
+    kind = (
+        click.Choice(list(meta["choices"])) if meta["choices"] else kw.pop("type", meta["type"] or type(decl.default))
+    )
+    if "/" in flag:  # a switch: click reads it as one
+        return click.option(flag, name, default=None, help=with_default(meta["help"], default), **kw)
+    return click.option(flag, name, default=None, type=kind, help=with_default(meta["help"], default), **kw)
 
 
 @click.command()
 @click.argument("dataset", type=click.Path())
 @click.option("--output", "-o", "run_dir", required=True, type=click.Path(), help="Run directory.")
-@_topt("--encoder", "Registered or timm encoder name (a teacher's, with --teacher).")
-@_topt(
-    "--norm",
-    "Normalisation layers.  [default: batch-norm from scratch, frozen-bn with --pretrained]",
-    type=click.Choice(NORMS),
-)
-@_topt("--pretrained/--no-pretrained", "timm weights from the local cache.")
-@_topt("--iterations", "Training steps.", type=int)
-@_topt("--slices-per-volume", "Slices drawn per volume and step.", type=int)
-@_topt(
-    "--slice-size",
-    "Slice side in pixels (a teacher's, with --teacher).  [default: the volumes' largest side rounded up to 16, "
-    "in 32..224]",
-    type=int,
-)
-@_topt("--batch-volumes", "Volumes per step (pairs of one positive and one negative).", type=int)
-@_topt("--lr", "Peak learning rate (cosine schedule).  [default: 3e-4]", type=float)
-@_topt("--warmup", "Steps of linear learning-rate warm-up.  [default: 5% of --iterations]", type=int)
-@_topt(
-    "--intensity",
-    "Intensity normalisation of every volume (recorded in the run; tomofield run applies the same): volume = "
-    "per channel, background to 0 and the foreground's median to 1; zscore = per channel, mean 0 and standard "
-    "deviation 1; none = the values as stored.",
-    type=click.Choice(INTENSITY_MODES),
-)
-@_topt(
-    "--objective",
-    "Classification loss: mil = one stack of parallel slices per volume, pooled to the volume's logit (a "
-    "positive needs one lesion slice, every slice of a negative is negative); slice = every slice takes its "
-    "volume's label (the paper's).",
-    type=click.Choice(OBJECTIVES),
-)
-@_topt("--pool", "mil: how a stack's slice logits pool to the volume's.", type=click.Choice(POOLS))
-@_topt(
-    "--scale-jitter",
-    "Augmentation: in-plane zoom, a share of the slice's side.  [default: 0 for classification, 0.3 for regression]",
-    type=float,
-)
-@_topt(
-    "--translation",
-    "Augmentation: in-plane shift, a share of the slice's side.  [default: 0 for classification, 0.3 for regression]",
-    type=float,
-)
-@_topt(
-    "--intensity-jitter",
-    "Augmentation: each slice's gain and offset, up to this much.  [default: 0 for classification, 0.3 for regression]",
-    type=float,
-)
-@_topt("--slice-weight", "mil: weight of the per-slice loss added to it.", type=float)
+@_topt("--encoder")
+@_topt("--norm")
+@_topt("--pretrained/--no-pretrained")
+@_topt("--iterations")
+@_topt("--slices-per-volume")
+@_topt("--slice-size")
+@_topt("--batch-volumes")
+@_topt("--lr")
+@_topt("--warmup")
+@_topt("--intensity")
+@_topt("--objective")
+@_topt("--pool")
+@_topt("--scale-jitter")
+@_topt("--translation")
+@_topt("--intensity-jitter")
+@_topt("--slice-weight")
 @click.option("--val", "val_csv", type=click.Path(), help="Validation dataset CSV.")
-@_topt("--val-every", "Validate every this many steps.  [default: an eighth of --iterations]", type=int)
-@_topt("--checkpoint-every", "Checkpoint every this many steps.", type=int)
-@_topt("--geometry", "Slicing geometry (a teacher's, with --teacher).", type=click.Choice(GEOMETRIES))
-@_topt("--extent", "Slice offsets (a teacher's, with --teacher).", type=click.Choice(EXTENTS))
-@_topt("--task", "What the volume-level targets are.", type=click.Choice(list(TASKS)))
-@click.option(
-    "--loss",
-    default=None,
-    help="Loss per task (the first is the default): "
-    + "; ".join(f"{task}: {', '.join(losses)}" for task, losses in TASKS.items())
-    + ".",
-)
-@_topt(
-    "--teacher",
-    "Regression: a classification run on the same data; trains a density encoder whose tomo "
-    "heatmap integrates to the target (docs/features.md). Encoder, norm, slice size, geometry, extent and intensity "
-    "default to the teacher's.",
-    type=click.Path(),
-)
-@_topt(
-    "--teacher-quantile", "The teacher's baseline: this quantile of its slice scores on target-0 volumes.", type=float
-)
-@_topt("--seed", "Seed of the initialisation and of the draws.", type=int)
+@_topt("--val-every")
+@_topt("--checkpoint-every")
+@_topt("--geometry")
+@_topt("--extent")
+@_topt("--task")
+@_topt("--loss")
+@_topt("--teacher", type=click.Path())
+@_topt("--teacher-quantile")
+@_topt("--seed")
 @click.option(
     "--recipe",
     default=None,

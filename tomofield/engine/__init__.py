@@ -18,7 +18,6 @@ from tomofield.engine.config import (
     EngineConfig,
     Progress,
     resolve_device,
-    setting,
     validate_spacing,
     validate_volume,
 )
@@ -33,7 +32,6 @@ __all__ = [
     "EngineConfig",
     "Progress",
     "resolve_device",
-    "setting",
     "validate_spacing",
     "validate_volume",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from tomofield.geometry import EXTENTS, GEOMETRIES
 from tomofield.intensity import MODES as INTENSITY_MODES
 from tomofield.io import ORIENTATIONS
 from tomofield.pipeline import AMP_MODES
-from tomofield.protocols import SEED_MAX
+from tomofield.protocols import SEED_MAX, check_settings, setting
 
 Progress = Callable[[int, int], None]
 
@@ -66,29 +66,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def setting(
-    default: Any, help: str, *, short: str | None = None, off: str | None = None, choices: Sequence[str] | None = None
-) -> Any:
-    """A field of :class:`EngineConfig` that front ends offer as an option.
-
-    The field's default is the library's (the only copy); ``help`` is its one-line help,
-    ``short`` a one-letter alias, ``off`` the negative spelling of a switch (default
-    ``--no-NAME``), ``choices`` the valid values.
-    """
-    return field(default=default, metadata={"help": help, "short": short, "off": off, "choices": choices})
-
-
 @dataclass(frozen=True)
 class EngineConfig:
-    """Everything that defines a reconstruction besides the components.
+    """Everything that defines a reconstruction besides the components, each setting declared once
+    (:func:`tomofield.protocols.setting`: default, help, bounds, choices).
 
     Frozen: an engine's settings never change while it works (the batch size a run falls
     back to after running out of memory is the scorer's state, not the config).
     """
 
-    directions: int = setting(500, "Number of slicing directions L.", short="-L")
-    slices: int = setting(48, "Slices per direction M.", short="-M")
-    slice_size: int = setting(224, "Slice side in pixels.")
+    directions: int = setting(500, "Number of slicing directions L.", short="-L", min=1, max=100_000)
+    slices: int = setting(48, "Slices per direction M.", short="-M", min=3, max=10_000)
+    slice_size: int = setting(224, "Slice side in pixels.", min=SLICE_SIZES[0], max=SLICE_SIZES[1])
     hemisphere: bool = setting(True, "Directions on a hemisphere (half the work) or the whole sphere.", off="--sphere")
     geometry: str = setting(
         "physical", "physical: millimetres from the affine; normalized: the paper's cube.", choices=GEOMETRIES
@@ -96,15 +85,16 @@ class EngineConfig:
     extent: str = setting(
         "unit", "Slice offsets in [-1, 1] (paper) or covering the volume's whole support.", choices=EXTENTS
     )
-    seed: int = setting(0, "Seed of the random in-plane bases (and of a random-init encoder).")
-    batch_size: int = setting(64, "Slices per encoder batch.")
-    num_classes: int = 1
+    seed: int = setting(0, "Seed of the random in-plane bases (and of a random-init encoder).", min=0, max=SEED_MAX)
+    batch_size: int = setting(64, "Slices per encoder batch.", min=1, max=65_536)
+    num_classes: int = setting(1, "Outputs of the encoder.", min=NUM_CLASSES[0], max=NUM_CLASSES[1], cli=False)
     pretrained: bool = setting(False, "timm pretrained weights from the local cache (never downloaded).")
-    norm: str = "frozen-bn"
+    norm: str = setting("frozen-bn", "Normalisation layers of the encoder.", choices=NORMS, cli=False)
     intensity: str = setting(
         "none",
         "Intensity normalisation before slicing: volume (per channel, background to 0 and the foreground's "
-        "median to 1, as tomofield train does) or none; a run directory's by default.",
+        "median to 1, as tomofield train does), zscore (mean 0, standard deviation 1) or none; a run directory's "
+        "by default.",
         choices=INTENSITY_MODES,
     )
     orientation: str = setting(
@@ -122,53 +112,19 @@ class EngineConfig:
     channels_last: bool = setting(True, "Feed the encoder channels-last slices.")
     compile: bool = setting(False, "torch.compile the encoder (heads that allow it; pays off on long runs).")
     skip_empty: bool = setting(True, "Give slices that sample nothing the score of an empty slice, unrun.")
-    empty_tol: float = setting(0.0, "Values up to this count as empty.")
+    empty_tol: float = setting(0.0, "Values up to this count as empty.", min=0.0)
     #: under torch.distributed, share the directions of one volume among the ranks.
     shard_directions: bool = False
 
     def validate(self) -> None:
         """Refuse settings of the wrong type or out of range, naming the value and what is valid."""
-        for f in fields(self):
-            value, default = getattr(self, f.name), f.default
-            if isinstance(default, bool):
-                ok = isinstance(value, bool)
-            elif isinstance(default, int):
-                ok = isinstance(value, int) and not isinstance(value, bool)
-            elif isinstance(default, float):
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            elif isinstance(default, str):
-                ok = isinstance(value, str)
-            else:
-                ok, default = isinstance(value, dict), {}  # head_options
-            if not ok:
-                raise InputError(
-                    f"setting {f.name}={value!r} must be {type(default).__name__}, got {type(value).__name__}"
-                )
-        (lo_s, hi_s), (lo_k, hi_k) = SLICE_SIZES, NUM_CLASSES  # the ranges a run directory may record too
-        checks = [
-            (1 <= self.directions <= 100_000, f"directions must be in 1..100000, got {self.directions}"),
-            (3 <= self.slices <= 10_000, f"slices must be in 3..10000, got {self.slices}"),
-            (lo_s <= self.slice_size <= hi_s, f"slice size must be in {lo_s}..{hi_s} pixels, got {self.slice_size}"),
-            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
-            (0 <= self.seed <= SEED_MAX, f"seed must be in 0..{SEED_MAX}, got {self.seed}"),
-            (lo_k <= self.num_classes <= hi_k, f"num_classes must be in {lo_k}..{hi_k}, got {self.num_classes}"),
-            (self.geometry in GEOMETRIES, f"unknown geometry {self.geometry!r}; valid: {', '.join(GEOMETRIES)}"),
-            (self.extent in EXTENTS, f"unknown extent {self.extent!r}; valid: {', '.join(EXTENTS)}"),
-            (self.amp in AMP_MODES, f"unknown amp mode {self.amp!r}; valid: {', '.join(AMP_MODES)}"),
-            (self.norm in NORMS, f"unknown norm {self.norm!r}; valid: {', '.join(NORMS)}"),
-            (
-                self.intensity in INTENSITY_MODES,
-                f"unknown intensity normalisation {self.intensity!r}; valid: {', '.join(INTENSITY_MODES)}",
-            ),
-            (
-                self.orientation in ORIENTATIONS,
-                f"unknown orientation {self.orientation!r}; valid: {', '.join(ORIENTATIONS)}",
-            ),
-            (self.empty_tol >= 0, f"empty_tol must be >= 0, got {self.empty_tol}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise InputError(msg)
+        check_settings(self)
+        if not isinstance(self.head_options, dict):
+            raise InputError(
+                f"head_options={self.head_options!r} must be a dict, got {type(self.head_options).__name__}"
+            )
+        if not isinstance(self.shard_directions, bool):
+            raise InputError(f"shard_directions={self.shard_directions!r} must be true or false")
 
 
 def validate_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]:

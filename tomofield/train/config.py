@@ -35,12 +35,12 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from tomofield.checkpoint import RunDir, is_run_dir
+from tomofield.checkpoint import SLICE_SIZES, RunDir, is_run_dir
 from tomofield.encoders import DEFAULT_ENCODER, NORMS
 from tomofield.errors import InputError
 from tomofield.geometry import EXTENTS, GEOMETRIES
 from tomofield.intensity import MODES as INTENSITY_MODES
-from tomofield.protocols import SEED_MAX
+from tomofield.protocols import SEED_MAX, check_settings, setting
 from tomofield.train.objective import OBJECTIVES, POOLS, STACK_RANGES
 
 #: The losses each task accepts; the first is the task's default.
@@ -76,37 +76,15 @@ AUTO_SLICE_SIZES = (32, 224)
 LEGACY_INTENSITY = "none"
 #: The default loss of each task.
 DEFAULT_LOSS = {task: losses[0] for task, losses in TASKS.items()}
-#: Settings that take one of a fixed set of values.
-CHOICES = {
-    "geometry": GEOMETRIES,
-    "extent": EXTENTS,
-    "norm": NORMS,
-    "intensity": INTENSITY_MODES,
-    "objective": OBJECTIVES,
-    "pool": POOLS,
-    "stack_range": STACK_RANGES,
-}
-#: Lower bounds of the integer settings.
-MINIMA = {
-    "iterations": 1,
-    "slices_per_volume": 1,
-    "slice_size": 8,
-    "batch_volumes": 1,
-    "val_every": 1,
-    "checkpoint_every": 1,
-    "val_directions": 1,
-    "val_slices": 2,
-    "warmup": 0,
-    "pool_k": 1,
-}
-#: Ranges ``[lo, hi)`` of the real-valued settings (``hi`` None: no upper bound).
-RANGES = {
-    "scale_jitter": (0.0, 1.0),
-    "translation": (0.0, 1.0),
-    "intensity_jitter": (0.0, 1.0),
-    "slice_weight": (0.0, None),
-    "negative_share": (0.0, 1.0),
-}
+
+
+def _lr(value: float) -> str:
+    """A learning rate as people write it (``3e-4``)."""
+    return f"{value:.0e}".replace("e-0", "e-")
+
+
+#: What help texts say of the augmentation's default.
+_AUGMENTATION_SHOWN = ", ".join(f"{v:g} for {task}" for task, v in AUGMENTATION.items())
 
 
 def slice_size_for(shapes: list[tuple[int, ...]]) -> int:
@@ -133,61 +111,150 @@ def teacher_run(path: str | Path) -> RunDir:
 
 @dataclass
 class TrainConfig:
-    """Training arguments (the module's doc has the defaults that depend on ``pretrained``).
+    """Training arguments, each declared once (:func:`tomofield.protocols.setting`: default, help,
+    bounds, choices; the module's doc has the defaults that depend on ``pretrained``).
 
     ``encoder``, ``norm``, ``slice_size``, ``geometry``, ``extent``, ``intensity``, ``lr``,
-    ``warmup`` and ``loss`` are ``None`` until :meth:`resolved` fills them (the
-    :class:`~tomofield.train.Trainer` does).
+    ``warmup``, ``loss``, the augmentation and ``val_every`` are ``None`` until :meth:`resolved`
+    fills them (the :class:`~tomofield.train.Trainer` does).
     """
 
-    encoder: str | None = None
-    norm: str | None = None
-    pretrained: bool = False
-    iterations: int = 1200
-    slices_per_volume: int = 32
-    slice_size: int | None = None
-    batch_volumes: int = 2
-    lr: float | None = None
-    lr_end: float = 1e-7
-    #: steps of linear learning-rate warm-up before the cosine decay (None: 5 % of ``iterations``)
-    warmup: int | None = None
-    #: intensity normalisation of every volume (:mod:`tomofield.intensity`)
-    intensity: str | None = None
-    seed: int = 0
-    geometry: str | None = None
-    extent: str | None = None
-    task: str = "classification"
-    loss: str | None = None
-    #: classification: ``mil`` (a stack per volume, pooled; :mod:`tomofield.train.objective`) or ``slice`` (the paper's)
-    objective: str = "mil"
-    #: ``mil``: how a stack's slice logits pool to the volume's (``lse``, ``max``, ``top-k``)
-    pool: str = "lse"
-    #: ``mil``: temperature of ``lse`` pooling
-    pool_temperature: float = 1.0
-    #: ``mil``: the ``k`` of ``top-k`` pooling
-    pool_k: int = 4
-    #: ``mil``: weight of the paper's per-slice loss added to the multiple-instance one
-    slice_weight: float = 0.0
-    #: ``mil``: the share of a positive's stack, its lowest-scoring slices, taken as negatives
-    negative_share: float = 0.0
-    #: ``mil``: a stack's offsets span the volume's foreground (``support``) or its whole extent (``box``)
-    stack_range: str = "box"
-    #: in-plane zoom, a share of the slice's side (None: the task's :data:`AUGMENTATION`)
-    scale_jitter: float | None = None
-    #: in-plane shift, a share of the slice's side (None: the task's :data:`AUGMENTATION`)
-    translation: float | None = None
-    #: each slice's gain and offset, up to this much (None: the task's :data:`AUGMENTATION`)
-    intensity_jitter: float | None = None
-    #: validate every this many steps (None: :data:`VALIDATIONS` times a run)
-    val_every: int | None = None
-    val_directions: int = 8
-    #: slices per validation stack (None: from each volume's grid, :func:`~tomofield.train.validation.val_slices_for`)
-    val_slices: int | None = None
-    checkpoint_every: int = 100
-    #: regression only: run directory of a classification encoder that places each target (package doc).
-    teacher: str | None = None
-    #: the teacher's baseline: this quantile of its slice scores on the volumes whose target is 0.
-    teacher_quantile: float = 0.95
+    encoder: str | None = setting(
+        None, "Registered or timm encoder name (a teacher's, with --teacher).", type=str, shown=DEFAULT_ENCODER
+    )
+    norm: str | None = setting(
+        None,
+        "Normalisation layers.",
+        type=str,
+        choices=NORMS,
+        shown=f"{SCRATCH['norm']} from scratch, {PRETRAINED['norm']} with --pretrained",
+    )
+    pretrained: bool = setting(False, "timm weights from the local cache.")
+    iterations: int = setting(1200, "Training steps.", min=1, max=10_000_000)
+    slices_per_volume: int = setting(32, "Slices drawn per volume and step.", min=1, max=4096)
+    slice_size: int | None = setting(
+        None,
+        "Slice side in pixels (a teacher's, with --teacher).",
+        type=int,
+        min=SLICE_SIZES[0],
+        max=SLICE_SIZES[1],
+        shown=f"the volumes' largest side rounded up to 16, in {AUTO_SLICE_SIZES[0]}..{AUTO_SLICE_SIZES[1]}",
+    )
+    batch_volumes: int = setting(2, "Volumes per step (pairs of one positive and one negative).", min=1, max=1024)
+    lr: float | None = setting(
+        None,
+        "Peak learning rate (cosine schedule).",
+        type=float,
+        min=1e-12,
+        max=1000.0,
+        shown=_lr(SCRATCH["lr"])
+        + ("" if SCRATCH["lr"] == PRETRAINED["lr"] else f" ({_lr(PRETRAINED['lr'])} pretrained)"),
+    )
+    lr_end: float = setting(1e-7, "Learning rate at the end of the cosine schedule.", min=0.0, max=1000.0, cli=False)
+    warmup: int | None = setting(
+        None,
+        "Steps of linear learning-rate warm-up.",
+        type=int,
+        min=0,
+        max=10_000_000,
+        shown=f"{WARMUP_SHARE:.0%} of --iterations",
+    )
+    intensity: str | None = setting(
+        None,
+        "Intensity normalisation of every volume (recorded in the run; tomofield run applies the same): volume = "
+        "per channel, background to 0 and the foreground's median to 1; zscore = per channel, mean 0 and standard "
+        "deviation 1; none = the values as stored.",
+        type=str,
+        choices=INTENSITY_MODES,
+        shown="volume",
+    )
+    seed: int = setting(0, "Seed of the initialisation and of the draws.", min=0, max=SEED_MAX)
+    geometry: str | None = setting(
+        None, "Slicing geometry (a teacher's, with --teacher).", type=str, choices=GEOMETRIES, shown="physical"
+    )
+    extent: str | None = setting(
+        None, "Slice offsets (a teacher's, with --teacher).", type=str, choices=EXTENTS, shown="unit"
+    )
+    task: str = setting("classification", "What the volume-level targets are.", choices=tuple(TASKS))
+    loss: str | None = setting(
+        None,
+        "Loss per task (the first is the default): "
+        + "; ".join(f"{task}: {', '.join(losses)}" for task, losses in TASKS.items())
+        + ".",
+        type=str,
+        choices=tuple(sorted({loss for losses in TASKS.values() for loss in losses})),
+    )
+    objective: str = setting(
+        "mil",
+        "Classification loss: mil = one stack of parallel slices per volume, pooled to the volume's logit (a "
+        "positive needs one lesion slice, every slice of a negative is negative); slice = every slice takes its "
+        "volume's label (the paper's).",
+        choices=OBJECTIVES,
+    )
+    pool: str = setting("lse", "mil: how a stack's slice logits pool to the volume's.", choices=POOLS)
+    pool_temperature: float = setting(1.0, "mil: temperature of lse pooling.", min=1e-3, max=1e3, cli=False)
+    pool_k: int = setting(4, "mil: the k of top-k pooling.", min=1, max=4096, cli=False)
+    slice_weight: float = setting(0.0, "mil: weight of the per-slice loss added to it.", min=0.0, max=100.0)
+    negative_share: float = setting(
+        0.0,
+        "mil: the share of a positive's stack, its lowest-scoring slices, taken as negatives.",
+        min=0.0,
+        max=0.99,
+        cli=False,
+    )
+    stack_range: str = setting(
+        "box",
+        "mil: a stack's offsets span the volume's whole extent or its foreground.",
+        choices=STACK_RANGES,
+        cli=False,
+    )
+    scale_jitter: float | None = setting(
+        None,
+        "Augmentation: in-plane zoom, a share of the slice's side.",
+        type=float,
+        min=0.0,
+        max=0.9,
+        shown=_AUGMENTATION_SHOWN,
+    )
+    translation: float | None = setting(
+        None,
+        "Augmentation: in-plane shift, a share of the slice's side.",
+        type=float,
+        min=0.0,
+        max=1.0,
+        shown=_AUGMENTATION_SHOWN,
+    )
+    intensity_jitter: float | None = setting(
+        None,
+        "Augmentation: each slice's gain and offset, up to this much.",
+        type=float,
+        min=0.0,
+        max=0.9,
+        shown=_AUGMENTATION_SHOWN,
+    )
+    val_every: int | None = setting(
+        None,
+        "Validate every this many steps.",
+        type=int,
+        min=1,
+        max=10_000_000,
+        shown=f"1/{VALIDATIONS} of --iterations",
+    )
+    val_directions: int = setting(8, "Stacks per validation volume.", min=1, max=1024, cli=False)
+    val_slices: int | None = setting(
+        None, "Slices per validation stack (None: from each volume's grid).", type=int, min=2, max=4096, cli=False
+    )
+    checkpoint_every: int = setting(100, "Checkpoint every this many steps.", min=1, max=10_000_000)
+    teacher: str | None = setting(
+        None,
+        "Regression: a classification run on the same data; trains a density encoder whose tomo heatmap integrates "
+        "to the target (docs/features.md). Encoder, norm, slice size, geometry, extent and intensity default to the "
+        "teacher's.",
+        type=str,
+    )
+    teacher_quantile: float = setting(
+        0.95, "The teacher's baseline: this quantile of its slice scores on target-0 volumes.", min=0.01, max=0.99
+    )
 
     def resolved(self, shapes: list[tuple[int, ...]] | None = None) -> TrainConfig:
         """A copy with every ``None`` setting filled: from the teacher's run, else the library's default.
@@ -216,42 +283,19 @@ class TrainConfig:
         return replace(self, **filled, loss=loss, lr=lr, warmup=warmup, val_every=val_every, **augment)
 
     def validate(self) -> None:
-        """Raise :class:`InputError` on an invalid argument; settings still ``None`` are not checked."""
-        if self.task not in TASKS:
-            raise InputError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
+        """Raise :class:`InputError` on an invalid argument (:func:`~tomofield.protocols.check_settings`, then
+        what ties settings together); settings still ``None`` are not checked."""
+        check_settings(self)
         if self.loss is not None and self.loss not in TASKS[self.task]:
             raise InputError(
                 f"loss {self.loss!r} does not fit task {self.task!r}; valid: {', '.join(TASKS[self.task])}"
             )
-        for name, valid in CHOICES.items():
-            value = getattr(self, name)
-            if value is not None and value not in valid:
-                raise InputError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
-        for name, lo in MINIMA.items():
-            value = getattr(self, name)
-            if value is not None and value < lo:
-                raise InputError(f"{name.replace('_', '-')} must be >= {lo}, got {value}")
-        for name, (lo, hi) in RANGES.items():
-            value = getattr(self, name)
-            if value is None and name in AUGMENTATIONS:
-                continue
-            if not (isinstance(value, (int, float)) and lo <= value and (hi is None or value < hi)):
-                where = f"in [{lo:g}, {hi:g})" if hi is not None else f">= {lo:g}"
-                raise InputError(f"{name.replace('_', '-')} must be a number {where}, got {value!r}")
-        if not (isinstance(self.pool_temperature, (int, float)) and self.pool_temperature > 0):
-            raise InputError(f"pool-temperature must be a number > 0, got {self.pool_temperature!r}")
         if self.task == "classification" and self.batch_volumes % 2:
             raise InputError(
-                f"batch-volumes must be even (pairs of one positive and one negative), got {self.batch_volumes}"
+                f"batch_volumes must be even (pairs of one positive and one negative), got {self.batch_volumes}"
             )
         if self.teacher is not None and self.task != "regression":
             raise InputError(f"--teacher is for --task regression, got task {self.task!r}")
-        if not 0 < self.teacher_quantile < 1:
-            raise InputError(f"teacher-quantile must be in (0, 1), got {self.teacher_quantile}")
-        if (self.lr is not None and not self.lr > 0) or not self.lr_end >= 0:
-            raise InputError(f"learning rates must be positive, got lr={self.lr}, lr_end={self.lr_end}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
-            raise InputError(f"seed must be an integer in 0..{SEED_MAX}, got {self.seed!r}")
 
 
 def config_from_options(**options: Any) -> TrainConfig:
