@@ -20,30 +20,30 @@ from matplotlib.patches import FancyBboxPatch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 #: The modules a volume passes through on `tomofield run`, in order, with what happens there.
 PATH = {
-    "cli": "1 options (only those given)",
-    "io": "2 NIfTI -> Volume (C, D, H, W)",
-    "engine": "3 Engine: run dir, components",
-    "pipeline": "4 plan, slice, score, backproject",
+    "cli": "1 options (only those given), outputs checked",
+    "io": "2 NIfTI -> Volume (C, D, H, W), affine kept",
+    "engine": "3 Engine: run dir, components, plan reported",
+    "pipeline": "4 plan, slice, score, filter, backproject",
     "heads": "5 scores per slice",
     "filters": "6 filter along the normal",
-    "kernels": "7 native / Triton kernels",
+    "reconstructors": "7 filled / fbp: the Heatmap",
+    "outputs": "8 masks, preview, heatmap NIfTI (input's affine)",
 }
-LABELS = [
-    "front ends",
-    "toolkit",
-    "applications",
-    "",
-    "library",
-    "stages",
-    "",
-    "components",
-    "numerics",
-    "registry",
-    "",
-    "compiled",
-    "foundations",
-    "",
-]
+#: What each layer is, keyed by the first module of its row in the contract (a new row has no label).
+LABELS = {
+    "__main__": "front ends",
+    "demo": "applications",
+    "outputs": "outputs",
+    "batch": "applications",
+    "engine": "library",
+    "pipeline": "stages",
+    "_builtins": "built-ins",
+    "heads": "components",
+    "cam": "numerics",
+    "plugins": "registry",
+    "protocols": "contracts",
+    "geometry": "foundations",
+}
 
 
 def module_lines(name: str) -> int:
@@ -65,8 +65,8 @@ def main() -> Path:
     ax.axis("off")
     for r, row in enumerate(layers):
         y = len(layers) - 1 - r
-        if r < len(LABELS) and LABELS[r]:
-            ax.text(0.05, y + 0.35, LABELS[r], fontsize=9, color="#555", va="center")
+        if row[0] in LABELS:
+            ax.text(0.05, y + 0.35, LABELS[row[0]], fontsize=9, color="#555", va="center")
         width = min(1.55, 10.6 / len(row))
         for i, mod in enumerate(row):
             x = 1.6 + i * (width + 0.08)
@@ -109,7 +109,7 @@ def main() -> Path:
         fontsize=9,
         color="#333",
     )
-    legend = "\n".join(PATH.values()) + "\n8 Heatmap.save: NIfTI with the input's affine"
+    legend = "\n".join(PATH.values())
     ax.text(
         12.95,
         len(layers) - 0.2,

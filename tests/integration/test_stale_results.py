@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from tomofield.batch import _owner_tag, read_heatmap_record, run_dataset
+from tomofield.batch import owner_tag, read_heatmap_record, run_dataset
 from tomofield.cli import cli
 from tomofield.dataset import read_dataset
 from tomofield.encoders import build_encoder
@@ -292,7 +292,7 @@ def live_pid():
 def test_only_the_debris_of_dead_writers_is_removed(dataset, tmp_path, live_pid):
     out = tmp_path / "heat"
     out.mkdir()
-    host = _owner_tag().split("@", 1)[1]
+    host = owner_tag().split("@", 1)[1]
     live, dead = f"tomofield-{live_pid}@{host}", f"tomofield-{_dead_pid()}@{host}"
     keep = [
         out / f".img0.nii.gz.{live}.tmp.nii.gz",  # a concurrent job's heatmap in progress

@@ -165,3 +165,29 @@ def test_provenance_names_what_changes_the_heatmap_and_only_that(tmp_path):
     from_file = Engine(encoder=TinyNet(seed=0), weights=str(tmp_path / "w.safetensors"), **KW).provenance()
     assert from_file["weights_sha256"] == Engine(encoder=TinyNet(seed=5), **KW).provenance()["weights_sha256"]
     assert json.loads(json.dumps(base)) == base  # JSON as it is
+
+
+def test_run_reports_its_plan_before_any_work_so_no_caller_plans_again():
+    """``on_plan`` gets L, M, slice size, preset, device and the slice count, before the first tick."""
+    volume = tomofield.Volume.from_array(np.zeros((14, 12, 10), np.float32), np.diag([1.0, 1.5, 2.0, 1.0]))
+    events: list[object] = []
+    engine = Engine(head="sum", directions=7, slices=5, slice_size=12, filter="tomo", device="cpu")
+    engine.run(volume, progress=lambda n, total: events.append(("tick", n, total)), on_plan=events.append)
+    report = events[0]
+    assert isinstance(report, tomofield.engine.PlanReport)
+    assert (report.directions, report.slices, report.slice_size, report.preset, report.device) == (
+        7,
+        (5,),
+        12,
+        None,
+        "cpu",
+    )
+    ticks = [e for e in events[1:] if isinstance(e, tuple)]
+    assert len(ticks) == len(events) - 1  # the report comes once, first
+    # the slices the progress counted are the ones reported: M + the filter's padding, per direction
+    assert sum(t[1] for t in ticks) == report.total == engine.count_slices((10, 12, 14)) == 7 * (5 + 2)
+    assert "L 7 x M 5" in str(report) and "of 12px on cpu" in str(report)
+    fast = Engine(head="sum", preset="fast", device="cpu")
+    reports: list[tomofield.engine.PlanReport] = []
+    fast.run(volume, on_plan=reports.append)
+    assert reports[0].preset == "fast" and reports[0].total == fast.count_slices((10, 12, 14))

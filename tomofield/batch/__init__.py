@@ -40,7 +40,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tomofield.batch.claims import STALE_AFTER_S, _claim, _owner_tag, _publish, _release, sweep
+from tomofield.batch.claims import STALE_AFTER_S, _claim, _publish, _release, owner_tag, sweep
 from tomofield.batch.parts import heatmap_path, part, shard
 from tomofield.batch.records import (
     RECORD_FORMAT,
@@ -149,7 +149,7 @@ def run_dataset(
         raise _refusal(out_dir, stale)
     out.mkdir(parents=True, exist_ok=True)
     sweep(out, keep={heatmap_path(out, c).name for c in [*cases, *(check or [])]})
-    tag = _owner_tag()
+    tag = owner_tag()
     result = DatasetRunResult()
 
     def finished(case: Case, target: Path) -> bool:

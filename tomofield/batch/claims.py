@@ -18,7 +18,8 @@ STALE_AFTER_S = 24 * 3600
 _OWNER = re.compile(r"tomofield-(\d+)@([A-Za-z0-9_-]+)")
 
 
-def _owner_tag() -> str:
+def owner_tag() -> str:
+    """This process's name in claims and temporary files: ``tomofield-PID@HOST``."""
     host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
     return f"tomofield-{os.getpid()}@{host}"
 
@@ -28,7 +29,7 @@ def _writer_gone(owner: str | None, age_s: float) -> bool:
     if age_s > STALE_AFTER_S:
         return True
     m = _OWNER.fullmatch(owner) if owner else None
-    if m is None or m.group(2) != _owner_tag().split("@", 1)[1] or os.name != "posix":
+    if m is None or m.group(2) != owner_tag().split("@", 1)[1] or os.name != "posix":
         return False  # unknown writer, or another host: only its age tells
     pid = int(m.group(1))
     if pid == os.getpid():

@@ -6,7 +6,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 from rich.progress import (
@@ -34,6 +34,9 @@ from tomofield.dataset import folder_cases, is_volume_list
 from tomofield.errors import InputError
 from tomofield.io import is_dicom_folder
 from tomofield.outputs import Extras, read_fill_holes, read_thresholds
+
+if TYPE_CHECKING:
+    from tomofield.engine import PlanReport
 
 
 @click.command(cls=EngineCommand)
@@ -239,19 +242,17 @@ def run_volume(
     if world > 1:
         engine = engine.with_options(shard_directions=True)
     c, *shape = volume.data.shape
-    plan = engine.plan(shape, volume.spacing)
-    total = plan.total_slices
-    per_stack = "/".join(str(m) for m in sorted({g.num_slices for g in plan.groups}))
-    chosen = f", preset {engine.preset.name}" if engine.preset is not None else ""
-    err.print(
-        f"{volume.paths[0].name}: {c} channel(s), grid {tuple(shape)}, spacing "
-        f"{tuple(round(s, 3) for s in volume.spacing)} mm; {total:,} slices (L {plan.n_dirs} x M "
-        f"{per_stack}{chosen}) of {plan.size[0]}px on {engine.device}",
-        highlight=False,
-    )
+
+    def banner(report: PlanReport) -> None:
+        err.print(
+            f"{volume.paths[0].name}: {c} channel(s), grid {tuple(shape)}, spacing "
+            f"{tuple(round(s, 3) for s in volume.spacing)} mm; {report}",
+            highlight=False,
+        )
+
     t0 = time.perf_counter()
-    with slice_progress("slices" if world == 1 else f"rank {rank}/{world} slices", total) as tick:
-        heat = engine.run(volume, progress=tick)
+    with slice_progress("slices" if world == 1 else f"rank {rank}/{world} slices") as tick:
+        heat = engine.run(volume, progress=tick, on_plan=banner)
     if rank != 0:
         return
     channels = heat.data.shape[0]
@@ -390,7 +391,8 @@ def mask_thresholds(threshold: str | None, thresholds: str | None) -> tuple[floa
             "--mask needs its thresholds: --threshold TAU[,TAU_PRIME], or --thresholds REPORT.json (what tomofield "
             "evaluate tuned), not both"
         )
-    return parse_threshold(threshold) if threshold is not None else read_thresholds(thresholds)
+    # exactly one is given (checked above)
+    return parse_threshold(threshold) if threshold is not None else read_thresholds(cast(str, thresholds))
 
 
 def mask_fill_holes(fill_holes: bool | None, thresholds: str | None) -> bool:

@@ -23,6 +23,37 @@ from tomofield.protocols import SEED_MAX, check_settings, setting
 
 Progress = Callable[[int, int], None]
 
+
+@dataclass(frozen=True)
+class PlanReport:
+    """What an engine is about to do with one volume, given to ``Engine.run(on_plan=...)`` before any work.
+
+    Attributes:
+        directions: L, the directions of the whole reconstruction.
+        slices: M, the distinct slice counts of its stacks (one value unless a sampler mixes them).
+        slice_size: the slices' side in pixels.
+        preset: the preset that chose the counts, or ``None``.
+        device: where the encoder runs.
+        total: the slices the encoder will see (this rank's share under torchrun), with the filter's padding.
+    """
+
+    directions: int
+    slices: tuple[int, ...]
+    slice_size: int
+    preset: str | None
+    device: str
+    total: int
+
+    def __str__(self) -> str:
+        """``8,704 slices (L 256 x M 34, preset fast) of 64px on cpu``."""
+        chosen = f", preset {self.preset}" if self.preset else ""
+        per_stack = "/".join(map(str, self.slices))
+        return (
+            f"{self.total:,} slices (L {self.directions} x M {per_stack}{chosen}) of {self.slice_size}px on "
+            f"{self.device}"
+        )
+
+
 #: Settings that change speed or memory only, not the heatmap (left out of :meth:`Engine.provenance`).
 SPEED_ONLY = ("batch_size", "channels_last", "compile", "skip_empty", "shard_directions")
 #: The encoder an engine builds when none is given (nor a run directory that names one).

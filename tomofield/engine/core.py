@@ -8,6 +8,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, fields, is_dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from tomofield.engine.config import (
     DEFAULT_RECONSTRUCTORS,
     SPEED_ONLY,
     EngineConfig,
+    PlanReport,
     Progress,
     resolve_device,
     validate_spacing,
@@ -109,7 +111,7 @@ class Engine:
         *,
         reconstructor: str | Any | None = None,
         preset: str | None = None,
-        weights: str | None = None,
+        weights: str | Path | None = None,
         device: str | torch.device = "auto",
         **config: Any,
     ) -> None:
@@ -146,6 +148,7 @@ class Engine:
         diagnostics = self.run_config.get("diagnostics", {})
         if diagnostics.get("learned") is False:
             kinds = ", ".join(diagnostics.get("unresolved", [])) or "see its diagnostics"
+            assert run is not None  # run_config is {} without a run
             warnings.warn(
                 f"the run {str(weights)!r} did not learn during training ({kinds}; {run.config_path} records "
                 "why): its heatmaps are likely meaningless",
@@ -288,6 +291,17 @@ class Engine:
             shard=cfg.shard_directions,
         )
 
+    def report(self, plan: Plan) -> PlanReport:
+        """The :class:`PlanReport` of a plan of this engine."""
+        return PlanReport(
+            directions=plan.n_dirs,
+            slices=tuple(sorted({g.num_slices for g in plan.groups})),
+            slice_size=plan.size[0],
+            preset=self.preset.name if self.preset is not None else None,
+            device=str(self.device),
+            total=plan.total_slices,
+        )
+
     def count_slices(self, shape: Sequence[int], spacing: Sequence[float] = (1, 1, 1)) -> int:
         """Number of slices the encoder will see for a volume of this shape (this rank's, when sharded)."""
         return self.plan(shape, spacing).total_slices
@@ -298,6 +312,7 @@ class Engine:
         spacing: Sequence[float] | None = None,
         progress: Progress | None = None,
         encoder: nn.Module | None = None,
+        on_plan: Callable[[PlanReport], None] | None = None,
     ) -> Tensor:
         """Heatmap (K, D, H, W) of a volume (C, D, H, W) or (D, H, W), on the input grid.
 
@@ -307,10 +322,14 @@ class Engine:
             progress: called as ``progress(slices_done, slices_total)``.
             encoder: run this network instead of the engine's own (as it is: no weights are
                 loaded into it), for an integration that holds its networks itself.
+            on_plan: called once with the :class:`PlanReport` (L, M, slice size, preset,
+                device, slices) before any work, so a caller need not plan again.
         """
         vol = validate_volume(volume)
         spacing = validate_spacing(spacing)
         plan = self.plan(vol.shape[1:], spacing)
+        if on_plan is not None:
+            on_plan(self.report(plan))
         dev, cfg = self.device, self.config
         vol = vol.to(torch.float32)
         if dev.type == "cuda" and vol.device.type == "cpu":
@@ -343,14 +362,21 @@ class Engine:
             heat = post(heat, given)
         return heat
 
-    def run(self, volume: Volume, progress: Progress | None = None, encoder: nn.Module | None = None) -> Heatmap:
+    def run(
+        self,
+        volume: Volume,
+        progress: Progress | None = None,
+        encoder: nn.Module | None = None,
+        on_plan: Callable[[PlanReport], None] | None = None,
+    ) -> Heatmap:
         """The heatmap of a :class:`~tomofield.Volume`, on its grid with its affine.
 
         The computation of :meth:`reconstruct` on ``volume.data`` and ``volume.spacing``,
         in the frame ``config.orientation`` names: ``canonical`` turns the volume to RAS
         storage first (:class:`~tomofield.io.Reorientation`, flips and axis swaps) and the
         heatmap back, so the heatmap does not depend on how the scan was stored. ``encoder``:
-        a network to run instead of the engine's own (:meth:`reconstruct`).
+        a network to run instead of the engine's own (:meth:`reconstruct`); ``on_plan``:
+        called with the :class:`PlanReport` before any work (:meth:`reconstruct`).
         """
         if not isinstance(volume, Volume):
             raise InputError(
@@ -358,7 +384,7 @@ class Engine:
                 f"{type(volume).__name__}; Engine.reconstruct takes a (C, D, H, W) tensor and its spacing"
             )
         turn = Reorientation.of(volume.affine) if self.config.orientation == "canonical" else Reorientation()
-        heat = self.reconstruct(turn.forward(volume.data), turn.spacing(volume.spacing), progress, encoder)
+        heat = self.reconstruct(turn.forward(volume.data), turn.spacing(volume.spacing), progress, encoder, on_plan)
         return Heatmap.on(turn.backward(heat).contiguous(), volume)
 
     def provenance(self) -> dict[str, Any]:
@@ -376,6 +402,7 @@ class Engine:
             tomofield_version = "unknown"
         settings = {k: v for k, v in asdict(self.config).items() if k not in SPEED_ONLY}
         for k in self._per_volume:  # the preset's choice for each volume's grid
+            assert self.preset is not None  # _per_volume is empty without a preset
             settings[k] = f"preset {self.preset.name}"
         encoder = self.encoder_name
         return {

@@ -93,14 +93,12 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
         err.print(
             f"PCA: {proj.channels} -> {proj.components} channels, {100 * share:.1f}% of the variance", highlight=False
         )
-    total = engine.count_slices(shape, volume.spacing)
-    err.print(
-        f"{volume.paths[0].name}: grid {tuple(shape)}; {total:,} slices of {engine.config_for(shape).slice_size}px on "
-        f"{engine.device}",
-        highlight=False,
-    )
-    with slice_progress("slices", total) as tick:
-        feats = engine.run(volume, progress=tick)
+    with slice_progress("slices") as tick:
+        feats = engine.run(
+            volume,
+            progress=tick,
+            on_plan=lambda report: err.print(f"{volume.paths[0].name}: grid {tuple(shape)}; {report}", highlight=False),
+        )
     feats.save(output, overwrite, description="tomofield features")
     if o["save_projection"]:
         save_projection(proj, o["save_projection"], overwrite, inputs=inputs)
