@@ -162,7 +162,7 @@ def unregister_plugin(name: str) -> None:
     """Remove a plugin registered under ``name``."""
     st = _state()
     if st.pm.get_plugin(name) is None:
-        raise TomofieldError(f"no plugin named {name!r}; loaded: {', '.join(st.pm.list_name_plugin())}")
+        raise TomofieldError(f"no plugin named {name!r}; loaded: {', '.join(st.pm.list_name_plugin())}")  # type: ignore[arg-type]
     st.pm.unregister(name=name)
     st.sources.pop(name, None)
     st.components = None
@@ -247,6 +247,11 @@ def build(kind: str, spec: Any, **options: Any) -> Any:
     :class:`~tomofield.errors.InputError` naming the component and its options.
     """
     if not isinstance(spec, str):
+        if options:
+            raise InputError(
+                f"{kind} options {sorted(options)} need the {kind}'s registered name; a {kind} given as an object "
+                "(here a " + type(spec).__name__ + ") is built already"
+            )
         return _check_object(kind, spec)
     comp = get(kind, spec)
     declared = {o.name: o for o in comp.options}

@@ -252,8 +252,11 @@ def check_options(options: Sequence[Any]) -> tuple[Option, ...]:
 
 
 def options_of(obj: Any) -> tuple[Option, ...]:
-    """The options ``obj`` (a component class or factory) declares in ``options``; none if none."""
-    return check_options(getattr(obj, "options", ()))
+    """The options ``obj`` (a component class or factory) declares: its ``options``, else the
+    :func:`setting` fields of a dataclass (declared once, as the engine's settings are); none if none."""
+    if hasattr(obj, "options"):
+        return check_options(obj.options)
+    return declared(obj) if dataclasses.is_dataclass(obj) else ()
 
 
 @runtime_checkable

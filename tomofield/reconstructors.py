@@ -39,9 +39,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tomofield.errors import InputError
-from tomofield.protocols import Option
+from tomofield.protocols import check_settings, setting
 
 __all__ = ["Calibrated", "FilteredBackprojection", "Filled", "MonotoneLink", "Regularized", "self_consistent_link"]
 
@@ -80,27 +80,15 @@ class Regularized:
             iterations on the volume's own plan).
     """
 
-    iterations: int = 10
-    positive: bool = True
-    sparsity: float = 0.0
-    step: float = 1.0
+    iterations: int = setting(10, "accelerated iterations after FBP", min=0, max=1000)
+    positive: bool = setting(True, "non-negative heatmap")
+    sparsity: float = setting(0.0, "L1 shrinkage per iteration, a fraction of the FBP maximum", min=0.0, max=0.999)
+    step: float = setting(1.0, "step along the backprojected residual", min=1e-3, max=2.0)
 
     name = "regularized"
-    options = (
-        Option("iterations", int, 10, "accelerated iterations after FBP", min=0, max=1000),
-        Option("positive", bool, True, "non-negative heatmap"),
-        Option("sparsity", float, 0.0, "L1 shrinkage per iteration, a fraction of the FBP maximum", min=0.0, max=1.0),
-        Option("step", float, 1.0, "step along the backprojected residual", min=1e-3, max=2.0),
-    )
 
     def __post_init__(self) -> None:
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
-            raise InputError(f"regularized: iterations must be an integer >= 0, got {self.iterations!r}")
-        if not (0 <= self.sparsity < 1) or not (0 < self.step <= 2):
-            raise InputError(
-                f"regularized: need 0 <= sparsity < 1 and 0 < step <= 2, got sparsity={self.sparsity!r}, "
-                f"step={self.step!r}"
-            )
+        check_settings(self, self.name)
 
     def __call__(self, chunks: Iterator[tuple[Tensor, Any]], stacks: Any) -> Tensor:
         if stacks.sharded:
@@ -203,27 +191,15 @@ class Filled:
         power: the fill is ``consensus^power`` times the region's maximum.
     """
 
-    threshold: float = 0.5
-    temperature: float = 0.2
-    level: float = 0.5
-    power: float = 2.0
+    threshold: float = setting(0.5, "score at which a plane counts as cutting a lesion", min=-1e3, max=1e3)
+    temperature: float = setting(0.2, "softness of that decision, in score units", min=1e-3, max=100.0)
+    level: float = setting(0.5, "consensus that makes a voxel part of a region to fill", min=1e-3, max=1.0)
+    power: float = setting(2.0, "the fill is consensus^power times the region's maximum", min=0.0, max=100.0)
 
     name = "filled"
-    options = (
-        Option("threshold", float, 0.5, "score at which a plane counts as cutting a lesion", min=-1e3, max=1e3),
-        Option("temperature", float, 0.2, "softness of that decision, in score units", min=1e-3, max=100.0),
-        Option("level", float, 0.5, "consensus that makes a voxel part of a region to fill", min=0.0, max=1.0),
-        Option("power", float, 2.0, "the fill is consensus^power times the region's maximum", min=0.0, max=100.0),
-    )
 
     def __post_init__(self) -> None:
-        ok = math.isfinite(self.threshold) and self.temperature > 0 and 0 < self.level <= 1 and self.power >= 0
-        if not ok:
-            raise InputError(
-                "filled: need a finite threshold, temperature > 0, 0 < level <= 1 and power >= 0, got "
-                f"threshold={self.threshold!r}, temperature={self.temperature!r}, level={self.level!r}, "
-                f"power={self.power!r}"
-            )
+        check_settings(self, self.name)
 
     def consensus_profile(self, scores: Tensor) -> Tensor:
         """``log sigmoid((s - threshold) / temperature)``: a slice's log-probability of cutting a lesion."""
@@ -332,11 +308,12 @@ def self_consistent_link(
     return links  # type: ignore[return-value]  # set by the first round
 
 
-def _apply(links: list[MonotoneLink | None], scores: Tensor) -> Tensor:
+def _apply(links: Sequence[MonotoneLink | None], scores: Tensor) -> Tensor:
     """The scores (L, S, K, h, w) under channel ``c``'s link (unchanged before the first fit)."""
     if any(link is None for link in links):
         return scores
-    return torch.stack([link(scores[:, :, c]) for c, link in enumerate(links)], dim=2)
+    # no link is None here (checked above)
+    return torch.stack([cast(MonotoneLink, link)(scores[:, :, c]) for c, link in enumerate(links)], dim=2)
 
 
 @dataclass(frozen=True)
@@ -348,20 +325,13 @@ class Calibrated:
         level: the solid prior's threshold, a fraction of the heatmap's maximum.
     """
 
-    iterations: int = 3
-    level: float = 0.5
+    iterations: int = setting(3, "rounds of reconstruct, solidify, re-project, refit", min=1, max=100)
+    level: float = setting(0.5, "the solid prior's threshold, a fraction of the maximum", min=0.01, max=0.99)
 
     name = "calibrated"
-    options = (
-        Option("iterations", int, 3, "rounds of reconstruct, solidify, re-project, refit", min=1, max=100),
-        Option("level", float, 0.5, "the solid prior's threshold, a fraction of the maximum", min=0.01, max=0.99),
-    )
 
     def __post_init__(self) -> None:
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
-            raise InputError(f"calibrated: iterations must be an integer >= 1, got {self.iterations!r}")
-        if not 0 < self.level < 1:
-            raise InputError(f"calibrated: level must lie in (0, 1), got {self.level!r}")
+        check_settings(self, self.name)
 
     def __call__(self, chunks: Iterator[tuple[Tensor, Any]], stacks: Any) -> Tensor:
         _refuse_sharded(stacks, self.name)

@@ -100,9 +100,9 @@ def test_regularized_is_registered_recorded_and_checks_its_settings():
     old = {k: v for k, v in Engine(head="sum", device="cpu").provenance().items() if not k.startswith("reconstructor")}
     assert engine_differences(old, Engine(head="sum", device="cpu").provenance()) == []  # old records: fbp
     assert engine_differences(old, prov)[0].startswith("reconstructor fbp -> regularized")
-    with pytest.raises(InputError, match="iterations must be an integer >= 0, got -1"):
+    with pytest.raises(InputError, match=r"regularized: iterations must be an integer in 0..1000, got -1"):
         Regularized(iterations=-1)
-    with pytest.raises(InputError, match="sparsity=1.5"):
+    with pytest.raises(InputError, match=r"regularized: sparsity must be a number in 0.0..0.999, got 1.5"):
         Regularized(sparsity=1.5)
 
 

@@ -191,3 +191,35 @@ def test_run_reports_its_plan_before_any_work_so_no_caller_plans_again():
     reports: list[tomofield.engine.PlanReport] = []
     fast.run(volume, on_plan=reports.append)
     assert reports[0].preset == "fast" and reports[0].total == fast.count_slices((10, 12, 14))
+
+
+def test_every_component_kind_takes_its_declared_options_by_name():
+    """``filter_options``, ``reconstructor_options``, ``sampler_options``: checked against the declarations."""
+    from tomofield import plugins
+
+    engine = Engine(
+        head="sum",
+        filter="tomo-sg",
+        filter_options={"window": 7},
+        reconstructor="filled",
+        reconstructor_options={"level": 0.7},
+        device="cpu",
+    )
+    assert engine.filter.window == 7 and engine.filter.pad == 3
+    assert engine.reconstructor.level == 0.7
+    record = engine.provenance()
+    assert record["filter_options"] == {"window": 7} and record["reconstructor_options"]["level"] == 0.7
+    assert "filter_options" not in Engine(head="sum", device="cpu").provenance()  # old records stay valid
+    # a reconstructor's options are its declared fields: one declaration, its bounds the only ones
+    declared = {o.name: o for o in plugins.get("reconstructor", "filled").options}
+    assert (declared["level"].min, declared["level"].max, declared["level"].default) == (1e-3, 1.0, 0.5)
+    with pytest.raises(InputError, match=r"reconstructor 'filled': option level=0 is not valid; it takes a number"):
+        Engine(head="sum", reconstructor="filled", reconstructor_options={"level": 0}, device="cpu")
+    with pytest.raises(InputError, match=r"filled: level must be a number in 0.001..1.0, got 1.5"):
+        type(engine.reconstructor)(level=1.5)  # built directly: the same declaration checks it
+    with pytest.raises(InputError, match=r"filter 'tomo-sg': option window='x' is not valid"):
+        Engine(head="sum", filter="tomo-sg", filter_options={"window": "x"}, device="cpu")
+    with pytest.raises(InputError, match=r"sampler_options=\[1\] must be a dict, got list"):
+        Engine(head="sum", sampler_options=[1], device="cpu")
+    with pytest.raises(InputError, match="need the filter's registered name"):
+        Engine(head="sum", filter=engine.filter, filter_options={"window": 5}, device="cpu")

@@ -67,6 +67,10 @@ class Engine:
             slice size chosen together, ``fast`` for each volume's grid (:meth:`config_for`);
             what is given explicitly wins, and a run's slice size stays.
         sampler: sampler name or object (``fibonacci``, ``axial``, ``orthogonal``).
+        filter_options, reconstructor_options, sampler_options: the options that component
+            declares (``Engine(filter="tomo-sg", filter_options={"window": 7})``), checked
+            against its declaration by name, type and bounds; the head's are the setting
+            ``head_options``, which a run directory can default.
         postprocess: post-processor names or callables, applied in order.
         weights: a ``.safetensors`` file, or a run directory of ``tomofield train`` whose
             settings (:data:`tomofield.checkpoint.ENGINE_INHERITED`: encoder name, norm,
@@ -110,6 +114,9 @@ class Engine:
         postprocess: Sequence[str | Callable[[Tensor, Tensor], Tensor]] = (),
         *,
         reconstructor: str | Any | None = None,
+        filter_options: dict[str, Any] | None = None,
+        reconstructor_options: dict[str, Any] | None = None,
+        sampler_options: dict[str, Any] | None = None,
         preset: str | None = None,
         weights: str | Path | None = None,
         device: str | torch.device = "auto",
@@ -159,14 +166,19 @@ class Engine:
         #: the components' names: the registered name, or a given object's ``name`` (else its type's)
         self.head_name, self.filter_name, self.sampler_name = (_name(c) for c in (head, filter, sampler))
         self.head = plugins.build("head", head, **self.config.head_options)
-        self.filter = plugins.build("filter", filter)
+        given_options = {"filter": filter_options, "reconstructor": reconstructor_options, "sampler": sampler_options}
+        for kind, given in given_options.items():
+            if given is not None and not isinstance(given, dict):
+                raise InputError(f"{kind}_options={given!r} must be a dict, got {type(given).__name__}")
+        self._component_options: dict[str, dict[str, Any]] = {k: dict(v or {}) for k, v in given_options.items()}
+        self.filter = plugins.build("filter", filter, **self._component_options["filter"])
         if reconstructor is None:
             # filled augments an inverse Radon transform: with the none filter (Averaged) it stays fbp
             integral = getattr(self.filter, "integral", False)
             reconstructor = DEFAULT_RECONSTRUCTORS.get(self.head_name, "fbp") if integral else "fbp"
-        self.reconstructor = plugins.build("reconstructor", reconstructor)
+        self.reconstructor = plugins.build("reconstructor", reconstructor, **self._component_options["reconstructor"])
         self.reconstructor_name = _name(reconstructor)
-        self.sampler = plugins.build("sampler", sampler)
+        self.sampler = plugins.build("sampler", sampler, **self._component_options["sampler"])
         self.postprocess = [plugins.build("postprocessor", p) for p in postprocess]
         self._post_names = [_name(p, "__name__") for p in postprocess]
         self._encoder_spec = DEFAULT_ENCODER if encoder is None else encoder
@@ -413,6 +425,8 @@ class Engine:
             "reconstructor": self.reconstructor_name,
             "reconstructor_options": _options_of(self.reconstructor),
             "sampler": self.sampler_name,
+            # options of the filter and sampler, where given (the reconstructor's are its fields, above)
+            **{f"{k}_options": v for k, v in self._component_options.items() if v and k != "reconstructor"},
             "postprocess": self._post_names,
             "encoder": encoder if getattr(self.head, "needs_encoder", True) else None,
             "weights_sha256": self.weights_sha256() if getattr(self.head, "needs_encoder", True) else None,
