@@ -184,14 +184,36 @@ def with_default(help: str, default: Any) -> str:
     return f"{help}  [default: {shown}]"
 
 
-def setting_option(owner: Any, flag: str, help: str, *, name: str | None = None, **kw: Any) -> Callable:
+def setting_option(
+    owner: Any,
+    flag: str,
+    help: str | None = None,
+    *,
+    name: str | None = None,
+    resolved: dict[str, Any] | None = None,
+    **kw: Any,
+) -> Callable:
     """A click option standing for setting ``name`` of the library's ``owner`` (a dataclass or callable).
 
     Not given by default; the help shows ``owner``'s default, read from it (no copy).
-    ``name`` defaults to the flag's first spelling with dashes as underscores.
+    ``name`` defaults to the flag's first spelling with dashes as underscores. Without
+    ``help``, the setting's declaration (:func:`tomofield.protocols.setting`) gives the
+    help, the type or choices and the default as help texts say it (``resolved``: the
+    defaults of settings declared ``None``, filled later by the library).
     """
     name = name or flag.lstrip("-").split("/")[0].replace("-", "_")
-    return click.option(flag, name, default=None, help=with_default(help, default_of(owner, name)), **kw)
+    if help is not None:
+        return click.option(flag, name, default=None, help=with_default(help, default_of(owner, name)), **kw)
+    decl = {f.name: f for f in dataclasses.fields(owner)}[name]
+    meta = decl.metadata
+    default = meta["shown"] or (decl.default if decl.default is not None else (resolved or {}).get(name))
+    text = with_default(meta["help"], default)
+    if "/" in flag:  # a switch: click reads it as one
+        return click.option(flag, name, default=None, help=text, **kw)
+    kind = (
+        click.Choice(list(meta["choices"])) if meta["choices"] else kw.pop("type", meta["type"] or type(decl.default))
+    )
+    return click.option(flag, name, default=None, type=kind, help=text, **kw)
 
 
 def given(options: dict[str, Any]) -> dict[str, Any]:
@@ -312,7 +334,7 @@ def engine_options(exclude: Sequence[str] = (), defaults: dict[str, Any] | None 
             )
         for opt in reversed(opts):
             fn = opt(fn)
-        fn.__tomofield_defaults__ = defaults
+        fn.__tomofield_defaults__ = defaults  # type: ignore[attr-defined]  # read by build_engine
         return fn
 
     return decorate

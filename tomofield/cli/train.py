@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
 import click
@@ -24,7 +23,6 @@ from tomofield.cli.toolkit import (
     given,
     out,
     setting_option,
-    with_default,
 )
 from tomofield.train import DEFAULTS as TRAIN_DEFAULTS
 from tomofield.train import TrainConfig, Trainer
@@ -32,16 +30,7 @@ from tomofield.train import TrainConfig, Trainer
 
 def _topt(flag: str, **kw: Any) -> Any:
     """The option of TrainConfig's setting ``flag`` stands for: help, choices and the default as declared."""
-    name = flag.lstrip("-").split("/")[0].replace("-", "_")
-    decl = {f.name: f for f in fields(TrainConfig)}[name]
-    meta = decl.metadata
-    default = meta["shown"] or (decl.default if decl.default is not None else TRAIN_DEFAULTS.get(name))
-    kind = (
-        click.Choice(list(meta["choices"])) if meta["choices"] else kw.pop("type", meta["type"] or type(decl.default))
-    )
-    if "/" in flag:  # a switch: click reads it as one
-        return click.option(flag, name, default=None, help=with_default(meta["help"], default), **kw)
-    return click.option(flag, name, default=None, type=kind, help=with_default(meta["help"], default), **kw)
+    return setting_option(TrainConfig, flag, resolved=TRAIN_DEFAULTS, **kw)
 
 
 @click.command()

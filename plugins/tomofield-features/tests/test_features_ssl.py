@@ -73,3 +73,30 @@ def test_simclr_loss_decreases_and_run_loads(volumes, tmp_path):
     assert eng.reconstruct(volumes[0]).shape == (64, 24, 24, 24)
     with pytest.raises(InputError, match="not empty"):
         pretrain_simclr(volumes, cfg, run_dir=tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("iterations", 0, r"iterations must be an integer in 1..10000000, got 0"),
+        ("slices_per_volume", 1, r"slices_per_volume must be an integer in 2..65536, got 1"),
+        ("temperature", 0.0, r"temperature must be a number in 0.0001..100.0, got 0.0"),
+        ("offset_range", 1.5, r"offset_range must be a number in 0.01..1.0, got 1.5"),
+        ("norm", "layer", r"norm must be one of "),
+        ("slice_size", "48", r"slice_size must be an integer in 8..4096, got '48'"),
+    ],
+)
+def test_simclr_settings_are_checked_by_their_one_declaration(field, value, message):
+    from click.testing import CliRunner
+
+    from tomofield.cli import cli
+    from tomofield.protocols import declared
+
+    with pytest.raises(InputError, match=message):
+        SimCLRConfig(**{field: value}).validate()
+    # the command line reads the same declaration: help text and the default
+    decl = {o.name: o for o in declared(SimCLRConfig)}[field]
+    flag = "--" + field.replace("_", "-")
+    help_text = " ".join(CliRunner().invoke(cli, ["pretrain", "--help"]).output.split())
+    if field in ("iterations", "slices_per_volume", "temperature", "norm", "slice_size"):
+        assert f"{flag} " in help_text and decl.help in help_text

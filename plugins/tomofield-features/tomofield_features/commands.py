@@ -18,9 +18,7 @@ from tomofield.cli.toolkit import (
     setting_option,
     slice_progress,
 )
-from tomofield.encoders import NORMS
 from tomofield.errors import InputError
-from tomofield.geometry import EXTENTS, GEOMETRIES
 from tomofield_features.ssl import SimCLRConfig
 
 #: This command's own choices for the engine (dense averaged features are the common case).
@@ -126,17 +124,17 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
 @click.option(
     "--method", type=click.Choice(["simclr"]), default="simclr", show_default=True, help="Self-supervised method."
 )
-@setting_option(SimCLRConfig, "--encoder", "Registered or timm encoder name.")
-@setting_option(SimCLRConfig, "--norm", "Normalisation layers.", type=click.Choice(NORMS))
-@setting_option(SimCLRConfig, "--iterations", "Training steps.", type=int)
-@setting_option(SimCLRConfig, "--batch-volumes", "Volumes per step.", type=int)
-@setting_option(SimCLRConfig, "--slices-per-volume", "Planes per volume (two views each).", type=int)
-@setting_option(SimCLRConfig, "--slice-size", "Slice side in pixels.", type=int)
-@setting_option(SimCLRConfig, "--lr", "Peak learning rate.", type=float)
-@setting_option(SimCLRConfig, "--temperature", "Contrastive temperature.", type=float)
-@setting_option(SimCLRConfig, "--geometry", "Slicing geometry.", type=click.Choice(GEOMETRIES))
-@setting_option(SimCLRConfig, "--extent", "Slice offsets.", type=click.Choice(EXTENTS))
-@setting_option(SimCLRConfig, "--seed", "Seed of the initialisation and the draws.", type=int)
+@setting_option(SimCLRConfig, "--encoder")
+@setting_option(SimCLRConfig, "--norm")
+@setting_option(SimCLRConfig, "--iterations")
+@setting_option(SimCLRConfig, "--batch-volumes")
+@setting_option(SimCLRConfig, "--slices-per-volume")
+@setting_option(SimCLRConfig, "--slice-size")
+@setting_option(SimCLRConfig, "--lr")
+@setting_option(SimCLRConfig, "--temperature")
+@setting_option(SimCLRConfig, "--geometry")
+@setting_option(SimCLRConfig, "--extent")
+@setting_option(SimCLRConfig, "--seed")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @friendly
 def pretrain(dataset: str, run_dir: str, method: str, device: str, **o: Any) -> None:

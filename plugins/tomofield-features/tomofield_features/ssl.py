@@ -23,53 +23,43 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tomofield import checkpoint as ck
-from tomofield.encoders import DEFAULT_ENCODER
+from tomofield.encoders import DEFAULT_ENCODER, NORMS
 from tomofield.engine import validate_volume
 from tomofield.errors import InputError
-from tomofield.geometry import half_extents, sample_slices, slice_points, stack_extents
+from tomofield.geometry import EXTENTS, GEOMETRIES, half_extents, sample_slices, slice_points, stack_extents
 from tomofield.io import atomic_write
+from tomofield.protocols import SEED_MAX, check_settings, setting
 from tomofield.train import cosine_lr
 from tomofield_features.heads import encoder_features
 
 
 @dataclass
 class SimCLRConfig:
-    """SimCLR pretraining arguments (CPU-sized defaults)."""
+    """SimCLR pretraining arguments (CPU-sized defaults), each declared once: default, bounds, help."""
 
-    encoder: str = DEFAULT_ENCODER
-    norm: str = "group-norm"
-    iterations: int = 200
-    batch_volumes: int = 2
-    slices_per_volume: int = 16
-    slice_size: int = 48
-    lr: float = 1e-3
-    lr_end: float = 1e-5
-    weight_decay: float = 1e-6
-    temperature: float = 0.2
-    projection_dim: int = 64
-    offset_range: float = 0.7
-    scale_jitter: float = 0.2
-    translation: float = 0.1
-    intensity_jitter: float = 0.2
-    noise: float = 0.03
-    geometry: str = "physical"
-    extent: str = "unit"
-    seed: int = 0
+    encoder: str = setting(DEFAULT_ENCODER, "Registered or timm encoder name.")
+    norm: str = setting("group-norm", "Normalisation layers.", choices=NORMS)
+    iterations: int = setting(200, "Training steps.", min=1, max=10_000_000)
+    batch_volumes: int = setting(2, "Volumes per step.", min=1, max=4096)
+    slices_per_volume: int = setting(16, "Planes per volume (two views each).", min=2, max=65536)
+    slice_size: int = setting(48, "Slice side in pixels.", min=8, max=4096)
+    lr: float = setting(1e-3, "Peak learning rate.", min=1e-12, max=1000.0)
+    lr_end: float = setting(1e-5, "Learning rate at the end of the cosine schedule.", min=0.0, max=1000.0, cli=False)
+    weight_decay: float = setting(1e-6, "AdamW weight decay.", min=0.0, max=10.0, cli=False)
+    temperature: float = setting(0.2, "Contrastive temperature.", min=1e-4, max=100.0)
+    projection_dim: int = setting(64, "Output width of the projector.", min=1, max=65536, cli=False)
+    offset_range: float = setting(0.7, "Central share of the stack the planes' offsets come from.", min=0.01, max=1.0)
+    scale_jitter: float = setting(0.2, "Anisotropic scale change of a view, +-.", min=0.0, max=0.9, cli=False)
+    translation: float = setting(0.1, "Translation of a view, a share of the slice.", min=0.0, max=1.0, cli=False)
+    intensity_jitter: float = setting(0.2, "Intensity change of a view, +-.", min=0.0, max=10.0, cli=False)
+    noise: float = setting(0.03, "Gaussian noise of a view, a share of the intensity.", min=0.0, max=10.0, cli=False)
+    geometry: str = setting("physical", "Slicing geometry.", choices=GEOMETRIES)
+    extent: str = setting("unit", "Slice offsets.", choices=EXTENTS)
+    seed: int = setting(0, "Seed of the initialisation and the draws.", min=0, max=SEED_MAX)
 
     def validate(self) -> None:
-        for name, lo in [
-            ("iterations", 1),
-            ("batch_volumes", 1),
-            ("slices_per_volume", 2),
-            ("slice_size", 8),
-            ("projection_dim", 1),
-        ]:
-            if getattr(self, name) < lo:
-                raise InputError(f"{name.replace('_', '-')} must be >= {lo}, got {getattr(self, name)}")
-        if not self.temperature > 0:
-            raise InputError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.offset_range <= 1:
-            raise InputError(f"offset-range must be in (0, 1], got {self.offset_range}")
+        """Refuse settings of the wrong type or out of bounds: one loop over the declarations."""
+        check_settings(self)
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.2) -> Tensor:
