@@ -17,6 +17,7 @@ import torch
 
 from tomofield.engine import Engine
 from tomofield.errors import InputError
+from tomofield.evaluation import dice
 from tomofield.io import affine_for_spacing, check_output_path, load_volume, save_nifti
 from tomofield.synth import ball_phantom
 
@@ -26,12 +27,6 @@ SPACING = (2.5, 1.0, 1.0)  # (d, h, w) mm: anisotropic, like a thick-slice scan
 def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     """Pearson correlation of two tensors of the same size."""
     return float(torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1])
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two binary masks (1 when both are empty)."""
-    inter, total = float(np.logical_and(pred, truth).sum()), float(pred.sum() + truth.sum())
-    return 1.0 if total == 0 else 2 * inter / total
 
 
 def best_dice(heatmaps: list[np.ndarray], masks: list[np.ndarray], n: int = 64) -> tuple[float, float]:
@@ -163,6 +158,7 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
         heat.save(out_dir / "heatmaps" / f"{case.name}.nii.gz", overwrite=True)
         heatmaps.append((heat, vol))
         heats.append(heat.data[0].cpu().numpy())
+        assert case.mask is not None  # positives with a mask only
         masks.append(load_volume([case.mask]).data[0].numpy())
     threshold, mean_dice = best_dice(heats, masks)
     png = out_dir / "preview.png"

@@ -11,8 +11,9 @@ import pytest
 from rich.console import Console
 
 from tomofield.dataset import read_dataset
-from tomofield.demo import DemoSettings, best_dice, dice, full_demo
+from tomofield.demo import DemoSettings, best_dice, full_demo
 from tomofield.errors import InputError
+from tomofield.evaluation import dice
 
 TOY = DemoSettings(n=8, size=24, iterations=4, slices_per_volume=4, slice_size=24, directions=6, slices=6, device="cpu")
 

@@ -11,10 +11,11 @@ import torch
 from click.testing import CliRunner
 
 from tomofield.cli import cli
+from tomofield.evaluation import dice
 from tomofield.io import affine_for_spacing, save_nifti
 from tomofield.synth import make_case
 from tomofield_features.preview import rgb_volume
-from tomofield_features.probe import LinearProbe, dice, sample_labelled, voxel_rows
+from tomofield_features.probe import LinearProbe, sample_labelled, voxel_rows
 
 
 def invoke(*args):

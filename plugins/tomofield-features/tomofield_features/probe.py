@@ -84,10 +84,3 @@ def voxel_rows(features: Tensor | np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Rows (len(idx), K) of a feature volume (K, D, H, W) at flat voxel indices."""
     f = np.asarray(features, dtype=np.float32)
     return f.reshape(f.shape[0], -1)[:, idx].T
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two binary volumes (1 when both are empty)."""
-    p, t = np.asarray(pred) > 0, np.asarray(truth) > 0
-    denom = p.sum() + t.sum()
-    return 1.0 if denom == 0 else float(2 * (p & t).sum() / denom)
