@@ -63,6 +63,7 @@ def _gradcam(c: CamInputs) -> Tensor:
 
     ``w_k = mean_ij dY/dA_k^ij``, ``L = ReLU(sum_k w_k A_k)``.
     """
+    assert c.gradients is not None  # a gradient method: cam() computes them
     weights = c.gradients.mean(dim=(2, 3), keepdim=True)
     return F.relu((weights * c.activations).sum(dim=1, keepdim=True))
 
@@ -74,6 +75,7 @@ def _gradcam_pp(c: CamInputs) -> Tensor:
     ``w_k = sum_ij alpha_k^ij ReLU(g)``, ``L = ReLU(sum_k w_k A_k)``.
     """
     g, a = c.gradients, c.activations
+    assert g is not None  # a gradient method: cam() computes them
     g2 = g * g
     denom = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g2 * g + _GRADCAM_PP_EPS
     alpha = g2 / denom
@@ -86,6 +88,7 @@ def _layercam(c: CamInputs) -> Tensor:
 
     ``L = ReLU(sum_k ReLU(dY/dA_k^ij) A_k^ij)``: a spatial weight per position.
     """
+    assert c.gradients is not None  # a gradient method: cam() computes them
     return F.relu((F.relu(c.gradients) * c.activations).sum(dim=1, keepdim=True))
 
 

@@ -58,7 +58,7 @@ class CompareSettings:
 
 
 #: family -> (head, filter, sampler, reconstructor)
-FAMILIES = {
+FAMILIES: dict[str, tuple[str, str, str, str]] = {
     "GradCAM": ("gradcam", "none", "axial", "fbp"),
     "LayerCAM": ("layercam", "none", "axial", "fbp"),
     "GradCAM (3 axes)": ("gradcam", "none", "orthogonal", "fbp"),
@@ -71,7 +71,7 @@ FAMILIES = {
 
 
 def methods(s: CompareSettings) -> list[Method]:
-    out = []
+    out: list[Method] = []
     for family in s.families:
         head, filt, sampler, rec = FAMILIES[family]
         layers = [None] if head == "logit" else list(s.layers)

@@ -108,7 +108,8 @@ def read_dataset(path: str | Path, task: str = "classification", require_files: 
             f"{path}: missing column(s) {', '.join(sorted(missing))}; found {cols or 'no header'} "
             "(expected image,label[,mask])"
         )
-    cases, seen = [], {}
+    cases: list[Case] = []
+    seen: dict[tuple[Path, ...], int] = {}  # images -> row
     for i, raw in enumerate(reader, start=2):
         row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         if not any(row.values()):

@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,6 +36,7 @@ def _offline() -> Iterator[None]:
     keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     old = {k: os.environ.get(k) for k in keys}
     os.environ.update({k: "1" for k in keys})
+    hub: Any  # huggingface_hub.constants, or None without it
     try:  # huggingface_hub reads the variable once, at import: set its constant too
         from huggingface_hub import constants as hub
     except ImportError:

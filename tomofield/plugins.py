@@ -162,7 +162,8 @@ def unregister_plugin(name: str) -> None:
     """Remove a plugin registered under ``name``."""
     st = _state()
     if st.pm.get_plugin(name) is None:
-        raise TomofieldError(f"no plugin named {name!r}; loaded: {', '.join(st.pm.list_name_plugin())}")  # type: ignore[arg-type]
+        loaded = ", ".join(n for n, _ in st.pm.list_name_plugin())
+        raise TomofieldError(f"no plugin named {name!r}; loaded: {loaded}")
     st.pm.unregister(name=name)
     st.sources.pop(name, None)
     st.components = None

@@ -204,3 +204,10 @@ def test_plugins_listing_says_where_each_was_loaded_from(installed_plugin):
     comp = plugins.get("head", "ones")
     assert "tomofield_tinyplugin" in comp.source and comp.source.endswith("__init__.py)")
     assert str(Path(sys.modules["tomofield_tinyplugin"].__file__)) in comp.source
+
+
+def test_unregistering_an_unknown_plugin_names_the_loaded_ones():
+    from tomofield.errors import TomofieldError
+
+    with pytest.raises(TomofieldError, match=r"no plugin named 'nowhere'; loaded: .*tomofield"):
+        plugins.unregister_plugin("nowhere")

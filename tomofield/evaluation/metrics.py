@@ -19,6 +19,7 @@ empty-ground-truth values above never enter its averages.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 from scipy import ndimage
@@ -85,8 +86,9 @@ def lesion_matches(
     Returns:
         Dict with ``tp`` (matched predicted components), ``fp``, ``fn``, ``n_pred``, ``n_gt``.
     """
-    pl, n_pred = pred_components or components(pred_mask, connectivity)
-    gl, n_gt = gt_components or components(gt_mask, connectivity)
+    # a mask may be None only where its components are given
+    pl, n_pred = pred_components or components(cast(np.ndarray, pred_mask), connectivity)
+    gl, n_gt = gt_components or components(cast(np.ndarray, gt_mask), connectivity)
     if pl.shape != gl.shape:
         raise ValueError(f"prediction shape {pl.shape} != ground-truth shape {gl.shape}")
     tp = gt_hit = 0
@@ -138,8 +140,8 @@ def lesion_scores(
         Dict with ``precision``, ``recall``, ``f1``, ``dice`` and the counts of
         :func:`lesion_matches`.
     """
-    pc = pred_components or components(pred_mask, connectivity)
-    gc = gt_components or components(gt_mask, connectivity)
+    pc = pred_components or components(cast(np.ndarray, pred_mask), connectivity)
+    gc = gt_components or components(cast(np.ndarray, gt_mask), connectivity)
     m = lesion_matches(None, None, iou_threshold, pred_components=pc, gt_components=gc)
     return {**_prf(m), "dice": dice(pc[0], gc[0]), **m}
 
@@ -195,7 +197,7 @@ def max_box_iou(
 
 
 def box_lesion_scores(
-    pred_mask: np.ndarray,
+    pred_mask: np.ndarray | None,
     box: Box | None,
     iou_threshold: float = 1 / 8,
     *,
@@ -211,9 +213,10 @@ def box_lesion_scores(
         Dict with ``precision``, ``recall``, ``f1``, ``max_iou`` and the counts ``tp``,
         ``fp``, ``fn``, ``n_pred``, ``n_gt``.
     """
-    labels, n = pred_components or components(pred_mask, connectivity)
+    labels, n = pred_components or components(cast(np.ndarray, pred_mask), connectivity)
     n_gt = int(box is not None and box_volume(box) > 0)
-    ious = box_iou(component_boxes(labels, n), box) if n and n_gt else np.zeros(0)
+    # n_gt is 1 only for a box; (n, 6) boxes against one give an array
+    ious = cast(np.ndarray, box_iou(component_boxes(labels, n), cast(Box, box))) if n and n_gt else np.zeros(0)
     tp = int(np.count_nonzero(ious > iou_threshold))
     m = {"tp": tp, "fp": n - tp, "fn": int(n_gt and tp == 0), "n_pred": n, "n_gt": n_gt}
     return {**_prf(m), "max_iou": float(ious.max()) if ious.size else 0.0, **m}

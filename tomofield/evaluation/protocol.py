@@ -190,7 +190,7 @@ def tau_prime_grid(heatmaps: Sequence[np.ndarray], tau: float, n: int = 50) -> n
     lo = min(float(b.min()) for b in below)
     vals = np.concatenate(below)
     vals = vals[:: max(1, vals.size // 1_000_000)]
-    lin = np.linspace(lo, tau, n // 2, endpoint=False) if np.isfinite(tau) else []
+    lin: np.ndarray | list[float] = np.linspace(lo, tau, n // 2, endpoint=False) if np.isfinite(tau) else []
     quant = np.quantile(vals, np.linspace(0.0, 1.0, n - n // 2))
     cands = np.unique(np.concatenate([lin, quant, [lo]]).astype(np.float64))
     return cands[cands < tau]
@@ -287,7 +287,7 @@ class _Dataset:
             if h.ndim != 3 or h.size == 0 or (m is not None and np.shape(m) != h.shape):
                 raise ValueError(
                     f"heatmap {i} (shape {h.shape}) must be a non-empty "
-                    f"(D, H, W) array matching its mask ({np.shape(m)})"
+                    f"(D, H, W) array matching its mask ({np.shape(m)})"  # type: ignore[arg-type]  # np.shape(None) is ()
                 )
         self.scores = np.array([float(h.max()) for h in self.heatmaps])
         if np.isnan(self.scores).any():

@@ -115,7 +115,7 @@ def _umask() -> int:
 
 
 def atomic_write_all(
-    writes: Sequence[tuple[str | Path, Callable[[Path], None]]],
+    writes: Sequence[tuple[str | Path, Callable[[Path], object]]],
     overwrite: bool = False,
     inputs: Sequence[str | Path] = (),
 ) -> list[Path]:
@@ -154,16 +154,16 @@ def atomic_write_all(
             write(Path(tmp))
             if Path(tmp).exists():  # the writer may have replaced the file: the mode again
                 os.chmod(tmp, mode)
-        for (path, _), tmp in zip(targets, temps, strict=True):
+        for (path, _), temp in zip(targets, temps, strict=True):
             current = path
-            os.replace(tmp, path)
+            os.replace(temp, path)
         done = True
     except OSError as exc:
         raise write_error(current, exc) from exc
     finally:
-        for tmp in temps if not done else []:
+        for temp in temps if not done else []:
             with suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(temp)
         if not done:
             for folder in reversed(made):
                 with suppress(OSError):
@@ -172,7 +172,7 @@ def atomic_write_all(
 
 
 def atomic_write(
-    path: str | Path, write: Callable[[Path], None], overwrite: bool = False, inputs: Sequence[str | Path] = ()
+    path: str | Path, write: Callable[[Path], object], overwrite: bool = False, inputs: Sequence[str | Path] = ()
 ) -> Path:
     """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it into place.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import Tensor
@@ -63,7 +64,7 @@ def save_nifti(
     path: str | Path,
     data: Tensor | np.ndarray,
     affine: np.ndarray,
-    header: object | None = None,
+    header: Any = None,  # a nibabel header (Nifti1Header) or None
     overwrite: bool = False,
     dtype: type = np.float32,
     description: str = "tomofield",

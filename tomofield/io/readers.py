@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -13,6 +14,9 @@ from tomofield.errors import InputError
 from tomofield.io.files import NIFTI_SUFFIXES
 from tomofield.io.nifti import FLOAT32_MAX, VALUE_LIMIT, _range, is_nifti, spacing_from_affine
 from tomofield.io.volume import Volume
+
+if TYPE_CHECKING:
+    from nibabel.nifti1 import Nifti1Image
 
 #: Formats read through SimpleITK (``pip install 'tomofield[itk]'``): NRRD and MetaImage files,
 #: and DICOM series folders.
@@ -36,7 +40,7 @@ def is_dicom_folder(path: str | Path) -> bool:
     return False
 
 
-def _itk_image(path: Path) -> object:
+def _itk_image(path: Path) -> Nifti1Image:
     """A DICOM series folder or an NRRD/MetaImage file as an in-memory NIfTI image, its geometry in RAS.
 
     ITK's arrays are (k, j, i) and its geometry LPS: ``x_LPS = origin + direction diag(spacing) (i, j, k)``;
@@ -103,7 +107,7 @@ def _scaled(img: object) -> bool:
     return float(getattr(proxy, "slope", 1.0)) != 1.0 or float(getattr(proxy, "inter", 0.0)) != 0.0
 
 
-def _load_one(path: Path, nan_policy: str = "refuse") -> tuple[np.ndarray, object, int, list[tuple[float, float]]]:
+def _load_one(path: Path, nan_policy: str = "refuse") -> tuple[np.ndarray, Nifti1Image, int, list[tuple[float, float]]]:
     """One file as float32 (i, j, k, c), its image, the non-finite voxels replaced and each channel's file range.
 
     Values the format allows but float32 cannot hold are refused, naming the file and the
@@ -128,7 +132,8 @@ def _load_one(path: Path, nan_policy: str = "refuse") -> tuple[np.ndarray, objec
         )
     itk = _itk_image(path) if via_itk else None  # names its own errors
     try:
-        img = itk if itk is not None else nib.load(str(path))
+        # a NIfTI file (checked above): nibabel's load is typed as any image format's
+        img = itk if itk is not None else cast("Nifti1Image", nib.load(str(path)))
         stored = img.get_data_dtype()
         shape = tuple(int(n) for n in img.shape)
     except Exception as exc:  # nibabel, gzip and zlib raise many types on corrupt files
@@ -218,14 +223,14 @@ def load_volume(
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     try:
-        paths = [Path(p) for p in paths]
+        files = [Path(p) for p in paths]
     except TypeError:
         raise InputError(f"expected a path or a list of paths to NIfTI files, got {paths!r}") from None
-    if not paths:
+    if not files:
         raise InputError("no input file given")
     arrays, first, replaced = [], None, 0
     channels: list[tuple[str, str, tuple[float, float]]] = []  # each channel: file, which, range in the file
-    for p in paths:
+    for p in files:
         arr, img, n_bad, ranges = _load_one(p, nan_policy)
         if first is None:
             first = (p, arr.shape[:3], img)
@@ -261,13 +266,13 @@ def load_volume(
             if lo == hi:
                 raise InputError(f"{name}: {which} is constant ({_f32(lo)}): nothing to reconstruct")
     img = first[2]
-    spacing = spacing_from_affine(img.affine, str(paths[0]))
+    spacing = spacing_from_affine(img.affine, str(files[0]))
     lo, hi = SPACING_RANGE
     if not all(lo <= s <= hi for s in spacing):
         raise InputError(
-            f"{str(paths[0])!r}: voxel size ({', '.join(f'{s:.6g}' for s in spacing)}) mm is outside [{lo}, {hi}] "
+            f"{str(files[0])!r}: voxel size ({', '.join(f'{s:.6g}' for s in spacing)}) mm is outside [{lo}, {hi}] "
             "mm; the header's affine is probably wrong: fix the voxel size (pixdim, or the sform/qform) in the "
             "header, e.g. in 3D Slicer, and save the image again"
         )
     tensor = torch.from_numpy(np.ascontiguousarray(data.transpose(3, 2, 1, 0)))
-    return Volume(tensor, np.asarray(img.affine), spacing, img.header, paths, replaced)
+    return Volume(tensor, np.asarray(img.affine), spacing, img.header, files, replaced)

@@ -61,9 +61,9 @@ class Volume:
                 "reads it from the affine"
             )
         self.spacing = spacing  # type: ignore[assignment]
-        shape = getattr(self.header, "get_data_shape", None)
-        if shape is not None:
-            ijk = tuple(int(n) for n in shape()[:3])
+        data_shape = getattr(self.header, "get_data_shape", None)
+        if data_shape is not None:
+            ijk = tuple(int(n) for n in data_shape()[:3])
             if ijk[::-1] != tuple(self.data.shape[1:]):
                 raise InputError(
                     f"Volume.data has grid (D, H, W) = {tuple(self.data.shape[1:])} but its header's (i, j, k) grid "

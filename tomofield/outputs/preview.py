@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -78,12 +79,14 @@ def focus(heatmap: np.ndarray, body: np.ndarray, threshold: float) -> tuple[int,
     strong = (heatmap >= threshold) & inside
     if not strong.any():
         masked = np.where(inside, heatmap, -np.inf)
-        return tuple(int(v) for v in np.unravel_index(int(np.argmax(masked)), heatmap.shape))
+        return cast(
+            "tuple[int, int, int]", tuple(int(v) for v in np.unravel_index(int(np.argmax(masked)), heatmap.shape))
+        )
     labels, n = ndi.label(strong)
     sums = ndi.sum(heatmap - threshold, labels, index=np.arange(1, n + 1))
     best = int(np.argmax(sums)) + 1
     peak = np.where(labels == best, heatmap, -np.inf)
-    return tuple(int(v) for v in np.unravel_index(int(np.argmax(peak)), heatmap.shape))
+    return cast("tuple[int, int, int]", tuple(int(v) for v in np.unravel_index(int(np.argmax(peak)), heatmap.shape)))
 
 
 def write_preview(
@@ -124,6 +127,8 @@ def write_preview(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    heat: np.ndarray | None
+    vol: np.ndarray | None
     heat, vol = np.asarray(heatmap, dtype=np.float32), np.asarray(volume, dtype=np.float32)
     m = None if mask is None else np.asarray(mask, dtype=np.float32)
     if affine is not None:
@@ -133,6 +138,7 @@ def write_preview(
         heat, vol, m = (None if a is None else np.asarray(a).transpose(2, 1, 0) for a in (heat, vol, m))
         sizes = np.asarray(spacing, dtype=np.float64)[::-1]
         letters = _ARRAY_LETTERS
+    assert heat is not None and vol is not None  # only the mask may be None
     body = body_mask(vol)
     lo_w, hi_w = window if window is not None else default_window(vol, body)
     hmax = float(heat.max())
@@ -145,12 +151,13 @@ def write_preview(
     overlay = matplotlib.colors.ListedColormap(matplotlib.colormaps["inferno"](np.linspace(0.35, 1.0, 256)))
     im = None
     for col, (name, across, (ax_h, ax_v), flip) in enumerate(_PLANES):
-        cut_at = [slice(None)] * 3
+        cut_at: list[slice | int] = [slice(None)] * 3
         cut_at[across] = at[across]
         planes = [None if a is None else a[tuple(cut_at)] for a in (vol, heat, m)]
         # rows: the vertical axis upwards; columns: the horizontal axis, + to - when flipped
         planes = [None if p is None else (p.T[:, ::-1] if flip else p.T) for p in planes]
         img, h, mk = planes
+        assert img is not None and h is not None  # only the mask may be None
         aspect = sizes[ax_v] / sizes[ax_h]
         neg, pos = letters[ax_h]
         left, right = (pos, neg) if flip else (neg, pos)
@@ -172,6 +179,7 @@ def write_preview(
             ax.text(0.98, 0.5, right, ha="right", va="center", **style)
             ax.text(0.5, 0.98, letters[ax_v][1], ha="center", va="top", **style)
             ax.text(0.5, 0.02, letters[ax_v][0], ha="center", va="bottom", **style)
+    assert im is not None  # drawn in the second row of every column
     fig.colorbar(im, ax=axes[1, :], shrink=0.8, label="heatmap")
     fig.suptitle((title + "  " if title else "") + f"(window {lo_w:.4g}..{hi_w:.4g})")
 

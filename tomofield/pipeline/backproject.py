@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -224,6 +225,7 @@ def _fused_kernel(kernel: str, device: torch.device, out: Tensor):
     if kernel == "auto":
         if out.dtype != torch.float32 or not out.is_contiguous():
             return None
+        fused: ModuleType
         if device.type == "cuda" and triton_bp.available() and triton_bp.device_type() == "cuda":
             fused = triton_bp
         elif device.type == "cpu" and native.available():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -65,7 +66,7 @@ class Plan:
                 g[distributed.shard_indices(st, len(g), rank, world)] for g, st in zip(groups, starts, strict=True)
             ]
             groups = [g for g in groups if len(g)]
-        return cls(shape, e, groups, n_dirs, pad, (slice_size, slice_size))
+        return cls(cast("tuple[int, int, int]", shape), e, groups, n_dirs, pad, (slice_size, slice_size))
 
     @property
     def total_slices(self) -> int:

@@ -57,7 +57,8 @@ def encoder_dtype(head, amp: str, device: torch.device) -> torch.dtype | None:
 
 def _out_of_memory(exc: BaseException) -> torch.OutOfMemoryError | None:
     """The out-of-memory error behind ``exc``: itself, its cause or context, or a compiler's inner exception."""
-    stack, seen = [exc], set()
+    stack: list[BaseException | None] = [exc]
+    seen: set[int] = set()
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:
@@ -79,6 +80,8 @@ class _CompiledOrEager(nn.Module):
     module runs the next one, and an error the eager module raises too (the input's
     fault) propagates with compilation kept on.
     """
+
+    fast: Callable[[Tensor], Tensor]  # set in __init__, not a submodule
 
     def __init__(self, eager: nn.Module, fast: Callable) -> None:
         super().__init__()
@@ -259,6 +262,7 @@ class Scorer:
         if hits is None:
             scores = torch.cat(outs)
         else:
+            assert empty is not None  # given with hits (Engine.run: both come with the occupancy)
             scores = empty.expand(L * S, *empty.shape[1:]).clone()
             if outs:
                 scores[run] = torch.cat(outs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -27,7 +28,7 @@ def as_scan(
     img: np.ndarray,
     body: np.ndarray,
     rng: np.random.Generator,
-    spacing: Sequence[float],
+    spacing: Sequence[float] | np.ndarray,
     gain: float,
     offset: float,
 ) -> np.ndarray:
@@ -52,7 +53,7 @@ def scan_grid(size: int, spacing: Sequence[float], rng: np.random.Generator) -> 
     """A realistic case's grid: at most ``size`` voxels along the finest axis, a roughly cubic field of view."""
     sp = np.asarray(spacing, dtype=float)
     sides = np.rint(size * sp.min() / sp * rng.uniform(0.85, 1.0, 3))
-    return tuple(int(v) for v in np.maximum(sides, 8))
+    return cast("tuple[int, int, int]", tuple(int(v) for v in np.maximum(sides, 8)))
 
 
 def make_case(
@@ -110,7 +111,7 @@ def make_case(
             that fits.
     """
     lo_n, hi_n = _count_range(n_lesions)
-    if lo_n is None or not (1 if positive else 0) <= lo_n <= hi_n:
+    if lo_n is None or hi_n is None or not (1 if positive else 0) <= lo_n <= hi_n:  # both None or neither
         raise ValueError(f"n_lesions={n_lesions} is invalid for positive={positive}")
     g = _Grid(shape, spacing)
     if len(g.shape) != 3 or min(g.shape) < 8 or (g.sp <= 0).any():
@@ -164,7 +165,7 @@ def make_case(
         if lesion_contrast is None:  # the built-in step above the surroundings (every earlier dataset's draws)
             lesions.append((sl, soft, local + obj_rng.uniform(0.4, 0.9) * (1.0 + tex)))
         else:  # a relative step: the lesion's signal (1 + c) times its surroundings' (a scan's adds SIGNAL_FLOOR)
-            c, floor = obj_rng.uniform(*(float(v) for v in lesion_contrast)), SIGNAL_FLOOR if scan else 0.0
+            c, floor = obj_rng.uniform(*(float(v) for v in lesion_contrast)), SIGNAL_FLOOR if scan else 0.0  # type: ignore[call-overload]
             lesions.append((sl, soft, local + c * (local + floor) * (1.0 + tex)))
     # One enhancing organ in every case, larger and smoother than lesions, away from them:
     # a bright blob alone does not make a positive. Lesions fill 1-5% of the body; this

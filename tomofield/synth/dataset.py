@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -124,7 +125,7 @@ def check_settings(
     if background not in BACKGROUNDS:
         problems.append(f"background={background!r} (valid: {', '.join(BACKGROUNDS)})")
     c_lo, c_hi = _count_range(n_lesions)
-    if c_lo is None or not LIMITS["n_lesions"][0] <= c_lo <= c_hi <= LIMITS["n_lesions"][1]:
+    if c_lo is None or c_hi is None or not LIMITS["n_lesions"][0] <= c_lo <= c_hi <= LIMITS["n_lesions"][1]:
         problems.append(
             f"n_lesions={_tuple(n_lesions)} (valid: a count N or a range (LO, HI) of counts per positive, "
             f"{LIMITS['n_lesions'][0]} <= LO <= HI <= {LIMITS['n_lesions'][1]})"
@@ -155,7 +156,7 @@ def _smallest_grid(size: int, spacing: Sequence[float], background: str = "plain
     if background != "realistic":
         return (int(size),) * 3
     sp = np.asarray(spacing, dtype=float)
-    return tuple(int(v) for v in np.maximum(np.rint(size * sp.min() / sp * 0.85), 8))
+    return cast("tuple[int, int, int]", tuple(int(v) for v in np.maximum(np.rint(size * sp.min() / sp * 0.85), 8)))
 
 
 def write_dataset(
@@ -210,7 +211,7 @@ def write_dataset(
     from tomofield.io import write_error
 
     out = Path(out_dir)
-    settings = {
+    settings: dict[str, Any] = {
         "n": n,
         "size": size,
         "seed": seed,
@@ -255,7 +256,7 @@ def _write_cases(
     lesion_contrast: tuple[float, float] | None = None,
 ) -> dict[str, Path]:
     """The work of :func:`write_dataset` in a checked ``out`` folder."""
-    lesions = {}  # only what was given: the default call is the one earlier versions made
+    lesions: dict[str, Any] = {}  # only what was given: the default call is the one earlier versions made
     if lesion_radius is not None:
         lesions["lesion_radius"] = tuple(float(v) for v in lesion_radius)
     if n_lesions is not None:  # negatives draw them too (unrendered), as their positive twins
@@ -282,7 +283,7 @@ def _write_cases(
         _save(out / "images" / name, image, spacing)
         _save(out / "masks" / name, mask, spacing)
         rows.append((f"images/{name}", int(label), f"masks/{name}"))
-    val = set()
+    val: set[int] = set()
     for c in (0, 1):
         members = np.flatnonzero(labels == c)
         k = min(max(1, round(val_fraction * len(members))), len(members) - 1)

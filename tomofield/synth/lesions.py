@@ -82,7 +82,9 @@ def _place(rng, g: _Grid, radius: float, edge: float, allowed: np.ndarray):
     raise RuntimeError(f"no room for lesions in {g.shape} x {tuple(g.sp)} mm")
 
 
-def _voxel_counts(radius: tuple[float, float], target: float, spacing: Sequence[float]) -> tuple[int, int, int]:
+def _voxel_counts(
+    radius: tuple[float, float], target: float, spacing: Sequence[float] | np.ndarray
+) -> tuple[int, int, int]:
     """``(lo, target, hi)`` voxel counts of masks whose equivalent radius lies in ``radius`` (voxels of the finest spacing).
 
     A range too narrow to hold a whole voxel count gets the count nearest ``target``.
@@ -164,7 +166,7 @@ _ROOM = 1.0
 LESION_CAP = 8.0
 
 
-def lesion_limits(shape: Sequence[int], spacing: Sequence[float], radius: float) -> tuple[float, int]:
+def lesion_limits(shape: Sequence[int], spacing: Sequence[float] | np.ndarray, radius: float) -> tuple[float, int]:
     """The largest lesion that fits the body of any case on this grid, and how many of ``radius`` a case may hold.
 
     Sizes in the unit of ``lesion_radius`` (equivalent radius in voxels of the finest
@@ -202,7 +204,7 @@ def _lesion_count(rng: np.random.Generator, n_lesions) -> int:
 
 
 def _lesion_problems(
-    shape: Sequence[int], spacing: Sequence[float], lesion_radius, n_lesions, grid: str = ""
+    shape: Sequence[int], spacing: Sequence[float] | np.ndarray, lesion_radius, n_lesions, grid: str = ""
 ) -> list[str]:
     """What is wrong with ``lesion_radius`` on this grid, with ``n_lesions`` lesions, in words (empty: nothing).
 

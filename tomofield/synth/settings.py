@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 #: The looks :func:`write_dataset` can give its volumes.
 BACKGROUNDS = ("plain", "realistic")
 
@@ -14,8 +16,17 @@ LESION_RADIUS_UNIT = (
 )
 
 
+class _Limits(TypedDict):
+    n: tuple[int, int]
+    size: tuple[int, int]
+    spacing: tuple[float, float]
+    n_lesions: tuple[int, int]
+    lesion_radius: tuple[float, None]
+    lesion_contrast: tuple[float, float]
+
+
 #: The ranges write_dataset takes: a few to many cases, grids a CPU writes in minutes.
-LIMITS = {
+LIMITS: _Limits = {
     "n": (4, 100_000),
     "size": (16, 512),
     "spacing": (0.01, 100.0),

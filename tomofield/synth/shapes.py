@@ -86,7 +86,9 @@ def _vessels(rng, ctr, axes, unit: float, step: float):
 
     Returns the centre-line points (mm) and the radius (mm) and contrast at each point.
     """
-    pts, rad, con = [], [], []
+    pts: list[np.ndarray] = []
+    rad: list[np.ndarray] = []
+    con: list[np.ndarray] = []
     for i in range(rng.integers(2, 4) + rng.integers(1, 4)):
         if i < 2 or rng.uniform() < 0.3 or not pts:  # trunk
             u = rng.standard_normal(3)

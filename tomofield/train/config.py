@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tomofield.checkpoint import SLICE_SIZES, RunDir, is_run_dir
 from tomofield.encoders import DEFAULT_ENCODER, NORMS
@@ -256,7 +256,7 @@ class TrainConfig:
         0.95, "The teacher's baseline: this quantile of its slice scores on target-0 volumes.", min=0.01, max=0.99
     )
 
-    def resolved(self, shapes: list[tuple[int, ...]] | None = None) -> TrainConfig:
+    def resolved(self, shapes: list[tuple[int, ...]] | None = None) -> ResolvedTrainConfig:
         """A copy with every ``None`` setting filled: from the teacher's run, else the library's default.
 
         Args:
@@ -270,7 +270,7 @@ class TrainConfig:
         if self.teacher is not None:
             inherited = {"intensity": LEGACY_INTENSITY, **teacher_run(self.teacher).training_defaults()}
         start = (PRETRAINED if self.pretrained else SCRATCH) | {"slice_size": slice_size_for(shapes) if shapes else 224}
-        filled = {
+        filled: dict[str, Any] = {
             k: getattr(self, k) if getattr(self, k) is not None else inherited.get(k, start.get(k) if v is None else v)
             for k, v in DEFAULTS.items()
         }
@@ -278,9 +278,14 @@ class TrainConfig:
         lr = self.lr if self.lr is not None else start["lr"]
         warmup = self.warmup if self.warmup is not None else round(WARMUP_SHARE * self.iterations)
         strength = AUGMENTATION.get(self.task, 0.0)
-        augment = {k: getattr(self, k) if getattr(self, k) is not None else strength for k in AUGMENTATIONS}
+        augment: dict[str, Any] = {
+            k: getattr(self, k) if getattr(self, k) is not None else strength for k in AUGMENTATIONS
+        }
         val_every = self.val_every if self.val_every is not None else max(1, self.iterations // VALIDATIONS)
-        return replace(self, **filled, loss=loss, lr=lr, warmup=warmup, val_every=val_every, **augment)
+        return cast(
+            "ResolvedTrainConfig",
+            replace(self, **filled, loss=loss, lr=lr, warmup=warmup, val_every=val_every, **augment),
+        )
 
     def validate(self) -> None:
         """Raise :class:`InputError` on an invalid argument (:func:`~tomofield.protocols.check_settings`, then
@@ -296,6 +301,30 @@ class TrainConfig:
             )
         if self.teacher is not None and self.task != "regression":
             raise InputError(f"--teacher is for --task regression, got task {self.task!r}")
+
+
+if TYPE_CHECKING:
+
+    class ResolvedTrainConfig(TrainConfig):
+        """For type checkers only: a :class:`TrainConfig` after :meth:`~TrainConfig.resolved`, whose
+        settings that default to ``None`` are filled (``val_slices`` and ``teacher`` may stay ``None``)."""
+
+        encoder: str
+        norm: str
+        slice_size: int
+        lr: float
+        warmup: int
+        intensity: str
+        geometry: str
+        extent: str
+        loss: str
+        scale_jitter: float
+        translation: float
+        intensity_jitter: float
+        val_every: int
+
+else:
+    ResolvedTrainConfig = TrainConfig
 
 
 def config_from_options(**options: Any) -> TrainConfig:

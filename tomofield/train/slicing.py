@@ -7,7 +7,7 @@ Every function taking a :class:`~tomofield.train.TrainConfig` needs a resolved o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor
@@ -19,7 +19,9 @@ from tomofield.intensity import normalize
 from tomofield.io import load_volume
 
 if TYPE_CHECKING:
-    from tomofield.train.config import TrainConfig
+    from nibabel.spatialimages import SpatialImage
+
+    from tomofield.train.config import ResolvedTrainConfig
 
 Frame = tuple[Tensor, Tensor, Tensor]
 
@@ -70,7 +72,7 @@ def spatial_shapes(cases: list[Case]) -> list[tuple[int, ...]]:
     shapes = []
     for c in cases:
         try:
-            shape = tuple(int(v) for v in nib.load(str(c.images[0])).shape[:3])
+            shape = tuple(int(v) for v in cast("SpatialImage", nib.load(str(c.images[0]))).shape[:3])
         except Exception:  # not a NIfTI nibabel reads lazily: load it (load_volume names what is wrong)
             shape = tuple(load_volume([c.images[0]]).data.shape[1:])
         shapes.append(shape)
@@ -105,7 +107,7 @@ def random_frame(M: int, gen: torch.Generator) -> Frame:
 
 def cut_jittered(
     vol: Loaded,
-    cfg: TrainConfig,
+    cfg: ResolvedTrainConfig,
     gen: torch.Generator,
     frame: Frame,
     offsets: Tensor,
@@ -127,7 +129,7 @@ def cut_jittered(
     return (1 + f(gain)) * x + f(bias)
 
 
-def augmented_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> Tensor:
+def augmented_slices(vol: Loaded, cfg: ResolvedTrainConfig, gen: torch.Generator) -> Tensor:
     """``M`` randomly oriented, scaled, shifted, intensity-jittered slices (M, C, S, S)."""
     M = cfg.slices_per_volume
     U = lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1  # noqa: E731
@@ -140,7 +142,9 @@ def augmented_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator) -> Ten
     return cut_jittered(vol, cfg, gen, (n, u, v), offsets, a_half, b_half, shift)
 
 
-def stack_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator, support: bool = False) -> tuple[Tensor, Tensor]:
+def stack_slices(
+    vol: Loaded, cfg: ResolvedTrainConfig, gen: torch.Generator, support: bool = False
+) -> tuple[Tensor, Tensor]:
     """One full stack of ``M`` parallel slices (M, C, S, S) and each slice's weight in mL (M,).
 
     Offsets are stratified over the stack (one per bin of its range, random within it)
@@ -173,7 +177,7 @@ def stack_slices(vol: Loaded, cfg: TrainConfig, gen: torch.Generator, support: b
     return x, weight.to(x.device, torch.float32)
 
 
-def pick_volumes(train: list[Loaded], cfg: TrainConfig, gen: torch.Generator) -> list[Loaded]:
+def pick_volumes(train: list[Loaded], cfg: ResolvedTrainConfig, gen: torch.Generator) -> list[Loaded]:
     """Pairs of one positive and one negative (classification) or a random draw."""
     if cfg.task != "classification":
         return [train[int(i)] for i in torch.randint(len(train), (cfg.batch_volumes,), generator=gen)]

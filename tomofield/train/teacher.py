@@ -14,7 +14,7 @@ from tomofield.train.config import teacher_run
 from tomofield.train.slicing import Loaded, stack_slices
 
 if TYPE_CHECKING:
-    from tomofield.train.config import TrainConfig
+    from tomofield.train.config import ResolvedTrainConfig
 
 
 def spread_targets(excess: Tensor, weight: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -74,7 +74,7 @@ class Teacher:
         return self.above_baseline(self.model(x)[:, 0])
 
     @torch.no_grad()
-    def calibrate(self, train: list[Loaded], cfg: TrainConfig, draws: int = 2) -> float:
+    def calibrate(self, train: list[Loaded], cfg: ResolvedTrainConfig, draws: int = 2) -> float:
         """Set the baseline from the negatives; return a density scale (median peak density of the positives).
 
         Scores ``draws`` stacks of every training volume; only the scores and weights are

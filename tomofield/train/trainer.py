@@ -37,7 +37,11 @@ from tomofield.train.validation import classification_metrics, regression_metric
 Progress = Callable[[dict[str, Any]], None]
 #: Training volumes of each class scored at a validation for its decision threshold.
 THRESHOLD_VOLUMES = 8
-LOSSES = {"bce": F.binary_cross_entropy_with_logits, "mse": F.mse_loss, "huber": F.huber_loss}
+LOSSES: dict[str, Callable[..., Tensor]] = {
+    "bce": F.binary_cross_entropy_with_logits,
+    "mse": F.mse_loss,
+    "huber": F.huber_loss,
+}
 
 
 def cosine_lr(step: int, total: int, lr: float, lr_end: float, warmup: int = 0) -> float:
@@ -242,6 +246,7 @@ class Trainer:
     def _teacher(self, model: nn.Module, train: list[Loaded], in_chans: int) -> Teacher:
         """Load and calibrate the teacher and start ``model`` from its weights."""
         cfg = self.cfg
+        assert cfg.teacher is not None  # called for a run with a teacher only
         teacher = Teacher(cfg.teacher, in_chans, self.device)
         mine, theirs = (cfg.encoder, cfg.norm), (teacher.run["encoder"], teacher.run["norm"])
         if mine != theirs:

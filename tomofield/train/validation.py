@@ -19,7 +19,7 @@ from tomofield.train.objective import pool
 from tomofield.train.slicing import Loaded
 
 if TYPE_CHECKING:
-    from tomofield.train.config import TrainConfig
+    from tomofield.train.config import ResolvedTrainConfig
 
 
 #: The slices per validation stack chosen from a volume's grid: one every two voxels of its longest side, in this range.
@@ -37,7 +37,7 @@ def val_slices_for(shape: tuple[int, ...]) -> int:
 
 
 @torch.inference_mode()
-def volume_scores(model: nn.Module, vols: list[Loaded], cfg: TrainConfig, batch: int = 128) -> Tensor:
+def volume_scores(model: nn.Module, vols: list[Loaded], cfg: ResolvedTrainConfig, batch: int = 128) -> Tensor:
     """Each volume's prediction from a fixed set of slices.
 
     ``val_directions`` stacks of ``val_slices`` parallel slices (:func:`val_slices_for` of

@@ -29,6 +29,7 @@ import functools
 import os
 from collections.abc import Sequence
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,7 +45,7 @@ MAX_GRID_BLOCKS = 2**31 - 1
 
 # Set by _jit(), so that importing this module does not import Triton: a jitted function
 # finds triton.language and the jitted functions it calls among its module's globals.
-tl = None
+tl: Any = None
 _flat_offsets = None
 
 
