@@ -8,12 +8,12 @@ from scipy import ndimage
 
 from tomofield.evaluation.metrics import dice
 from tomofield.evaluation.protocol import (
-    _kept_over_grid,
     binarize,
     detection_threshold,
     evaluate,
     evaluate_fold,
     kept_components,
+    kept_over_grid,
     select_tau_prime,
     tau_prime_grid,
     tune_thresholds,
@@ -280,7 +280,7 @@ def test_fill_holes_grid_search_fills_each_thresholds_own_components():
     cands = np.linspace(-0.1, tau, 40)
     seen_fill = 0
     for conn in (6, 26):
-        steps = list(_kept_over_grid(h, cands, tau, conn, True))
+        steps = list(kept_over_grid(h, cands, tau, conn, True))
         assert len(steps) == cands.size
         for k, labels, n, crop in steps:
             got = np.zeros(shape, bool)

@@ -93,7 +93,7 @@ def _fill_holes(labels: np.ndarray, n: int, crop, shape, connectivity: int) -> n
     so they are written largest first. A component touching the volume's border is kept as
     it is (a shell cut open by the border is no closed shell; filling against the border
     would invent tissue). Each component stays inside its own bounding box, so the crops of
-    :func:`_kept_over_grid` stay valid. Returns ``labels`` itself when nothing is filled.
+    :func:`kept_over_grid` stay valid. Returns ``labels`` itself when nothing is filled.
     """
     back = structure(26 if connectivity == 6 else 6)
     fills = []
@@ -114,7 +114,7 @@ def _fill_holes(labels: np.ndarray, n: int, crop, shape, connectivity: int) -> n
     return out
 
 
-def _kept_over_grid(heatmap: np.ndarray, cands, tau: float, connectivity: int, fill_holes: bool = False):
+def kept_over_grid(heatmap: np.ndarray, cands, tau: float, connectivity: int, fill_holes: bool = False):
     """Yield ``(k, labels, n, crop)``: components kept at ascending ``cands[k] <= tau``.
 
     A component of ``h >= c`` holding a seed (voxel ``>= tau``) lies inside a kept
@@ -145,7 +145,7 @@ def _kept_over_grid(heatmap: np.ndarray, cands, tau: float, connectivity: int, f
 
 
 def _kept(heatmap: np.ndarray, tau_prime: float, tau: float, connectivity: int, fill_holes: bool = False) -> Components:
-    for _, labels, n, _ in _kept_over_grid(heatmap, [tau_prime], tau, connectivity, fill_holes):
+    for _, labels, n, _ in kept_over_grid(heatmap, [tau_prime], tau, connectivity, fill_holes):
         return labels, n  # first step: the crop is the whole volume
     return np.zeros(heatmap.shape, dtype=np.int32), 0
 
@@ -251,7 +251,7 @@ def _select_tau_prime(heatmaps, masks, boxes, tau, n_select, grid, rng, connecti
     totals = np.zeros(cands.size)
     for h, i in zip(hs, idx, strict=True):
         gt = None if is_box else np.asarray(targets[i]) != 0
-        for k, labels, n, crop in _kept_over_grid(h, cands, tau, connectivity, fill_holes):
+        for k, labels, n, crop in kept_over_grid(h, cands, tau, connectivity, fill_holes):
             if is_box:
                 pred_boxes = component_boxes(labels, n) + [sl.start for sl in crop] * 2
                 totals[k] += float(np.max(box_iou(pred_boxes, targets[i])))
