@@ -140,14 +140,16 @@ def run_comparison(
     cases = read_dataset(dataset_csv)
     results: dict[str, dict[str, Any]] = {}
     for m in methods(s):
-        on_method and on_method(m, "start")
+        if on_method:
+            on_method(m, "start")
         # the report folder is this command's own: heatmaps made otherwise (other sizes, weights) are redone
         run_dataset(engine_for(m, weights, s), cases, report_dir / "heatmaps" / slug(m.name), on_stale="redo")
         results[m.name] = evaluate_heatmaps(
             report_dir / "heatmaps" / slug(m.name), dataset_csv, folds=s.folds, seed=s.seed, fill_holes=s.fill_holes
         )
         results[m.name]["family"], results[m.name]["layer"] = m.family, m.layer
-        on_method and on_method(m, "done")
+        if on_method:
+            on_method(m, "done")
     best = best_layers(results)
     return {"methods": results, "best": best}
 

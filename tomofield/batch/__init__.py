@@ -175,7 +175,8 @@ def run_dataset(
         target = heatmap_path(out, case)
         if finished(case, target):
             result.skipped.append(case.name)
-            on_volume and on_volume(case, "skipped")
+            if on_volume:
+                on_volume(case, "skipped")
             return True
         claimed = _claim(target, tag)
         if not claimed and defer:
@@ -183,7 +184,8 @@ def run_dataset(
         tmp = out / f".{target.name}.{tag}.tmp.nii.gz"
         published = False
         try:
-            on_volume and on_volume(case, "start")
+            if on_volume:
+                on_volume(case, "start")
             inputs = [input_fingerprint(p) for p in case.images]
             volume = load_volume(list(case.images), nan_policy=nan_policy, check_content=True)
             heat = engine.run(volume, progress=progress)
@@ -201,7 +203,8 @@ def run_dataset(
             published = _publish(tmp, target, replace=overwrite or target.name in stale)
             if not published and finished(case, target):  # another job published first, as this run would
                 result.skipped.append(case.name)
-                on_volume and on_volume(case, "skipped")
+                if on_volume:
+                    on_volume(case, "skipped")
                 return True
             if not published:  # another job's heatmap, made otherwise: redone (overwrite, on_stale="redo")
                 os.replace(tmp, target)
@@ -212,7 +215,8 @@ def run_dataset(
             if claimed or published:
                 _release(target)
         result.written.append(case.name)
-        on_volume and on_volume(case, "done")
+        if on_volume:
+            on_volume(case, "done")
         return True
 
     later = [case for case in cases if not one(case, defer=True)]

@@ -85,8 +85,10 @@ def save_nifti(
         hdr = header.copy()
         hdr.set_data_dtype(dtype)
         img = nib.Nifti1Image(arr, None, header=hdr)
-        img.set_qform(*header.get_qform(coded=True)) if header.get_qform(coded=True)[0] is not None else None
-        img.set_sform(*header.get_sform(coded=True)) if header.get_sform(coded=True)[0] is not None else None
+        if header.get_qform(coded=True)[0] is not None:
+            img.set_qform(*header.get_qform(coded=True))
+        if header.get_sform(coded=True)[0] is not None:
+            img.set_sform(*header.get_sform(coded=True))
         if header.get_sform(coded=True)[0] is None and header.get_qform(coded=True)[0] is None:
             img.set_sform(np.asarray(affine), code=2)
     else:

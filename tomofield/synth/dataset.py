@@ -237,7 +237,10 @@ def write_dataset(
     except BaseException as exc:
         for p in [*sorted(out.rglob("*"), key=lambda q: len(q.parts), reverse=True), *reversed(made)]:
             with suppress(OSError):
-                p.rmdir() if p.is_dir() else p.unlink()
+                if p.is_dir():
+                    p.rmdir()
+                else:
+                    p.unlink()
         if isinstance(exc, OSError):
             raise write_error(out, exc) from exc
         raise
