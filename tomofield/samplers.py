@@ -7,7 +7,8 @@ all stacks of a group have the same number of slices.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -17,13 +18,22 @@ from tomofield.geometry import Directions, fibonacci_directions, random_bases, s
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Options a sampler may read. ``directions`` L, ``slices`` M per stack."""
+    """Options a sampler may read. ``directions`` L, ``slices`` M per stack.
 
-    directions: int = 500
-    slices: int = 48
-    hemisphere: bool = True
-    seed: int = 0
-    extent: str = "unit"
+    No defaults here: the engine's settings of the same names (``EngineConfig``) are the
+    declarations, and :meth:`of` copies them, so the two cannot disagree.
+    """
+
+    directions: int
+    slices: int
+    hemisphere: bool
+    seed: int
+    extent: str
+
+    @classmethod
+    def of(cls, settings: Any) -> SamplingConfig:
+        """The sampling options of ``settings`` (an ``EngineConfig`` or anything with these attributes)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 class FibonacciSampler:

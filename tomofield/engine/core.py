@@ -289,9 +289,7 @@ class Engine:
     def plan(self, shape: Sequence[int], spacing: Sequence[float]) -> Plan:
         """The plan (half-extents, direction groups, slice counts) for a volume of spatial ``shape``."""
         cfg = self.config_for(shape)
-        sampling = SamplingConfig(
-            directions=cfg.directions, slices=cfg.slices, hemisphere=cfg.hemisphere, seed=cfg.seed, extent=cfg.extent
-        )
+        sampling = SamplingConfig.of(cfg)
         return Plan.make(
             shape,
             spacing,
