@@ -97,6 +97,13 @@ def _resolve(root: Path, name: str) -> Path:
 def read_dataset(path: str | Path, task: str = "classification", require_files: bool = True) -> list[Case]:
     """Parse and validate a dataset CSV; errors name the file, the row and the value."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(
+            f"{str(path)!r} is a folder; this needs each volume's label: give a dataset CSV with a header "
+            "image,label[,mask]: one row per volume, image a path relative to the CSV (channels joined by ';'), "
+            "label 1 if the volume has a lesion and 0 if not, e.g.\n  image,label\n  scans/case01.nii.gz,1\n  "
+            "scans/case02.nii.gz,0\n(docs/datasets.md has the format; tomofield run takes a folder as it is)"
+        )
     if not path.is_file():
         raise InputError(f"dataset CSV {str(path)!r} does not exist")
     root = path.parent

@@ -293,3 +293,39 @@ def test_one_post_processor_name_is_one_post_processor_not_its_letters():
     one = Engine(head="sum", postprocess="clip-negative", **TINY).reconstruct(vol)
     assert torch.equal(one, Engine(head="sum", postprocess=["clip-negative"], **TINY).reconstruct(vol))
     assert float(one.min()) >= 0
+
+
+@pytest.mark.parametrize("spelling", ["gpu", "GPU", "gpu:0", "cuda", "cuda:0"])
+def test_gpu_is_cuda_and_a_machine_without_one_says_so(spelling):
+    """``--device gpu`` / ``gpu:N`` (TotalSegmentator's, nnU-Net's) are CUDA; without a GPU, one message says why."""
+    from tomofield.engine import resolve_device
+
+    if torch.cuda.is_available():
+        assert resolve_device(spelling).type == "cuda"
+        return
+    build = "built with CUDA" if torch.version.cuda else "a CPU-only build"
+    why = "no NVIDIA GPU was found" if torch.version.cuda else "install a CUDA build of torch"
+    with pytest.raises(InputError, match=rf"device '{spelling}' requested but .*{why}.*torch .*{build}.*--device cpu"):
+        resolve_device(spelling)
+
+
+def test_an_unknown_device_names_the_valid_spellings():
+    from tomofield.engine import resolve_device
+
+    with pytest.raises(InputError, match=r"unknown device 'gpux'; valid: auto, cpu, cuda, cuda:N, gpu, gpu:N"):
+        resolve_device("gpux")
+
+
+def test_train_given_a_folder_explains_the_dataset_csv(tmp_path):
+    from click.testing import CliRunner
+
+    from tomofield.cli import cli
+
+    (tmp_path / "images").mkdir()
+    res = CliRunner().invoke(cli, ["train", str(tmp_path / "images"), "-o", str(tmp_path / "run")])
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert "is a folder; this needs each volume's label: give a dataset CSV with a header image,label" in text
+    assert "scans/case01.nii.gz,1" in text and not (tmp_path / "run").exists()
+    helped = " ".join(CliRunner().invoke(cli, ["train", "--help"]).output.split())
+    assert "DATASET is a CSV with a header image,label[,mask]" in helped

@@ -51,7 +51,7 @@ from tomofield.train import TrainConfig
     ),
 )
 @setting_option(DemoSettings, "--seed", "Seed of the data, the training and the directions.", type=int)
-@setting_option(DemoSettings, "--device", "auto | cpu | cuda | cuda:N.")
+@setting_option(DemoSettings, "--device", "auto | cpu | cuda | cuda:N (gpu, gpu:N: the same).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo's outputs.")
 @friendly
 def demo(output_dir: str, phantom: bool, overwrite: bool, **o: Any) -> None:

@@ -78,7 +78,7 @@ def evaluate(heatmaps_dir: str, dataset: str, report: str | None, overwrite: boo
 @setting_option(CompareSettings, "--cam-slices", "Averaged/Tomographic CAM slices per direction.", type=int)
 @setting_option(CompareSettings, "--folds", "Monte-Carlo cross-validation folds.", type=int)
 @setting_option(CompareSettings, "--seed", "Seed of the directions and the folds.", type=int)
-@setting_option(CompareSettings, "--device", "auto | cpu | cuda | cuda:N.")
+@setting_option(CompareSettings, "--device", "auto | cpu | cuda | cuda:N (gpu, gpu:N: the same).")
 @setting_option(
     CompareSettings,
     "--fill-holes/--no-fill-holes",

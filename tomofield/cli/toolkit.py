@@ -236,7 +236,7 @@ _COMPONENT_OPTIONS = {
         "link fitted for solid lesions); none runs the encoder again.",
     ),
     "sampler": ("--sampler", "Slice sampler (tomofield plugins lists them)."),
-    "device": ("--device", "auto | cpu | cuda | cuda:N."),
+    "device": ("--device", "auto | cpu | cuda | cuda:N (gpu, gpu:N: the same)."),
 }
 
 

@@ -68,12 +68,17 @@ def _topt(flag: str, **kw: Any) -> Any:
     help="Training settings of a registered dataset (e.g. mosmed); options given on the command line win.",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
-@setting_option(Trainer, "--device", "auto | cpu | cuda | cuda:N.")
+@setting_option(Trainer, "--device", "auto | cpu | cuda | cuda:N (gpu, gpu:N: the same).")
 @friendly
 def train(
     dataset: str, run_dir: str, val_csv: str | None, device: str | None, resume: bool, recipe: str | None, **o: Any
 ) -> None:
-    """Train a slice encoder from volume-level labels."""
+    """Train a slice encoder from volume-level labels.
+
+    DATASET is a CSV with a header image,label[,mask]: one row per volume, the image's path
+    relative to the CSV (channels joined by ';'), label 1 if the volume has a lesion and 0 if
+    not; masks are optional and only evaluated. docs/datasets.md has the format.
+    """
     from tomofield import distributed
     from tomofield.train import config_from_options
 

@@ -70,23 +70,39 @@ PRESETS = _presets.PRESETS
 DEFAULT_RECONSTRUCTORS: dict[str, str] = {"logit": "filled"}
 
 
+def _torch_build() -> str:
+    """The installed torch, in words: its version and whether it was built with CUDA."""
+    cuda = torch.version.cuda
+    return f"torch {torch.__version__}, " + (f"built with CUDA {cuda}" if cuda else "a CPU-only build")
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; anything else must be usable here."""
-    if str(device) == "auto":
+    """``auto`` is CUDA when available, else CPU; ``gpu`` / ``gpu:N`` (TotalSegmentator's and
+    nnU-Net's spelling) are ``cuda`` / ``cuda:N``; anything else must be usable here."""
+    text = str(device).strip().lower() if isinstance(device, str) else device
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(text, str) and (text == "gpu" or text.startswith("gpu:")):
+        text = "cuda" + text[3:]
     try:
-        dev = torch.device(device)
+        dev = torch.device(text)
     except (RuntimeError, TypeError) as exc:
-        raise InputError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from exc
+        raise InputError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N, gpu, gpu:N") from exc
     if dev.type == "cpu":
         return dev
     backend = getattr(torch, dev.type, None) if dev.type != "mps" else getattr(torch.backends, "mps", None)
     is_available = getattr(backend, "is_available", None)
     if not callable(is_available) or not is_available():
-        what = "CUDA is" if dev.type == "cuda" else f"the {dev.type!r} device type is"
+        if dev.type == "cuda":
+            why = (
+                "no NVIDIA GPU was found on this machine"
+                if torch.version.cuda
+                else "this torch cannot use one (install a CUDA build of torch)"
+            )
+            raise InputError(f"device {device!r} requested but {why} ({_torch_build()}); use --device cpu")
         raise InputError(
-            f"device {device!r} requested but {what} not available in this torch build on this machine; "
-            f"use --device cpu{' (or cuda)' if torch.cuda.is_available() else ''}"
+            f"device {device!r} requested but the {dev.type!r} device type is not available in this torch build "
+            f"on this machine ({_torch_build()}); use --device cpu{' (or cuda)' if torch.cuda.is_available() else ''}"
         )
     count = getattr(backend, "device_count", None)
     if dev.index is not None and callable(count) and not dev.index < count():

@@ -135,7 +135,7 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
 @setting_option(SimCLRConfig, "--geometry")
 @setting_option(SimCLRConfig, "--extent")
 @setting_option(SimCLRConfig, "--seed")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N (gpu, gpu:N: the same).")
 @friendly
 def pretrain(dataset: str, run_dir: str, method: str, device: str, **o: Any) -> None:
     """Self-supervised slice encoder (SimCLR) from the volumes of a dataset CSV; labels are ignored."""
