@@ -97,3 +97,42 @@ def test_engine_uses_a_run_directory(tiny_dataset, tmp_path):
     w = load_file(tmp_path / "run/model.safetensors")
     assert torch.equal(model.state_dict()["conv1.0.weight"], w["conv1.0.weight"])
     assert Engine(weights=tmp_path / "run", slice_size=32, device="cpu").config.slice_size == 32
+
+
+def test_a_run_folder_has_its_training_curves_and_a_resumed_run_keeps_them_whole(tiny_dataset, tmp_path):
+    """history.csv: one row per logged step (checkpoints every 2, validations every 3), the same after --resume."""
+    import csv
+
+    from tomofield.train.curves import HISTORY_CSV, HISTORY_PNG
+
+    Trainer(tiny_dataset, tmp_path / "full", config(), val_csv=tiny_dataset, device="cpu").fit()
+    rows = list(csv.DictReader((tmp_path / "full" / HISTORY_CSV).open()))
+    assert [int(r["iteration"]) for r in rows] == [2, 3, 4, 6]  # checkpoints 2, 4, 6 and validations 3, 6
+    header = list(rows[0])
+    assert header[:3] == ["iteration", "train_loss", "lr"] and "val_auc" in header
+    assert rows[1]["train_loss"] == "" and rows[1]["val_auc"] != ""  # a validation between checkpoints
+    assert float(rows[0]["lr"]) == pytest.approx(cosine_lr(1, 6, 1e-3, 1e-7, 0), rel=1e-6)  # the step's lr
+    png = (tmp_path / "full" / HISTORY_PNG).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+    class Kill(Exception):
+        pass
+
+    def kill_at_5(rec):
+        if rec["iteration"] == 5:
+            raise Kill
+
+    with pytest.raises(Kill):
+        Trainer(tiny_dataset, tmp_path / "cut", config(), val_csv=tiny_dataset, device="cpu").fit(kill_at_5)
+    partial = list(csv.DictReader((tmp_path / "cut" / HISTORY_CSV).open()))
+    assert [int(r["iteration"]) for r in partial] == [2, 3, 4]
+    Trainer(tiny_dataset, tmp_path / "cut", config(), val_csv=tiny_dataset, device="cpu", resume=True).fit()
+    resumed = list(csv.DictReader((tmp_path / "cut" / HISTORY_CSV).open()))
+
+    # the whole run, the same numbers as the uninterrupted one; only the separation of the training draws
+    # after the resume differs: the monitor's window of draws starts again (its draws are not checkpointed)
+    def without_train_auc_after(table, it):
+        return [{k: v for k, v in r.items() if not (k == "train_auc" and int(r["iteration"]) > it)} for r in table]
+
+    assert without_train_auc_after(resumed, 4) == without_train_auc_after(rows, 4)
+    assert resumed[:3] == rows[:3]

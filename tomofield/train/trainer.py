@@ -21,6 +21,7 @@ from tomofield.dataset import dataset_hash, read_dataset
 from tomofield.engine import resolve_device
 from tomofield.errors import InputError, NotLearningWarning
 from tomofield.train.config import TrainConfig
+from tomofield.train.curves import write_curves
 from tomofield.train.monitor import Monitor
 from tomofield.train.objective import chance_loss, mil_loss, pool
 from tomofield.train.slicing import (
@@ -183,6 +184,7 @@ class Trainer:
         config = self.run_config(in_chans, step, history[-1] if history else {})
         ck.save_tensors(self.run_dir / ck.STATE, tensors, meta)
         ck.write_run(self.run_dir, model.state_dict(), config)
+        write_curves(self.run_dir, self.loss_log, history)  # history.csv / .png: the whole run, resumed or not
 
     def _remove_stale(self) -> None:
         """Delete writes cut short by a kill: ours (.NAME.XXXX.tmp.EXT) and safetensors' own (.tmpXXXXXX)."""
@@ -355,7 +357,7 @@ class Trainer:
             stop = not math.isfinite(loss_v)
             if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stop:
                 mean = distributed.all_reduce_sum(torch.tensor([sum(window), len(window)], dtype=torch.float64))
-                logged = {"iteration": step, "train_loss": float(mean[0] / mean[1])}
+                logged = {"iteration": step, "train_loss": float(mean[0] / mean[1]), "lr": opt.param_groups[0]["lr"]}
                 separation = self.monitor.separation()
                 self.loss_log.append(logged | ({"train_auc": separation} if math.isfinite(separation) else {}))
                 window = []
