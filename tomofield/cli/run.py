@@ -32,8 +32,9 @@ from tomofield.cli.toolkit import (
 )
 from tomofield.dataset import folder_cases, is_volume_list
 from tomofield.errors import InputError
-from tomofield.io import is_dicom_folder
+from tomofield.io import is_dicom_folder, same_file
 from tomofield.outputs import Extras, read_fill_holes, read_thresholds
+from tomofield.outputs.statistics import TABLE_SUFFIXES
 
 if TYPE_CHECKING:
     from tomofield.engine import PlanReport
@@ -72,6 +73,13 @@ if TYPE_CHECKING:
     type=click.Path(),
     help="Also write a uint8 segmentation (1 = lesion) on the input grid: the evaluation protocol's binarization "
     "(components of heatmap >= TAU_PRIME whose maximum reaches TAU). A folder for a dataset CSV, one mask per volume.",
+)
+@click.option(
+    "--statistics",
+    type=click.Path(),
+    help="Also write a table of the mask's lesions (connected components): volume in mL, RAS centroid in mm, "
+    "(i, j, k) bounding box, peak and mean heatmap value, mean intensity per channel; .csv or .json. A folder run "
+    "writes one table with a case column.",
 )
 @click.option("--threshold", help="The mask's TAU, or TAU,TAU_PRIME (TAU_PRIME defaults to TAU).")
 @click.option(
@@ -118,6 +126,7 @@ def run(
     preview: str | None,
     window: str | None,
     mask: str | None,
+    statistics: str | None,
     threshold: str | None,
     thresholds_from: str | None,
     fill_holes: bool | None,
@@ -145,15 +154,16 @@ def run(
         raise InputError("no input: give a volume, a dataset CSV, a folder of volumes or a pattern (or -i INPUT)")
     shown = parse_window(window) if window is not None else None
     cuts, filled = None, False
-    if mask is not None:
-        cuts = mask_thresholds(threshold, thresholds_from)
+    if mask is not None or statistics is not None:
+        cuts = mask_thresholds(threshold, thresholds_from, "--mask" if mask is not None else "--statistics")
         filled = mask_fill_holes(fill_holes, thresholds_from)
     elif threshold is not None or thresholds_from is not None or fill_holes is not None:
         raise InputError(
-            "--threshold, --thresholds and --fill-holes set the binarization of --mask; give --mask PATH too"
+            "--threshold, --thresholds and --fill-holes set the binarization of --mask and --statistics; give "
+            "--mask PATH too, or --statistics FILE"
         )
     try:
-        extras = Extras(mask=mask, cuts=cuts, preview=preview, window=shown, fill_holes=filled)
+        extras = Extras(mask=mask, cuts=cuts, preview=preview, window=shown, fill_holes=filled, statistics=statistics)
         many = len(inputs) == 1 and inputs[0].lower().endswith(".csv")
         if many or (is_volume_list(inputs) and not is_dicom_folder(inputs[0])):
             run_csv(inputs[0], output, overwrite, o, rank, world, extras, dataset_part(num_parts, part_id))
@@ -228,13 +238,18 @@ def run_volume(
     extras = extras or Extras()
     from tomofield.io import check_output_path, load_volume
 
-    mask, preview = extras.mask, extras.preview
+    mask, preview, statistics = extras.mask, extras.preview, extras.statistics
 
     check_output_path(output, overwrite, inputs=inputs)  # never the input, even with --overwrite
     if preview:
         check_output_path(preview, overwrite, suffixes=(".png",), inputs=[*inputs, output])
     if mask:
         check_output_path(mask, overwrite, inputs=[*inputs, output, *([preview] if preview else [])])
+    if statistics:
+        others = [output, *([mask] if mask else []), *([preview] if preview else [])]
+        check_output_path(statistics, overwrite, suffixes=TABLE_SUFFIXES, inputs=[*inputs, *others])
+    distinct_output("--mask", mask, {"-o": output})
+    distinct_output("--statistics", statistics, {"-o": output, "--mask": mask, "--preview": preview})
     volume = load_volume(inputs, check_content=True, **given({"nan_policy": o["nan_policy"]}))
     if volume.replaced and rank == 0:
         err.print(Text(f"replaced {volume.replaced} non-finite voxel(s) by 0", style="yellow"))
@@ -256,13 +271,31 @@ def run_volume(
     if rank != 0:
         return
     channels = heat.data.shape[0]
-    if mask and channels != 1:
-        raise InputError(f"--mask needs a single-channel heatmap; head {engine.head_name!r} gave {channels}")
+    for flag, value in (("--mask", mask), ("--statistics", statistics)):
+        if value and channels != 1:
+            raise InputError(f"{flag} needs a single-channel heatmap; head {engine.head_name!r} gave {channels}")
     heat.save(output, overwrite)
     title = f"{engine.head_name} / {engine.filter_name}: {volume.paths[0].name}"
-    extras.write(Path(mask) if mask else None, Path(preview) if preview else None, heat, volume, title, overwrite)
-    written = [output, *([mask] if mask else []), *([preview] if preview else [])]
+    paths = [Path(p) if p else None for p in (mask, preview, statistics)]
+    extras.write(paths[0], paths[1], heat, volume, title, overwrite, table=paths[2])
+    written = [output, *(p for p in (mask, preview, statistics) if p)]
     out.print(f"wrote {', '.join(map(str, written))} in {time.perf_counter() - t0:.1f} s")
+
+
+def distinct_output(flag: str, path: str | None, others: dict[str, str | None]) -> None:
+    """Refuse the output ``path`` of ``flag`` (None: not given) where it names one of ``others`` (``{flag: path}``).
+
+    Checked before any work: an output not yet written has no file to compare, so the
+    paths are compared as they resolve (and as files where both exist).
+    """
+    if not path:
+        return
+    for other, other_path in others.items():
+        if other_path and (Path(path).resolve() == Path(other_path).resolve() or same_file(path, other_path)):
+            raise InputError(
+                f"{flag} {path!r} is also the {other} output {other_path!r}; one would replace the other: give "
+                f"{flag} another name"
+            )
 
 
 def parse_window(text: str) -> tuple[float, float]:
@@ -305,13 +338,28 @@ def run_csv(
     check_output_folder([], out_dir, csv_path if is_csv else None)
     all_cases = read_dataset(csv_path, require_files=True, task="any") if is_csv else folder_cases(csv_path)
     check_output_folder(all_cases, out_dir, csv_path if is_csv else None)
-    mask, preview = extras.mask, extras.preview
+    mask, preview, statistics = extras.mask, extras.preview, extras.statistics
     if preview is not None and preview.lower().endswith(".png"):
         raise InputError(f"--preview {preview!r}: a run of several volumes writes one PNG each; give a folder")
     for extra in (mask, preview):
         if extra is not None:
             check_output_folder(all_cases, extra, csv_path if is_csv else None)
     part_id, num_parts = part_of
+    if statistics is not None:
+        if num_parts > 1:
+            raise InputError(
+                f"--statistics {statistics!r}: a run split into --num-parts {num_parts} writes no lesion table (the "
+                "parts would write one file each); when every part has finished, run once more without --num-parts "
+                "and --part-id, with --statistics (finished heatmaps are skipped)"
+            )
+        from tomofield.io import check_output_path
+
+        sources = [f for c in all_cases for f in (*c.images, *([c.mask] if c.mask else []))]
+        check_output_path(
+            statistics, overwrite, suffixes=TABLE_SUFFIXES, inputs=[*([csv_path] if is_csv else []), *sources]
+        )
+    distinct_output("--mask", mask, {"-o": out_dir})
+    distinct_output("--statistics", statistics, {"-o": out_dir, "--mask": mask, "--preview": preview})
     mine = part(all_cases, part_id, num_parts)
     share = f", part {part_id} of {num_parts}: {len(mine)} of {len(all_cases)} volume(s)" if num_parts > 1 else ""
     if not mine and rank == 0:
@@ -350,7 +398,7 @@ def run_csv(
             f"{written} heatmap(s) written, {skipped} already done, in {out_dir}{ranks}{share} "
             f"({time.perf_counter() - t0:.1f} s)"
         )
-    if (mask or preview) and rank == 0:
+    if (mask or preview or statistics) and rank == 0:
         made, kept = extras.write_dataset(mine, out_dir, overwrite)
         if mask is not None:
             tau, tau_prime = extras.cuts or (float("nan"), float("nan"))
@@ -360,6 +408,8 @@ def run_csv(
             )
         if preview is not None:
             out.print(f"{made[1]} preview(s) written, {kept[1]} up to date, in {preview}")
+        if statistics is not None:
+            out.print(f"wrote the lesion table of {len(mine)} volume(s) to {statistics}")
     return result
 
 
@@ -384,11 +434,12 @@ def parse_threshold(text: str) -> tuple[float, float]:
     return tau, tau_prime
 
 
-def mask_thresholds(threshold: str | None, thresholds: str | None) -> tuple[float, float]:
-    """The thresholds of ``--mask``: from ``--threshold`` or from ``--thresholds``, exactly one of them."""
+def mask_thresholds(threshold: str | None, thresholds: str | None, flag: str = "--mask") -> tuple[float, float]:
+    """The thresholds of ``--mask`` (or of ``--statistics``, named by ``flag``, whose lesions are the mask's):
+    from ``--threshold`` or from ``--thresholds``, exactly one of them."""
     if (threshold is None) == (thresholds is None):
         raise InputError(
-            "--mask needs its thresholds: --threshold TAU[,TAU_PRIME], or --thresholds REPORT.json (what tomofield "
+            f"{flag} needs its thresholds: --threshold TAU[,TAU_PRIME], or --thresholds REPORT.json (what tomofield "
             "evaluate tuned), not both"
         )
     # exactly one is given (checked above)

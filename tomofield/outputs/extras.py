@@ -1,9 +1,11 @@
-"""What a run writes beside a heatmap: a mask at the protocol's thresholds and a preview, for one volume or a dataset."""
+"""What a run writes beside a heatmap: a mask at the protocol's thresholds, a preview and the mask's lesion table,
+for one volume or a dataset."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,9 +16,13 @@ from tomofield.io import Heatmap, Volume, load_volume
 
 @dataclass(frozen=True)
 class Extras:
-    """A mask at ``cuts`` = (tau, tau') (its components' holes filled with ``fill_holes``) and a preview in ``window``.
+    """A mask at ``cuts`` = (tau, tau') (its components' holes filled with ``fill_holes``), a preview in
+    ``window`` and a table of the mask's lesions (``statistics``, ``.csv`` or ``.json``).
 
-    For one volume ``mask`` and ``preview`` are files; for a dataset, folder or pattern, folders.
+    For one volume ``mask`` and ``preview`` are files; for a dataset, folder or pattern, folders,
+    and ``statistics`` is one table of every volume's lesions with a leading ``case`` column.
+    The table needs ``cuts``: without ``mask`` the mask is computed as it would be written,
+    and not written.
     """
 
     mask: str | None = None
@@ -24,20 +30,36 @@ class Extras:
     preview: str | None = None
     window: tuple[float, float] | None = None
     fill_holes: bool = False
+    statistics: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.statistics is not None and self.cuts is None:
+            raise InputError(
+                f"a lesion table ({self.statistics!r}) is of the mask's components: it needs the mask's thresholds"
+            )
 
     def write(
-        self, mask: Path | None, png: Path | None, heatmap: Heatmap, scan: Volume, title: str, overwrite: bool
+        self,
+        mask: Path | None,
+        png: Path | None,
+        heatmap: Heatmap,
+        scan: Volume,
+        title: str,
+        overwrite: bool,
+        table: Path | None = None,
     ) -> np.ndarray | None:
-        """Write the mask (to ``mask``) and the preview (to ``png``) of ``heatmap`` over ``scan``.
+        """Write the mask (to ``mask``), the preview (to ``png``) and the lesion table (to ``table``) of ``heatmap``
+        over ``scan``.
 
-        The preview shows the heatmap's first channel; a mask needs a single-channel heatmap.
-        Returns the mask array (D, H, W) (None without ``cuts``).
+        The preview shows the heatmap's first channel; a mask and a table need a single-channel
+        heatmap. Returns the mask array (D, H, W) (None without ``cuts``).
 
         Raises:
             InputError: a mask of a heatmap of several channels.
         """
         from tomofield.outputs.masks import segmentation, write_mask
         from tomofield.outputs.preview import preview
+        from tomofield.outputs.statistics import lesion_table, table_columns, write_table
 
         if self.cuts is not None and heatmap.data.shape[0] != 1:
             raise InputError(f"a mask needs a single-channel heatmap; this one has {heatmap.data.shape[0]} channels")
@@ -50,23 +72,36 @@ class Extras:
         if png is not None:
             threshold = self.cuts[1] if self.cuts else None
             preview(png, heatmap, scan, title, overwrite, mask=labels, window=self.window, threshold=threshold)
+        if table is not None:
+            if labels is None:
+                raise InputError(f"the lesion table {str(table)!r} needs the mask's thresholds")
+            rows = lesion_table(labels, heatmap, scan)
+            sources = [*heatmap.sources, *scan.paths, *([mask] if mask else []), *([png] if png else [])]
+            write_table(rows, table, overwrite, columns=table_columns(scan.data.shape[0]), inputs=sources)
         return labels
 
     def write_dataset(self, cases: list[Case], heat_dir: str | Path, overwrite: bool) -> tuple[list[int], list[int]]:
-        """One mask and one preview per volume from its finished heatmap in ``heat_dir``, each read once.
+        """One mask and one preview per volume from its finished heatmap in ``heat_dir``, each read once, and with
+        ``statistics`` one table of every volume's lesions (a leading ``case`` column, the volume's name).
 
-        A mask or preview newer than its heatmap is kept unless ``overwrite``. Returns
-        ``(made, kept)``: the masks and previews written, and those kept as up to date.
+        A mask or preview newer than its heatmap is kept unless ``overwrite``; the table is
+        made from every volume's heatmap (its mask computed again where the file is kept),
+        and an existing table is replaced only with ``overwrite``. Returns ``(made, kept)``:
+        the masks and previews written, and those kept as up to date.
         """
         from tomofield.batch import heatmap_path
+        from tomofield.outputs.statistics import lesion_table, table_columns, write_table
 
         folders = [Path(f) if f else None for f in (self.mask, self.preview)]
         for folder in folders:
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
         made, kept = [0, 0], [0, 0]
+        rows: list[dict[str, Any]] = []
+        channels, sources = 0, []
         for case in cases:
             heat_file = heatmap_path(heat_dir, case)
+            sources += [heat_file, *case.images, *([case.mask] if case.mask else [])]
             targets = [
                 heatmap_path(folders[0], case) if folders[0] else None,
                 folders[1] / f"{case.name}.png" if folders[1] else None,
@@ -80,11 +115,18 @@ class Extras:
             for i, t in enumerate(targets):
                 made[i] += stale[i]
                 kept[i] += t is not None and not stale[i]
-            if not any(stale):
+            if not any(stale) and self.statistics is None:
                 continue
             stored = load_volume(heat_file)
             heatmap = Heatmap(stored.data, stored.affine, stored.spacing, stored.header, (heat_file, *case.images))
-            scan = load_volume(list(case.images)) if stale[1] else stored  # the heatmap has the scan's grid
+            # the heatmap has the scan's grid; the preview and the table's intensities need the scan itself
+            scan = load_volume(list(case.images)) if stale[1] or self.statistics else stored
             chosen = [t if st else None for t, st in zip(targets, stale, strict=True)]
-            self.write(chosen[0], chosen[1], heatmap, scan, case.name, True)
+            labels = self.write(chosen[0], chosen[1], heatmap, scan, case.name, True)
+            if self.statistics is not None:
+                channels = max(channels, scan.data.shape[0])
+                rows += [{"case": case.name, **row} for row in lesion_table(labels, heatmap, scan)]
+        if self.statistics is not None:
+            columns = table_columns(channels, case=True)
+            write_table(rows, self.statistics, overwrite, columns=columns, inputs=sources)
         return made, kept
