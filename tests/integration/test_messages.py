@@ -325,7 +325,8 @@ def test_train_given_a_folder_explains_the_dataset_csv(tmp_path):
     res = CliRunner().invoke(cli, ["train", str(tmp_path / "images"), "-o", str(tmp_path / "run")])
     assert res.exit_code == 2
     text = " ".join(res.output.split())
-    assert "is a folder; this needs each volume's label: give a dataset CSV with a header image,label" in text
+    assert "is a folder of images without volume labels; give them with --labels FILE (a CSV case,label" in text
+    assert "or give a dataset CSV instead of the folder, with a header image,label[,mask]" in text
     assert "scans/case01.nii.gz,1" in text and not (tmp_path / "run").exists()
     helped = " ".join(CliRunner().invoke(cli, ["train", "--help"]).output.split())
     assert "DATASET is a CSV with a header image,label[,mask]" in helped

@@ -330,13 +330,20 @@ def run_csv(
     folders: one mask and one PNG per volume (of this part).
     """
     from tomofield.batch import check_output_folder, part, run_dataset, shard
-    from tomofield.dataset import read_dataset
+    from tomofield.dataset import is_nnunet_dataset, nnunet_cases, read_dataset
 
     extras = extras or Extras()
 
     is_csv = csv_path.lower().endswith(".csv") and not Path(csv_path).is_dir()
     check_output_folder([], out_dir, csv_path if is_csv else None)
-    all_cases = read_dataset(csv_path, require_files=True, task="any") if is_csv else folder_cases(csv_path)
+    if is_csv:
+        all_cases = read_dataset(csv_path, require_files=True, task="any")
+    elif is_nnunet_dataset(csv_path):  # nnU-Net's raw dataset: its test images, else its training images
+        which = "imagesTs" if (Path(csv_path) / "imagesTs").is_dir() else "imagesTr"
+        all_cases = nnunet_cases(csv_path, which)
+        err.print(f"nnU-Net dataset {csv_path}: the {len(all_cases)} case(s) of {which}/", highlight=False)
+    else:
+        all_cases = folder_cases(csv_path)
     check_output_folder(all_cases, out_dir, csv_path if is_csv else None)
     mask, preview, statistics = extras.mask, extras.preview, extras.statistics
     if preview is not None and preview.lower().endswith(".png"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,6 +25,7 @@ from tomofield.cli.toolkit import (
     out,
     setting_option,
 )
+from tomofield.errors import InputError
 from tomofield.train import DEFAULTS as TRAIN_DEFAULTS
 from tomofield.train import TrainConfig, Trainer
 
@@ -53,6 +55,19 @@ def _topt(flag: str, **kw: Any) -> Any:
 @_topt("--intensity-jitter")
 @_topt("--slice-weight")
 @click.option("--val", "val_csv", type=click.Path(), help="Validation dataset CSV.")
+@click.option(
+    "--labels",
+    type=click.Path(),
+    help="With a folder of images as DATASET (nnU-Net's layout too): a CSV case,label giving each case's volume "
+    "label (the case is the file name without .nii.gz, or nnU-Net's CASE of CASE_0000.nii.gz).",
+)
+@click.option(
+    "--labels-from-masks",
+    is_flag=True,
+    default=False,
+    help="With an nnU-Net dataset folder as DATASET: a case is positive when its label map in labelsTr/ is not "
+    "empty (only where that is what the label maps mean).",
+)
 @_topt("--val-every")
 @_topt("--checkpoint-every")
 @_topt("--geometry")
@@ -77,12 +92,34 @@ def train(
 
     DATASET is a CSV with a header image,label[,mask]: one row per volume, the image's path
     relative to the CSV (channels joined by ';'), label 1 if the volume has a lesion and 0 if
-    not; masks are optional and only evaluated. docs/datasets.md has the format.
+    not; masks are optional and only evaluated. docs/datasets.md has the format. DATASET may
+    also be a folder of images, or an nnU-Net raw dataset (dataset.json, imagesTr/,
+    labelsTr/), with --labels or --labels-from-masks (docs/your-data.md).
     """
     from tomofield import distributed
     from tomofield.train import config_from_options
 
+    labels, labels_from_masks = o.pop("labels"), o.pop("labels_from_masks")
     o = given(o)
+    if Path(dataset).is_dir():  # a folder of images (nnU-Net's layout too): its cases and labels as a dataset CSV
+        from tomofield.dataset import folder_dataset, read_labels, write_dataset_csv
+        from tomofield.train.trainer import GIVEN_DATASET
+
+        folder = dataset
+        cases = folder_dataset(folder, read_labels(labels) if labels else None, labels_from_masks)
+        if not resume and Path(run_dir).is_dir() and any(p.name != GIVEN_DATASET for p in Path(run_dir).iterdir()):
+            raise InputError(f"run directory {run_dir!r} is not empty; pass --resume to continue it or choose another")
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        dataset = str(write_dataset_csv(Path(run_dir) / GIVEN_DATASET, cases))
+        positives = sum(c.label == 1 for c in cases)
+        source = "label maps" if labels_from_masks and not labels else labels
+        err.print(
+            f"{len(cases)} case(s) of {folder}: {positives} positive, {len(cases) - positives} "
+            f"negative (labels from {source}); written as {dataset}",
+            highlight=False,
+        )
+    elif labels or labels_from_masks:
+        raise InputError("--labels and --labels-from-masks are for a folder of images; a dataset CSV has its labels")
     if recipe:
         preset = dict(getattr(plugins.get("dataset", recipe).factory(), "recipe", {}) or {})
         o = {**preset, **o}

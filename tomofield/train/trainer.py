@@ -36,6 +36,8 @@ from tomofield.train.teacher import Teacher, spread_targets
 from tomofield.train.validation import classification_metrics, regression_metrics, volume_scores
 
 Progress = Callable[[dict[str, Any]], None]
+#: The dataset CSV ``tomofield train`` writes into the run folder when it is given a folder of images.
+GIVEN_DATASET = "dataset.csv"
 #: Training volumes of each class scored at a validation for its decision threshold.
 THRESHOLD_VOLUMES = 8
 LOSSES: dict[str, Callable[..., Tensor]] = {
@@ -112,7 +114,8 @@ class Trainer:
             raise InputError(f"--resume: no checkpoint {str(state)!r} to resume from")
         #: the checkpoint to resume from, its header and metadata checked (:func:`tomofield.checkpoint.read_state`)
         self.state = ck.read_state(self.run_dir) if resume else None
-        if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
+        # a folder holding only the dataset CSV that tomofield train wrote for a folder of images counts as empty
+        if not resume and self.run_dir.exists() and any(p.name != GIVEN_DATASET for p in self.run_dir.iterdir()):
             raise InputError(
                 f"run directory {str(self.run_dir)!r} is not empty; pass --resume to continue it or choose another"
             )
