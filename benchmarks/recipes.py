@@ -86,7 +86,7 @@ RECIPES: dict[str, list[str]] = {
 #: The data sets: how ``tomofield synth`` or :mod:`benchmarks.brain` writes them (training set; the test set
 #: takes the same settings with ``n = --test-n``).
 DATA = {
-    "demo": ["synth", "--n", "60", "--size", "40", "--background", "realistic", "--spacing", "2,1,1"],
+    "demo": ["synth", "--n", "60", "--size", "40", "--background", "realistic", "--spacing", "1,1,2"],
     "small": [
         "synth",
         "--n",

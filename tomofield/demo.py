@@ -128,7 +128,7 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
         for sub in ("data", "run", "heatmaps"):
             shutil.rmtree(out_dir / sub, ignore_errors=True)
     look = "scans in a scanner's unit and offset" if s.background == "realistic" else "normalised volumes"
-    mm = " x ".join(f"{v:g}" for v in s.spacing)
+    mm = " x ".join(f"{v:g}" for v in s.spacing[::-1])  # (i, j, k), as the viewers show it
     console.print(
         f"1/3 synthesising {s.n} volumes of up to {s.size} voxels a side at {mm} mm ({look}, half with 1-3 "
         f"lesions) in {out_dir}/data"

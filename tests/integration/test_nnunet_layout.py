@@ -123,3 +123,34 @@ def test_train_on_an_nnunet_dataset_and_run_on_its_test_images(raw_dataset, tmp_
     assert out.exit_code == 0, out.output
     assert "the 1 case(s) of imagesTs/" in " ".join(out.output.split())
     assert [p.name for p in (tmp_path / "pred").glob("*.nii.gz")] == ["case_900.nii.gz"]
+
+
+def test_the_banner_and_synth_spacing_read_in_the_viewers_ijk_order(write_nifti, tmp_path):
+    """A scan nibabel shows as 20 x 24 x 28 at 1 x 1.5 x 2 mm is printed so; --spacing i,j,k is written so."""
+    import nibabel as nib
+
+    from tomofield.io import affine_for_spacing, save_nifti
+
+    arr = np.random.default_rng(3).random((28, 24, 20)).astype(np.float32)  # (D, H, W) = (k, j, i)
+    import torch
+
+    scan = save_nifti(tmp_path / "scan.nii.gz", torch.from_numpy(arr)[None], affine_for_spacing((2.0, 1.5, 1.0)))
+    assert nib.load(scan).shape == (20, 24, 28)
+    res = invoke("run", scan, "-o", tmp_path / "h.nii.gz", *FAST)
+    assert res.exit_code == 0, res.output
+    assert "grid 20 x 24 x 28, spacing 1 x 1.5 x 2 mm (i, j, k)" in " ".join(res.output.split())
+    made = invoke("synth", tmp_path / "ds", "--n", "4", "--size", "16", "--spacing", "1,1.5,2", "--layout", "nnunet")
+    assert made.exit_code == 0, made.output
+    image = nib.load(next((tmp_path / "ds" / "imagesTr").glob("*_0000.nii.gz")))
+    assert tuple(float(z) for z in image.header.get_zooms()[:3]) == (1.0, 1.5, 2.0)
+    meta = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert meta["numTraining"] == 4 and meta["file_ending"] == ".nii.gz" and meta["channel_names"] == {"0": "image"}
+    labels = read_labels(tmp_path / "ds" / "labels.csv")
+    cases = nnunet_cases(tmp_path / "ds", labels=labels)
+    assert sorted(labels.values()) == [0.0, 0.0, 1.0, 1.0] and [c.label for c in cases] == [
+        labels[c.name] for c in cases
+    ]
+    masks = nnunet_cases(tmp_path / "ds", labels_from_masks=True)
+    assert [c.label for c in masks] == [c.label for c in cases]  # synth's positives are those with a lesion
+    bad = invoke("synth", tmp_path / "ds2", "--n", "4", "--spacing", "1,1")
+    assert bad.exit_code == 2 and "--spacing '1,1' is not three numbers i,j,k" in bad.output

@@ -260,8 +260,7 @@ def run_volume(
 
     def banner(report: PlanReport) -> None:
         err.print(
-            f"{volume.paths[0].name}: {c} channel(s), grid {tuple(shape)}, spacing "
-            f"{tuple(round(s, 3) for s in volume.spacing)} mm; {report}",
+            f"{volume.paths[0].name}: {c} channel(s), {volume.describe()}; {report}",
             highlight=False,
         )
 

@@ -16,7 +16,7 @@ from tomofield.cli.toolkit import (
     setting_option,
 )
 from tomofield.errors import InputError
-from tomofield.synth import BACKGROUNDS, write_dataset
+from tomofield.synth import BACKGROUNDS, LAYOUTS, write_dataset
 from tomofield.synth import RECORD as SYNTH_RECORD
 
 
@@ -33,10 +33,18 @@ from tomofield.synth import RECORD as SYNTH_RECORD
     "bias field, Rician noise, a grid keeping the field of view cubic under --spacing.",
     type=click.Choice(BACKGROUNDS),
 )
+@setting_option(
+    write_dataset,
+    "--layout",
+    "tomofield: images/, masks/ and the CSVs; nnunet: nnU-Net's raw dataset (imagesTr/CASE_0000.nii.gz, "
+    "labelsTr/CASE.nii.gz, dataset.json) with the volume labels in labels.csv, and the CSVs.",
+    type=click.Choice(LAYOUTS),
+)
 @click.option(
     "--spacing",
     default=None,
-    help="Voxel size in mm along (D, H, W), as D,H,W (e.g. 2.5,1,1 for thick slices).  [default: 1,1,1]",
+    help="Voxel size in mm along the image's axes i,j,k, as the viewers show them (e.g. 1,1,2.5 for thick "
+    "slices along k).  [default: 1,1,1]",
 )
 @click.option(
     "--lesion-radius",
@@ -73,9 +81,12 @@ def synth(
     o = given(o)
     if spacing is not None:
         try:
-            o["spacing"] = tuple(float(v) for v in spacing.split(","))
+            ijk = tuple(float(v) for v in spacing.split(","))
         except ValueError:
-            raise InputError(f"--spacing {spacing!r} is not three numbers D,H,W (e.g. 2.5,1,1)") from None
+            ijk = ()
+        if len(ijk) != 3:
+            raise InputError(f"--spacing {spacing!r} is not three numbers i,j,k (e.g. 1,1,2.5)")
+        o["spacing"] = ijk[::-1]  # the library's order is the tensors' (D, H, W) = (k, j, i)
     for flag, text, example in (
         ("lesion_radius", lesion_radius, "8,10"),
         ("lesion_contrast", lesion_contrast, "0.35,0.7"),

@@ -71,6 +71,24 @@ class Volume:
                     "Volume.from_array(array, affine, layout='ijk') converts a nibabel/MONAI/torchio array"
                 )
 
+    @property
+    def grid_ijk(self) -> tuple[int, int, int]:
+        """The grid as the viewers show it: sizes along the affine's ``(i, j, k)`` (the tensor's ``(W, H, D)``)."""
+        d, h, w = self.data.shape[1:]
+        return (int(w), int(h), int(d))
+
+    @property
+    def spacing_ijk(self) -> tuple[float, float, float]:
+        """The voxel sizes in mm along ``(i, j, k)``, as the viewers show them."""
+        d, h, w = self.spacing
+        return (w, h, d)
+
+    def describe(self) -> str:
+        """``grid 20 x 24 x 28, spacing 1 x 1.5 x 2 mm (i, j, k)``: what nibabel, ITK-SNAP and 3D Slicer show."""
+        grid = " x ".join(map(str, self.grid_ijk))
+        mm = " x ".join(f"{round(v, 3):g}" for v in self.spacing_ijk)
+        return f"grid {grid}, spacing {mm} mm (i, j, k)"
+
     @classmethod
     def from_array(
         cls,

@@ -33,11 +33,12 @@ from tomofield.synth.case import as_scan, make_case, scan_grid
 from tomofield.synth.dataset import RECORD, check_settings, write_dataset
 from tomofield.synth.lesions import LESION_CAP, equivalent_radius, lesion_limits
 from tomofield.synth.phantom import ball_phantom
-from tomofield.synth.settings import BACKGROUNDS, LESION_RADIUS_UNIT, LIMITS
+from tomofield.synth.settings import BACKGROUNDS, LAYOUTS, LESION_RADIUS_UNIT, LIMITS
 from tomofield.synth.shapes import ORGAN_CONTRAST, ORGAN_RADIUS, SIGNAL_FLOOR
 
 __all__ = [
     "BACKGROUNDS",
+    "LAYOUTS",
     "LESION_CAP",
     "LESION_RADIUS_UNIT",
     "LIMITS",

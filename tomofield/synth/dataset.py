@@ -13,7 +13,7 @@ import numpy as np
 
 from tomofield.synth.case import make_case, scan_grid
 from tomofield.synth.lesions import _count_range, _lesion_problems, _tuple
-from tomofield.synth.settings import BACKGROUNDS, LESION_RADIUS_UNIT, LIMITS
+from tomofield.synth.settings import BACKGROUNDS, LAYOUTS, LESION_RADIUS_UNIT, LIMITS
 
 
 def _save(path: Path, array_dhw: np.ndarray, spacing: Sequence[float]) -> None:
@@ -91,6 +91,7 @@ def check_settings(
     lesion_radius: Sequence[float] | None = None,
     n_lesions: int | Sequence[int] | None = None,
     lesion_contrast: Sequence[float] | None = None,
+    layout: str = "tomofield",
 ) -> None:
     """Refuse settings :func:`write_dataset` cannot honour, naming the value and the valid range.
 
@@ -124,6 +125,8 @@ def check_settings(
         problems.append(f"val_fraction={val_fraction!r} (valid: a number strictly between 0 and 1)")
     if background not in BACKGROUNDS:
         problems.append(f"background={background!r} (valid: {', '.join(BACKGROUNDS)})")
+    if layout not in LAYOUTS:
+        problems.append(f"layout={layout!r} (valid: {', '.join(LAYOUTS)})")
     c_lo, c_hi = _count_range(n_lesions)
     if c_lo is None or c_hi is None or not LIMITS["n_lesions"][0] <= c_lo <= c_hi <= LIMITS["n_lesions"][1]:
         problems.append(
@@ -171,6 +174,7 @@ def write_dataset(
     lesion_radius: tuple[float, float] | None = None,
     n_lesions: int | tuple[int, int] | None = None,
     lesion_contrast: tuple[float, float] | None = None,
+    layout: str = "tomofield",
 ) -> dict[str, Path]:
     """Write ``n`` cases (half positive) as NIfTI plus ``dataset/train/val`` CSVs and ``synth.json``.
 
@@ -194,6 +198,10 @@ def write_dataset(
         lesion_contrast: ``(lo, hi)``: each lesion ``1 + c`` times as bright as the tissue
             around it, ``c`` drawn in this range (:func:`make_case`; ``(0.35, 0.7)``: faint
             lesions). Default: the built-in step, about 2-3 times as bright.
+        layout: ``tomofield`` (``images/``, ``masks/``) or ``nnunet`` (:data:`LAYOUTS`: nnU-Net's
+            raw dataset, ``imagesTr/CASE_0000.nii.gz``, ``labelsTr/CASE.nii.gz``,
+            ``dataset.json``, with the volume labels in ``labels.csv`` as ``case,label``); the
+            CSVs are written either way.
 
     The settings are recorded in ``synth.json`` beside the CSVs (the generator, its version
     and every argument but ``out_dir``), so that the dataset says how it was made.
@@ -221,6 +229,7 @@ def write_dataset(
         "lesion_radius": lesion_radius,
         "n_lesions": n_lesions,
         "lesion_contrast": lesion_contrast,
+        "layout": layout,
     }
     check_settings(**settings)
     if out.exists() and not out.is_dir():
@@ -230,7 +239,7 @@ def write_dataset(
     made = [p for p in (*reversed(out.parents), out) if not p.exists()]
     try:
         paths = _write_cases(
-            out, n, size, seed, spacing, val_fraction, background, lesion_radius, n_lesions, lesion_contrast
+            out, n, size, seed, spacing, val_fraction, background, lesion_radius, n_lesions, lesion_contrast, layout
         )
         _write_record(out / RECORD, settings)
         return paths
@@ -257,6 +266,7 @@ def _write_cases(
     lesion_radius: tuple[float, float] | None = None,
     n_lesions: int | tuple[int, int] | None = None,
     lesion_contrast: tuple[float, float] | None = None,
+    layout: str = "tomofield",
 ) -> dict[str, Path]:
     """The work of :func:`write_dataset` in a checked ``out`` folder."""
     lesions: dict[str, Any] = {}  # only what was given: the default call is the one earlier versions made
@@ -270,8 +280,10 @@ def _write_cases(
     labels = rng.permutation(np.arange(n) % 2)
     scanner = np.random.default_rng([seed, n, 1])  # the dataset's unit and offset
     gain0, offset0 = float(np.exp(scanner.uniform(np.log(50), np.log(3000)))), float(scanner.uniform(-1024, 500))
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(exist_ok=True)
+    nnunet = layout == "nnunet"
+    images, masks = ("imagesTr", "labelsTr") if nnunet else ("images", "masks")
+    (out / images).mkdir(parents=True, exist_ok=True)
+    (out / masks).mkdir(exist_ok=True)
     width = max(3, len(str(n - 1)))
     rows = []
     for i, label in enumerate(labels):
@@ -282,10 +294,11 @@ def _write_cases(
         else:
             shape, scan = (size,) * 3, None
         image, mask = make_case(shape, positive=bool(label), rng=case_rng, spacing=spacing, scan=scan, **lesions)
-        name = f"case_{i:0{width}d}.nii.gz"
-        _save(out / "images" / name, image, spacing)
-        _save(out / "masks" / name, mask, spacing)
-        rows.append((f"images/{name}", int(label), f"masks/{name}"))
+        case = f"case_{i:0{width}d}"
+        image_name = f"{case}_0000.nii.gz" if nnunet else f"{case}.nii.gz"
+        _save(out / images / image_name, image, spacing)
+        _save(out / masks / f"{case}.nii.gz", mask, spacing)
+        rows.append((f"{images}/{image_name}", int(label), f"{masks}/{case}.nii.gz"))
     val: set[int] = set()
     for c in (0, 1):
         members = np.flatnonzero(labels == c)
@@ -295,4 +308,30 @@ def _write_cases(
     _write_csv(paths["dataset"], rows)
     _write_csv(paths["train"], [r for i, r in enumerate(rows) if i not in val])
     _write_csv(paths["val"], [r for i, r in enumerate(rows) if i in val])
+    if nnunet:
+        _write_nnunet_meta(out, [(Path(r[2]).name[: -len(".nii.gz")], r[1]) for r in rows])
     return paths
+
+
+def _write_nnunet_meta(out: Path, labels: list[tuple[str, int]]) -> None:
+    """nnU-Net's ``dataset.json`` (one channel, background and lesion) and the volume labels, ``labels.csv``."""
+    import json
+
+    from tomofield.io import atomic_write
+
+    meta = {
+        "channel_names": {"0": "image"},
+        "labels": {"background": 0, "lesion": 1},
+        "numTraining": len(labels),
+        "file_ending": ".nii.gz",
+        "name": "tomofield synth",
+    }
+    atomic_write(out / "dataset.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["case", "label"])
+            writer.writerows(labels)
+
+    atomic_write(out / "labels.csv", write)

@@ -6,6 +6,10 @@ from typing import TypedDict
 
 #: The looks :func:`write_dataset` can give its volumes.
 BACKGROUNDS = ("plain", "realistic")
+#: How :func:`write_dataset` lays out its files: ``tomofield`` (``images/``, ``masks/``) or
+#: ``nnunet`` (nnU-Net's raw dataset: ``imagesTr/CASE_0000.nii.gz``, ``labelsTr/CASE.nii.gz``,
+#: ``dataset.json``, and the volume labels in ``labels.csv``).
+LAYOUTS = ("tomofield", "nnunet")
 
 
 #: What ``lesion_radius`` measures, in words (help texts and the dataset's record).

@@ -95,7 +95,7 @@ def features(inputs: tuple[str, ...], output: str, preview: str | None, overwrit
         feats = engine.run(
             volume,
             progress=tick,
-            on_plan=lambda report: err.print(f"{volume.paths[0].name}: grid {tuple(shape)}; {report}", highlight=False),
+            on_plan=lambda report: err.print(f"{volume.paths[0].name}: {volume.describe()}; {report}", highlight=False),
         )
     feats.save(output, overwrite, description="tomofield features")
     if o["save_projection"]:
