@@ -155,10 +155,27 @@ def read_dataset(path: str | Path, task: str = "classification", require_files: 
         if key in seen:
             raise InputError(f"{where}: duplicate of row {seen[key]} ({row['image']})")
         seen[key] = i
-        cases.append(Case(images, label, mask, i))
+        cases.append(Case(images, label, mask, i, _nnunet_case(images)))
     if not cases:
         raise InputError(f"{path}: no rows")
     return cases
+
+
+def _nnunet_case(images: Sequence[Path]) -> str | None:
+    """``CASE`` when ``images`` are exactly nnU-Net's channel files ``CASE_0000``, ``CASE_0001``, ... in order."""
+    grouped = nnunet_channels_or_none(images)
+    if grouped is None or len(grouped) != 1:
+        return None
+    case, files = next(iter(grouped.items()))
+    return case if list(files) == list(images) else None
+
+
+def nnunet_channels_or_none(files: Sequence[Path]) -> dict[str, tuple[Path, ...]] | None:
+    """:func:`nnunet_channels`, or ``None`` where the channels differ between cases (no error)."""
+    try:
+        return nnunet_channels(files)
+    except InputError:
+        return None
 
 
 def dataset_hash(path: str | Path, cases: list[Case]) -> str:

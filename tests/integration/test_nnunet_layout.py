@@ -154,3 +154,11 @@ def test_the_banner_and_synth_spacing_read_in_the_viewers_ijk_order(write_nifti,
     assert [c.label for c in masks] == [c.label for c in cases]  # synth's positives are those with a lesion
     bad = invoke("synth", tmp_path / "ds2", "--n", "4", "--spacing", "1,1")
     assert bad.exit_code == 2 and "--spacing '1,1' is not three numbers i,j,k" in bad.output
+
+
+def test_a_synthetic_grid_too_small_for_lesions_is_a_message_and_nothing_is_left(tmp_path):
+    res = invoke(
+        "synth", tmp_path / "tiny", "--n", "8", "--size", "16", "--spacing", "1,1,2", "--background", "realistic"
+    )
+    assert res.exit_code == 2 and "no room for a lesion in a scan of 15 x 15 x 8 voxels at 1 x 1 x 2 mm" in res.output
+    assert not (tmp_path / "tiny").exists()

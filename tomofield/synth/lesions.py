@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from tomofield.errors import InputError
 from tomofield.synth.settings import LIMITS
 from tomofield.synth.shapes import _REF, _ellipsoid_r, _Grid, _rotation, _smooth_noise
 
@@ -79,7 +80,12 @@ def _place(rng, g: _Grid, radius: float, edge: float, allowed: np.ndarray):
             if m.any() and not (m & ~allowed[sl]).any():
                 return sl, m, soft, tex
         radius *= 0.95
-    raise RuntimeError(f"no room for lesions in {g.shape} x {tuple(g.sp)} mm")
+    d, h, w = g.shape
+    mm = " x ".join(f"{float(v):g}" for v in tuple(g.sp)[::-1])
+    raise InputError(
+        f"no room for a lesion in a scan of {w} x {h} x {d} voxels at {mm} mm (i, j, k): the body is too thin "
+        "at this grid size and spacing; give a larger --size (e.g. 24 or more) or a finer --spacing"
+    )
 
 
 def _voxel_counts(
