@@ -17,24 +17,48 @@ from tomofield.dataset import Case, csv_rows, read_dataset
 from tomofield.errors import InputError
 from tomofield.io import atomic_write_all, load_volume
 
-METRICS = ("precision", "recall", "f1", "dice", "max_iou", "balanced_accuracy")
+#: The metrics of a report's summary, in its columns' order: HD95 (mm) and the normalised
+#: surface Dice beside Dice where the data has masks (not boxes).
+METRICS = ("precision", "recall", "f1", "dice", "hd95", "nsd", "max_iou", "balanced_accuracy")
+#: The default tolerance of the normalised surface Dice, in mm (tomofield.evaluation.NSD_TOLERANCE_MM).
+NSD_TOLERANCE_MM = 2.0
+
+
+#: The columns of a boxes CSV in the viewers' (i, j, k) voxel order, and in the tensors' (d, h, w)
+#: order that datasets written before (the medical plugin's Duke set) use.
+BOX_COLUMNS_IJK = ("i0", "j0", "k0", "i1", "j1", "k1")
+BOX_COLUMNS_DHW = ("d0", "h0", "w0", "d1", "h1", "w1")
 
 
 def read_boxes(path: str | Path, cases: list[Case]) -> list[tuple[int, ...] | None]:
-    """Boxes per case from a CSV ``image,d0,h0,w0,d1,h1,w1`` (voxels, end exclusive)."""
+    """Boxes per case from a CSV ``image,i0,j0,k0,i1,j1,k1`` (voxel indices in the order the
+    affine, nibabel, ITK-SNAP and 3D Slicer use; end exclusive), as ``(d0, h0, w0, d1, h1, w1)``.
+
+    A CSV with columns ``d0,h0,w0,d1,h1,w1`` (the tensors' order, ``d = k``, ``h = j``,
+    ``w = i``) is read as before.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"boxes CSV {str(path)!r} does not exist")
+    rows = csv_rows(path, "boxes CSV")
+    header = {(c or "").strip() for c in rows.fieldnames or []}
+    ijk = set(BOX_COLUMNS_IJK) <= header
+    if not ijk and not set(BOX_COLUMNS_DHW) <= header:
+        raise InputError(f"{path}: expected the columns image,i0,j0,k0,i1,j1,k1; found {sorted(header)}")
     by_name: dict[str, tuple[int, ...]] = {}
-    for i, row in enumerate(csv_rows(path, "boxes CSV"), start=2):
+    for i, row in enumerate(rows, start=2):
         row = {(k or "").strip(): (v or "").strip() if isinstance(v, str) else v for k, v in row.items()}
         if not any(row.values()):
             continue
         try:
             name = Path(row["image"].split(";")[0].strip()).name
-            by_name[name] = tuple(int(row[k]) for k in ("d0", "h0", "w0", "d1", "h1", "w1"))
+            if ijk:
+                i0, j0, k0, i1, j1, k1 = (int(row[k]) for k in BOX_COLUMNS_IJK)
+                by_name[name] = (k0, j0, i0, k1, j1, i1)
+            else:
+                by_name[name] = tuple(int(row[k]) for k in BOX_COLUMNS_DHW)
         except (KeyError, ValueError, AttributeError) as exc:
-            raise InputError(f"{path}, row {i}: expected image,d0,h0,w0,d1,h1,w1 integers ({exc})") from None
+            raise InputError(f"{path}, row {i}: expected image,i0,j0,k0,i1,j1,k1 integers ({exc})") from None
     return [by_name.get(c.images[0].name) for c in cases]
 
 
@@ -71,6 +95,7 @@ def evaluate_heatmaps(
     boxes_csv: str | Path | None = None,
     seed: int = 0,
     fill_holes: bool = False,
+    nsd_tolerance: float = NSD_TOLERANCE_MM,
 ) -> dict[str, Any]:
     """Run the evaluation protocol on the heatmaps of every volume of a dataset.
 
@@ -78,8 +103,14 @@ def evaluate_heatmaps(
     (:func:`tomofield.evaluation.binarize`), in the folds, the stored thresholds and the
     per-case rows alike; the result records it under ``fill_holes``, and a mask made from
     the report's thresholds (:func:`mask_fill_holes`) follows it.
+
+    With masks (not ``boxes_csv``) the folds and the per-case rows also give HD95 (mm) and
+    the normalised surface Dice at ``nsd_tolerance`` mm of the same binarization, in the
+    millimetres of each mask's affine (:func:`tomofield.evaluation.surface_scores`; an
+    empty prediction has no HD95, NaN, left out of the means, and an NSD of 0); the result
+    records how under ``surface_metrics``.
     """
-    from tomofield.evaluation import evaluate, tune_thresholds
+    from tomofield.evaluation import evaluate, surface_backend, tune_thresholds
 
     cases = read_dataset(dataset_csv)
     if len(cases) < 2:
@@ -92,25 +123,55 @@ def evaluate_heatmaps(
         raise InputError(f"need folds >= 1 and 0 <= iou < 1, got folds={folds!r}, iou={iou!r}")
     if not isinstance(fill_holes, bool):
         raise InputError(f"fill_holes must be True or False, got {fill_holes!r}")
+    if (
+        isinstance(nsd_tolerance, bool)
+        or not isinstance(nsd_tolerance, int | float)
+        or not 0 <= nsd_tolerance < math.inf
+    ):
+        raise InputError(f"need an NSD tolerance of 0 mm or more, got {nsd_tolerance!r}")
     heats = load_heatmaps(heatmaps_dir, cases, dataset_csv)
     labels = [int(c.label) for c in cases]
-    masks = boxes = None
+    masks = boxes = spacings = None
     if boxes_csv:
         boxes = read_boxes(boxes_csv, cases)
     else:
-        masks = []
+        masks, spacings = [], []
         for c, h in zip(cases, heats, strict=True):
-            m = load_volume(c.mask).data[0].numpy() > 0 if c.mask else None
+            vol = load_volume(c.mask) if c.mask else None
+            m = vol.data[0].numpy() > 0 if vol is not None else None
             if m is not None and m.shape != h.shape:
                 raise InputError(f"mask {c.mask} has grid {m.shape} but its heatmap has {h.shape}")
             masks.append(m)
+            # mm per array axis (D, H, W) = (k, j, i): the mask affine's column norms, reversed
+            spacings.append(vol.spacing if vol is not None else None)
+    surface = surface_backend() if masks is not None else "auto"  # one implementation for folds and cases
+    tolerance = float(nsd_tolerance)
     res = evaluate(
-        heats, labels, masks=masks, boxes=boxes, folds=folds, iou_threshold=iou, seed=seed, fill_holes=fill_holes
+        heats,
+        labels,
+        masks=masks,
+        boxes=boxes,
+        folds=folds,
+        iou_threshold=iou,
+        seed=seed,
+        fill_holes=fill_holes,
+        spacings=spacings,
+        nsd_tolerance=tolerance,
+        surface=surface,
     )
     res["fill_holes"] = fill_holes  # how it binarized; a mask from these thresholds does the same
+    if masks is not None:
+        res["surface_metrics"] = {
+            "implementation": surface,  # monai where it imports, else tomofield's own (the two agree)
+            "hd95_percentile": 95,
+            "nsd_tolerance_mm": tolerance,
+            "empty_prediction": "hd95 NaN, left out of the means (n_test_hd95 counts the rest); nsd 0",
+        }
     # the thresholds a mask of a new volume uses (tomofield run --mask --thresholds REPORT)
     res["thresholds"] = tune_thresholds(heats, labels, masks=masks, boxes=boxes, seed=seed, fill_holes=fill_holes)
-    res["cases"] = case_metrics(cases, heats, masks, res["thresholds"], iou, fill_holes)
+    res["cases"] = case_metrics(
+        cases, heats, masks, res["thresholds"], iou, fill_holes, spacings, nsd_tolerance=tolerance, surface=surface
+    )
     res["volumes"] = len(cases)
     res["positives"] = int(sum(labels))
     res["inputs"] = [str(p) for p in (dataset_csv, boxes_csv) if p]  # files write_reports never replaces
@@ -118,7 +179,7 @@ def evaluate_heatmaps(
 
 
 #: The columns of a report's per-case table.
-CASE_COLUMNS = ("image", "label", "score", "predicted", "precision", "recall", "f1", "dice")
+CASE_COLUMNS = ("image", "label", "score", "predicted", "precision", "recall", "f1", "dice", "hd95", "nsd")
 
 
 def case_metrics(
@@ -128,14 +189,19 @@ def case_metrics(
     thresholds: dict[str, float],
     iou: float,
     fill_holes: bool = False,
+    spacings: Sequence[Sequence[float] | None] | None = None,
+    nsd_tolerance: float = NSD_TOLERANCE_MM,
+    surface: str = "auto",
 ) -> list[dict[str, Any]]:
     """Each volume at the thresholds tuned on all of them: its score, the decision, its lesion metrics.
 
     The lesion metrics (of the protocol's binarization against the mask, its components as
     the folds match them) are given for the positives with a mask, as in the evaluation's
-    means; ``None`` elsewhere.
+    means; ``None`` elsewhere. With ``spacings`` (mm per (D, H, W) axis of each volume)
+    they include ``hd95`` (mm; NaN for an empty prediction) and ``nsd`` (at
+    ``nsd_tolerance`` mm); without, those two are ``None``.
     """
-    from tomofield.evaluation import kept_components, lesion_scores
+    from tomofield.evaluation import kept_components, lesion_scores, surface_scores
 
     tau, tau_prime = thresholds["tau"], thresholds["tau_prime"]
     rows = []
@@ -152,8 +218,13 @@ def case_metrics(
             kept = kept_components(heat, tau_prime, tau, fill_holes=fill_holes)
             scores = lesion_scores(None, truth, iou, pred_components=kept)
             row.update({k: float(scores[k]) for k in ("precision", "recall", "f1", "dice")})
+            spacing = spacings[i] if spacings is not None else None
+            if spacing is not None:
+                row.update(surface_scores(kept[0], truth, spacing, nsd_tolerance, backend=surface))
+            else:
+                row.update(dict.fromkeys(("hd95", "nsd")))
         else:
-            row.update(dict.fromkeys(("precision", "recall", "f1", "dice")))
+            row.update(dict.fromkeys(("precision", "recall", "f1", "dice", "hd95", "nsd")))
         rows.append(row)
     return rows
 

@@ -325,3 +325,16 @@ def test_boxes_csv_from_a_spreadsheet(images):
     boxes.write_bytes("image,d0,h0,w0,d1,h1,w1\né.nii.gz,0,0,0,1,1,1\n".encode("latin-1"))
     with pytest.raises(InputError, match="boxes CSV .* is not UTF-8 text"):
         read_boxes(boxes, cases)
+
+
+def test_boxes_are_typed_in_the_viewers_ijk_order_and_the_tensors_order_is_still_read(images):
+    (images / "d.csv").write_text(TEXT)
+    cases = read_dataset(images / "d.csv")
+    boxes = images / "boxes.csv"
+    boxes.write_text("image,i0,j0,k0,i1,j1,k1\na.nii.gz,1,2,3,4,5,6\n")
+    assert read_boxes(boxes, cases)[0] == (3, 2, 1, 6, 5, 4)  # (d0, h0, w0, d1, h1, w1) = (k, j, i)
+    boxes.write_text("image,d0,h0,w0,d1,h1,w1\na.nii.gz,3,2,1,6,5,4\n")
+    assert read_boxes(boxes, cases)[0] == (3, 2, 1, 6, 5, 4)
+    boxes.write_text("image,x0,y0\na.nii.gz,1,2\n")
+    with pytest.raises(InputError, match=r"expected the columns image,i0,j0,k0,i1,j1,k1; found"):
+        read_boxes(boxes, cases)

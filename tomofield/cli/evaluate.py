@@ -27,7 +27,13 @@ from tomofield.report import METRICS, evaluate_heatmaps
 @click.argument("dataset", type=click.Path())
 @setting_option(evaluate_heatmaps, "--folds", "Monte-Carlo cross-validation folds.", type=int)
 @setting_option(evaluate_heatmaps, "--iou", "IoU above which a component matches a lesion.", type=float)
-@click.option("--boxes", "boxes_csv", type=click.Path(), help="CSV image,d0,h0,w0,d1,h1,w1 for box-only data (MaxIoU).")
+@click.option(
+    "--boxes",
+    "boxes_csv",
+    type=click.Path(),
+    help="CSV image,i0,j0,k0,i1,j1,k1 (voxels in the viewers' i, j, k order, end exclusive) for box-only data "
+    "(MaxIoU).",
+)
 @setting_option(evaluate_heatmaps, "--seed", "Seed of the cross-validation folds.", type=int)
 @setting_option(
     evaluate_heatmaps,
@@ -36,13 +42,25 @@ from tomofield.report import METRICS, evaluate_heatmaps
     "kept as it is), to tune TAU_PRIME and to score; the report records it and tomofield run --mask --thresholds "
     "REPORT follows it.",
 )
+@setting_option(
+    evaluate_heatmaps,
+    "--nsd-tolerance",
+    "Tolerance in mm of the normalised surface Dice (NSD), reported beside Dice with HD95 (mm) where the dataset "
+    "has masks.",
+    type=click.FloatRange(min=0),
+)
 @click.option(
     "--report", "-o", type=click.Path(), help="Write REPORT.json and REPORT.csv (default HEATMAPS_DIR/evaluation)."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an earlier report of the same name.")
 @friendly
 def evaluate(heatmaps_dir: str, dataset: str, report: str | None, overwrite: bool, **o: Any) -> None:
-    """Lesion-wise precision, recall, F1, Dice and balanced accuracy of a folder of heatmaps (paper A.7)."""
+    """Lesion-wise precision, recall, F1, Dice and balanced accuracy of a folder of heatmaps (paper A.7).
+
+    Where the dataset has masks, beside Dice: HD95 (95th-percentile Hausdorff distance, mm) and the normalised
+    surface Dice at --nsd-tolerance mm, in the millimetres of each mask's affine. An empty prediction has no HD95
+    (left out of its mean) and an NSD of 0.
+    """
     from tomofield.report import report_paths, write_reports
 
     o = given(o)
@@ -116,6 +134,17 @@ def compare(
     out.print("wrote " + ", ".join(map(str, paths)))
 
 
+def _header(metric: str, results: dict[str, dict[str, Any]]) -> str:
+    """A metric's column title: its unit for HD95, its tolerance for NSD (where all results share one)."""
+    if metric == "hd95":
+        return "HD95 mm"
+    if metric == "nsd":
+        tols = {r.get("surface_metrics", {}).get("nsd_tolerance_mm") for r in results.values() if isinstance(r, dict)}
+        tol = tols.pop() if len(tols) == 1 else None
+        return f"NSD {tol:g} mm" if isinstance(tol, int | float) else "NSD"
+    return metric.replace("_", " ")
+
+
 def print_table(results: dict[str, dict[str, Any]], caption: str = "") -> None:
     """Mean +- std of each metric, one row per method."""
     from tomofield.report import summary_rows
@@ -125,7 +154,7 @@ def print_table(results: dict[str, dict[str, Any]], caption: str = "") -> None:
     table = Table(title="evaluation (paper A.7)", caption=caption)
     table.add_column("method")
     for m in metrics:
-        table.add_column(m.replace("_", " "), justify="right")
+        table.add_column(_header(m, results), justify="right")
     for r in rows:
         table.add_row(r["method"], *[f"{r[m]:.3f} ± {r[m + '_std']:.3f}" if m in r else "-" for m in metrics])
     out.print(table)

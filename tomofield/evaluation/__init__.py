@@ -1,20 +1,28 @@
 """Evaluation protocol of the ToNNO paper (A.7): lesion-wise metrics, thresholds, CV.
 
-Pure numpy/scipy; see :mod:`tomofield.evaluation.metrics` and
-:mod:`tomofield.evaluation.protocol`.
+Pure numpy/scipy, apart from the surface metrics (HD95, normalised surface Dice), which use
+MONAI's implementations where MONAI is installed and their own otherwise; see
+:mod:`tomofield.evaluation.metrics` and :mod:`tomofield.evaluation.protocol`.
 """
 
 from tomofield.evaluation.metrics import (
+    NSD_TOLERANCE_MM,
     balanced_accuracy,
     box_iou,
     box_lesion_scores,
     component_boxes,
     components,
     dice,
+    hd95,
     lesion_matches,
     lesion_scores,
     max_box_iou,
     sensitivity_specificity,
+    surface_backend,
+    surface_dice,
+    surface_distances,
+    surface_scores,
+    surface_voxels,
     weighted_balanced_accuracy,
 )
 from tomofield.evaluation.protocol import (
@@ -29,6 +37,7 @@ from tomofield.evaluation.protocol import (
 )
 
 __all__ = [
+    "NSD_TOLERANCE_MM",
     "balanced_accuracy",
     "binarize",
     "box_iou",
@@ -39,12 +48,18 @@ __all__ = [
     "dice",
     "evaluate",
     "evaluate_fold",
+    "hd95",
     "kept_components",
     "lesion_matches",
     "lesion_scores",
     "max_box_iou",
     "select_tau_prime",
     "sensitivity_specificity",
+    "surface_backend",
+    "surface_dice",
+    "surface_distances",
+    "surface_scores",
+    "surface_voxels",
     "tau_prime_grid",
     "tune_thresholds",
     "weighted_balanced_accuracy",

@@ -12,6 +12,9 @@
    box-only data, the best bounding-box IoU) over at most 5 annotated positive volumes.
 4. :func:`evaluate`: Monte-Carlo cross-validation. Each fold shuffles the volumes, tunes
    ``tau`` and ``tau'`` on the first half (``n // 2`` volumes) and measures the second.
+   Given each volume's spacing (mm per (D, H, W) axis) and masks, each fold also measures
+   the surface metrics beside Dice (not in the paper): HD95 in mm and the normalised
+   surface Dice at a tolerance in mm (:func:`tomofield.evaluation.metrics.surface_scores`).
 
 "Positive volume with ground truth" (used both for tuning ``tau'`` and for the
 segmentation metrics) means: label 1 and a non-empty mask (or a box of positive volume).
@@ -26,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from tomofield.evaluation.metrics import (
+    NSD_TOLERANCE_MM,
     Box,
     Components,
     balanced_accuracy,
@@ -36,10 +40,14 @@ from tomofield.evaluation.metrics import (
     components,
     lesion_scores,
     structure,
+    surface_backend,
+    surface_scores,
 )
 
 Grid = int | Sequence[float]
 _TIE_TOL = 1e-12
+#: The surface metrics a fold measures where it has spacings (:func:`evaluate`).
+SURFACE_KEYS = ("hd95", "nsd")
 
 
 def detection_threshold(
@@ -265,7 +273,18 @@ def _select_tau_prime(heatmaps, masks, boxes, tau, n_select, grid, rng, connecti
 class _Dataset:
     """Validated inputs plus per-volume caches (maxima, ground-truth components)."""
 
-    def __init__(self, heatmaps, labels, masks, boxes, connectivity: int, fill_holes: bool = False) -> None:
+    def __init__(
+        self,
+        heatmaps,
+        labels,
+        masks,
+        boxes,
+        connectivity: int,
+        fill_holes: bool = False,
+        spacings=None,
+        nsd_tolerance: float = NSD_TOLERANCE_MM,
+        surface: str = "auto",
+    ) -> None:
         structure(connectivity)  # validate early
         if masks is not None and boxes is not None:
             raise ValueError("give masks or boxes, not both")
@@ -299,6 +318,17 @@ class _Dataset:
         self.connectivity = connectivity
         self.fill_holes = bool(fill_holes)
         self._gt: dict[int, Components] = {}
+        # the surface metrics: with masks and a spacing per volume only (boxes have no surface)
+        self.spacings: list[tuple[float, ...] | None] | None = None  # None: a volume without a mask
+        if spacings is not None and not self.is_box and self.targets is not None:
+            if len(spacings) != n:
+                raise ValueError(f"{n} heatmaps but {len(spacings)} spacings")
+            self.spacings = [None if sp is None else tuple(float(v) for v in sp) for sp in spacings]
+        if not (np.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
+            raise ValueError(f"nsd_tolerance must be >= 0 mm, got {nsd_tolerance!r}")
+        self.nsd_tolerance = float(nsd_tolerance)
+        # one implementation for every fold; MONAI is imported only where it will be used
+        self.surface = surface_backend(surface) if self.spacings is not None else surface
 
     def gt_components(self, i: int) -> Components:
         if i not in self._gt:
@@ -338,6 +368,10 @@ def _evaluate_fold(data: _Dataset, tune, test, rng, iou_threshold, n_select, gri
             if data.is_box
             else lesion_scores(None, None, iou_threshold, pred_components=pc, gt_components=data.gt_components(i))
         )
+        if data.spacings is not None:
+            rows[-1].update(
+                surface_scores(pc[0], data.targets[i], data.spacings[i], data.nsd_tolerance, backend=data.surface)
+            )
     seg_key = "max_iou" if data.is_box else "dice"
     out = {"tau": tau, "tau_prime": tau_prime}
     out.update({k: _stat([r[k] for r in rows], np.mean) for k in ("precision", "recall", "f1", seg_key)})
@@ -348,6 +382,9 @@ def _evaluate_fold(data: _Dataset, tune, test, rng, iou_threshold, n_select, gri
         n_test_segmentation=len(rows),
         tau_prime_volumes=sorted(int(tune[j]) for j in used),
     )
+    if data.spacings is not None:  # after the paper's keys; NaN volumes (an empty prediction's HD95) skipped
+        out.update({k: _stat([r[k] for r in rows], np.mean) for k in SURFACE_KEYS})
+        out["n_test_hd95"] = int(sum(np.isfinite(r["hd95"]) for r in rows))
     return out
 
 
@@ -365,19 +402,27 @@ def evaluate_fold(
     rng: np.random.Generator | None = None,
     connectivity: int = 26,
     fill_holes: bool = False,
+    spacings: Sequence[Sequence[float] | None] | None = None,
+    nsd_tolerance: float = NSD_TOLERANCE_MM,
+    surface: str = "auto",
 ) -> dict:
     """Tune ``tau`` and ``tau'`` on ``tune_idx``, measure on ``test_idx``.
 
     ``fill_holes`` binarizes with filled components (:func:`binarize`), both to tune
-    ``tau'`` and to measure.
+    ``tau'`` and to measure. ``spacings`` (mm per (D, H, W) axis of each volume; with
+    ``masks``) adds the surface metrics of the same binarization, at ``nsd_tolerance`` mm,
+    by the ``surface`` implementation (:func:`tomofield.evaluation.metrics.surface_backend`).
 
     Returns:
         Dict with ``tau``, ``tau_prime``, ``precision``, ``recall``, ``f1``, ``dice`` (or
         ``max_iou`` for boxes), ``balanced_accuracy``, ``n_tune``, ``n_test``,
         ``n_test_segmentation`` (volumes in the segmentation means; these are NaN when it
-        is 0) and ``tau_prime_volumes`` (indices used to tune ``tau'``).
+        is 0) and ``tau_prime_volumes`` (indices used to tune ``tau'``); with ``spacings``
+        also ``hd95`` (mm; the mean over the volumes with a non-empty prediction, whose
+        number is ``n_test_hd95``: an empty prediction has no HD95) and ``nsd`` (over the
+        same volumes as ``dice``, an empty prediction scoring 0).
     """
-    data = _Dataset(heatmaps, labels, masks, boxes, connectivity, fill_holes)
+    data = _Dataset(heatmaps, labels, masks, boxes, connectivity, fill_holes, spacings, nsd_tolerance, surface)
     return _evaluate_fold(data, tune_idx, test_idx, rng, iou_threshold, n_select, grid)
 
 
@@ -433,6 +478,9 @@ def evaluate(
     grid: Grid = 50,
     connectivity: int = 26,
     fill_holes: bool = False,
+    spacings: Sequence[Sequence[float] | None] | None = None,
+    nsd_tolerance: float = NSD_TOLERANCE_MM,
+    surface: str = "auto",
 ) -> dict:
     """Monte-Carlo cross-validated evaluation of heatmaps (paper, A.7).
 
@@ -440,16 +488,18 @@ def evaluate(
     ``n // 2`` volumes and tests on the rest (see :func:`evaluate_fold`). Heatmaps may
     have different shapes; each mask must match its heatmap. Give ``masks`` or ``boxes``
     (with neither, only the balanced accuracy is defined). ``fill_holes`` binarizes with
-    filled components (:func:`binarize`) throughout.
+    filled components (:func:`binarize`) throughout. ``spacings`` (each volume's mm per
+    (D, H, W) axis, ``Volume.spacing``; with ``masks``) adds HD95 and the normalised
+    surface Dice at ``nsd_tolerance`` mm to every fold (:func:`evaluate_fold`).
 
     Returns:
         Dict with the fold means (NaN folds skipped) of ``precision``, ``recall``, ``f1``,
         ``dice`` (or ``max_iou`` for boxes), ``balanced_accuracy``, ``tau`` and
-        ``tau_prime``; ``std`` (population std over folds of the same keys); ``folds``
-        (per-fold dicts); ``segmentation_metric`` (``"dice"`` or ``"max_iou"``);
-        ``n_folds``.
+        ``tau_prime`` (with ``spacings``, then ``hd95`` and ``nsd``); ``std`` (population
+        std over folds of the same keys); ``folds`` (per-fold dicts);
+        ``segmentation_metric`` (``"dice"`` or ``"max_iou"``); ``n_folds``.
     """
-    data = _Dataset(heatmaps, labels, masks, boxes, connectivity, fill_holes)
+    data = _Dataset(heatmaps, labels, masks, boxes, connectivity, fill_holes, spacings, nsd_tolerance, surface)
     n = len(data.heatmaps)
     if folds < 1 or n < 2:
         raise ValueError(f"need folds >= 1 and at least 2 volumes, got {folds} and {n}")
@@ -459,7 +509,9 @@ def evaluate(
         perm = rng.permutation(n)
         per_fold.append(_evaluate_fold(data, perm[: n // 2], perm[n // 2 :], rng, iou_threshold, n_select, grid))
     seg_key = "max_iou" if data.is_box else "dice"
-    keys = ("precision", "recall", "f1", seg_key, "balanced_accuracy", "tau", "tau_prime")
+    keys: tuple[str, ...] = ("precision", "recall", "f1", seg_key, "balanced_accuracy", "tau", "tau_prime")
+    if data.spacings is not None:
+        keys += SURFACE_KEYS
     out: dict = {k: _stat([f[k] for f in per_fold], np.mean) for k in keys}
     out["std"] = {k: _stat([f[k] for f in per_fold], np.std) for k in keys}
     out.update(folds=per_fold, segmentation_metric=seg_key, n_folds=folds)

@@ -159,3 +159,77 @@ def test_xlsx_written_by_openpyxl_reads_back(tmp_path: Path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(InputError, match="bad.xlsx.*export it as CSV"):
         list(iter_rows(bad))
+
+
+def _as_excel_writes_it(path: Path) -> Path:
+    """``path`` (written by openpyxl, whose cells hold inline strings) with its strings moved
+    to a shared-string table, as Excel stores them."""
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        parts = {n: zf.read(n) for n in zf.namelist()}
+    strings: list[str] = []
+
+    def shared(m: re.Match) -> str:
+        strings.append(m.group(2))
+        return f'<c r="{m.group(1)}" t="s"><v>{len(strings) - 1}</v></c>'
+
+    for name in [n for n in parts if n.startswith("xl/worksheets/sheet")]:
+        text = parts[name].decode()
+        parts[name] = re.sub(r'<c r="(\w+)" t="inlineStr"><is><t>(.*?)</t></is></c>', shared, text).encode()
+    ns = "http://schemas.openxmlformats.org"
+    items = "".join(f"<si><t>{s}</t></si>" for s in strings)
+    parts["xl/sharedStrings.xml"] = (
+        f'<sst xmlns="{ns}/spreadsheetml/2006/main" count="{len(strings)}" uniqueCount="{len(strings)}">{items}</sst>'
+    ).encode()
+    parts["[Content_Types].xml"] = parts["[Content_Types].xml"].replace(
+        b"</Types>",
+        b'<Override PartName="/xl/sharedStrings.xml" ContentType="application/'
+        b'vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"/></Types>',
+    )
+    parts["xl/_rels/workbook.xml.rels"] = parts["xl/_rels/workbook.xml.rels"].replace(
+        b"</Relationships>",
+        f'<Relationship Id="rIdSST" Type="{ns}/officeDocument/2006/relationships/sharedStrings" '
+        'Target="sharedStrings.xml"/></Relationships>'.encode(),
+    )
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in parts.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_xlsx_shared_strings_dates_gaps_and_the_first_sheet(tmp_path: Path):
+    openpyxl = pytest.importorskip("openpyxl")
+    import datetime as dt
+
+    wb = openpyxl.Workbook()
+    first = wb.active
+    first.append(["Patient ID", "Date", "Start Row"])
+    first.append(["Breast_MRI_001", dt.datetime(2019, 3, 7), 12])
+    first.append(["Breast_MRI_002", dt.datetime(2019, 3, 7, 12, 30), 7.5])
+    first["A5"] = "after a blank row"
+    wb.create_sheet("second").append(["not this one"])
+    wb.active = 1  # the active sheet is not the first one
+    p = tmp_path / "t.xlsx"
+    wb.save(str(p))
+    _as_excel_writes_it(p)
+    assert list(iter_rows(p)) == [
+        ["Patient ID", "Date", "Start Row"],
+        ["Breast_MRI_001", "2019-03-07", "12"],
+        ["Breast_MRI_002", "2019-03-07 12:30:00", "7.5"],
+        [],
+        ["after a blank row"],
+    ]
+    assert read_table(p, ["patient id", "start row"], key="patient id", key_pattern=r"Breast_MRI_\d+") == [
+        {"patient id": "Breast_MRI_001", "start row": "12"},
+        {"patient id": "Breast_MRI_002", "start row": "7.5"},
+    ]
+
+
+def test_csv_with_a_late_latin1_byte_reads_each_row_once(tmp_path: Path):
+    p = tmp_path / "t.csv"
+    body = "".join(f"Breast_MRI_{i:03d},{i}\n" for i in range(1000))  # more than the 8 KiB sniffed
+    p.write_bytes(("Patient ID,Start Row\n" + body + "Breast_MRI_999,caf\xe9\n").encode("latin-1"))
+    rows = list(iter_rows(p))
+    assert len(rows) == 1002 and rows[0] == ["Patient ID", "Start Row"] and rows[-1] == ["Breast_MRI_999", "café"]

@@ -1,26 +1,27 @@
 """Spreadsheets as datasets ship them: CSV, or the first worksheet of an ``.xlsx`` workbook.
 
-The xlsx reader needs no third-party package: a workbook is a zip of XML parts, and only
-cell values are needed (shared strings, inline strings, numbers, booleans). Rows are
+Workbooks are read with openpyxl (read-only, cached values of formulas): shared and inline
+strings, numbers, booleans, dates and the order of the sheets are its to get right. Rows are
 streamed, so the 770,000-row Duke file mapping table reads in bounded memory apart from its
-shared-string table. Cell values come back as text, ``""`` for an empty cell; numbers keep
-Excel's text (``"234"``, ``"0.5"``).
+shared-string table. Cell values come back as text, ``""`` for an empty cell, surrounding
+space stripped: numbers as Python writes them (``"234"``, ``"0.5"``), booleans ``"TRUE"`` /
+``"FALSE"``, dates ISO 8601 (``"2019-03-07"``, with the time where it is not midnight). A
+row is as wide as its last stored cell; an empty row (a blank CSV line, a row the sheet
+does not store) is ``[]``. CSV goes through the
+csv module: the delimiter is sniffed (comma, semicolon or tab), the encoding is UTF-8 (a
+byte-order mark dropped) or, where the file is not valid UTF-8, Latin-1.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import datetime as dt
 import re
-import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from xml.etree import ElementTree as ET
 
 from tomofield.errors import InputError
-
-_NS = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
-_REL_NS = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}"
-_PKG_REL_NS = "{http://schemas.openxmlformats.org/package/2006/relationships}"
 
 
 def iter_rows(path: str | Path) -> Iterator[list[str]]:
@@ -37,99 +38,79 @@ def iter_rows(path: str | Path) -> Iterator[list[str]]:
         raise InputError(f"table {str(path)!r}: unsupported format; valid: .csv, .xlsx")
 
 
-def _csv_rows(path: Path) -> Iterator[list[str]]:
-    for encoding in ("utf-8-sig", "latin-1"):
+def _csv_encoding(path: Path) -> str:
+    """``"utf-8-sig"`` where the whole file is valid UTF-8, else ``"latin-1"`` (which decodes any bytes).
+
+    Decided over the whole file, in chunks, before a row is read: a file whose first bad
+    byte comes late must not yield its first rows twice (once per encoding tried).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with path.open("rb") as fh:
         try:
-            with path.open(newline="", encoding=encoding) as fh:
-                head = fh.read(8192)
-                fh.seek(0)
-                try:
-                    dialect = csv.Sniffer().sniff(head, delimiters=",;\t")
-                except csv.Error:
-                    dialect = csv.excel
-                for row in csv.reader(fh, dialect):
-                    yield [c.strip() for c in row]
-            return
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            continue
+            return "latin-1"
+    return "utf-8-sig"
 
 
-def _col_index(ref: str) -> int:
-    """0-based column of a cell reference such as ``"AB12"``."""
-    n = 0
-    for ch in ref:
-        if not ch.isalpha():
-            break
-        n = n * 26 + (ord(ch.upper()) - 64)
-    return n - 1
+def _csv_rows(path: Path) -> Iterator[list[str]]:
+    with path.open(newline="", encoding=_csv_encoding(path)) as fh:
+        head = fh.read(8192)
+        fh.seek(0)
+        try:
+            dialect = csv.Sniffer().sniff(head, delimiters=",;\t")
+        except csv.Error:
+            dialect = csv.excel
+        for row in csv.reader(fh, dialect):
+            yield [c.strip() for c in row]
 
 
-def _text(el: ET.Element) -> str:
-    return "".join(t.text or "" for t in el.iter(f"{_NS}t"))
+def _cell_text(value: object) -> str:
+    """A cell's value as openpyxl reads it, as text (see the module docstring)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):  # before int: bool is an int
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, dt.datetime):
+        return value.date().isoformat() if value.time() == dt.time() else value.isoformat(sep=" ")
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    return str(value).strip()
 
 
 def _xlsx_rows(path: Path) -> Iterator[list[str]]:
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"cannot read {str(path)!r} as an xlsx workbook ({exc}); export it as CSV instead") from exc
-    with zf:
-        try:
-            sheet = _first_sheet(zf)
-            strings = []
-            if "xl/sharedStrings.xml" in zf.namelist():
-                with zf.open("xl/sharedStrings.xml") as fh:
-                    for _, el in ET.iterparse(fh):
-                        if el.tag == f"{_NS}si":
-                            strings.append(_text(el))
-                            el.clear()
-            with zf.open(sheet) as fh:
-                for _, el in ET.iterparse(fh):
-                    if el.tag != f"{_NS}row":
-                        continue
-                    cells: dict[int, str] = {}
-                    for i, c in enumerate(el.iter(f"{_NS}c")):
-                        col = _col_index(c.get("r", "")) if c.get("r") else i
-                        kind, v = c.get("t", "n"), c.find(f"{_NS}v")
-                        if kind == "s" and v is not None:
-                            value = strings[int(v.text or 0)]
-                        elif kind == "inlineStr":
-                            is_ = c.find(f"{_NS}is")
-                            value = _text(is_) if is_ is not None else ""
-                        elif kind == "b" and v is not None:
-                            value = "TRUE" if (v.text or "0") != "0" else "FALSE"
-                        else:
-                            value = (v.text or "") if v is not None else ""
-                        cells[col] = value.strip()
-                    el.clear()
-                    width = max(cells) + 1 if cells else 0
-                    yield [cells.get(i, "") for i in range(width)]
-        except (KeyError, ET.ParseError, ValueError, IndexError) as exc:
-            raise InputError(
-                f"cannot read {str(path)!r} as an xlsx workbook ({type(exc).__name__}: {exc}); export it as CSV instead"
-            ) from exc
+    import openpyxl  # here, not at the top: only xlsx tables need it
 
+    def unreadable(exc: Exception) -> InputError:
+        return InputError(
+            f"cannot read {str(path)!r} as an xlsx workbook ({type(exc).__name__}: {exc}); export it as CSV instead"
+        )
 
-def _first_sheet(zf: zipfile.ZipFile) -> str:
-    """The zip member of the workbook's first worksheet."""
-    names = set(zf.namelist())
+    # openpyxl reports a broken workbook with whatever its zip and XML layers raise (BadZipFile,
+    # KeyError, SyntaxError, ValueError, IndexError, InvalidFileException...): each is the same
+    # answer for the user, so any error while opening or reading becomes one InputError
     try:
-        wb = ET.fromstring(zf.read("xl/workbook.xml"))
-        rels = ET.fromstring(zf.read("xl/_rels/workbook.xml.rels"))
-        first = wb.find(f"{_NS}sheets/{_NS}sheet")
-        rid = first.get(f"{_REL_NS}id") if first is not None else None
-        for rel in rels.iter(f"{_PKG_REL_NS}Relationship"):
-            if rel.get("Id") == rid:
-                target = rel.get("Target", "").lstrip("/")
-                target = target if target.startswith("xl/") else f"xl/{target}"
-                if target in names:
-                    return target
-    except KeyError:
-        pass
-    sheets = sorted(n for n in names if re.fullmatch(r"xl/worksheets/sheet\d+\.xml", n))
-    if not sheets:
-        raise KeyError("no worksheet in the workbook")
-    return sheets[0]
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:
+        raise unreadable(exc) from exc
+    try:
+        if not wb.worksheets:
+            raise unreadable(KeyError("no worksheet in the workbook"))
+        sheet = wb.worksheets[0]  # the first worksheet in the workbook's order (chart sheets skipped)
+        sheet.reset_dimensions()  # rows as stored, not as the sheet's (possibly stale) dimension tag says
+        rows = sheet.iter_rows(values_only=True)
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise unreadable(exc) from exc
+            yield [_cell_text(v) for v in row]
+    finally:
+        wb.close()
 
 
 def _norm(text: str) -> str:
