@@ -18,9 +18,10 @@ import numpy as np
 
 from tomofield.batch import run_dataset
 from tomofield.dataset import Case, read_dataset
-from tomofield.engine import Engine
+from tomofield.engine import Engine, EngineConfig
 from tomofield.errors import InputError
-from tomofield.io import atomic_write, atomic_write_all, load_volume
+from tomofield.io import atomic_write, atomic_write_all, check_output_path, load_volume
+from tomofield.protocols import SEED_MAX, check_settings, declared, setting
 from tomofield.report import evaluate_heatmaps, report_inputs, report_paths, report_writes
 
 
@@ -41,20 +42,47 @@ class Method:
         return self.family if self.layer is None else f"{self.family}-layer{self.layer}"
 
 
+#: The engine's declarations of the sizes a comparison sets (their bounds are the engine's).
+_ENGINE = {o.name: o for o in declared(EngineConfig)}
+
+
+def _size(default: int, help: str, of: str) -> Any:
+    """A size of the comparison, bounded as the engine's setting ``of``."""
+    return setting(default, help, min=_ENGINE[of].min, max=_ENGINE[of].max)
+
+
 @dataclass
 class CompareSettings:
-    """Sizes of the comparison; the paper uses L = 2000, M = 100 (ToNNO) and L = 1000 (CAMs)."""
+    """Sizes of the comparison; the paper uses L = 2000, M = 100 (ToNNO) and L = 1000 (CAMs).
+
+    :meth:`validate` checks them all (:func:`run_comparison` does, before any work).
+    """
 
     layers: Sequence[int] = (1, 2, 3, 4)
-    directions: int = 256
-    slices: int = 32
-    cam_directions: int = 64
-    cam_slices: int = 24
-    folds: int = 10
-    seed: int = 0
+    directions: int = _size(256, "ToNNO directions L.", "directions")
+    slices: int = _size(32, "ToNNO slices per direction M.", "slices")
+    cam_directions: int = _size(64, "Averaged and Tomographic CAM directions.", "directions")
+    cam_slices: int = _size(24, "Averaged and Tomographic CAM slices per direction.", "slices")
+    folds: int = setting(10, "Monte-Carlo cross-validation folds.", min=1, max=100_000)
+    seed: int = setting(0, "Seed of the directions and the folds.", min=0, max=SEED_MAX)
     device: str = "auto"
     fill_holes: bool = False  # the evaluation's binarization fills each component's holes (evaluate_heatmaps)
     families: Sequence[str] = field(default_factory=lambda: list(FAMILIES))
+
+    def validate(self) -> None:
+        """Refuse a size out of its bounds, a layer that is not an integer, an unknown or missing method family.
+
+        Raises:
+            InputError: naming the setting, the value and what is valid.
+        """
+        check_settings(self, "compare")
+        bad = [x for x in self.layers if isinstance(x, bool) or not isinstance(x, int)]
+        if bad or not self.layers:
+            raise InputError(f"compare: layers must be one or more integers, got {list(self.layers)!r}")
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown or not self.families:
+            got = ", ".join(map(repr, unknown)) if unknown else "none"
+            raise InputError(f"compare: unknown method(s) {got}; valid: {', '.join(FAMILIES)}")
 
 
 #: family -> (head, filter, sampler, reconstructor)
@@ -107,13 +135,20 @@ def report_files(report_dir: str | Path) -> list[Path]:
 
 
 def check_report_dir(report_dir: str | Path, overwrite: bool = False) -> Path:
-    """Refuse, before any work, a report folder that is a file or holds an earlier comparison (unless ``overwrite``)."""
+    """Refuse, before any work, a report folder that is a file or holds an earlier comparison (unless ``overwrite``).
+
+    The folder and the files it is to hold get every command's output checks
+    (:func:`tomofield.io.check_output_path`: under a file, unwritable, names too long).
+    """
     report_dir = Path(report_dir)
     if report_dir.exists() and not report_dir.is_dir():
         raise InputError(f"report folder {str(report_dir)!r} is a file; give a folder (a new one is made)")
     there = next((p for p in report_dir.parents if p.exists()), Path("."))
     if not report_dir.exists() and not there.is_dir():
         raise InputError(f"cannot make the report folder {str(report_dir)!r}: {str(there)!r} is a file, not a folder")
+    check_output_path(report_dir, folder=True)
+    for path in report_files(report_dir):
+        check_output_path(path, overwrite=True, suffixes=())  # their names; whether they exist: below
     earlier = [p.name for p in report_files(report_dir) if p.exists()]
     if earlier and not overwrite:
         raise InputError(
@@ -133,11 +168,17 @@ def run_comparison(
 ) -> dict[str, Any]:
     """Heatmaps, evaluation and best layers of every method; returns all results.
 
-    The report folder is checked first (:func:`check_report_dir`): an earlier comparison's
-    files are kept unless ``overwrite``.
+    Everything is checked before any work: the settings (:meth:`CompareSettings.validate`),
+    the report folder (:func:`check_report_dir`: an earlier comparison's files are kept
+    unless ``overwrite``), the dataset, and every method's engine (:meth:`Engine.check`: its
+    options, its head on the encoder, the size of the job on the first volume).
     """
     report_dir = check_report_dir(report_dir, overwrite)
+    s.validate()
     cases = read_dataset(dataset_csv)
+    first = load_volume(list(cases[0].images))
+    for m in methods(s):  # one at a time: an engine holds its weights
+        engine_for(m, weights, s).check(first.data.shape[1:], first.spacing, int(first.data.shape[0]))
     results: dict[str, dict[str, Any]] = {}
     for m in methods(s):
         if on_method:

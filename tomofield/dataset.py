@@ -59,7 +59,9 @@ SAVE_AS = "save it as 'CSV UTF-8' (in a spreadsheet program: Save As, CSV UTF-8 
 
 def read_csv_text(path: str | Path, what: str = "CSV") -> str:
     """The text of a CSV file: UTF-8, a byte-order mark dropped; other encodings and binary files refused."""
-    path = Path(path)
+    from tomofield.io.files import check_regular_file  # here: the dataset's module stays light to import
+
+    path = check_regular_file(path, what)  # a FIFO or a device: reading would wait or never end
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -103,6 +105,16 @@ def _resolve(root: Path, name: str) -> Path:
     return path
 
 
+def _identity(path: Path) -> object:
+    """What names one file however it is spelled: its device and inode where it exists (through
+    ``..``, symbolic and hard links), else its resolved absolute path."""
+    try:
+        st = path.stat()
+    except OSError:
+        return os.path.realpath(path)
+    return (st.st_dev, st.st_ino)
+
+
 def read_dataset(path: str | Path, task: str = "classification", require_files: bool = True) -> list[Case]:
     """Parse and validate a dataset CSV; errors name the file, the row and the value."""
     path = Path(path)
@@ -114,6 +126,9 @@ def read_dataset(path: str | Path, task: str = "classification", require_files: 
             "scans/case02.nii.gz,0\n(docs/datasets.md has the format; tomofield run takes a folder as it is)"
         )
     if not path.is_file():
+        from tomofield.io.files import check_regular_file
+
+        check_regular_file(path, "dataset CSV")  # a FIFO or a device: not "missing"
         raise InputError(f"dataset CSV {str(path)!r} does not exist")
     root = path.parent
     reader = csv_rows(path, "dataset CSV")
@@ -125,7 +140,7 @@ def read_dataset(path: str | Path, task: str = "classification", require_files: 
             "(expected image,label[,mask])"
         )
     cases: list[Case] = []
-    seen: dict[tuple[Path, ...], int] = {}  # images -> row
+    seen: dict[tuple[object, ...], tuple[int, str]] = {}  # the images' identities -> row, as written
     for i, raw in enumerate(reader, start=2):
         row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         if not any(row.values()):
@@ -142,19 +157,31 @@ def read_dataset(path: str | Path, task: str = "classification", require_files: 
                 if row["label"].count(",") == 1:
                     hint = f" (write decimals with a point: {float(row['label'].replace(',', '.'))!r})"
             raise InputError(f"{where}: label {row['label']!r} is not a number{hint}") from None
+        if not math.isfinite(label):
+            raise InputError(f"{where}: label {row['label']!r} is not finite; a label is a finite number")
         if task == "classification" and label not in (0.0, 1.0):  # "any" skips this check
             raise InputError(f"{where}: label {row['label']!r} must be 0 or 1")
-        if not math.isfinite(label):
-            raise InputError(f"{where}: label {row['label']!r} is not finite")
         mask = _resolve(root, row["mask"]) if row.get("mask") else None
         if require_files:
+            from tomofield.io.readers import is_dicom_folder  # here: the dataset's module stays light to import
+
             for f in (*images, *([mask] if mask else [])):
-                if not f.is_file():
+                if f.is_dir() and not is_dicom_folder(f):  # a DICOM series: read as `tomofield run FOLDER` reads it
+                    raise InputError(
+                        f"{where}: {str(f)!r} is a folder but not a DICOM series; a row names NIfTI files "
+                        "(or a folder of one DICOM series)"
+                    )
+                if not f.exists():
                     raise InputError(f"{where}: file {str(f)!r} does not exist")
-        key = images
+        key = tuple(_identity(f) for f in images)
         if key in seen:
-            raise InputError(f"{where}: duplicate of row {seen[key]} ({row['image']})")
-        seen[key] = i
+            first, text = seen[key]
+            same = "the same file" if len(images) == 1 else "the same files"
+            raise InputError(
+                f"{where}: duplicate of row {first}: image {row['image']!r} is {same} as row {first}'s ({text!r}), "
+                f"whatever their labels; list each scan once (remove row {i} or row {first})"
+            )
+        seen[key] = (i, row["image"])
         cases.append(Case(images, label, mask, i, _nnunet_case(images)))
     if not cases:
         raise InputError(f"{path}: no rows")
@@ -179,10 +206,16 @@ def nnunet_channels_or_none(files: Sequence[Path]) -> dict[str, tuple[Path, ...]
 
 
 def dataset_hash(path: str | Path, cases: list[Case]) -> str:
-    """SHA-256 over the CSV's bytes and each referenced file's name and size."""
+    """SHA-256 over the CSV's bytes and each referenced file's name and size (a DICOM series folder's: each of
+    its files')."""
     h = hashlib.sha256(Path(path).read_bytes())
     for c in cases:
         for f in (*c.images, *([c.mask] if c.mask else [])):
+            if f.is_dir():
+                h.update(f"{f.name}/".encode())
+                for g in sorted(p for p in f.iterdir() if p.is_file()):
+                    h.update(f"{g.name}:{g.stat().st_size};".encode())
+                continue
             h.update(f"{f.name}:{f.stat().st_size};".encode())
     return h.hexdigest()
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from tomofield.errors import InputError, UnknownComponentError
-from tomofield.io import atomic_write, cache_dir
+from tomofield.io import atomic_write, cache_dir, check_regular_file
 
 NORMS = ("frozen-bn", "batch-norm", "group-norm")
 #: The encoder of the paper and of every default (ResNet-10-T from timm).
@@ -192,6 +192,7 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
             f"weights {str(path)!r} is a folder but not a run directory (no config.json); "
             "give a .safetensors file or the output folder of tomofield train"
         )
+    check_regular_file(path, "weights file")  # a FIFO or a device: reading would wait or never end
     if path.suffix.lower() in PICKLE_SUFFIXES:
         import json
         import shlex
@@ -216,11 +217,36 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(
             f"cannot read weights {str(path)!r} as safetensors (a truncated file, or another format): {exc}"
         ) from exc
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise InputError(f"weights {str(path)!r} hold non-finite values: {describe_nonfinite(bad)}")
+    return state
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[tuple[str, int, int]]:
+    """``(name, non-finite count, size)`` of each floating-point tensor holding NaN or infinite values, in order."""
+    bad = []
+    for name, t in tensors.items():
+        if t.is_floating_point() or t.is_complex():
+            n = int((~torch.isfinite(t)).sum())
+            if n:
+                bad.append((name, n, t.numel()))
+    return bad
+
+
+def describe_nonfinite(bad: list[tuple[str, int, int]]) -> str:
+    """The first tensors of :func:`nonfinite_tensors` in words, with what to do about them."""
+    named = "; ".join(f"tensor {name!r} has {n} NaN or infinite value(s) of {size}" for name, n, size in bad[:3])
+    more = f" (and {len(bad) - 3} more tensors)" if len(bad) > 3 else ""
+    return (
+        f"{named}{more}: the training that wrote them diverged, or the file is damaged (every score, and so the "
+        "heatmap, would be NaN); use an earlier checkpoint or train again (the input volume is not at fault)"
+    )
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:

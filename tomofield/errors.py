@@ -25,3 +25,30 @@ class UnknownComponentError(TomofieldError, LookupError):
 
 class NotLearningWarning(UserWarning):
     """A training run shows signs of not learning, or an engine is built on such a run."""
+
+
+class ComponentError(InputError):
+    """A component (head, filter, reconstructor, sampler, post-processor: often a plugin's) broke its contract.
+
+    Raised where the engine calls the component, when it raises, or returns the wrong type, the
+    wrong shape or non-finite values from finite input. The message names the component (kind,
+    name and the plugin it comes from) and what it broke; the input is not at fault. An
+    :class:`InputError`, so that every front end reports it as one message.
+    """
+
+    @staticmethod
+    def got(value: object) -> str:
+        """What a component returned, in words: ``a tensor of shape (4,)``, ``a list``."""
+        shape = getattr(value, "shape", None)
+        if shape is not None and hasattr(value, "dtype"):
+            return f"a tensor of shape {tuple(shape)}"
+        name = type(value).__name__
+        return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+class PluginWarning(UserWarning):
+    """A plugin, or a part of one, was left out: it failed, or took a name another one has.
+
+    One line naming the plugin and its distribution; the host, the built-ins and the other
+    plugins carry on. The command line prints it as one line (``Warning: ...``).
+    """

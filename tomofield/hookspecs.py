@@ -3,7 +3,9 @@
 A plugin is a module or object with functions decorated by :data:`tomofield.hookimpl`
 and named like the specs below. Each ``register_*`` hook receives a ``register``
 callback, ``register(name, factory, description="", *, options=None)``: the host owns
-naming and duplicate checks, and unknown names fail with the list of valid ones. A
+naming and duplicate checks (the first registration of a name stays, a later one is left out
+with a :class:`~tomofield.errors.PluginWarning`; a hook that raises is left out the same way),
+and unknown names fail with the list of valid ones. A
 component's options (:class:`tomofield.protocols.Option`) are read from the factory's
 ``options`` attribute unless given to ``register``. What each factory builds is typed in
 :mod:`tomofield.protocols`. Every implementation is called once, when the registry is

@@ -9,12 +9,19 @@ directory: :func:`installed_path`). Setting ``TOMOFIELD_PLUGINS`` to a comma-sep
 of distribution names (``tomofield-medical``) loads only those (empty string: none);
 built-ins always load.
 
+A plugin cannot take the host down: a plugin that fails to load, a hook that raises, a
+component or command name that is taken already (the first registration stays; a built-in
+is never replaced) and a name in ``TOMOFIELD_PLUGINS`` that is not installed are each one
+:class:`~tomofield.errors.PluginWarning` naming the plugin and its distribution, and the
+faulty part is left out.
+
 This module is a leaf of the package: it imports no component module, so components
 (and the encoder lookup) may import it without a cycle.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
@@ -28,7 +35,7 @@ from typing import Any
 import pluggy
 
 from tomofield import hookspecs
-from tomofield.errors import InputError, TomofieldError, UnknownComponentError
+from tomofield.errors import ComponentError, InputError, PluginWarning, TomofieldError, UnknownComponentError
 from tomofield.protocols import Option, check_options, options_of
 
 ENTRY_POINT_GROUP = "tomofield"
@@ -57,6 +64,7 @@ class Component:
 class _State:
     pm: pluggy.PluginManager
     sources: dict[str, str] = field(default_factory=dict)  # plugin name -> source
+    dists: dict[str, str] = field(default_factory=dict)  # plugin name -> "distribution version"
     failed: dict[str, str] = field(default_factory=dict)  # entry point -> error
     components: dict[str, dict[str, Component]] | None = None
 
@@ -69,11 +77,53 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _allowed() -> set[str] | None:
+def _allowed() -> dict[str, str] | None:
+    """The distributions ``TOMOFIELD_PLUGINS`` names, normalised -> as written (None: not set)."""
     raw = os.environ.get(ALLOW_ENV)
     if raw is None:
         return None
-    return {_normalise(n.strip()) for n in raw.split(",") if n.strip()}
+    return {_normalise(n.strip()): n.strip() for n in raw.split(",") if n.strip()}
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _fault(exc: BaseException) -> str:
+    """An exception in one line: ``ValueError: boom``."""
+    return f"{type(exc).__name__}: {_one_line(exc)}" if str(exc) else type(exc).__name__
+
+
+def _warn(message: str) -> None:
+    """One :class:`PluginWarning` line: a plugin, or a part of one, is left out."""
+    warnings.warn(_one_line(message), PluginWarning, stacklevel=3)
+
+
+def _who(st: _State, plugin: str) -> str:
+    """A plugin in words: ``plugin 'x' (distribution 'x-dist 0.1')``, ``tomofield (built-in)``."""
+    if plugin in DEFAULT_PLUGINS:
+        return "tomofield (built-in)"
+    if plugin in st.dists:
+        return f"plugin {plugin!r} (distribution {st.dists[plugin]!r})"
+    return f"plugin {plugin!r} (registered at run time)"
+
+
+def _check_allow_list(allow: dict[str, str], found: list[tuple[Any, Any]]) -> None:
+    """Say which distributions ``TOMOFIELD_PLUGINS`` names that are not installed tomofield plugins."""
+    installed = {_normalise(d.metadata["Name"]): f"{d.metadata['Name']} {d.version}" for d, _ in found}
+    missing = [given for name, given in allow.items() if name not in installed]
+    if not missing:
+        return
+    entry_points = {_normalise(ep.name): d.metadata["Name"] for d, ep in found}
+    hints = [
+        f"{m!r} is an entry point of {entry_points[_normalise(m)]}" for m in missing if _normalise(m) in entry_points
+    ]
+    _warn(
+        f"{ALLOW_ENV} names {', '.join(map(repr, missing))}, not an installed tomofield plugin distribution "
+        f"(one with a 'tomofield' entry point); installed: {', '.join(sorted(installed.values())) or '(none)'}"
+        + (f" ({'; '.join(hints)}: name its distribution)" if hints else "")
+        + "; built-ins always load"
+    )
 
 
 def installed_path() -> list[str]:
@@ -109,7 +159,10 @@ def _new_state() -> _State:
         pm.register(importlib.import_module(module), name=name)
         state.sources[name] = "tomofield (built-in)"
     allow = _allowed()
-    for dist, ep in _entry_points():
+    found = _entry_points()
+    if allow:
+        _check_allow_list(allow, found)
+    for dist, ep in found:
         if allow is not None and _normalise(dist.metadata["Name"]) not in allow:
             continue
         label = f"{dist.metadata['Name']} {dist.version}"
@@ -119,11 +172,12 @@ def _new_state() -> _State:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
         except Exception as exc:  # a broken third-party plugin must not break the host
-            state.failed[ep.name] = f"{label}: {type(exc).__name__}: {exc}"
-            warnings.warn(f"tomofield plugin {ep.name!r} ({label}) failed to load: {exc}", stacklevel=2)
+            state.failed[ep.name] = f"{label}: {_fault(exc)}"
+            _warn(f"plugin {ep.name!r} (distribution {label!r}) failed to load: {_fault(exc)}; left out")
             continue
         finally:
             sys.path[:] = saved
+        state.dists[ep.name] = label
         where = getattr(plugin, "__file__", None) or "?"
         state.sources[ep.name] = f"{label} (entry point {ep.name} = {ep.value}, from {where})"
     return state
@@ -170,12 +224,20 @@ def unregister_plugin(name: str) -> None:
 
 
 def _collect(st: _State) -> dict[str, dict[str, Component]]:
+    """Every plugin's components, built-ins first, then in the order the plugins were registered.
+
+    What a plugin gets wrong leaves that part out with one :class:`PluginWarning`: a name
+    another plugin (or the same one) registered first (the first stays: a built-in is never
+    replaced), a bad name, factory or options (that component), a hook that raises (every
+    component that hook call registered).
+    """
     table: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
     for kind in KINDS:
-        caller = getattr(st.pm.hook, f"register_{kind}s")
-        impls = sorted(caller.get_hookimpls(), key=lambda i: i.plugin_name != BUILTIN)
+        hook = f"register_{kind}s"
+        impls = sorted(getattr(st.pm.hook, hook).get_hookimpls(), key=lambda i: i.plugin_name != BUILTIN)
         for impl in impls:
-            source = st.sources.get(impl.plugin_name, impl.plugin_name)
+            plugin = impl.plugin_name
+            added: dict[str, Component] = {}  # this hook call's, kept only when the call succeeds
 
             def register(
                 name: str,
@@ -184,26 +246,44 @@ def _collect(st: _State) -> dict[str, dict[str, Component]]:
                 *,
                 options: tuple[Option, ...] | None = None,
                 _kind: str = kind,
-                _plugin: str = impl.plugin_name,
-                _source: str = source,
+                _plugin: str = plugin,
+                _added: dict[str, Component] = added,
             ) -> None:
+                who = _who(st, _plugin)
                 if not isinstance(name, str) or not name:
-                    raise TomofieldError(f"plugin {_plugin!r} registered a {_kind} with a bad name {name!r}")
-                if name in table[_kind]:
-                    prev = table[_kind][name]
-                    raise TomofieldError(
-                        f"{_kind} {name!r} registered twice: by {prev.plugin!r} ({prev.source}) "
-                        f"and by {_plugin!r} ({_source})"
+                    _warn(f"{who} registered a {_kind} with a bad name {name!r} (a non-empty text); left out")
+                    return
+                if not callable(factory):
+                    _warn(
+                        f"{who} registered {_kind} {name!r} with a factory that is not callable "
+                        f"({type(factory).__name__}); left out"
                     )
+                    return
+                prev = table[_kind].get(name) or _added.get(name)
+                if prev is not None and prev.plugin == _plugin:
+                    _warn(f"{who} registered {_kind} {name!r} twice; the second is left out")
+                    return
+                if prev is not None:
+                    first = _who(st, prev.plugin)
+                    _warn(
+                        f"{who} registered {_kind} {name!r}, which {first} registered first; left out (the first stays)"
+                    )
+                    return
                 try:
                     opts = options_of(factory) if options is None else check_options(options)
-                except TypeError as exc:
-                    raise TomofieldError(
-                        f"plugin {_plugin!r} registered {_kind} {name!r} with bad options: {exc}"
-                    ) from exc
-                table[_kind][name] = Component(_kind, name, factory, description, _plugin, _source, opts)
+                except Exception as exc:
+                    _warn(f"{who} registered {_kind} {name!r} with bad options: {_fault(exc)}; left out")
+                    return
+                source = st.sources.get(_plugin, _plugin)
+                _added[name] = Component(_kind, name, factory, description, _plugin, source, opts)
 
-            impl.function(register=register)
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # a plugin's bug: the host carries on without this hook's components
+                what = f" (and the {kind}s it registered: {', '.join(added)})" if added else ""
+                _warn(f"{_who(st, plugin)} failed in {hook}: {_fault(exc)}; left out{what}")
+                continue
+            table[kind].update(added)
     return table
 
 
@@ -232,9 +312,36 @@ def failed_plugins() -> dict[str, str]:
     return dict(_state().failed)
 
 
+def describe(kind: str, spec: Any) -> str:
+    """A component in words for messages: ``head 'sum'``, ``head 'x' from plugin 'p' (distribution 'p 0.1')``.
+
+    ``spec`` is a registered name (of a component that exists) or a component object.
+    """
+    if not isinstance(spec, str):
+        name = next((n for n in (getattr(spec, a, None) for a in ("name", "__name__")) if isinstance(n, str)), None)
+        return f"{kind} {name or type(spec).__name__!r} (given as an object)"
+    comp = get(kind, spec)
+    if comp.plugin in DEFAULT_PLUGINS:
+        return f"{kind} {spec!r}"
+    return f"{kind} {spec!r} from {_who(_state(), comp.plugin)}"
+
+
 def add_commands(cli: Any) -> None:
-    """Let every plugin add its commands to the click group ``cli``."""
-    plugin_manager().hook.register_commands(cli=cli)
+    """Let every plugin add its commands to the click group ``cli``, one plugin at a time.
+
+    A plugin whose hook raises is left out (one :class:`PluginWarning`); a group that offers
+    ``commands_of(plugin)`` (:class:`tomofield.cli.toolkit.CommandGroup`) also refuses a
+    plugin's command whose name it has already and removes what a failing hook added.
+    """
+    st = _state()
+    scope = getattr(cli, "commands_of", None)
+    for impl in st.pm.hook.register_commands.get_hookimpls():
+        who = _who(st, impl.plugin_name)
+        try:
+            with scope(who) if scope is not None else contextlib.nullcontext():
+                impl.function(cli=cli)
+        except Exception as exc:  # a plugin's bug: the host carries on without its commands
+            _warn(f"{who} failed in register_commands: {_fault(exc)}; its commands are left out")
 
 
 def build(kind: str, spec: Any, **options: Any) -> Any:
@@ -263,11 +370,20 @@ def build(kind: str, spec: Any, **options: Any) -> Any:
     owner = f"{kind} {spec!r}"
     options = {k: declared[k].check(v, owner) if k in declared else v for k, v in options.items()}
     try:
-        return comp.factory(**options)
+        built = comp.factory(**options)
     except TomofieldError:
         raise
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise InputError(f"{owner} refused its options {options}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # the factory's own failure (a missing dependency, a bug): name it
+        raise ComponentError(f"{describe(kind, spec)} failed to build: {_fault(exc)}") from exc
+    missing = _missing(kind, built)
+    if missing:
+        raise ComponentError(
+            f"{describe(kind, spec)}: its factory returned {ComponentError.got(built)}, which lacks {missing}; "
+            "a fault of the component, not of the options (tomofield.protocols describes each kind)"
+        )
+    return built
 
 
 #: What a component object given to the Engine (not a name) must have; the rest defaults.
@@ -280,11 +396,16 @@ _REQUIRED = {
 }
 
 
+def _missing(kind: str, obj: Any) -> str:
+    """What ``obj`` lacks of what its kind needs (tomofield.protocols), in words ('' when nothing)."""
+    missing = [a for a in _REQUIRED.get(kind, ()) if not (callable(obj) if a == "__call__" else hasattr(obj, a))]
+    return ", ".join(a if a != "__call__" else "__call__ (callable)" for a in missing)
+
+
 def _check_object(kind: str, obj: Any) -> Any:
     """A component given as an object: refuse one that lacks what its kind needs (tomofield.protocols)."""
-    missing = [a for a in _REQUIRED.get(kind, ()) if not (callable(obj) if a == "__call__" else hasattr(obj, a))]
-    if missing:
-        names = ", ".join(a if a != "__call__" else "__call__ (callable)" for a in missing)
+    names = _missing(kind, obj)
+    if names:
         raise InputError(
             f"{kind} {obj!r} ({type(obj).__name__}) is not a {kind}: it lacks {names}; give a registered name "
             f"(tomofield plugins lists them) or an object as described in tomofield.protocols"

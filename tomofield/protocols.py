@@ -102,7 +102,8 @@ class Option:
         converted = self._convert(value)
         if not self.fits(converted):
             where = f"{owner}: " if owner else ""
-            raise InputError(f"{where}option {self.name}={value!r} is not valid; it takes {self.valid()}")
+            why = "is not finite" if self.type in (int, float) and _non_finite(value) else "is not valid"
+            raise InputError(f"{where}option {self.name}={value!r} {why}; it takes {self.valid()}")
         return converted
 
     def fits(self, value: Any, strict: bool = False) -> bool:
@@ -147,6 +148,17 @@ class Option:
 
 
 _BAD = object()  # a value that does not convert
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` is, or reads as, NaN or an infinity (``nan``, ``inf``, ``1e999``): a number's wrong value,
+    which messages call not finite rather than not a number."""
+    if isinstance(value, bool):
+        return False
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 # -- settings declared once --------------------------------------------------------------------
@@ -235,6 +247,8 @@ def check_settings(obj: Any, owner: str = "") -> None:
         if value is None and f.metadata.get("optional"):
             continue
         if not opt.fits(value, strict=True):
+            if opt.type in (int, float) and isinstance(value, (int, float)) and _non_finite(value):
+                raise InputError(f"{where}{f.name}={value!r} is not finite; it must be {opt.valid()}")
             raise InputError(f"{where}{f.name} must be {opt.valid()}, got {value!r}")
 
 

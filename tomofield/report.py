@@ -15,7 +15,7 @@ import numpy as np
 from tomofield.batch import check_records, heatmap_path
 from tomofield.dataset import Case, csv_rows, read_dataset
 from tomofield.errors import InputError
-from tomofield.io import atomic_write_all, load_volume
+from tomofield.io import Volume, atomic_write_all, load_volume
 
 #: The metrics of a report's summary, in its columns' order: HD95 (mm) and the normalised
 #: surface Dice beside Dice where the data has masks (not boxes).
@@ -70,6 +70,11 @@ def load_heatmaps(
     Heatmaps that carry a provenance record (:mod:`tomofield.batch`) must all come from one
     run and from the cases' current images; :func:`tomofield.batch.check_records` refuses others.
     """
+    return [vol.data[0].numpy() for vol in _heatmap_volumes(heatmaps_dir, cases, dataset_csv)]
+
+
+def _heatmap_volumes(heatmaps_dir: str | Path, cases: list[Case], dataset_csv: str | Path) -> list[Volume]:
+    """Each case's heatmap as a :class:`~tomofield.io.Volume` (grid and affine kept): :func:`load_heatmaps`."""
     missing = [c.name for c in cases if not heatmap_path(heatmaps_dir, c).is_file()]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -77,13 +82,115 @@ def load_heatmaps(
             f"{heatmaps_dir}: no heatmap for {', '.join(missing[:5])}{more}; make them first with "
             f"tomofield run {dataset_csv} -o {heatmaps_dir}"
         )
-    heats, headers = [], []
-    for c in cases:
-        vol = load_volume(heatmap_path(heatmaps_dir, c))
-        heats.append(vol.data[0].numpy())
-        headers.append(vol.header)
-    check_records(heatmaps_dir, cases, headers, dataset_csv)
-    return heats
+    vols = [load_volume(heatmap_path(heatmaps_dir, c)) for c in cases]
+    check_records(heatmaps_dir, cases, [v.header for v in vols], dataset_csv)
+    return vols
+
+
+#: A mask is on its heatmap's grid when their affines place every corner of the grid within this many mm.
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+def _ijk(values: Sequence[float]) -> str:
+    """(d, h, w) values as the viewers' ``i x j x k``."""
+    return " x ".join(f"{v:g}" for v in reversed(tuple(values)))
+
+
+def _grid_differences(mask: Volume, heat: Volume) -> tuple[list[str], float]:
+    """What differs between the geometry of a mask and of its heatmap (same shape), and by how many mm at most
+    the corners of the grid lie apart."""
+    import nibabel as nib
+
+    shape = mask.data.shape[:0:-1]  # (i, j, k)
+    corners = np.array(
+        [[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)]
+    )
+    a, b = np.asarray(mask.affine, dtype=np.float64), np.asarray(heat.affine, dtype=np.float64)
+    apart = float(np.max(np.linalg.norm((corners @ a.T - corners @ b.T)[:, :3], axis=1)))
+    diffs = []
+    if not np.allclose(mask.spacing, heat.spacing, rtol=0, atol=AFFINE_TOLERANCE_MM):
+        diffs.append(f"voxel size {_ijk(mask.spacing)} mm against {_ijk(heat.spacing)} mm")
+    codes = "".join(nib.aff2axcodes(a)), "".join(nib.aff2axcodes(b))
+    if codes[0] != codes[1]:
+        diffs.append(f"orientation {codes[0]} against {codes[1]}, an axis flipped or swapped")
+    if not np.allclose(a[:3, 3], b[:3, 3], rtol=0, atol=AFFINE_TOLERANCE_MM):
+        where = ", ".join(f"{v:.6g}" for v in a[:3, 3])
+        there = ", ".join(f"{v:.6g}" for v in b[:3, 3])
+        diffs.append(f"origin ({where}) mm against ({there}) mm")
+    if not diffs:
+        diffs.append("the affines' directions differ (a rotation)")
+    return diffs, apart
+
+
+#: How to put a mask on its image's grid: tomofield compares masks as they are and resamples none.
+_ON_THE_GRID = (
+    "save the mask on its image's grid (the image's shape and affine), e.g. resampled with nearest-neighbour "
+    "interpolation in 3D Slicer or ITK-SNAP; tomofield does not resample masks"
+)
+
+
+def load_mask(path: str | Path, heatmap: Volume, heatmap_file: str | Path | None = None) -> np.ndarray:
+    """A case's lesion mask as a boolean (D, H, W) array on its heatmap's grid.
+
+    Refused, naming the file and what differs, rather than scored voxel by voxel against other
+    places or other values: a mask whose grid (shape) or affine differs from the heatmap's (the
+    corners of the grid more than :data:`AFFINE_TOLERANCE_MM` apart: another voxel size, a flipped
+    axis, another origin), a mask of several channels (4D), and values other than 0 and 1 (a
+    label map of several labels, another pair such as 0/255, fractions or non-finite values):
+    tomofield neither resamples nor thresholds a mask.
+    """
+    path = Path(path)
+    shown = str(heatmap_file) if heatmap_file is not None else "its heatmap"
+    vol = load_volume(path, nan_policy="zero")  # NaN refused below, in a mask's words
+    if vol.data.shape[0] != 1:
+        raise InputError(
+            f"mask {str(path)!r} has {vol.data.shape[0]} channels (a 4D image, grid {_ijk(vol.data.shape[1:])}); "
+            "a mask is one 3D volume of 0 (background) and 1 (lesion): save the lesion's channel alone"
+        )
+    if tuple(vol.data.shape[1:]) != tuple(heatmap.data.shape[1:]):
+        raise InputError(
+            f"mask {str(path)!r} has grid {_ijk(vol.data.shape[1:])} (i, j, k) but its heatmap {shown!r} has "
+            f"{_ijk(heatmap.data.shape[1:])}: {_ON_THE_GRID}"
+        )
+    diffs, apart = _grid_differences(vol, heatmap)
+    if apart > AFFINE_TOLERANCE_MM:
+        raise InputError(
+            f"mask {str(path)!r} has the grid of its heatmap {shown!r} but not its affine ({'; '.join(diffs)}: "
+            f"voxels up to {apart:.4g} mm apart); scored voxel by voxel it would compare other places: {_ON_THE_GRID}"
+        )
+    if vol.replaced:
+        raise InputError(
+            f"mask {str(path)!r} holds {vol.replaced} NaN or infinite voxel(s); a mask holds 0 (background) and 1 "
+            "(lesion)"
+        )
+    arr = vol.data[0].numpy()
+    ones = arr == 1
+    if not np.all(ones | (arr == 0)):
+        raise InputError(_not_binary(path, arr))
+    return ones
+
+
+def _not_binary(path: Path, arr: np.ndarray) -> str:
+    """Why a mask of values other than 0 and 1 is refused, and how to make it one."""
+    values = np.unique(arr)
+    shown = ", ".join(f"{v:g}" for v in values[:6]) + (f", ... ({len(values)} values)" if len(values) > 6 else "")
+    whole = bool(np.all(values == np.round(values)))
+    labels = values[values != 0]
+    if whole and len(labels) >= 2:
+        return (
+            f"mask {str(path)!r} is a label map (values {shown}), not a 0/1 lesion mask; tomofield does not choose "
+            "the lesion's labels: binarize it (1 for the lesion's label or labels, 0 elsewhere) and save it again"
+        )
+    if whole:
+        return (
+            f"mask {str(path)!r} holds the values {shown}; a mask holds 0 (background) and 1 (lesion): save it as "
+            "0/1 (tomofield does not threshold masks)"
+        )
+    return (
+        f"mask {str(path)!r} holds values other than 0 and 1 ({shown}): a probability map, or a mask resampled "
+        "with linear interpolation? threshold it and save it as 0/1 (nearest-neighbour resampling keeps a mask "
+        "binary; tomofield does not threshold masks)"
+    )
 
 
 def evaluate_heatmaps(
@@ -119,6 +226,8 @@ def evaluate_heatmaps(
             "threshold on some volumes and scores the others, so it needs at least 2 (both classes for "
             "balanced accuracy)"
         )
+    if isinstance(iou, int | float) and not isinstance(iou, bool) and not math.isfinite(iou):
+        raise InputError(f"iou={iou!r} is not finite; it takes a number 0 <= iou < 1")
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1 or not 0 <= iou < 1:
         raise InputError(f"need folds >= 1 and 0 <= iou < 1, got folds={folds!r}, iou={iou!r}")
     if not isinstance(fill_holes, bool):
@@ -128,22 +237,21 @@ def evaluate_heatmaps(
         or not isinstance(nsd_tolerance, int | float)
         or not 0 <= nsd_tolerance < math.inf
     ):
+        if isinstance(nsd_tolerance, float) and not math.isfinite(nsd_tolerance):
+            raise InputError(f"NSD tolerance {nsd_tolerance!r} is not finite; it takes a number of mm >= 0")
         raise InputError(f"need an NSD tolerance of 0 mm or more, got {nsd_tolerance!r}")
-    heats = load_heatmaps(heatmaps_dir, cases, dataset_csv)
+    vols = _heatmap_volumes(heatmaps_dir, cases, dataset_csv)
+    heats = [v.data[0].numpy() for v in vols]
     labels = [int(c.label) for c in cases]
     masks = boxes = spacings = None
     if boxes_csv:
         boxes = read_boxes(boxes_csv, cases)
     else:
         masks, spacings = [], []
-        for c, h in zip(cases, heats, strict=True):
-            vol = load_volume(c.mask) if c.mask else None
-            m = vol.data[0].numpy() > 0 if vol is not None else None
-            if m is not None and m.shape != h.shape:
-                raise InputError(f"mask {c.mask} has grid {m.shape} but its heatmap has {h.shape}")
-            masks.append(m)
-            # mm per array axis (D, H, W) = (k, j, i): the mask affine's column norms, reversed
-            spacings.append(vol.spacing if vol is not None else None)
+        for c, vol in zip(cases, vols, strict=True):
+            masks.append(load_mask(c.mask, vol, heatmap_path(heatmaps_dir, c)) if c.mask else None)
+            # mm per array axis (D, H, W) = (k, j, i): the affine's column norms (the mask's, the heatmap's)
+            spacings.append(vol.spacing if c.mask else None)
     surface = surface_backend() if masks is not None else "auto"  # one implementation for folds and cases
     tolerance = float(nsd_tolerance)
     res = evaluate(

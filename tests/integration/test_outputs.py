@@ -370,8 +370,9 @@ def test_atomic_write_leaves_no_folder_when_the_write_fails(tmp_path):
     def boom(tmp: Path) -> None:
         raise RuntimeError("writer failed")
 
-    with pytest.raises(RuntimeError):
-        atomic_write(tmp_path / "x" / "y" / "z.txt", boom)
+    with pytest.raises(InputError, match="z.txt': writing it failed \\(RuntimeError: writer failed\\)") as info:
+        atomic_write(tmp_path / "x" / "y" / "z.txt", boom)  # any writer's failure: a message (issue 31)
+    assert isinstance(info.value.__cause__, RuntimeError)
     assert list(tmp_path.iterdir()) == []
 
 

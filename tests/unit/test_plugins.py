@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import tomofield
 from tomofield import plugins
 from tomofield.cli import cli
-from tomofield.errors import TomofieldError, UnknownComponentError
+from tomofield.errors import PluginWarning, UnknownComponentError
 
 
 def test_builtins_registered_through_hooks():
@@ -77,7 +77,9 @@ def test_runtime_registration_and_use():
         plugins.get("head", "double")
 
 
-def test_duplicate_name_is_refused_naming_both_plugins():
+def test_duplicate_name_is_left_out_naming_both_plugins():
+    """The first registration stays (a built-in is never replaced); the later one is one warning (issue 31)."""
+
     class Clash:
         @tomofield.hookimpl
         def register_heads(self, register):
@@ -85,8 +87,11 @@ def test_duplicate_name_is_refused_naming_both_plugins():
 
     plugins.register_plugin(Clash(), name="clash")
     try:
-        with pytest.raises(TomofieldError, match="head 'sum' registered twice.*tomofield.builtins.*clash"):
+        with pytest.warns(
+            PluginWarning, match=r"plugin 'clash' .* registered head 'sum', which tomofield \(built-in\)"
+        ):
             plugins.components()
+        assert plugins.get("head", "sum").plugin == plugins.BUILTIN
     finally:
         plugins.unregister_plugin("clash")
 
@@ -148,12 +153,12 @@ def test_entry_point_commands_are_added(installed_plugin):
 def test_allow_list_blocks_other_plugins(installed_plugin, monkeypatch):
     monkeypatch.setenv(plugins.ALLOW_ENV, "someone-else")
     plugins.reset()
-    with pytest.raises(UnknownComponentError):
+    with pytest.raises(UnknownComponentError), pytest.warns(PluginWarning, match="names 'someone-else', not an"):
         plugins.get("head", "ones")
     assert plugins.get("head", "sum").name == "sum"  # built-ins always load
     monkeypatch.setenv(plugins.ALLOW_ENV, "tiny")  # an entry-point name is not a distribution name
     plugins.reset()
-    with pytest.raises(UnknownComponentError):
+    with pytest.raises(UnknownComponentError), pytest.warns(PluginWarning, match="entry point of tomofield-tiny"):
         plugins.get("head", "ones")
     monkeypatch.setenv(plugins.ALLOW_ENV, "Tomofield_TinyPlugin")  # distribution names compare as pip does
     plugins.reset()

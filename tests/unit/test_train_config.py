@@ -195,7 +195,6 @@ def test_student_run_records_concrete_settings_and_resumes(datasets, teacher, tm
         ("task", "segmentation", "one of classification, regression"),
         ("scale_jitter", 1.0, r"a number in 0.0..0.9"),
         ("translation", -0.1, r"a number in 0.0..1.0"),
-        ("intensity_jitter", float("nan"), r"a number in 0.0..0.9"),
         ("negative_share", 1.5, r"a number in 0.0..0.99"),
         ("slice_weight", -1.0, r"a number in 0.0..100.0"),
         ("pool_temperature", 0.0, r"a number in 0.001..1000.0"),
@@ -273,3 +272,8 @@ def test_validation_balanced_accuracy_is_the_evaluations(datasets, tmp_path):
         got[name] = out["val_balanced_accuracy"]
     # a missing class's term is dropped (the sensitivity alone), not counted as 1
     assert got == {"mixed": pytest.approx((2 / 3 + 3 / 5) / 2), "positive": 0.5}
+
+
+def test_a_non_finite_setting_is_said_to_be_not_finite():
+    with pytest.raises(InputError, match=r"intensity_jitter=nan is not finite; it must be a number in 0.0..0.9"):
+        TrainConfig(intensity_jitter=float("nan")).validate()

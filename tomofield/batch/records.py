@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+from tomofield.batch.claims import owner_tag
 from tomofield.batch.parts import heatmap_path
 from tomofield.dataset import Case
 from tomofield.engine import Engine
 from tomofield.errors import InputError
-from tomofield.io import Reorientation
+from tomofield.io import Reorientation, check_name_lengths, check_output_path, check_regular_file
 
 #: The key of a heatmap's provenance record in its NIfTI ``comment`` extension.
 RECORD_KEY = "tomofield_heatmap"
@@ -50,8 +52,31 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _folder_files(path: Path) -> list[Path]:
+    """The regular files of an input folder (a DICOM series), by name."""
+    return sorted(p for p in path.iterdir() if p.is_file())
+
+
+def _folder_state(path: Path) -> tuple[int, int]:
+    """Total size and latest mtime (ns) of a folder's files: what changes when a file of it does."""
+    stats = [p.stat() for p in _folder_files(path)]
+    return sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)
+
+
+def _folder_sha256(path: Path) -> str:
+    """SHA-256 over each file's name and content, in name order."""
+    h = hashlib.sha256()
+    for f in _folder_files(path):
+        h.update(f.name.encode() + b"\0" + _sha256(f).encode())
+    return h.hexdigest()
+
+
 def input_fingerprint(path: Path) -> dict[str, Any]:
-    """Name, size, mtime (ns) and SHA-256 of an input file."""
+    """Name, size, mtime (ns) and SHA-256 of an input file, or of a folder's files (a DICOM series)."""
+    if path.is_dir():
+        size, mtime = _folder_state(path)
+        return {"name": path.name, "size": size, "mtime_ns": mtime, "sha256": _folder_sha256(path)}
+    check_regular_file(path, "input file")  # hashing a FIFO or a device would wait or never end
     st = path.stat()
     return {"name": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(path)}
 
@@ -151,13 +176,14 @@ def input_differences(record: dict[str, Any], case: Case, nan_policy: str | None
     diffs = []
     for rec, path in zip(inputs, case.images, strict=True):
         try:
-            st = path.stat()
+            size, mtime = _folder_state(path) if path.is_dir() else (path.stat().st_size, path.stat().st_mtime_ns)
         except OSError:
             diffs.append(f"input {path.name} is missing")
             continue
-        if st.st_size != rec.get("size"):
-            diffs.append(f"input {path.name} changed (size {rec.get('size')} -> {st.st_size} bytes)")
-        elif st.st_mtime_ns != rec.get("mtime_ns") and _sha256(path) != rec.get("sha256"):
+        digest = _folder_sha256 if path.is_dir() else _sha256
+        if size != rec.get("size"):
+            diffs.append(f"input {path.name} changed (size {rec.get('size')} -> {size} bytes)")
+        elif mtime != rec.get("mtime_ns") and digest(path) != rec.get("sha256"):
             diffs.append(f"input {path.name} changed (same size, other content)")
     replaced = int(record.get("nonfinite_replaced") or 0)
     if nan_policy is not None and replaced and record.get("nan_policy") != nan_policy:
@@ -252,4 +278,11 @@ def check_output_folder(cases: list[Case], out_dir: str | Path, csv_path: str | 
                     f"output folder {str(out_dir)!r} holds the dataset's {kind} {str(f)!r} (row {case.row}): "
                     "heatmaps would be mixed with, or replace, the inputs; choose another folder (e.g. heatmaps/)"
                 )
+    check_output_path(out, folder=True)  # every command's output checks: under a file, unwritable, too long a name
+    # each heatmap is written as .NAME.tomofield-PID@HOST.tmp.nii.gz beside it, and claimed by .NAME.claim
+    temp = len(os.fsencode(f"..{owner_tag()}.tmp.nii.gz"))
+    for case in cases:
+        target = heatmap_path(out, case)
+        what = f"its temporary file .NAME.{owner_tag()}.tmp.nii.gz"
+        check_name_lengths(target, beside={what: len(os.fsencode(target.name)) + temp})
     return out

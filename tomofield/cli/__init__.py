@@ -16,10 +16,12 @@ from Python.
 
 from __future__ import annotations
 
+import warnings
+
 import click
 
 from tomofield import plugins
-from tomofield.cli.toolkit import CommandGroup, add_quiet_option
+from tomofield.cli.toolkit import CommandGroup, add_quiet_option, plugin_warnings_as_lines
 
 #: The built-in commands: name -> (``module:attribute`` under tomofield.cli, summary as its help starts).
 BUILTIN_COMMANDS = {
@@ -58,7 +60,9 @@ def cli() -> None:
 
 for _name, (_attr, _summary) in BUILTIN_COMMANDS.items():
     cli.add_lazy_command(_name, f"tomofield.cli.{_attr}", _summary)
-plugins.add_commands(cli)
+with warnings.catch_warnings():  # a broken plugin, found while loading the plugins: one line each
+    warnings.showwarning = plugin_warnings_as_lines(warnings.showwarning)
+    plugins.add_commands(cli)  # a plugin's command never replaces a built-in (CommandGroup.commands_of)
 add_quiet_option(cli)
 
 

@@ -61,14 +61,14 @@ def evaluate(heatmaps_dir: str, dataset: str, report: str | None, overwrite: boo
     surface Dice at --nsd-tolerance mm, in the millimetres of each mask's affine. An empty prediction has no HD95
     (left out of its mean) and an NSD of 0.
     """
+    from tomofield.io import check_output_path
     from tomofield.report import report_paths, write_reports
 
     o = given(o)
     folds = o.get("folds", default_of(evaluate_heatmaps, "folds"))
     prefix = Path(report) if report else Path(heatmaps_dir) / "evaluation"
-    for path in report_paths(prefix):  # before the work, the same names write_reports uses
-        if path.exists() and not overwrite:
-            raise InputError(f"report {str(path)!r} exists; pass --overwrite")
+    for path in report_paths(prefix):  # before the work, the same names write_reports uses, the same checks
+        check_output_path(path, overwrite, suffixes=(), inputs=[dataset, *filter(None, [o.get("boxes_csv")])])
     res = evaluate_heatmaps(heatmaps_dir, dataset, **o)
     name = Path(heatmaps_dir).name
     print_table({name: res}, f"{res['volumes']} volumes ({res['positives']} positive), {folds} folds")

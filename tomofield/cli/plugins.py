@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import click
 from rich.table import Table
-from rich.text import Text
 
 from tomofield import plugins
-from tomofield.cli.toolkit import (
-    err,
-    head_params,
-    out,
-)
+from tomofield.cli.toolkit import head_params, out
 
 
 @click.command("plugins")
@@ -29,6 +24,4 @@ def plugins_cmd() -> None:
     for comp in plugins.components():
         names = flags.get(comp.name, []) if comp.kind == "head" else [o.name for o in comp.options]
         table.add_row(comp.kind, comp.name, comp.plugin, comp.source, " ".join(sorted(names)), comp.description)
-    out.print(table)
-    for name, why in plugins.failed_plugins().items():
-        err.print(Text.assemble((f"plugin {name} failed to load: ", "yellow"), why))
+    out.print(table)  # plugins that failed or clashed: one warning line each, as they were loaded

@@ -298,14 +298,11 @@ def distinct_output(flag: str, path: str | None, others: dict[str, str | None]) 
 
 
 def parse_window(text: str) -> tuple[float, float]:
-    """``--window LO,HI`` as two numbers, ``LO < HI``."""
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        lo = hi = float("nan")
-    if not lo < hi:
-        raise InputError(f"--window {text!r} is not LO,HI with LO < HI (e.g. -1000,400 for a lung CT)")
-    return lo, hi
+    """``--window LO,HI`` as two finite numbers, ``LO < HI``."""
+    from tomofield.outputs.preview import check_window
+
+    parts = text.split(",")
+    return check_window(parts if len(parts) == 2 else [text], f"--window {text!r}")
 
 
 def run_csv(

@@ -39,7 +39,7 @@ from rich.progress import (
 from rich.text import Text
 
 from tomofield import plugins
-from tomofield.errors import InputError, TomofieldError
+from tomofield.errors import InputError, PluginWarning, TomofieldError
 from tomofield.protocols import Option
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ __all__ = [
     "given",
     "head_params",
     "out",
+    "plugin_warnings_as_lines",
     "setting_option",
     "slice_progress",
     "with_default",
@@ -121,6 +122,24 @@ def _heard() -> Iterator[None]:
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     with _heard():
         err.print(Text.assemble(("Warning: ", "bold yellow"), str(message)), soft_wrap=True)
+
+
+def plugin_warnings_as_lines(previous: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints each :class:`~tomofield.errors.PluginWarning` as one line.
+
+    Other warnings go to ``previous``. The group installs it while it runs (and while it loads
+    the plugins' commands), so a broken plugin is one ``Warning: plugin ...`` line, not a traceback.
+    """
+
+    def show(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+    ) -> None:
+        if issubclass(category, PluginWarning):
+            _show_warning(message, category)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -470,12 +489,59 @@ class CommandGroup(click.Group):
     command name) shows the summary and imports nothing; running the command, showing its
     own help or completing its options imports it. Commands added the usual way
     (``add_command``) work as in any click group. Every command gets ``-q/--quiet``.
+
+    A plugin's commands are added inside :meth:`commands_of` (``plugins.add_commands`` does
+    this): a name the group has already, a built-in's or another plugin's, is never replaced
+    but left out with one :class:`~tomofield.errors.PluginWarning`; outside it, a later
+    registration of a name wins, as in click.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: name -> (``"module:attribute"``, summary) of the commands not imported yet.
         self.lazy_commands: dict[str, tuple[str, str]] = {}
+        #: name -> the plugin (in words) that added the command; absent: tomofield's own
+        self.owners: dict[str, str] = {}
+        self._adding: tuple[str, list[str]] | None = None
+
+    @contextmanager
+    def commands_of(self, plugin: str) -> Iterator[None]:
+        """Commands added in this block are ``plugin``'s (``plugin``: the plugin in words, for messages).
+
+        A name the group has already (tomofield's own command, another plugin's) is left out
+        with a :class:`~tomofield.errors.PluginWarning` naming the plugin; when the block raises,
+        the commands it added are removed again.
+        """
+        added: list[str] = []
+        was, self._adding = self._adding, (plugin, added)
+        try:
+            yield
+        except BaseException:
+            for name in added:
+                self.commands.pop(name, None)
+                self.lazy_commands.pop(name, None)
+                self.owners.pop(name, None)
+            raise
+        finally:
+            self._adding = was
+
+    def _taken(self, name: str) -> bool:
+        """Inside :meth:`commands_of`: whether ``name`` belongs to someone else (then it says so); else records it."""
+        if self._adding is None:
+            return False
+        plugin, added = self._adding
+        if name in self.commands or name in self.lazy_commands:
+            owner = self.owners.get(name)
+            if owner == plugin:
+                return False  # the plugin's own command, registered again: the later wins
+            whose = f"which {owner} added first" if owner else "which is tomofield's own"
+            warnings.warn(
+                f"{plugin} adds a command {name!r}, {whose}; left out (the first stays)", PluginWarning, stacklevel=4
+            )
+            return True
+        self.owners[name] = plugin
+        added.append(name)
+        return False
 
     def add_lazy_command(self, name: str, target: str, summary: str) -> None:
         """Register command ``name``, the click command at ``target`` (``"package.module:attribute"``).
@@ -486,12 +552,21 @@ class CommandGroup(click.Group):
         module, sep, attr = target.partition(":")
         if not (module and sep and attr):
             raise ValueError(f"lazy command {name!r}: target {target!r} is not 'package.module:attribute'")
+        if self._taken(name):
+            return
         self.commands.pop(name, None)  # the later registration wins, as with add_command
         self.lazy_commands[name] = (target, summary)
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if self._taken(name or cmd.name or ""):
+            return
         super().add_command(cmd, name)
         self.lazy_commands.pop(name or cmd.name or "", None)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():  # a plugin's fault, found while this runs: one line
+            warnings.showwarning = plugin_warnings_as_lines(warnings.showwarning)
+            return super().main(*args, **kwargs)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*self.commands, *self.lazy_commands})
@@ -508,7 +583,8 @@ class CommandGroup(click.Group):
                 raise click.ClickException(
                     f"command {cmd_name!r}: {target} is a {type(command).__name__}, not a command"
                 )
-            self.add_command(command, cmd_name)
+            click.Group.add_command(self, command, cmd_name)  # loaded: an ordinary command now
+            self.lazy_commands.pop(cmd_name, None)
         command = self.commands.get(cmd_name)
         if command is not None:
             add_quiet_option(command)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -98,17 +99,19 @@ def train(
     """
     from tomofield import distributed
     from tomofield.train import config_from_options
+    from tomofield.train.trainer import check_run_dir
 
     labels, labels_from_masks = o.pop("labels"), o.pop("labels_from_masks")
     o = given(o)
+    # the run folder before any work (the trainer checks it again): writable, not another training's, empty
+    inputs = [p for p in (dataset, val_csv, labels) if p]
+    check_run_dir(run_dir, resume, inputs, lock=os.environ.get("RANK", "0") == "0")  # torchrun: rank 0 locks
     if Path(dataset).is_dir():  # a folder of images (nnU-Net's layout too): its cases and labels as a dataset CSV
         from tomofield.dataset import folder_dataset, read_labels, write_dataset_csv
         from tomofield.train.trainer import GIVEN_DATASET
 
         folder = dataset
         cases = folder_dataset(folder, read_labels(labels) if labels else None, labels_from_masks)
-        if not resume and Path(run_dir).is_dir() and any(p.name != GIVEN_DATASET for p in Path(run_dir).iterdir()):
-            raise InputError(f"run directory {run_dir!r} is not empty; pass --resume to continue it or choose another")
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         dataset = str(write_dataset_csv(Path(run_dir) / GIVEN_DATASET, cases))
         positives = sum(c.label == 1 for c in cases)

@@ -17,7 +17,15 @@ from torch import Tensor, nn
 from tomofield import distributed, plugins
 from tomofield import presets as _presets
 from tomofield.checkpoint import RunDir, is_run_dir
-from tomofield.encoders import build_encoder, first_conv_in_chans, load_weights, read_safetensors
+from tomofield.encoders import (
+    build_encoder,
+    describe_nonfinite,
+    first_conv_in_chans,
+    load_weights,
+    nonfinite_tensors,
+    read_safetensors,
+)
+from tomofield.engine.budget import Estimate, estimate
 from tomofield.engine.config import (
     DEFAULT_ENCODER,
     DEFAULT_RECONSTRUCTORS,
@@ -29,7 +37,7 @@ from tomofield.engine.config import (
     validate_spacing,
     validate_volume,
 )
-from tomofield.errors import InputError, NotLearningWarning
+from tomofield.errors import ComponentError, InputError, NotLearningWarning, TomofieldError
 from tomofield.intensity import normalize
 from tomofield.io import Heatmap, Reorientation, Volume
 from tomofield.pipeline import Plan, Scorer, Slicer, Stacks
@@ -41,6 +49,28 @@ def _options_of(component: Any) -> dict[str, Any]:
     if is_dataclass(component) and not isinstance(component, type):
         return json.loads(json.dumps(asdict(component), default=str))
     return {}
+
+
+def _post_process(post: Callable[[Tensor, Tensor], Tensor], label: str, heat: Tensor, volume: Tensor) -> Tensor:
+    """``post(heat, volume)``, refusing what raises or is not a finite heatmap (K', D, H, W) on the same grid."""
+    try:
+        out = post(heat, volume)
+    except (TomofieldError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:
+        raise ComponentError(f"{label} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(out, Tensor) or out.dim() != 4 or out.shape[1:] != heat.shape[1:]:
+        raise ComponentError(
+            f"{label} returned {ComponentError.got(out)} for a heatmap of shape {tuple(heat.shape)}; a post-processor "
+            "returns a heatmap (K, D, H, W) on the same grid (tomofield.protocols.PostProcessor): a fault of the "
+            "post-processor, not of the input"
+        )
+    if not bool(torch.isfinite(out).all()):
+        raise ComponentError(
+            f"{label} returned {int((~torch.isfinite(out)).sum())} non-finite value(s) (NaN or Inf) from a finite "
+            "heatmap: a fault of the post-processor, not of the input"
+        )
+    return out
 
 
 def _name(spec: Any, attr: str = "name") -> str:
@@ -181,6 +211,17 @@ class Engine:
         self.sampler = plugins.build("sampler", sampler, **self._component_options["sampler"])
         self.postprocess = [plugins.build("postprocessor", p) for p in postprocess]
         self._post_names = [_name(p, "__name__") for p in postprocess]
+        #: how messages name each component: kind, name and the plugin it comes from
+        self._labels = {
+            kind: plugins.describe(kind, spec)
+            for kind, spec in (
+                ("head", head),
+                ("filter", filter),
+                ("reconstructor", reconstructor),
+                ("sampler", sampler),
+            )
+        }
+        self._post_labels = [plugins.describe("postprocessor", p) for p in postprocess]
         self._encoder_spec = DEFAULT_ENCODER if encoder is None else encoder
         self._run = run
         self._weights_path = str(weights) if weights is not None else None
@@ -271,7 +312,7 @@ class Engine:
                 channels_last=cfg.channels_last,
                 compile=cfg.compile,
                 batch_size=cfg.batch_size,
-                label=f"head {self.head_name!r} with options {cfg.head_options}",
+                label=f"{self._labels['head']} with options {cfg.head_options}",
             )
         return scorers[in_chans]
 
@@ -299,6 +340,7 @@ class Engine:
             self.filter.pad,
             cfg.slice_size,
             shard=cfg.shard_directions,
+            label=self._labels["sampler"],
         )
 
     def report(self, plan: Plan) -> PlanReport:
@@ -311,6 +353,50 @@ class Engine:
             device=str(self.device),
             total=plan.total_slices,
         )
+
+    def estimate(self, plan: Plan, channels: int = 1) -> Estimate:
+        """The least time and memory of reconstructing a volume of ``channels`` channels by ``plan``
+        (:mod:`tomofield.engine.budget`): what :meth:`reconstruct` checks before any work."""
+        per_stack = "/".join(str(n) for n in sorted({g.num_slices + 2 * plan.pad for g in plan.groups}))
+        size = plan.size[0]
+        return estimate(
+            plan.total_slices,
+            size,
+            channels,
+            self._scorers[channels].batch_size if channels in self._scorers else self.config.batch_size,
+            self.device,
+            grid=plan.shape,
+            encoder=getattr(self.head, "needs_encoder", True),
+            what=f"{plan.total_slices:,} slices (L {plan.n_dirs} x M {per_stack or 0}) of {size} x {size} px",
+        )
+
+    def _check_estimate(self, plan: Plan, channels: int) -> None:
+        self.estimate(plan, channels).check(
+            time_fix="lower directions (L), slices (M) or slice_size",
+            memory_fix="lower batch_size or slice_size",
+        )
+
+    def check(
+        self, shape: Sequence[int] | None = None, spacing: Sequence[float] | None = None, channels: int | None = None
+    ) -> None:
+        """What :meth:`reconstruct` refuses before its work, checked without any: for a volume of spatial
+        ``shape`` and ``spacing`` (mm), the job's estimate (:meth:`estimate`); then the head meeting its encoder
+        on one zero slice of ``channels`` channels (default: the run's), as :meth:`reconstruct` first does.
+
+        For a caller that builds several engines (a comparison of methods) and refuses a bad one before
+        the first does any work.
+
+        Raises:
+            InputError: naming what is refused (a setting, a head option, the job's size).
+        """
+        if channels is None:
+            channels = int(self.run_config.get("in_chans", 1))
+        size = (self.config.slice_size, self.config.slice_size)
+        if shape is not None:
+            plan = self.plan(shape, validate_spacing(spacing))
+            self._check_estimate(plan, channels)
+            size = plan.size
+        self.scorer_for(channels).check(channels, size)
 
     def count_slices(self, shape: Sequence[int], spacing: Sequence[float] = (1, 1, 1)) -> int:
         """Number of slices the encoder will see for a volume of this shape (this rank's, when sharded)."""
@@ -334,10 +420,15 @@ class Engine:
                 loaded into it), for an integration that holds its networks itself.
             on_plan: called once with the :class:`PlanReport` (L, M, slice size, preset,
                 device, slices) before any work, so a caller need not plan again.
+
+        Raises:
+            InputError: the job would need more memory than the machine has, or far more
+                time than any job should (:meth:`estimate`), before any work.
         """
         vol = validate_volume(volume)
         spacing = validate_spacing(spacing)
         plan = self.plan(vol.shape[1:], spacing)
+        self._check_estimate(plan, int(vol.shape[0]))  # a job far beyond this machine: refused before any work
         if on_plan is not None:
             on_plan(self.report(plan))
         dev, cfg = self.device, self.config
@@ -354,23 +445,84 @@ class Engine:
             slicer = Slicer(vol, plan, cfg.skip_empty, cfg.empty_tol)
             probe = scorer.check(vol.shape[0], plan.size)  # the head meets its encoder: errors as InputError
             empty = probe if slicer.occupancy is not None else None
+            stacks = Stacks(plan, self.filter, dev, label=self._labels["filter"])
+            finite: list[Tensor] = []  # per chunk, whether its scores are finite (read only when the heatmap is not)
+            failed: list[Exception] = []  # what the engine's own stages raised inside the reconstructor's loop
 
             def chunks() -> Iterator[tuple[Tensor, Any]]:
-                for group in plan.groups:
-                    for host, dirs in plan.chunks(group, scorer.batch_size, dev):
-                        yield scorer.score_chunk(slicer, dirs, slicer.hits(host), empty, tick), dirs
+                try:
+                    for group in plan.groups:
+                        for host, dirs in plan.chunks(group, scorer.batch_size, dev):
+                            scores = scorer.score_chunk(slicer, dirs, slicer.hits(host), empty, tick)
+                            finite.append(torch.isfinite(scores).all())
+                            yield scores, dirs
+                except Exception as exc:
+                    failed.append(exc)
+                    raise
 
-            heat = self.reconstructor(chunks(), Stacks(plan, self.filter, dev))
-        if scorer.dtype is not None and not bool(torch.isfinite(heat).all()):
-            raise InputError(
-                f"the heatmap has non-finite values: the encoder overflowed under amp={cfg.amp!r} "
-                f"({scorer.dtype}); rerun with amp='bf16' (wider range) or amp='off'"
-            )
+            try:
+                heat = self.reconstructor(chunks(), stacks)
+            except (TomofieldError, torch.OutOfMemoryError):
+                raise
+            except Exception as exc:
+                if failed:
+                    raise
+                raise ComponentError(f"{self._labels['reconstructor']} failed: {type(exc).__name__}: {exc}") from exc
+        network = self.encoder_name if encoder is None else type(encoder).__name__
+        self._check_heatmap(heat, plan.shape, scorer, finite, stacks, network)
         if cfg.shard_directions and distributed.rank_world()[1] > 1:
             distributed.all_reduce_sum(heat)
-        for post in self.postprocess:
-            heat = post(heat, given)
+        for post, label in zip(self.postprocess, self._post_labels, strict=True):
+            heat = _post_process(post, label, heat, given)
         return heat
+
+    def _check_heatmap(
+        self,
+        heat: Any,
+        grid: tuple[int, int, int],
+        scorer: Scorer,
+        finite: list[Tensor],
+        stacks: Stacks,
+        network: str,
+    ) -> None:
+        """Refuse a reconstructor's heatmap that is not (K, D, H, W) on ``grid`` or not finite, naming who broke it.
+
+        One pass over the heatmap; the scores' and the filter's finiteness, recorded per chunk
+        without synchronising, are read only when the heatmap is not finite.
+        """
+        label = self._labels["reconstructor"]
+        if not isinstance(heat, Tensor) or heat.dim() != 4 or tuple(heat.shape[1:]) != tuple(grid):
+            raise ComponentError(
+                f"{label} returned {ComponentError.got(heat)}; a reconstructor returns the heatmap (K, D, H, W) on the "
+                f"volume's grid, here (K, {', '.join(map(str, grid))}) (tomofield.protocols.Reconstructor): a fault "
+                "of the reconstructor, not of the input"
+            )
+        if bool(torch.isfinite(heat).all()):
+            return
+        if not all(bool(f) for f in finite):
+            net = getattr(scorer.encoder, "eager", scorer.encoder)  # a compiled encoder runs its module's weights
+            bad = nonfinite_tensors(dict(net.state_dict())) if isinstance(net, nn.Module) else []
+            if bad:  # weights from a file were checked when read: an encoder given, or changed since
+                raise InputError(f"the encoder {network!r} holds non-finite weights: {describe_nonfinite(bad)}")
+            if scorer.dtype is not None:
+                raise InputError(
+                    f"the heatmap has non-finite values: the encoder overflowed under amp={self.config.amp!r} "
+                    f"({scorer.dtype}); rerun with amp='bf16' (wider range) or amp='off'"
+                )
+            encoder = f", or its encoder {network!r}," if scorer.encoder is not None else ""
+            raise ComponentError(
+                f"{scorer.label} gave non-finite scores (NaN or Inf) for slices of a finite volume: the head{encoder} "
+                "is at fault, not the input"
+            )
+        if not all(bool(f) for f in stacks.finite):
+            raise ComponentError(
+                f"{self._labels['filter']} returned non-finite profiles (NaN or Inf) from finite scores: a fault of "
+                "the filter, not of the input"
+            )
+        raise ComponentError(
+            f"{label} returned a heatmap with {int((~torch.isfinite(heat)).sum())} non-finite value(s) (NaN or Inf) "
+            "from finite scores: a fault of the reconstructor, not of the input"
+        )
 
     def run(
         self,

@@ -49,6 +49,126 @@ def write_error(path: str | Path, exc: OSError) -> InputError:
     return InputError(f"cannot write {str(path)!r}: {reason}" + (f" ({name})" if name else ""))
 
 
+#: The most bytes in one name where the file system does not say (Linux, macOS and Windows file systems: 255).
+NAME_MAX = 255
+#: The most bytes in a whole path where the system does not say (Linux's PATH_MAX).
+PATH_MAX = 4096
+#: Bytes of an output's name that a temporary file beside it keeps (:func:`temp_affixes`), and of its ending.
+_TEMP_STEM, _TEMP_ENDING = 64, 16
+
+
+def _nearest_folder(path: Path) -> Path:
+    """``path`` where it is a folder, else its nearest existing ancestor (``.`` for a relative path with none)."""
+    for p in (path, *path.parents):
+        with suppress(OSError):
+            if p.exists():
+                return p
+    return Path(".")
+
+
+def _limit(path: Path, name: str, default: int) -> int:
+    """``os.pathconf``'s ``name`` for the file system of ``path`` (its nearest existing folder), else ``default``."""
+    with suppress(OSError, ValueError, AttributeError):  # AttributeError: no pathconf (Windows)
+        value = int(os.pathconf(_nearest_folder(path), name))
+        if value > 0:
+            return value
+    return default
+
+
+def name_limit(path: str | Path) -> int:
+    """The most bytes one name may have on the file system ``path`` is (or would be) on: NAME_MAX, usually 255."""
+    return _limit(Path(path), "PC_NAME_MAX", NAME_MAX)
+
+
+def _head(text: str, size: int) -> str:
+    """The start of ``text`` that takes at most ``size`` bytes in a file name (never half a character)."""
+    while len(os.fsencode(text)) > size:
+        text = text[: max(0, min(len(text) - 1, size))]
+    return text
+
+
+def temp_affixes(path: str | Path) -> tuple[str, str]:
+    """The prefix and suffix of :func:`atomic_write`'s temporary names beside ``path`` (mkstemp puts 8 characters
+    between): the name's first bytes and its ending, so a temporary name stays short whatever the name."""
+    name = Path(path).name
+    ending = ".nii.gz" if name.lower().endswith(".nii.gz") else Path(name).suffix
+    if len(os.fsencode(ending)) > _TEMP_ENDING:  # a dot far into a long name: no real ending
+        ending = ""
+    return f".{_head(name, _TEMP_STEM)}.", f".tmp{ending}"
+
+
+def check_name_lengths(path: str | Path, shown: str | None = None, beside: dict[str, int] | None = None) -> None:
+    """Refuse an output path that its file system could not name, before any work.
+
+    Refused: a part of the path longer than NAME_MAX bytes (:func:`name_limit`), the whole
+    path longer than PATH_MAX, and a name whose files beside it (``beside``: what each is,
+    and its length in bytes, e.g. a temporary file named after the output) would be longer
+    than NAME_MAX. The message names the path and the limit.
+    """
+    path = Path(path)
+    shown = str(path) if shown is None else shown
+    too_long = f"cannot write {shown!r}: {_WRITE_FAILURES[errno.ENAMETOOLONG]} (ENAMETOOLONG): "
+    limit = name_limit(path)
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > limit and part != path.anchor:
+            shown_part = part if len(part) <= 40 else f"{part[:20]}...{part[-12:]}"
+            raise InputError(
+                f"{too_long}{shown_part!r} is {size} bytes, and this file system takes at most {limit} bytes per "
+                "name (NAME_MAX)"
+            )
+    for what, size in (beside or {}).items():
+        if size > limit:
+            room = limit - (size - len(os.fsencode(path.name)))
+            raise InputError(
+                f"{too_long}{what} would be named {size} bytes long, and this file system takes at most {limit} "
+                f"bytes per name (NAME_MAX); the name may have at most {room} bytes"
+            )
+    whole, path_max = len(os.fsencode(str(path))), _limit(path, "PC_PATH_MAX", PATH_MAX)
+    if whole >= path_max:
+        raise InputError(
+            f"{too_long}the path is {whole} bytes, and this system takes paths of at most {path_max - 1} bytes "
+            "(PATH_MAX)"
+        )
+
+
+#: What a file that is neither a regular file nor a folder is, by its stat mode.
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_file(path: str | Path) -> str | None:
+    """What ``path`` is where it exists but is neither a regular file nor a folder (through links): ``a FIFO
+    (named pipe)``, ``a character device``...; None otherwise (a file, a folder, or nothing there)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing, unreadable, or no valid path: the reader says which
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), "not a regular file")
+
+
+def check_regular_file(path: str | Path, what: str = "input") -> Path:
+    """Refuse, without opening it, an input that is a FIFO, a device or a socket: reading one may wait forever
+    (a FIFO nobody writes) or never end (``/dev/zero``). A missing file or a folder passes: the reader says so.
+
+    Raises:
+        InputError: naming ``what``, the path and what it is.
+    """
+    kind = special_file(path)
+    if kind is not None:
+        raise InputError(
+            f"{what} {str(path)!r} is not a regular file but {kind}: reading it could wait forever or never end; "
+            "give a file"
+        )
+    return Path(path)
+
+
 def same_file(a: str | Path, b: str | Path) -> bool:
     """Whether ``a`` and ``b`` name one existing file (through links, ``..`` or case-insensitive names)."""
     try:
@@ -57,15 +177,40 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
-def _check_target(path: Path, shown: str, overwrite: bool, inputs: Sequence[str | Path]) -> None:
+def _check_target(path: Path, shown: str, overwrite: bool, inputs: Sequence[str | Path], folder: bool = False) -> None:
     """Refuse a target that cannot or must not be written: see :func:`check_output_path`."""
     try:
-        _check_target_unsafe(path, shown, overwrite, inputs)
-    except OSError as exc:  # a name too long, a loop of links: what writing it would meet
+        if folder:
+            _check_folder_unsafe(path, shown, inputs)
+        else:
+            _check_target_unsafe(path, shown, overwrite, inputs)
+    except OSError as exc:  # a loop of links, a name the system refuses: what writing it would meet
         raise write_error(shown, exc) from exc
 
 
+def _temp_size(path: Path) -> int:
+    """Bytes of the name of :func:`atomic_write`'s temporary file beside ``path``."""
+    prefix, suffix = temp_affixes(path)
+    return len(os.fsencode(prefix)) + 8 + len(os.fsencode(suffix))  # mkstemp's 8 random characters
+
+
+def _check_folder_unsafe(path: Path, shown: str, inputs: Sequence[str | Path]) -> None:
+    check_name_lengths(path, shown)
+    if path.exists() and not path.is_dir():
+        what = "an input" if any(same_file(path, q) for q in inputs) else "a file"
+        raise InputError(f"output folder {shown!r} is {what}; give a folder (a new one is made)")
+    there = _nearest_folder(path)
+    if not there.is_dir():
+        raise InputError(
+            f"cannot write {shown!r}: a part of the path is a file, not a folder: {str(there)!r}; choose another path"
+        )
+    if not os.access(there, os.W_OK | os.X_OK):
+        which = "it" if there == path else f"the folder {str(there)!r}"
+        raise InputError(f"cannot write {shown!r}: {which} is not writable; choose another")
+
+
 def _check_target_unsafe(path: Path, shown: str, overwrite: bool, inputs: Sequence[str | Path]) -> None:
+    check_name_lengths(path, shown, {"its temporary file": _temp_size(path)})
     if path.is_dir():
         raise InputError(f"output {shown!r} is a folder; give a file name (inside it or elsewhere)")
     for q in inputs:
@@ -88,18 +233,26 @@ def check_output_path(
     overwrite: bool = False,
     suffixes: Sequence[str] = NIFTI_SUFFIXES,
     inputs: Sequence[str | Path] = (),
+    *,
+    folder: bool = False,
 ) -> Path:
-    """Refuse early an output that could not be written or must not be.
+    """Refuse early an output that could not be written or must not be: the one check of every command's outputs.
 
-    Refused: a wrong suffix, a folder, one of ``inputs`` (even with ``overwrite``), a path
-    under a file, an existing file unless ``overwrite``, and a folder this process cannot
-    write to.
+    Refused: a wrong suffix (``suffixes``; empty: any), a folder, one of ``inputs`` (even
+    with ``overwrite``), a path under a file, an existing file unless ``overwrite``, a
+    folder this process cannot write to, and a name longer than the file system takes
+    (:func:`check_name_lengths`, with the temporary name beside it).
+
+    ``folder``: the output is a folder that a command fills (a run directory, a report or
+    dataset folder): refused when it is a file, under a file, too long a name, or in (or
+    itself) a folder this process cannot write to; whether an existing one may be used
+    (empty, or continued) is the command's to say.
     """
     shown = str(path)
     path = Path(path)
-    if not shown.lower().endswith(tuple(s.lower() for s in suffixes)):
+    if not folder and suffixes and not shown.lower().endswith(tuple(s.lower() for s in suffixes)):
         raise InputError(f"output {shown!r} must end with one of: {', '.join(suffixes)}")
-    _check_target(path, shown, overwrite, inputs)
+    _check_target(path, shown, overwrite, inputs, folder=folder)
     return path
 
 
@@ -123,9 +276,10 @@ def atomic_write_all(
 
     Every target is checked first (as :func:`check_output_path` does, without the suffix),
     so nothing is written when one is refused. Until every write succeeded nothing appears;
-    on failure the temporary files, and folders made for them, are removed, and an OSError
-    (full disk, permissions, read-only file system) becomes an InputError naming the path
-    and the reason. A new file gets the permissions of the umask, as an ordinary file
+    on failure the temporary files, and folders made for them, are removed, and the failure
+    becomes an InputError naming the path: an OSError (full disk, permissions, read-only
+    file system) with the reason and what to do, any other exception of a writer with its
+    type and text. A new file gets the permissions of the umask, as an ordinary file
     does; a replaced one keeps its own.
     """
     targets = [(Path(p), w) for p, w in writes]
@@ -144,9 +298,9 @@ def atomic_write_all(
         umask = _umask()
         for path, write in targets:
             current = path
-            suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
             # the name's start only: a temporary name must not outgrow the file system's limit
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=f".tmp{suffix}", dir=path.parent)
+            prefix, suffix = temp_affixes(path)
+            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
             os.close(fd)
             temps.append(Path(tmp))
             mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~umask
@@ -158,8 +312,14 @@ def atomic_write_all(
             current = path
             os.replace(temp, path)
         done = True
+    except InputError:  # a writer's own refusal (a value its format cannot hold): as it is
+        raise
     except OSError as exc:
         raise write_error(current, exc) from exc
+    except Exception as exc:  # any other failure of a writer: a message too, with nothing left half-written
+        raise InputError(
+            f"cannot write {str(current)!r}: writing it failed ({type(exc).__name__}: {exc}); nothing was written"
+        ) from exc
     finally:
         for temp in temps if not done else []:
             with suppress(OSError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from tomofield.errors import InputError
-from tomofield.io.files import NIFTI_SUFFIXES
+from tomofield.io.files import NIFTI_SUFFIXES, check_regular_file
 from tomofield.io.nifti import FLOAT32_MAX, VALUE_LIMIT, _range, is_nifti, spacing_from_affine
 from tomofield.io.volume import Volume
 
@@ -119,6 +120,7 @@ def _load_one(path: Path, nan_policy: str = "refuse") -> tuple[np.ndarray, Nifti
 
     if not path.exists():
         raise InputError(f"input file {str(path)!r} does not exist")
+    check_regular_file(path, "input file")  # a FIFO or a device: reading would wait or never end
     via_itk = is_dicom_folder(path) or (path.is_file() and path.name.lower().endswith(ITK_SUFFIXES))
     if path.is_dir() and not via_itk:
         raise InputError(
@@ -137,7 +139,7 @@ def _load_one(path: Path, nan_policy: str = "refuse") -> tuple[np.ndarray, Nifti
         stored = img.get_data_dtype()
         shape = tuple(int(n) for n in img.shape)
     except Exception as exc:  # nibabel, gzip and zlib raise many types on corrupt files
-        raise InputError(f"cannot read {str(path)!r} as NIfTI ({type(exc).__name__}: {exc})") from exc
+        raise _unreadable(path, exc) from exc
     if stored.fields:  # NIfTI RGB24 / RGBA32: a record of colour bytes per voxel
         raise InputError(
             f"{str(path)!r} holds colour voxels ({', '.join(stored.names)}), not intensities; tomofield reads scalar "
@@ -149,7 +151,7 @@ def _load_one(path: Path, nan_policy: str = "refuse") -> tuple[np.ndarray, Nifti
     try:
         data = np.asanyarray(img.dataobj)  # scaled by scl_slope/scl_inter (in float64) when the header says so
     except Exception as exc:
-        raise InputError(f"cannot read {str(path)!r} as NIfTI ({type(exc).__name__}: {exc})") from exc
+        raise _unreadable(path, exc) from exc
     if np.iscomplexobj(data):
         imag = np.abs(data.imag)
         if np.any(imag != 0) or not np.isfinite(imag).all():
@@ -196,6 +198,49 @@ def _load_one(path: Path, nan_policy: str = "refuse") -> tuple[np.ndarray, Nifti
             data = np.where(bad, 0, data)
     arr = np.asarray(data, dtype=np.float32)
     return arr, img, replaced, [r if r is not None else (0.0, 0.0) for r in ranges]
+
+
+#: A NIfTI-1 header's size: a file whose (decompressed) bytes are fewer holds no header.
+_NIFTI_HEADER_BYTES = 348
+_SHORT_DATA = re.compile(r"Expected (\d+) bytes, got (\d+) bytes")
+
+
+def _damage(path: Path, exc: BaseException) -> str | None:
+    """How ``path`` is damaged, in words (truncated, its compression broken), or None when its bytes read whole."""
+    short = _SHORT_DATA.search(str(exc))
+    if short:  # nibabel: the header describes more voxel data than the file holds
+        return f"truncated: its header describes {short[1]} bytes of voxels, the file holds {short[2]}"
+    try:
+        size = path.stat().st_size
+        if path.name.lower().endswith(".gz"):
+            import gzip
+            import zlib
+
+            count = 0
+            try:
+                with gzip.open(path, "rb") as fh:
+                    while chunk := fh.read(1 << 22):
+                        count += len(chunk)
+            except EOFError:
+                return f"truncated: its compressed data end early ({size} bytes on disk)"
+            except (OSError, zlib.error) as bad:  # gzip.BadGzipFile is an OSError
+                return f"corrupt: its gzip data do not decompress ({bad})"
+        else:
+            count = size
+    except OSError:
+        return None
+    if count < _NIFTI_HEADER_BYTES:
+        return f"truncated: {count} bytes, fewer than a NIfTI header's {_NIFTI_HEADER_BYTES}"
+    return None
+
+
+def _unreadable(path: Path, exc: BaseException) -> InputError:
+    """The error of a file nibabel cannot read: a truncated or corrupt file said to be so."""
+    damage, said = _damage(path, exc), " ".join(str(exc).split())  # nibabel's messages span lines
+    if damage is not None:
+        why = "" if said in damage else f" ({type(exc).__name__}: {said})"
+        return InputError(f"cannot read {str(path)!r}: the file is {damage}; copy or download it again{why}")
+    return InputError(f"cannot read {str(path)!r} as NIfTI ({type(exc).__name__}: {said})")
 
 
 NAN_POLICIES = ("refuse", "zero")

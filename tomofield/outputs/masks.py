@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from tomofield.errors import InputError
-from tomofield.io import Heatmap, save_nifti
+from tomofield.io import Heatmap, check_regular_file, save_nifti
 
 
 def segmentation(heatmap: np.ndarray, tau: float, tau_prime: float, *, fill_holes: bool = False) -> np.ndarray:
@@ -81,7 +81,7 @@ def read_fill_holes(source: str | Path) -> bool:
 def _report_entry(source: str | Path) -> tuple[str, dict[str, Any]]:
     """``(method, its result)`` of a report of ``tomofield evaluate`` or ``compare`` (see :func:`read_thresholds`)."""
     path_text, _, method = str(source).partition("#")
-    path = Path(path_text)
+    path = check_regular_file(path_text, f"--thresholds {str(source)!r}: the report")  # not a FIFO or a device
     if not path.is_file():
         raise InputError(f"--thresholds {str(source)!r}: no report {path_text!r} (the JSON of tomofield evaluate)")
     try:

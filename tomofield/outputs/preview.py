@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
@@ -50,6 +51,26 @@ def _ras(arrays: list[np.ndarray | None], affine: np.ndarray) -> tuple[list[np.n
         for a in arrays
     ]
     return out, sizes
+
+
+def check_window(window: Sequence[float | str], what: str | None = None) -> tuple[float, float]:
+    """A display window ``(lo, hi)`` as two finite numbers with ``lo < hi``.
+
+    Raises:
+        InputError: naming ``what`` (default: the window as given) and what is wrong: not two
+            numbers, a NaN or infinite bound, or ``lo >= hi``.
+    """
+    what = what or f"window {window!r}"
+    example = "(e.g. -1000,400 for a lung CT)"
+    try:
+        lo, hi = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be two numbers LO,HI with LO < HI {example}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise InputError(f"{what} is not finite: LO,HI are finite numbers with LO < HI {example}")
+    if not lo < hi:
+        raise InputError(f"{what} must be two numbers LO,HI with LO < HI {example}")
+    return lo, hi
 
 
 def default_window(volume: np.ndarray, body: np.ndarray) -> tuple[float, float]:
@@ -120,8 +141,8 @@ def write_preview(
     bad = int((~np.isfinite(np.asarray(heatmap, dtype=np.float64))).sum())
     if bad:
         raise InputError(f"not drawing {str(path)!r}: the heatmap holds {bad} NaN or infinite value(s)")
-    if window is not None and not (len(window) == 2 and float(window[0]) < float(window[1])):
-        raise InputError(f"window {window!r} must be two numbers LO,HI with LO < HI (e.g. -1000,400 for a lung CT)")
+    if window is not None:
+        window = check_window(window)
     import matplotlib
 
     matplotlib.use("Agg")

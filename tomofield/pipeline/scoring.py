@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from tomofield.errors import InputError, TomofieldError
+from tomofield.errors import ComponentError, InputError, TomofieldError
 from tomofield.geometry import Directions
 from tomofield.pipeline.plan import Tick
 from tomofield.pipeline.slicing import Slicer
@@ -196,7 +196,43 @@ class Scorer:
             slices = slices.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             scores = self.head(self.encoder, slices)
+        self._check_scores(scores, slices)
         return scores[:n].float()
+
+    def _check_scores(self, scores: object, slices: Tensor) -> None:
+        """Refuse what a head returns that is not scores (N, K, h', w') of these N slices: cheap, no sync.
+
+        Every batch of one slice shape keeps the zero slice's K, h' and w' (:meth:`check`).
+        """
+        m = slices.shape[0]
+        if isinstance(scores, Tensor) and scores.dim() == 4 and scores.shape[0] == m:
+            probe = self._checked.get(tuple(slices.shape[1:]))
+            if probe is None or probe.shape[1:] == scores.shape[1:]:
+                return
+            raise ComponentError(
+                f"{self.label} returned scores of shape {tuple(scores.shape)} for a batch of {m} slices but "
+                f"{tuple(probe.shape)} for one zero slice: a head's scores (N, K, h', w') keep K, h' and w'; "
+                "a fault of the head, not of the input"
+            )
+        raise ComponentError(
+            f"{self.label} returned {ComponentError.got(scores)} for {m} slice(s) {tuple(slices.shape)}; a head "
+            f"returns scores (N, K, h', w'), here ({m}, K, h', w') (tomofield.protocols.Head): a fault of the "
+            "head, not of the input"
+        )
+
+    def _run(self, slices: Tensor) -> Tensor:
+        """:meth:`__call__` on a batch of the volume's slices: what the head raises names the head."""
+        try:
+            return self(slices)
+        except (TomofieldError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:
+            if _out_of_memory(exc) is not None:
+                raise
+            raise ComponentError(
+                f"{self.label} failed on a batch of {slices.shape[0]} slices {tuple(slices.shape)}, after scoring a "
+                f"zero slice of that shape: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def empty_score(self, channels: int, size: tuple[int, int]) -> Tensor:
         """Score (1, K, h, w) of a slice of zeros."""
@@ -216,10 +252,13 @@ class Scorer:
                 self._checked[key] = self.empty_score(channels, size)
             except (TomofieldError, torch.OutOfMemoryError):
                 raise
-            except (ValueError, TypeError, KeyError, IndexError, RuntimeError, AssertionError) as exc:
+            except Exception as exc:
+                if _out_of_memory(exc) is not None:
+                    raise
+                encoder = " with this encoder" if self.encoder is not None else ""
                 raise InputError(
-                    f"{self.label} cannot score {channels}-channel slices of {size[0]} x {size[1]} px with this "
-                    f"encoder: {type(exc).__name__}: {exc}"
+                    f"{self.label} cannot score {channels}-channel slices of {size[0]} x {size[1]} px{encoder}: "
+                    f"{type(exc).__name__}: {exc}"
                 ) from exc
         return self._checked[key]
 
@@ -244,7 +283,7 @@ class Scorer:
             bs = self.batch_size
             j = run[b : b + bs]
             try:
-                outs.append(self(slicer.cut(dirs, state, j)))
+                outs.append(self._run(slicer.cut(dirs, state, j)))
             except torch.OutOfMemoryError:
                 if bs == 1:
                     raise

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tomofield.errors import InputError
+from tomofield.errors import ComponentError, InputError, TomofieldError
 from tomofield.geometry import Directions, slice_area
 from tomofield.pipeline.backproject import backproject_grid
 from tomofield.pipeline.plan import Plan
@@ -63,17 +63,44 @@ class Stacks:
         plan: the plan.
         filter: the filter along the normal.
         device: where the heatmap lives.
+        label: how messages name the filter (``filter 'tomo'``).
+
+    Attributes:
+        finite: per call of :meth:`filter`, whether it kept finite scores finite (0-d bool
+            tensors, unsynchronised; the engine reads them only when the heatmap is not finite).
     """
 
     #: floats of slices cut at once by :meth:`project`
     PROJECT_BUDGET = 1 << 24
 
-    def __init__(self, plan: Plan, filter, device: torch.device) -> None:
-        self.plan, self.device, self._filter = plan, device, filter
+    def __init__(self, plan: Plan, filter, device: torch.device, label: str = "the filter") -> None:
+        self.plan, self.device, self._filter, self.label = plan, device, filter, label
+        self.finite: list[Tensor] = []
 
     def filter(self, scores: Tensor, dirs: Directions) -> Tensor:
-        """The filtered profiles (L, M, K, h, w) of a chunk's scores (L, M + 2 pad, K, h, w)."""
-        return self._filter(scores, dirs.slice_spacing())
+        """The filtered profiles (L, M, K, h, w) of a chunk's scores (L, M + 2 pad, K, h, w).
+
+        What the filter raises or returns that is not of that shape is a
+        :class:`~tomofield.errors.ComponentError` naming the filter.
+        """
+        try:
+            q = self._filter(scores, dirs.slice_spacing())
+        except (TomofieldError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:
+            raise ComponentError(
+                f"{self.label} failed on scores of shape {tuple(scores.shape)}: {type(exc).__name__}: {exc}"
+            ) from exc
+        pad = self.plan.pad
+        want = (scores.shape[0], scores.shape[1] - 2 * pad, *scores.shape[2:])
+        if not isinstance(q, Tensor) or tuple(q.shape) != want:
+            raise ComponentError(
+                f"{self.label} returned {ComponentError.got(q)} for scores of shape {tuple(scores.shape)}; a filter "
+                f"returns the profiles (L, M, K, h, w) = {want}, its {pad} padding slice(s) each side dropped "
+                "(tomofield.protocols.Filter): a fault of the filter, not of the input"
+            )
+        self.finite.append(torch.isfinite(q).all() | ~torch.isfinite(scores).all())  # finite in, finite out
+        return q
 
     def backprojector(self) -> Backprojector:
         """A new accumulator of weighted, filtered profiles (:class:`Backprojector`)."""

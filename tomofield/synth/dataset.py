@@ -216,7 +216,7 @@ def write_dataset(
             again.
     """
     from tomofield.errors import InputError
-    from tomofield.io import write_error
+    from tomofield.io import check_output_path, write_error
 
     out = Path(out_dir)
     settings: dict[str, Any] = {
@@ -236,6 +236,7 @@ def write_dataset(
         raise InputError(f"output {str(out)!r} is a file; give a new or empty folder for the dataset")
     if out.exists() and any(out.iterdir()):
         raise InputError(f"output directory {str(out)!r} is not empty; choose another")
+    check_output_path(out, folder=True)  # every command's output checks: under a file, unwritable, too long a name
     made = [p for p in (*reversed(out.parents), out) if not p.exists()]
     try:
         paths = _write_cases(

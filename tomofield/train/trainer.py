@@ -6,7 +6,8 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,12 @@ from torch import Tensor, nn
 
 from tomofield import checkpoint as ck
 from tomofield import distributed
+from tomofield.batch.claims import acquire_lock, lock_holder, release_lock
 from tomofield.dataset import dataset_hash, read_dataset
 from tomofield.engine import resolve_device
+from tomofield.engine.budget import Estimate, estimate
 from tomofield.errors import InputError, NotLearningWarning
+from tomofield.io import check_output_path, write_error
 from tomofield.train.config import TrainConfig
 from tomofield.train.curves import write_curves
 from tomofield.train.monitor import Monitor
@@ -38,6 +42,8 @@ from tomofield.train.validation import classification_metrics, regression_metric
 Progress = Callable[[dict[str, Any]], None]
 #: The dataset CSV ``tomofield train`` writes into the run folder when it is given a folder of images.
 GIVEN_DATASET = "dataset.csv"
+#: The lock file of a run folder while a training writes it: its owner (``tomofield-PID@HOST``) and start time.
+RUN_LOCK = ".tomofield-train.lock"
 #: Training volumes of each class scored at a validation for its decision threshold.
 THRESHOLD_VOLUMES = 8
 LOSSES: dict[str, Callable[..., Tensor]] = {
@@ -56,6 +62,36 @@ def cosine_lr(step: int, total: int, lr: float, lr_end: float, warmup: int = 0) 
     if step < warmup:
         return lr * (step + 1) / (warmup + 1)
     return lr_end + (lr - lr_end) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+
+def check_run_dir(
+    run_dir: str | Path, resume: bool = False, inputs: Sequence[str | Path] = (), lock: bool = True
+) -> Path:
+    """Refuse, before any work, a run folder a training cannot write or must not.
+
+    Refused: what :func:`tomofield.io.check_output_path` refuses of a folder (a file, a path
+    under a file, an unwritable folder, a name too long), a folder another training is
+    writing (its lock, :data:`RUN_LOCK`, held by a live process: named with its start time;
+    ``lock=False`` skips this, for the ranks of a job whose rank 0 holds it), and without
+    ``resume`` a folder that holds anything but the dataset CSV ``tomofield train`` writes
+    into it (:data:`GIVEN_DATASET`) or a stale lock.
+    """
+    path = check_output_path(run_dir, inputs=inputs, folder=True)
+    if lock:
+        holder = lock_holder(path / RUN_LOCK)
+        if holder is not None:
+            raise InputError(_busy(path, holder))
+    if not resume and path.is_dir() and any(p.name not in (GIVEN_DATASET, RUN_LOCK) for p in path.iterdir()):
+        raise InputError(f"run directory {str(run_dir)!r} is not empty; pass --resume to continue it or choose another")
+    return path
+
+
+def _busy(run_dir: Path, holder: str) -> str:
+    return (
+        f"run directory {str(run_dir)!r} is being trained by {holder} (its lock {str(run_dir / RUN_LOCK)!r}); "
+        "wait until that training ends (then --resume continues it), or choose another folder. If that process "
+        "is gone (on another machine, or killed there), remove the lock file"
+    )
 
 
 class Scaled(nn.Module):
@@ -88,11 +124,18 @@ class Trainer:
     ) -> None:
         config.validate()
         self.train_csv, self.val_csv = Path(train_csv), Path(val_csv) if val_csv else None
+        # the run folder first: nothing is read or computed for a folder that cannot be, or must not be, written
+        inputs = [self.train_csv, *([self.val_csv] if self.val_csv else [])]
+        check_run_dir(run_dir, resume, inputs, lock=distributed.rank_world()[0] == 0)
         self.cases = read_dataset(self.train_csv, config.task)
         needs_shapes = config.slice_size is None and config.teacher is None
         config = config.resolved(spatial_shapes(self.cases) if needs_shapes else None)
         config.validate()
         self.cfg, self.run_dir, self.device = config, Path(run_dir), resolve_device(device)
+        self.estimate().check(
+            time_fix="lower iterations, batch_volumes, slices_per_volume or slice_size",
+            memory_fix="lower batch_volumes, slices_per_volume or slice_size",
+        )
         #: watches the run for signs of not learning (recorded as the run's diagnostics)
         self.val_cases = read_dataset(self.val_csv, config.task) if self.val_csv else []
         chance = (
@@ -114,11 +157,24 @@ class Trainer:
             raise InputError(f"--resume: no checkpoint {str(state)!r} to resume from")
         #: the checkpoint to resume from, its header and metadata checked (:func:`tomofield.checkpoint.read_state`)
         self.state = ck.read_state(self.run_dir) if resume else None
-        # a folder holding only the dataset CSV that tomofield train wrote for a folder of images counts as empty
-        if not resume and self.run_dir.exists() and any(p.name != GIVEN_DATASET for p in self.run_dir.iterdir()):
-            raise InputError(
-                f"run directory {str(self.run_dir)!r} is not empty; pass --resume to continue it or choose another"
-            )
+
+    def estimate(self) -> Estimate:
+        """The least time and memory of this training (:mod:`tomofield.engine.budget`): each step's slices
+        through the encoder forward and backward (three passes), a step's input in memory at once."""
+        cfg = self.cfg
+        per_step = cfg.batch_volumes * cfg.slices_per_volume
+        channels = min((len(c.images) for c in self.cases), default=1)  # a 4D file may hold more: a lower bound
+        return estimate(
+            per_step * cfg.iterations,
+            cfg.slice_size,
+            channels,
+            per_step,
+            self.device,
+            passes=3.0,
+            halves=False,
+            what=f"{cfg.iterations:,} steps of {cfg.batch_volumes} x {cfg.slices_per_volume} slices of "
+            f"{cfg.slice_size} x {cfg.slice_size} px",
+        )
 
     def _build(self, in_chans: int) -> nn.Module:
         from tomofield.encoders import build_encoder
@@ -308,7 +364,51 @@ class Trainer:
         return x, (per_slice * usable[:, None]).sum() / (usable.sum() * M).clamp_min(1), out, None
 
     def fit(self, progress: Progress | None = None) -> dict[str, Any]:
-        """Train to ``iterations`` steps (continuing a checkpoint with ``resume``)."""
+        """Train to ``iterations`` steps (continuing a checkpoint with ``resume``).
+
+        The run folder is locked while it trains (:data:`RUN_LOCK`, by rank 0): another training
+        into it, or a ``resume`` of it, is refused meanwhile, naming this process and its start
+        time. The lock goes at the end, however the training ends; the lock of a process that is
+        gone from this host is taken over, with a warning.
+        """
+        rank, _ = distributed.rank_world()
+        if rank != 0:
+            return self._fit(progress)
+        lock, made = self._lock()
+        try:
+            return self._fit(progress)
+        finally:
+            release_lock(lock)
+            for folder in made:  # folders made for the lock, still empty: the run wrote nothing
+                with suppress(OSError):
+                    folder.rmdir()
+
+    def _lock(self) -> tuple[Path, list[Path]]:
+        """Take the run folder's lock (making the folder); returns it and the folders made for it, innermost first."""
+        made = [p for p in [self.run_dir, *self.run_dir.parents] if not p.exists()]
+        lock = self.run_dir / RUN_LOCK
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            taken, holder = acquire_lock(lock)
+        except OSError as exc:
+            for folder in made:
+                with suppress(OSError):
+                    folder.rmdir()
+            raise write_error(lock, exc) from exc
+        if not taken:
+            for folder in made:
+                with suppress(OSError):
+                    folder.rmdir()
+            raise InputError(_busy(self.run_dir, holder or "another process"))
+        if holder is not None:
+            warnings.warn(
+                f"took over the lock of run directory {str(self.run_dir)!r} from {holder}, which no longer runs "
+                "on this host (killed, or it crashed)",
+                stacklevel=3,
+            )
+        return lock, made
+
+    def _fit(self, progress: Progress | None = None) -> dict[str, Any]:
         cfg = self.cfg
         train = load_cases(self.cases, cfg.geometry, self.device, cfg.intensity)
         val = load_cases(self.val_cases, cfg.geometry, self.device, cfg.intensity) if self.val_cases else []
@@ -369,7 +469,7 @@ class Trainer:
                     self._save(model, opt, gen, step, in_chans, history)
             if problems and rank == 0 and not progress:
                 for p in problems:
-                    warnings.warn(f"training may not be learning: {p.message}", NotLearningWarning, stacklevel=2)
+                    warnings.warn(f"training may not be learning: {p.message}", NotLearningWarning, stacklevel=3)
             if progress:
                 rate = seen / (time.perf_counter() - t0)
                 said = {"warnings": [p.message for p in problems]} if problems else {}

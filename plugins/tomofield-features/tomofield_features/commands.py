@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -142,14 +141,11 @@ def pretrain(dataset: str, run_dir: str, method: str, device: str, **o: Any) -> 
     from tomofield.dataset import read_dataset
     from tomofield.engine import resolve_device
     from tomofield.io import load_volume
-    from tomofield_features.ssl import pretrain_simclr
+    from tomofield_features.ssl import check_run_folder, pretrain_simclr
 
     cfg = SimCLRConfig(**given(o))
     cfg.validate()
-    if Path(run_dir).exists() and not Path(run_dir).is_dir():
-        raise InputError(f"run directory {run_dir!r} is a file; give a new or empty folder")
-    if Path(run_dir).exists() and any(Path(run_dir).iterdir()):
-        raise InputError(f"run directory {run_dir!r} is not empty; choose another")
+    check_run_folder(run_dir, [dataset])  # before any work: every command's output checks
     cases = read_dataset(dataset, task="any")
     vols = [load_volume(list(c.images)) for c in cases]
     with click.progressbar(length=cfg.iterations, label="SimCLR", file=err.file) as bar:

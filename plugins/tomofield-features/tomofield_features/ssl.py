@@ -27,7 +27,7 @@ from tomofield.encoders import DEFAULT_ENCODER, NORMS
 from tomofield.engine import validate_volume
 from tomofield.errors import InputError
 from tomofield.geometry import EXTENTS, GEOMETRIES, half_extents, sample_slices, slice_points, stack_extents
-from tomofield.io import atomic_write
+from tomofield.io import atomic_write, check_output_path
 from tomofield.protocols import SEED_MAX, check_settings, setting
 from tomofield.train import cosine_lr
 from tomofield_features.heads import encoder_features
@@ -135,6 +135,16 @@ def build_encoder(name: str, in_chans: int, norm: str) -> nn.Module:
     return factory(name, in_chans=in_chans, num_classes=1, pretrained=False, norm=norm)
 
 
+def check_run_folder(run_dir: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
+    """Refuse, before any work, a run folder pretraining cannot write or must not: what
+    :func:`tomofield.io.check_output_path` refuses of a folder (a file, under a file, unwritable,
+    too long a name), and a folder that is not empty."""
+    path = check_output_path(run_dir, inputs=inputs, folder=True)
+    if path.is_dir() and any(path.iterdir()):
+        raise InputError(f"run directory {str(run_dir)!r} is not empty; choose another")
+    return path
+
+
 def pretrain_simclr(
     volumes: Sequence[Tensor],
     cfg: SimCLRConfig,
@@ -158,8 +168,8 @@ def pretrain_simclr(
     if len(chans) > 1:
         raise InputError(f"volumes have different channel counts {sorted(chans)}; every volume needs the same")
     in_chans = chans.pop()
-    if run_dir is not None and Path(run_dir).exists() and any(Path(run_dir).iterdir()):
-        raise InputError(f"run directory {str(run_dir)!r} is not empty; choose another")
+    if run_dir is not None:
+        check_run_folder(run_dir)
     torch.manual_seed(cfg.seed)
     encoder = build_encoder(cfg.encoder, in_chans, cfg.norm)
     with torch.no_grad():
