@@ -109,7 +109,7 @@ def register_commands(cli: Any) -> None:
 
     ``cli.add_lazy_command(NAME, "package.module:attribute", SUMMARY)`` registers a command
     that is imported only when it runs, shows its help or completes its options, so that
-    ``tomofield --help`` stays instant (:class:`tomofield.cli.toolkit.CommandGroup`); keep
+    ``tomofield --help`` stays instant (:class:`tomofield.cli.group.CommandGroup`); keep
     this hook's module free of heavy imports. ``cli.add_command(command)`` works too, at the
     price of importing the command whenever ``tomofield`` starts. Commands build on
     :mod:`tomofield.cli.toolkit` (error reporting, progress bars, the engine's options), never

@@ -330,7 +330,7 @@ def add_commands(cli: Any) -> None:
     """Let every plugin add its commands to the click group ``cli``, one plugin at a time.
 
     A plugin whose hook raises is left out (one :class:`PluginWarning`); a group that offers
-    ``commands_of(plugin)`` (:class:`tomofield.cli.toolkit.CommandGroup`) also refuses a
+    ``commands_of(plugin)`` (:class:`tomofield.cli.group.CommandGroup`) also refuses a
     plugin's command whose name it has already and removes what a failing hook added.
     """
     st = _state()

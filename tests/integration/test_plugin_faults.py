@@ -26,7 +26,7 @@ from click.testing import CliRunner
 import tomofield
 from tomofield import plugins
 from tomofield.cli import BUILTIN_COMMANDS, cli
-from tomofield.cli.toolkit import CommandGroup
+from tomofield.cli.group import CommandGroup
 from tomofield.errors import ComponentError, InputError, PluginWarning
 from tomofield.filters import TomoFilter
 from tomofield.samplers import FibonacciSampler

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from tomofield.cli import BUILTIN_COMMANDS, cli
-from tomofield.cli.toolkit import CommandGroup
+from tomofield.cli.group import CommandGroup
 
 # A fresh interpreter: what listing the commands imports, and the listing itself.
 _PROBE = """

@@ -217,7 +217,8 @@ def test_hook_register_datasets(tmp_path):
 
 def test_hook_register_commands(monkeypatch):
     """A plugin's command lands in the `tomofield` group and may use the public toolkit."""
-    from tomofield.cli.toolkit import CommandGroup, friendly, out
+    from tomofield.cli.group import CommandGroup
+    from tomofield.cli.toolkit import friendly, out
 
     @click.command("hello-plugin")
     @friendly

@@ -142,7 +142,7 @@ def test_entry_point_plugin_is_discovered(installed_plugin):
 
 
 def test_entry_point_commands_are_added(installed_plugin):
-    from tomofield.cli.toolkit import CommandGroup
+    from tomofield.cli.group import CommandGroup
 
     group = CommandGroup()
     plugins.add_commands(group)

@@ -5,7 +5,7 @@ group, the toolkit shared with plugins' commands (:mod:`tomofield.cli.toolkit`),
 module per built-in command (``run``, ``train``, ``evaluate`` and ``compare``, ``synth``,
 ``demo``, ``prepare`` in :mod:`~tomofield.cli.datasets`, ``plugins``). Plugins add their
 commands through the hook ``register_commands``; the group
-(:class:`tomofield.cli.toolkit.CommandGroup`) knows them by name and summary, so
+(:class:`tomofield.cli.group.CommandGroup`) knows them by name and summary, so
 ``tomofield --help`` and Tab completion of a command name do not import torch. Running a
 command, its ``--help`` or the completion of its options imports only its module.
 
@@ -21,7 +21,8 @@ import warnings
 import click
 
 from tomofield import plugins
-from tomofield.cli.toolkit import CommandGroup, add_quiet_option, plugin_warnings_as_lines
+from tomofield.cli.group import CommandGroup
+from tomofield.cli.toolkit import add_quiet_option, plugin_warnings_as_lines
 
 #: The built-in commands: name -> (``module:attribute`` under tomofield.cli, summary as its help starts).
 BUILTIN_COMMANDS = {

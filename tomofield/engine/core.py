@@ -19,13 +19,12 @@ from tomofield import presets as _presets
 from tomofield.checkpoint import RunDir, is_run_dir
 from tomofield.encoders import (
     build_encoder,
-    describe_nonfinite,
     first_conv_in_chans,
     load_weights,
-    nonfinite_tensors,
     read_safetensors,
 )
 from tomofield.engine.budget import Estimate, estimate
+from tomofield.engine.checks import check_heatmap, post_process
 from tomofield.engine.config import (
     DEFAULT_ENCODER,
     DEFAULT_RECONSTRUCTORS,
@@ -49,28 +48,6 @@ def _options_of(component: Any) -> dict[str, Any]:
     if is_dataclass(component) and not isinstance(component, type):
         return json.loads(json.dumps(asdict(component), default=str))
     return {}
-
-
-def _post_process(post: Callable[[Tensor, Tensor], Tensor], label: str, heat: Tensor, volume: Tensor) -> Tensor:
-    """``post(heat, volume)``, refusing what raises or is not a finite heatmap (K', D, H, W) on the same grid."""
-    try:
-        out = post(heat, volume)
-    except (TomofieldError, torch.OutOfMemoryError):
-        raise
-    except Exception as exc:
-        raise ComponentError(f"{label} failed: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(out, Tensor) or out.dim() != 4 or out.shape[1:] != heat.shape[1:]:
-        raise ComponentError(
-            f"{label} returned {ComponentError.got(out)} for a heatmap of shape {tuple(heat.shape)}; a post-processor "
-            "returns a heatmap (K, D, H, W) on the same grid (tomofield.protocols.PostProcessor): a fault of the "
-            "post-processor, not of the input"
-        )
-    if not bool(torch.isfinite(out).all()):
-        raise ComponentError(
-            f"{label} returned {int((~torch.isfinite(out)).sum())} non-finite value(s) (NaN or Inf) from a finite "
-            "heatmap: a fault of the post-processor, not of the input"
-        )
-    return out
 
 
 def _name(spec: Any, attr: str = "name") -> str:
@@ -469,60 +446,12 @@ class Engine:
                     raise
                 raise ComponentError(f"{self._labels['reconstructor']} failed: {type(exc).__name__}: {exc}") from exc
         network = self.encoder_name if encoder is None else type(encoder).__name__
-        self._check_heatmap(heat, plan.shape, scorer, finite, stacks, network)
+        check_heatmap(heat, plan.shape, scorer, finite, stacks, network, self._labels, self.config.amp)
         if cfg.shard_directions and distributed.rank_world()[1] > 1:
             distributed.all_reduce_sum(heat)
         for post, label in zip(self.postprocess, self._post_labels, strict=True):
-            heat = _post_process(post, label, heat, given)
+            heat = post_process(post, label, heat, given)
         return heat
-
-    def _check_heatmap(
-        self,
-        heat: Any,
-        grid: tuple[int, int, int],
-        scorer: Scorer,
-        finite: list[Tensor],
-        stacks: Stacks,
-        network: str,
-    ) -> None:
-        """Refuse a reconstructor's heatmap that is not (K, D, H, W) on ``grid`` or not finite, naming who broke it.
-
-        One pass over the heatmap; the scores' and the filter's finiteness, recorded per chunk
-        without synchronising, are read only when the heatmap is not finite.
-        """
-        label = self._labels["reconstructor"]
-        if not isinstance(heat, Tensor) or heat.dim() != 4 or tuple(heat.shape[1:]) != tuple(grid):
-            raise ComponentError(
-                f"{label} returned {ComponentError.got(heat)}; a reconstructor returns the heatmap (K, D, H, W) on the "
-                f"volume's grid, here (K, {', '.join(map(str, grid))}) (tomofield.protocols.Reconstructor): a fault "
-                "of the reconstructor, not of the input"
-            )
-        if bool(torch.isfinite(heat).all()):
-            return
-        if not all(bool(f) for f in finite):
-            net = getattr(scorer.encoder, "eager", scorer.encoder)  # a compiled encoder runs its module's weights
-            bad = nonfinite_tensors(dict(net.state_dict())) if isinstance(net, nn.Module) else []
-            if bad:  # weights from a file were checked when read: an encoder given, or changed since
-                raise InputError(f"the encoder {network!r} holds non-finite weights: {describe_nonfinite(bad)}")
-            if scorer.dtype is not None:
-                raise InputError(
-                    f"the heatmap has non-finite values: the encoder overflowed under amp={self.config.amp!r} "
-                    f"({scorer.dtype}); rerun with amp='bf16' (wider range) or amp='off'"
-                )
-            encoder = f", or its encoder {network!r}," if scorer.encoder is not None else ""
-            raise ComponentError(
-                f"{scorer.label} gave non-finite scores (NaN or Inf) for slices of a finite volume: the head{encoder} "
-                "is at fault, not the input"
-            )
-        if not all(bool(f) for f in stacks.finite):
-            raise ComponentError(
-                f"{self._labels['filter']} returned non-finite profiles (NaN or Inf) from finite scores: a fault of "
-                "the filter, not of the input"
-            )
-        raise ComponentError(
-            f"{label} returned a heatmap with {int((~torch.isfinite(heat)).sum())} non-finite value(s) (NaN or Inf) "
-            "from finite scores: a fault of the reconstructor, not of the input"
-        )
 
     def run(
         self,
