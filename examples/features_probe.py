@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from tomofield_features import fit_projection
-from tomofield_features.probe import LinearProbe, dice, sample_labelled, voxel_rows
+from tomofield_features.probe import LinearProbe, sample_labelled, voxel_rows
 from tomofield_features.ssl import SimCLRConfig, build_encoder, pretrain_simclr
 
 from tomofield import Engine
+from tomofield.evaluation import dice
 from tomofield.synth import make_case
 
 METHODS = {  # name: (sampler, filter, slice-size factor)

@@ -32,3 +32,15 @@ def test_tests_benchmarks_and_plugins_import_no_private_name_of_tomofield():
                 private += [a.name for a in n.names if a.name.startswith("_") and not a.name.startswith("__")]
                 found += [f"{p.relative_to(ROOT)}:{n.lineno} {n.module}.{name}" for name in private]
     assert not found, f"import only public names (make them public if they must be used): {found}"
+
+
+def test_every_example_imports_what_exists():
+    """An example whose import broke with a refactor fails here, not in a user's hands."""
+    import importlib.util
+
+    for path in sorted((ROOT / "examples").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # the examples run their work under `if __name__ == "__main__"`
+        assert callable(getattr(module, "main", None)), f"{path.name} has no main()"
