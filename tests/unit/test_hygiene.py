@@ -44,3 +44,10 @@ def test_every_example_imports_what_exists():
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)  # the examples run their work under `if __name__ == "__main__"`
         assert callable(getattr(module, "main", None)), f"{path.name} has no main()"
+
+
+def test_every_benchmark_module_imports():
+    import importlib
+
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        importlib.import_module(f"benchmarks.{path.stem}")
