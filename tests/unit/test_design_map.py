@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import tomllib
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _layer_modules() -> list[str]:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the project supports 3.10
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     layers = next(c for c in contracts if c["type"] == "layers")["layers"]
     return [m.strip() for row in layers for m in row.replace("|", ":").split(":")]
