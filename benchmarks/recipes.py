@@ -8,6 +8,9 @@ subprocess with the recipe's flags and ``--seed`` only; ``plain`` runs
 * the validation AUC of the run on the training set's ``val.csv``, by one scorer for every
   recipe (:func:`tomofield.train.validation.volume_scores`: stacks of slices pooled per
   volume), and the run's own verdict (its ``config.json`` diagnostics; ``plain`` has none);
+* where the slice scores rise: the localisation of the validation and the test positives
+  (:func:`tomofield.train.validation.localisation`, the AUC of the slices that cut a lesion
+  against the rest of their volume; 0.5 by chance, below it where lesions lower the score);
 * ToNNO heatmaps (logit head, tomo filter, plain reconstruction, L = ``--directions``,
   M = ``--slices``) of every test volume: the mean Dice over the test positives at the best
   single threshold, and the evaluation protocol's 10 folds (``tomofield evaluate``: F1,
@@ -118,21 +121,24 @@ def make_data(kind: str, out: Path, seed: int, n: int | None = None) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-def val_auc(run: Path, val_csv: Path) -> float:
-    """The AUC of the run's volume scores on ``val_csv``, by the trainer's own scorer at its default settings."""
+def val_auc(run: Path, val_csv: Path) -> tuple[float, float]:
+    """The AUC of the run's volume scores on ``val_csv``, by the trainer's own scorer at its default settings, and
+    the localisation of its positives with masks (:func:`tomofield.train.validation.localisation`; NaN without)."""
+    import torch
+
     from tomofield.checkpoint import RunDir
     from tomofield.dataset import read_dataset
     from tomofield.encoders import build_encoder, load_weights, read_safetensors
-    from tomofield.train import TrainConfig, load_cases, volume_scores
-    from tomofield.train.validation import auc
+    from tomofield.train import TrainConfig, load_cases
+    from tomofield.train.validation import auc, scores_and_localisation
 
     cfg = RunDir(run).config
-    train = TrainConfig(slice_size=cfg["slice_size"], geometry=cfg["geometry"], extent=cfg["extent"])
-    vols = load_cases(read_dataset(val_csv), cfg["geometry"], __import__("torch").device("cpu"), cfg["intensity"])
+    train = TrainConfig(slice_size=cfg["slice_size"], geometry=cfg["geometry"], extent=cfg["extent"]).resolved()
+    vols = load_cases(read_dataset(val_csv), cfg["geometry"], torch.device("cpu"), cfg["intensity"], masks=True)
     model = build_encoder(cfg["encoder"], in_chans=cfg["in_chans"], norm=cfg["norm"])
     load_weights(model, read_safetensors(run / "model.safetensors"), str(run))
-    scores = volume_scores(model.eval(), vols, train)
-    return auc(scores, __import__("torch").tensor([v.label for v in vols]))
+    scores, located, _ = scores_and_localisation(model.eval(), vols, train)
+    return auc(scores, torch.tensor([v.label for v in vols])), located
 
 
 def tonno(run: Path, test_csv: Path, directions: int, slices: int) -> dict[str, float]:
@@ -208,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         for folder in [a.out, *a.tables]:
             done = folder / "results.json"
             for row in json.loads(done.read_text()) if done.exists() else []:
-                row["curve"] = row.get("curve") or curve(folder / f"{row['recipe']}-{row['seed']}")
+                run = folder / f"{row['recipe']}-{row['seed']}"
+                row["curve"] = row.get("curve") or curve(run)
+                if "test_localisation" not in row and (run / "config.json").exists():  # a row from before: measure
+                    row["val_localisation"] = val_auc(run, folder / "data" / "val.csv")[1]
+                    row["test_localisation"] = val_auc(run, folder / "test" / "dataset.csv")[1]
                 rows.append(row)
         print_tables(rows)
         return 0
@@ -234,11 +244,15 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.perf_counter() - t0
             cfg = json.loads((run / "config.json").read_text())
             diagnostics = cfg.get("diagnostics")
+            auc_val, located_val = val_auc(run, data / "val.csv")
+            _, located_test = val_auc(run, test / "dataset.csv")
             row = {
                 "recipe": recipe,
                 "seed": seed,
                 "data": a.data,
-                "val_auc": val_auc(run, data / "val.csv"),
+                "val_auc": auc_val,
+                "val_localisation": located_val,
+                "test_localisation": located_test,
                 "run_val_auc": cfg.get("metrics", {}).get("val_auc"),
                 "learned": diagnostics.get("learned") if diagnostics else None,
                 "problems": [p["kind"] for p in diagnostics.get("problems", [])] if diagnostics else [],
@@ -280,15 +294,17 @@ def half_way(row: dict) -> str:
 def print_tables(results: list[dict]) -> None:
     """Every run, then each recipe's mean and range."""
     print(
-        "| recipe | seed | val AUC | at half the run | verdict | ToNNO Dice (best threshold) | protocol Dice | "
-        "protocol F1 | train s |"
+        "| recipe | seed | val AUC | at half the run | val / test localisation | verdict | ToNNO Dice (best "
+        "threshold) | protocol Dice | protocol F1 | train s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(results, key=lambda r: (r["recipe"], r["seed"])):
         verdict = "-" if r["learned"] is None else ("learned" if r["learned"] else "did not learn")
+        located = f"{r.get('val_localisation', float('nan')):.2f} / {r.get('test_localisation', float('nan')):.2f}"
         print(
-            f"| {r['recipe']} | {r['seed']} | {r['val_auc']:.3f} | {half_way(r)} | {verdict} {r['problems'] or ''} | "
-            f"{r['dice_best']:.3f} | {r['dice']:.3f} | {r['f1']:.3f} | {r['train_s']:.0f} |"
+            f"| {r['recipe']} | {r['seed']} | {r['val_auc']:.3f} | {half_way(r)} | {located} | "
+            f"{verdict} {r['problems'] or ''} | {r['dice_best']:.3f} | {r['dice']:.3f} | {r['f1']:.3f} | "
+            f"{r['train_s']:.0f} |"
         )
     print()
     print(

@@ -55,6 +55,7 @@ def _topt(flag: str, **kw: Any) -> Any:
 @_topt("--translation")
 @_topt("--intensity-jitter")
 @_topt("--slice-weight")
+@_topt("--negative-share")
 @click.option("--val", "val_csv", type=click.Path(), help="Validation dataset CSV.")
 @click.option(
     "--labels",
@@ -156,6 +157,13 @@ def train(
             ),
             soft_wrap=True,
         )
+    elif diagnostics.get("localisation") == "unchecked":
+        err.print(
+            "Note: the verdict judged whether the volumes separate, not whether the slice scores mark the lesions "
+            "(what the heatmap shows): give --val a CSV whose positives have masks to check that too",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 def fit_with_progress(trainer: Any) -> dict[str, Any]:
@@ -174,8 +182,14 @@ def fit_with_progress(trainer: Any) -> dict[str, Any]:
         def progress(rec: dict[str, Any]) -> None:
             info = f"loss {rec['loss']:.4f}  {rec['slices_per_s']:,.0f} slices/s"
             if "val_balanced_accuracy" in rec:
+                located = (
+                    f", lesion slices outscore the rest with AUC {rec['val_localisation']:.3f}"
+                    if "val_localisation" in rec
+                    else ""
+                )
                 bar.console.print(
-                    f"iteration {rec['iteration']}: validation balanced accuracy {rec['val_balanced_accuracy']:.3f}",
+                    f"iteration {rec['iteration']}: validation balanced accuracy {rec['val_balanced_accuracy']:.3f}"
+                    + located,
                     highlight=False,
                 )
             elif "val_mae" in rec:

@@ -200,7 +200,6 @@ class TrainConfig:
         "mil: the share of a positive's stack, its lowest-scoring slices, taken as negatives.",
         min=0.0,
         max=0.99,
-        cli=False,
     )
     stack_range: str = setting(
         "box",

@@ -86,7 +86,8 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     top.legend(loc="upper right", fontsize=8)
     drawn = False
-    for key, style in (("train_auc", "s--"), ("val_auc", "o-"), ("val_balanced_accuracy", "^-")):
+    series = (("train_auc", "s--"), ("val_auc", "o-"), ("val_balanced_accuracy", "^-"), ("val_localisation", "D-"))
+    for key, style in series:
         x, y = _series(rows, key)
         if x:
             bottom.plot(x, y, style, ms=3, label=key.replace("_", " "))

@@ -17,6 +17,15 @@ so an encoder that has learned can keep its loss within a hair of a constant gue
   (the balanced accuracy at most :data:`VAL_CHANCE` where no AUC is known; a good AUC with
   a poor accuracy is a threshold that did not transfer), or Pearson r at most
   :data:`VAL_CHANCE_R` (regression);
+* ``not-localising``: past three quarters of the run, on the validation positives that have a
+  mask, the slices that cut a lesion do not outscore the others (their AUC,
+  :func:`~tomofield.train.validation.localisation`, at most :data:`LOCALISATION_CHANCE`).
+  ToNNO's heatmap is made of how slice scores vary within a volume, so an encoder can
+  separate the volumes by something every slice of a positive shows (the scanner, the
+  noise, a chance correlation in a small training set) and still give a heatmap that misses
+  every lesion or marks them as absences; a volume-level AUC cannot see this
+  (docs/benchmarks.md §11). Without validation masks this is not checked, and the verdict
+  says so (``localisation: unchecked``);
 * ``train-at-chance``: classification without a validation set, past three quarters of the run: the
   training volumes' scores do not separate. Every step scores each volume it draws (its
   stack's slice logits pooled, before the step learns from them) and the AUC of the last
@@ -48,6 +57,10 @@ VAL_CHANCE = 0.55
 #: Validation AUC at or below which a classifier counts as at chance (the spread of a random
 #: scorer's AUC on 8 + 8 volumes is about 0.15).
 VAL_CHANCE_AUC = 0.65
+#: Within-volume AUC of lesion-cutting slices against the rest (validation positives with a
+#: mask) at or below which an encoder does not localise: a run that localised scored
+#: 0.84-0.86 on the small-lesion benchmark, runs whose heatmaps missed every lesion 0.17-0.28.
+LOCALISATION_CHANCE = 0.6
 #: Training separation (AUC of the last draws) at or below which a classifier counts as at
 #: chance: a random scorer's AUC on 100 + 100 draws has a standard deviation of 0.04.
 TRAIN_CHANCE_AUC = 0.6
@@ -83,6 +96,8 @@ _ADVICE = {
     "worse-than-chance": "the learning rate is likely far too high: try --lr {lower:g} (now {lr:g})",
     "constant-output": "the encoder outputs the same score for every slice: lower --lr (now {lr:g}), use "
     "--norm group-norm from scratch, keep --intensity volume",
+    "not-localising": "a heatmap of this encoder will not mark the lesions: train again with --negative-share 0.5 "
+    "or another --seed, add training volumes, or check that the masks belong to their images",
     "val-at-chance": "the encoder does not separate validation volumes: train longer, add training volumes, "
     "or check the labels and the validation split",
 }
@@ -120,6 +135,8 @@ class Monitor:
         self._losses: list[float] = []
         self._spreads: list[float] = []
         self._draws: deque[tuple[float, float]] = deque(maxlen=SEPARATION_WINDOW)
+        #: a validation judged where the lesions are (validation positives with masks)
+        self.localisation_checked = False
 
     @classmethod
     def for_loss(
@@ -219,11 +236,25 @@ class Monitor:
             said = f"validation Pearson r is {value:.3f}"
         else:
             return []
+        new: list[Problem | None] = []
         if not (value > limit):  # NaN counts as at chance
-            problem = self._raise(iteration, "val-at-chance", said)
-            return [problem] if problem else []
-        self.active.discard("val-at-chance")
-        return []
+            new.append(self._raise(iteration, "val-at-chance", said))
+        else:
+            self.active.discard("val-at-chance")
+        loc = metrics.get("val_localisation", float("nan"))
+        if math.isfinite(loc):
+            self.localisation_checked = True
+            if loc <= LOCALISATION_CHANCE:
+                n = int(metrics.get("val_localised_volumes", 0))
+                how = "lower" if loc < 0.5 else "no higher"
+                said = (
+                    f"on the {n} validation positive(s) with a mask, the slices that cut a lesion score {how} than "
+                    f"the others (AUC {loc:.3f})"
+                )
+                new.append(self._raise(iteration, "not-localising", said))
+            else:
+                self.active.discard("not-localising")
+        return [p for p in new if p is not None]
 
     @property
     def learned(self) -> bool:
@@ -232,14 +263,18 @@ class Monitor:
 
     def record(self) -> dict[str, Any]:
         """The ``diagnostics`` of the run's ``config.json``."""
-        return {
+        out = {
             "learned": self.learned,
             "unresolved": sorted(self.active),
             "problems": [asdict(p) for p in self.problems],
         }
+        if self.task == "classification":
+            out["localisation"] = "checked" if self.localisation_checked else "unchecked"
+        return out
 
     def restore(self, record: dict[str, Any]) -> None:
         """Continue from a checkpoint's ``diagnostics`` (:meth:`record`)."""
         self.problems = [Problem(**p) for p in record.get("problems", [])]
+        self.localisation_checked = record.get("localisation") == "checked"
         # kinds this monitor no longer judges (a run from before, e.g. loss-at-chance) cannot clear: dropped
         self.active = set(record.get("unresolved", [])) & set(_ADVICE)

@@ -41,6 +41,8 @@ class Loaded:
     mm3: float = 1.0  # cubic millimetres per unit cube of the geometry (geometry.unit_volume_mm3)
     #: up to SUPPORT_POINTS foreground voxel centres in the box's coordinates (K, 3), float64 on the CPU
     support: Tensor | None = None
+    #: the lesion mask (1, D, H, W) of a positive, 1 inside a lesion, where the case has one and it was asked for
+    mask: Tensor | None = None
 
 
 def foreground_points(data: Tensor, e: Tensor) -> Tensor:
@@ -79,15 +81,30 @@ def spatial_shapes(cases: list[Case]) -> list[tuple[int, ...]]:
     return shapes
 
 
-def load_cases(cases: list[Case], geometry: str, device: torch.device, intensity: str = "none") -> list[Loaded]:
-    """Load every case onto ``device``, normalised by ``intensity``; all must have the same number of channels."""
+def load_cases(
+    cases: list[Case], geometry: str, device: torch.device, intensity: str = "none", masks: bool = False
+) -> list[Loaded]:
+    """Load every case onto ``device``, normalised by ``intensity``; all must have the same number of channels.
+
+    With ``masks``, a positive's lesion mask (its CSV's ``mask`` column, any value above 0 a
+    lesion) is loaded too (:attr:`Loaded.mask`); it must have the image's grid.
+    """
     out = []
     for c in cases:
         vol = load_volume(list(c.images))
         e = half_extents(vol.data.shape[1:], vol.spacing, geometry).to(device, torch.float32)
         mm3 = unit_volume_mm3(vol.data.shape[1:], vol.spacing, geometry)
         data = vol.data.to(device)
-        out.append(Loaded(normalize(data, intensity), e, c.label, c, mm3, foreground_points(data, e)))
+        mask = None
+        if masks and c.mask is not None and c.label == 1:
+            m = load_volume([c.mask]).data[:1]
+            if tuple(m.shape[1:]) != tuple(data.shape[1:]):
+                raise InputError(
+                    f"mask {str(c.mask)!r} has the grid {tuple(m.shape[1:])}, its image {tuple(data.shape[1:])}; "
+                    "a mask needs its image's grid"
+                )
+            mask = (m > 0).to(device, torch.float32)
+        out.append(Loaded(normalize(data, intensity), e, c.label, c, mm3, foreground_points(data, e), mask))
     chans = {v.data.shape[0] for v in out}
     if len(chans) > 1:
         raise InputError(f"volumes have different channel counts {sorted(chans)}; every volume needs the same")

@@ -37,7 +37,12 @@ from tomofield.train.slicing import (
     stack_slices,
 )
 from tomofield.train.teacher import Teacher, spread_targets
-from tomofield.train.validation import classification_metrics, regression_metrics, volume_scores
+from tomofield.train.validation import (
+    classification_metrics,
+    regression_metrics,
+    scores_and_localisation,
+    volume_scores,
+)
 
 Progress = Callable[[dict[str, Any]], None]
 #: The dataset CSV ``tomofield train`` writes into the run folder when it is given a folder of images.
@@ -285,23 +290,31 @@ class Trainer:
         return st.iteration, st.history
 
     def validate(self, model: nn.Module, vols: list[Loaded], train: list[Loaded]) -> dict[str, float]:
-        """Volume-level metrics: the max over a fixed set of slices is the volume's score.
+        """Volume-level metrics: the pooled slices of a fixed set of stacks are the volume's score.
 
         The decision threshold is the one that maximises balanced accuracy on the
         training volumes (slice logits of weakly labelled data are not calibrated at 0;
         at most :data:`THRESHOLD_VOLUMES` of each class), applied unchanged to the
-        validation volumes.
+        validation volumes. A classifier's validation positives that have a mask also give
+        ``val_localisation`` (:func:`~tomofield.train.validation.localisation`, their mean)
+        and ``val_localised_volumes`` (how many).
         """
         train = [v for c in (1.0, 0.0) for v in [v for v in train if v.label == c][:THRESHOLD_VOLUMES]]
         model.eval()
+        located: dict[str, float] = {}
         try:
-            scores = volume_scores(Scaled(model, self.scale) if self.cfg.teacher else model, vols, self.cfg)
+            if self.cfg.task == "classification":
+                scores, loc, n = scores_and_localisation(model, vols, self.cfg)
+                located = {"val_localisation": loc, "val_localised_volumes": n} if n else {}
+            else:
+                scores = volume_scores(Scaled(model, self.scale) if self.cfg.teacher else model, vols, self.cfg)
             train_scores = volume_scores(model, train, self.cfg) if self.cfg.task == "classification" else None
         finally:
             model.train()
         labels = torch.tensor([v.label for v in vols])
         if train_scores is not None:
-            return classification_metrics(scores, labels, train_scores, torch.tensor([v.label for v in train]))
+            train_labels = torch.tensor([v.label for v in train])
+            return classification_metrics(scores, labels, train_scores, train_labels) | located
         return regression_metrics(scores, labels)
 
     def _teacher(self, model: nn.Module, train: list[Loaded], in_chans: int) -> Teacher:
@@ -411,7 +424,12 @@ class Trainer:
     def _fit(self, progress: Progress | None = None) -> dict[str, Any]:
         cfg = self.cfg
         train = load_cases(self.cases, cfg.geometry, self.device, cfg.intensity)
-        val = load_cases(self.val_cases, cfg.geometry, self.device, cfg.intensity) if self.val_cases else []
+        classify = cfg.task == "classification"
+        val = (
+            load_cases(self.val_cases, cfg.geometry, self.device, cfg.intensity, masks=classify)
+            if self.val_cases
+            else []
+        )
         in_chans = int(train[0].data.shape[0])
         if val and int(val[0].data.shape[0]) != in_chans:
             raise InputError(f"validation volumes have {val[0].data.shape[0]} channels, training volumes {in_chans}")

@@ -7,6 +7,7 @@ balanced accuracy is the evaluation's (:func:`tomofield.evaluation.metrics.balan
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,47 +38,93 @@ def val_slices_for(shape: tuple[int, ...]) -> int:
 
 
 @torch.inference_mode()
-def volume_scores(model: nn.Module, vols: list[Loaded], cfg: ResolvedTrainConfig, batch: int = 128) -> Tensor:
-    """Each volume's prediction from a fixed set of slices.
+def stack_logits(
+    model: nn.Module, vol: Loaded, cfg: ResolvedTrainConfig, batch: int = 128
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The validation stacks of one volume: slice outputs (L, M), each slice's weight in mL (L, M), and
+    which slices cut a lesion (L, M, bool; ``None`` without :attr:`~tomofield.train.slicing.Loaded.mask`).
 
-    ``val_directions`` stacks of ``val_slices`` parallel slices (:func:`val_slices_for` of
-    the volume's grid when ``None``). A classifier's score: each stack's slice logits pool
-    as training pools them (:func:`tomofield.train.objective.pool`), averaged over the
-    stacks. A density encoder's (regression with a teacher): the mean over the stacks of
-    the quadrature ``sum_k w_k max(g_k, 0)`` in mL. Any other regressor's: the largest
-    slice output.
+    ``val_directions`` stacks of ``val_slices`` parallel slices (:func:`val_slices_for` of the
+    volume's grid when ``None``), directions of the Fibonacci sampler with seed 0, offsets
+    evenly over each stack's extent. A slice cuts a lesion where the mask, sampled at the
+    slice's points as the image is, exceeds 1/2 at any of them.
     """
-    sampler, out = FibonacciSampler(), []
-    integral = cfg.teacher is not None
-    for vol in vols:
-        slices = cfg.val_slices if cfg.val_slices is not None else val_slices_for(tuple(vol.data.shape[1:]))
-        scfg = SamplingConfig(directions=cfg.val_directions, slices=slices, hemisphere=True, seed=0, extent=cfg.extent)
-        d = sampler.plan(vol.data.shape[1:], vol.e.cpu().double(), scfg)[0].to(vol.data.device)
-        L, M = len(d), d.num_slices
-        off = (d.s_half[:, None] * torch.linspace(-1, 1, M, device=vol.data.device)).reshape(-1)
-        idx = torch.arange(L, device=vol.data.device).repeat_interleave(M)
-        weight = (slice_area(d.a_half, d.b_half, (cfg.slice_size,) * 2) * 2 * d.s_half / (M - 1) * vol.mm3 / 1000)[idx]
-        logits = []
-        for b in range(0, L * M, batch):
-            i = idx[b : b + batch]
-            pts = slice_points(
-                d.normals[i],
-                d.u[i],
-                d.v[i],
-                off[b : b + batch],
-                d.a_half[i],
-                d.b_half[i],
-                (cfg.slice_size, cfg.slice_size),
-            )
-            logits.append(model(sample_slices(vol.data, pts, vol.e))[:, 0].float())
-        g = torch.cat(logits)
-        if integral:
-            out.append((g.clamp_min(0) * weight).sum() / L)
-        elif cfg.task == "classification":
-            out.append(pool(g.reshape(L, M), cfg.pool, temperature=cfg.pool_temperature, k=cfg.pool_k).mean())
-        else:
-            out.append(g.max())
-    return torch.stack(out).cpu()
+    sampler = FibonacciSampler()
+    slices = cfg.val_slices if cfg.val_slices is not None else val_slices_for(tuple(vol.data.shape[1:]))
+    scfg = SamplingConfig(directions=cfg.val_directions, slices=slices, hemisphere=True, seed=0, extent=cfg.extent)
+    d = sampler.plan(vol.data.shape[1:], vol.e.cpu().double(), scfg)[0].to(vol.data.device)
+    L, M = len(d), d.num_slices
+    off = (d.s_half[:, None] * torch.linspace(-1, 1, M, device=vol.data.device)).reshape(-1)
+    idx = torch.arange(L, device=vol.data.device).repeat_interleave(M)
+    weight = (slice_area(d.a_half, d.b_half, (cfg.slice_size,) * 2) * 2 * d.s_half / (M - 1) * vol.mm3 / 1000)[idx]
+    logits, cuts = [], []
+    for b in range(0, L * M, batch):
+        i = idx[b : b + batch]
+        pts = slice_points(
+            d.normals[i], d.u[i], d.v[i], off[b : b + batch], d.a_half[i], d.b_half[i], (cfg.slice_size,) * 2
+        )
+        logits.append(model(sample_slices(vol.data, pts, vol.e))[:, 0].float())
+        if vol.mask is not None:
+            cuts.append(sample_slices(vol.mask, pts, vol.e).reshape(len(i), -1).amax(dim=1) > 0.5)
+    cut = torch.cat(cuts).reshape(L, M) if cuts else None
+    return torch.cat(logits).reshape(L, M), weight.reshape(L, M), cut
+
+
+def volume_score(g: Tensor, weight: Tensor, cfg: ResolvedTrainConfig) -> Tensor:
+    """One volume's prediction from its stacks' slice outputs ``g`` (L, M) and weights (:func:`volume_scores`)."""
+    if cfg.teacher is not None:
+        return (g.clamp_min(0) * weight).sum() / g.shape[0]
+    if cfg.task == "classification":
+        return pool(g, cfg.pool, temperature=cfg.pool_temperature, k=cfg.pool_k).mean()
+    return g.max()
+
+
+@torch.inference_mode()
+def volume_scores(model: nn.Module, vols: list[Loaded], cfg: ResolvedTrainConfig, batch: int = 128) -> Tensor:
+    """Each volume's prediction from a fixed set of slices (:func:`stack_logits`).
+
+    A classifier's score: each stack's slice logits pool as training pools them
+    (:func:`tomofield.train.objective.pool`), averaged over the stacks. A density encoder's
+    (regression with a teacher): the mean over the stacks of the quadrature ``sum_k w_k
+    max(g_k, 0)`` in mL. Any other regressor's: the largest slice output.
+    """
+    return torch.stack([volume_score(*stack_logits(model, v, cfg, batch)[:2], cfg) for v in vols]).cpu()
+
+
+@torch.inference_mode()
+def scores_and_localisation(
+    model: nn.Module, vols: list[Loaded], cfg: ResolvedTrainConfig, batch: int = 128
+) -> tuple[Tensor, float, int]:
+    """:func:`volume_scores`, the mean :func:`localisation` over the volumes with a mask, and their number.
+
+    The localisation is NaN where no volume has a mask with slices on both sides of it.
+    """
+    scores, locs = [], []
+    for v in vols:
+        g, w, cut = stack_logits(model, v, cfg, batch)
+        scores.append(volume_score(g, w, cfg))
+        a = localisation(g, cut) if cut is not None else float("nan")
+        if math.isfinite(a):
+            locs.append(a)
+    mean = sum(locs) / len(locs) if locs else float("nan")
+    return torch.stack(scores).cpu(), mean, len(locs)
+
+
+def localisation(logits: Tensor, cut: Tensor) -> float:
+    """Whether a volume's slice scores mark its lesions: the AUC of the slices that cut one against the rest.
+
+    ToNNO's heatmap is made of how slice scores vary along each stack (a constant added to
+    every slice of a volume vanishes in the second derivative), so an encoder localises
+    where, within a volume, the slices that cut a lesion score higher than those that do
+    not: 1 always, 0.5 as by chance, below 0.5 where a lesion lowers the score (its heatmap
+    marks the lesions as absences). NaN without slices on both sides.
+
+    >>> localisation(torch.tensor([[0.1, 2.0, 0.3, 1.5]]), torch.tensor([[False, True, False, True]]))
+    1.0
+    >>> localisation(torch.tensor([[0.1, 2.0, 0.3]]), torch.tensor([[False, False, True]]))
+    0.5
+    """
+    return auc(logits.reshape(-1), cut.reshape(-1).float())
 
 
 def balanced_accuracy(labels: Tensor, predicted: Tensor) -> float:
