@@ -119,3 +119,15 @@ def test_a_run_validated_on_positives_with_masks_records_where_its_slices_rise(d
     assert all(0.0 <= r["val_localisation"] <= 1.0 for r in validations)
     assert json.loads((run / "config.json").read_text())["diagnostics"]["localisation"] == "checked"
     assert "val_localisation" in (run / "history.csv").read_text().splitlines()[0]
+
+
+def test_a_lesion_slice_is_compared_with_the_slices_near_it_not_the_adjacent_ones_nor_the_far_ones():
+    z = torch.zeros(1, 12)
+    z[0, 6] = 1.0  # the lesion slice
+    z[0, 5] = z[0, 7] = 9.0  # adjacent: may cut the lesion's rim, left out
+    z[0, 0] = z[0, 11] = 5.0  # 5-6 positions away: farther than NEIGHBOURS + 1 = 4, left out
+    cut = torch.zeros(1, 12, dtype=torch.bool)
+    cut[0, 6] = True
+    assert localisation(z, cut) == 1.0  # wins against positions 2, 3, 4, 8, 9, 10 (all 0)
+    z[0, 2] = 3.0  # 4 positions away: counts
+    assert localisation(z, cut) == 5 / 6

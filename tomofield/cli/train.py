@@ -54,6 +54,7 @@ def _topt(flag: str, **kw: Any) -> Any:
 @_topt("--scale-jitter")
 @_topt("--translation")
 @_topt("--intensity-jitter")
+@_topt("--noise")
 @_topt("--slice-weight")
 @_topt("--negative-share")
 @click.option("--val", "val_csv", type=click.Path(), help="Validation dataset CSV.")

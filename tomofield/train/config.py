@@ -231,6 +231,13 @@ class TrainConfig:
         max=0.9,
         shown=_AUGMENTATION_SHOWN,
     )
+    noise: float = setting(
+        0.0,
+        "Augmentation: Gaussian noise added to each slice, its standard deviation drawn up to this (intensities "
+        "normalised: tissue about 1).",
+        min=0.0,
+        max=10.0,
+    )
     val_every: int | None = setting(
         None,
         "Validate every this many steps.",

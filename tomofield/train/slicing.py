@@ -142,8 +142,11 @@ def cut_jittered(
     f = lambda t: t.to(vol.data.device, torch.float32)  # noqa: E731
     n, u, v = frame
     pts = slice_points(f(n), f(u), f(v), f(offsets), f(a_half), f(b_half), (cfg.slice_size, cfg.slice_size))
-    x = sample_slices(vol.data, pts + f(shift)[:, None, None, :], vol.e)
-    return (1 + f(gain)) * x + f(bias)
+    x = (1 + f(gain)) * sample_slices(vol.data, pts + f(shift)[:, None, None, :], vol.e) + f(bias)
+    if cfg.noise > 0:  # drawn only when asked: runs without it keep their random stream
+        sigma = cfg.noise * torch.rand(len(offsets), 1, 1, 1, generator=gen)
+        x = x + (sigma * torch.randn(x.shape, generator=gen)).to(x.device)
+    return x
 
 
 def augmented_slices(vol: Loaded, cfg: ResolvedTrainConfig, gen: torch.Generator) -> Tensor:

@@ -110,21 +110,38 @@ def scores_and_localisation(
     return torch.stack(scores).cpu(), mean, len(locs)
 
 
-def localisation(logits: Tensor, cut: Tensor) -> float:
-    """Whether a volume's slice scores mark its lesions: the AUC of the slices that cut one against the rest.
+#: Slices either side of a lesion slice, beyond the adjacent one, it is compared with (:func:`localisation`).
+NEIGHBOURS = 3
 
-    ToNNO's heatmap is made of how slice scores vary along each stack (a constant added to
-    every slice of a volume vanishes in the second derivative), so an encoder localises
-    where, within a volume, the slices that cut a lesion score higher than those that do
-    not: 1 always, 0.5 as by chance, below 0.5 where a lesion lowers the score (its heatmap
-    marks the lesions as absences). NaN without slices on both sides.
 
-    >>> localisation(torch.tensor([[0.1, 2.0, 0.3, 1.5]]), torch.tensor([[False, True, False, True]]))
+def localisation(logits: Tensor, cut: Tensor, neighbours: int = NEIGHBOURS) -> float:
+    """Whether a volume's slice scores mark its lesions: do the slices that cut one outscore their neighbours?
+
+    ``logits`` and ``cut`` are (L, M): L stacks of M parallel slices in order, and which cut a
+    lesion. ToNNO's heatmap is made of how slice scores vary along each stack (its second
+    derivative), so what localises is a lesion slice scoring above the slices next to it,
+    not above the volume's other slices: those lie nearer the edge of the body, and a score
+    that follows how much tissue a slice cuts would rank them apart by their position alone.
+    Every pair of a lesion slice and a slice of the same stack 2 to ``neighbours + 1``
+    positions away that cuts none counts (the adjacent slices are left out: they may cut the
+    lesion's partial-volume rim, which the mask does not hold); the result is the share of pairs the lesion slice wins
+    (ties 1/2): 1 where lesions stand out, 0.5 as by chance, below 0.5 where lesions lower
+    the score (a heatmap that marks them as absences). NaN without a pair.
+
+    >>> z = torch.tensor([[0.1, 0.2, 2.0, 0.3, 0.2]])
+    >>> localisation(z, torch.tensor([[False, False, True, False, False]]))
     1.0
-    >>> localisation(torch.tensor([[0.1, 2.0, 0.3]]), torch.tensor([[False, False, True]]))
-    0.5
+    >>> localisation(-z, torch.tensor([[False, False, True, False, False]]))
+    0.0
     """
-    return auc(logits.reshape(-1), cut.reshape(-1).float())
+    M = logits.shape[1]
+    i, j = torch.meshgrid(torch.arange(M), torch.arange(M), indexing="ij")
+    near = ((i - j).abs() <= neighbours + 1) & ((i - j).abs() >= 2)
+    pairs = cut[:, :, None] & ~cut[:, None, :] & near.to(cut.device)
+    if not bool(pairs.any()):
+        return float("nan")
+    diff = (logits[:, :, None] - logits[:, None, :])[pairs].double()
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
 
 
 def balanced_accuracy(labels: Tensor, predicted: Tensor) -> float:
