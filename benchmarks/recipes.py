@@ -29,7 +29,8 @@ Data (``--data``):
 Recipes: ``defaults`` (no flags), ``paper`` (every slice takes its volume's label, the
 rest as before issue 27: group norm, lr 1e-3, augmentation 0.3), ``plain`` (the reference
 loop, ``--iterations`` steps), ``old`` (the README's recipe before issue 15), ``lite0``
-(``--pretrained --encoder tf_efficientnet_lite0``). Results go to ``OUT/results.json`` and a
+(``--pretrained --encoder tf_efficientnet_lite0``), ``perslice`` (the defaults with the paper's per-slice
+objective), ``negshare`` (the defaults with ``--negative-share 0.5``). Results go to ``OUT/results.json`` and a
 Markdown table on stdout; a repeated call skips what is done.
 """
 
@@ -84,6 +85,8 @@ RECIPES: dict[str, list[str]] = {
         "0.3",
     ],
     "lite0": ["--pretrained", "--encoder", "tf_efficientnet_lite0"],
+    "perslice": ["--objective", "slice"],
+    "negshare": ["--negative-share", "0.5"],
     "plain": [],
 }
 #: The data sets: how ``tomofield synth`` or :mod:`benchmarks.brain` writes them (training set; the test set

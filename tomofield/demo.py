@@ -144,7 +144,9 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
         f"{c.slice_size}px per volume, {c.encoder}, {c.norm}, lr {c.lr:g}, intensities normalised per {c.intensity})"
     )
     result = fit(trainer)
-    bacc = result["history"][-1]["val_balanced_accuracy"] if result["history"] else float("nan")
+    last = result["history"][-1] if result["history"] else {}
+    bacc = last.get("val_balanced_accuracy", float("nan"))
+    located = last.get("val_localisation", float("nan"))
     positives = [c for c in read_dataset(csvs["val"]) if c.label == 1 and c.mask is not None]
     console.print(f"3/3 ToNNO on {len(positives)} held-out positives: L={s.directions}, M={s.slices}")
     engine = Engine(
@@ -165,8 +167,9 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
     title = f"ToNNO heatmap of held-out {positives[0].name} (trained on volume labels only; lesion outlined)"
     preview(png, *heatmaps[0], title, overwrite=True, mask=masks[0], threshold=threshold)
     console.print(
-        f"validation balanced accuracy {bacc:.3f}; ToNNO mean Dice over {len(heats)} held-out positives "
-        f"{mean_dice:.3f} at the best single threshold {threshold:.3g}"
+        f"validation balanced accuracy {bacc:.3f}, lesion slices above their neighbours {located:.3f} (0.5: "
+        f"chance); ToNNO mean Dice over {len(heats)} held-out positives {mean_dice:.3f} at the best single "
+        f"threshold {threshold:.3g}"
     )
     if not result["diagnostics"]["learned"]:
         unresolved = ", ".join(result["diagnostics"]["unresolved"])
@@ -178,4 +181,5 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
         "threshold": threshold,
         "volumes": len(heats),
         "learned": result["diagnostics"]["learned"],
+        "localisation": located,
     }

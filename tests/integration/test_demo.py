@@ -51,6 +51,7 @@ def test_toy_demo_reports_the_dice_of_the_heatmaps_it_wrote(tmp_path: Path):
     assert result["volumes"] == len(positives)
     assert result["dice"] == pytest.approx(best_dice(heats, masks)[1], abs=1e-6)
     assert 0.0 <= result["balanced_accuracy"] <= 1.0
+    assert 0.0 <= result["localisation"] <= 1.0  # the held-out positives have masks: checked
     assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "run" / "model.safetensors").is_file()
 

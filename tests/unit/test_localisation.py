@@ -131,3 +131,18 @@ def test_a_lesion_slice_is_compared_with_the_slices_near_it_not_the_adjacent_one
     assert localisation(z, cut) == 1.0  # wins against positions 2, 3, 4, 8, 9, 10 (all 0)
     z[0, 2] = 3.0  # 4 positions away: counts
     assert localisation(z, cut) == 5 / 6
+
+
+def test_noise_augmentation_adds_zero_mean_noise_of_the_drawn_strength_and_is_not_drawn_when_off(own_mask):
+    from tomofield.train.slicing import augmented_slices
+
+    pos = own_mask[0]
+    off = resolved(slices_per_volume=256, scale_jitter=0.0, translation=0.0, intensity_jitter=0.0)
+    on = resolved(slices_per_volume=256, scale_jitter=0.0, translation=0.0, intensity_jitter=0.0, noise=0.6)
+    clean = augmented_slices(pos, off, torch.Generator().manual_seed(3))
+    assert torch.equal(clean, augmented_slices(pos, off, torch.Generator().manual_seed(3)))
+    noisy = augmented_slices(pos, on, torch.Generator().manual_seed(3))
+    diff = noisy - clean  # the same slices: noise draws come after the slices' own
+    # sigma ~ U(0, 0.6) per slice: E[sigma^2] = 0.6^2 / 3 = 0.12; 256 slices of 256 pixels
+    assert abs(float(diff.mean())) < 0.01
+    assert float(diff.pow(2).mean()) == pytest.approx(0.12, rel=0.25)
