@@ -78,7 +78,10 @@ def test_a_mask_on_another_grid_than_its_image_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "loc, said",
-    [(0.2, "score lower than the others (AUC 0.200)"), (LOCALISATION_CHANCE, "score no higher than the others")],
+    [
+        (0.2, "score lower than the slices near them (localisation 0.200; 0.5 is chance)"),
+        (LOCALISATION_CHANCE, "score no higher than the slices near them"),
+    ],
 )
 def test_slice_scores_that_miss_the_lesions_are_not_learning_whatever_the_volume_auc(loc, said):
     m = Monitor.for_loss("classification", "bce", iterations=100, lr=1e-3, validated=True)

@@ -251,7 +251,7 @@ class Monitor:
                 how = "lower" if loc < 0.5 else "no higher"
                 said = (
                     f"on the {n} validation positive(s) with a mask, the slices that cut a lesion score {how} than "
-                    f"the others (AUC {loc:.3f})"
+                    f"the slices near them (localisation {loc:.3f}; 0.5 is chance)"
                 )
                 new.append(self._raise(iteration, "not-localising", said))
             else:
