@@ -53,6 +53,7 @@ TODAY = dict(
     scale_jitter=0.0,
     translation=0.0,
     intensity_jitter=0.0,
+    noise=0.0,
     val_every=150,
     val_directions=8,
     val_slices=None,
