@@ -184,7 +184,7 @@ def fit_with_progress(trainer: Any) -> dict[str, Any]:
             info = f"loss {rec['loss']:.4f}  {rec['slices_per_s']:,.0f} slices/s"
             if "val_balanced_accuracy" in rec:
                 located = (
-                    f", lesion slices outscore the rest with AUC {rec['val_localisation']:.3f}"
+                    f", lesion slices above their neighbours {rec['val_localisation']:.3f} (0.5: chance)"
                     if "val_localisation" in rec
                     else ""
                 )
