@@ -72,7 +72,7 @@ def test_a_mask_on_another_grid_than_its_image_is_refused(tmp_path):
     save_nifti(tmp_path / "i.nii.gz", torch.zeros(16, 16, 16), affine_for_spacing((1, 1, 1)))
     save_nifti(tmp_path / "m.nii.gz", torch.zeros(16, 16, 8), affine_for_spacing((1, 1, 1)))
     (tmp_path / "v.csv").write_text("image,label,mask\ni.nii.gz,1,m.nii.gz\n")
-    with pytest.raises(InputError, match=r"m.nii.gz' has the grid \(16, 16, 8\), its image \(16, 16, 16\)"):
+    with pytest.raises(InputError, match=r"m.nii.gz' has the grid \(8, 16, 16\) \(i, j, k\), its image \(16, 16, 16\)"):
         load_cases(read_dataset(tmp_path / "v.csv"), "physical", torch.device("cpu"), masks=True)
 
 

@@ -18,8 +18,9 @@ so an encoder that has learned can keep its loss within a hair of a constant gue
   a poor accuracy is a threshold that did not transfer), or Pearson r at most
   :data:`VAL_CHANCE_R` (regression);
 * ``not-localising``: past three quarters of the run, on the validation positives that have a
-  mask, the slices that cut a lesion do not outscore the others (their AUC,
-  :func:`~tomofield.train.validation.localisation`, at most :data:`LOCALISATION_CHANCE`).
+  mask, the slices that cut a lesion do not outscore the slices near them (their
+  localisation, :func:`~tomofield.train.validation.localisation`, at most
+  :data:`LOCALISATION_CHANCE`).
   ToNNO's heatmap is made of how slice scores vary within a volume, so an encoder can
   separate the volumes by something every slice of a positive shows (the scanner, the
   noise, a chance correlation in a small training set) and still give a heatmap that misses

@@ -97,13 +97,13 @@ def load_cases(
         data = vol.data.to(device)
         mask = None
         if masks and c.mask is not None and c.label == 1:
-            m = load_volume([c.mask]).data[:1]
-            if tuple(m.shape[1:]) != tuple(data.shape[1:]):
+            m = load_volume([c.mask])
+            if m.grid_ijk != vol.grid_ijk:  # (i, j, k), as the viewers show it
                 raise InputError(
-                    f"mask {str(c.mask)!r} has the grid {tuple(m.shape[1:])}, its image {tuple(data.shape[1:])}; "
+                    f"mask {str(c.mask)!r} has the grid {m.grid_ijk} (i, j, k), its image {vol.grid_ijk}; "
                     "a mask needs its image's grid"
                 )
-            mask = (m > 0).to(device, torch.float32)
+            mask = (m.data[:1] > 0).to(device, torch.float32)
         out.append(Loaded(normalize(data, intensity), e, c.label, c, mm3, foreground_points(data, e), mask))
     chans = {v.data.shape[0] for v in out}
     if len(chans) > 1:

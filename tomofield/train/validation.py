@@ -140,8 +140,7 @@ def localisation(logits: Tensor, cut: Tensor, neighbours: int = NEIGHBOURS) -> f
     pairs = cut[:, :, None] & ~cut[:, None, :] & near.to(cut.device)
     if not bool(pairs.any()):
         return float("nan")
-    diff = (logits[:, :, None] - logits[:, None, :])[pairs].double()
-    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+    return wins((logits[:, :, None] - logits[:, None, :])[pairs].double())
 
 
 def balanced_accuracy(labels: Tensor, predicted: Tensor) -> float:
@@ -162,7 +161,11 @@ def auc(scores: Tensor, labels: Tensor) -> float:
     pos, neg = scores[labels == 1].double(), scores[labels == 0].double()
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
-    diff = pos[:, None] - neg[None, :]
+    return wins(pos[:, None] - neg[None, :])
+
+
+def wins(diff: Tensor) -> float:
+    """The share of pairs whose difference ``diff`` is positive, ties counting 1/2."""
     return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
 
 
