@@ -87,6 +87,7 @@ RECIPES: dict[str, list[str]] = {
     "lite0": ["--pretrained", "--encoder", "tf_efficientnet_lite0"],
     "perslice": ["--objective", "slice"],
     "negshare": ["--negative-share", "0.5"],
+    "contrast": ["--pool", "contrast"],
     "plain": [],
 }
 #: The data sets: how ``tomofield synth`` or :mod:`benchmarks.brain` writes them (training set; the test set

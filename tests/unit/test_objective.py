@@ -45,6 +45,8 @@ def by_hand(pooled: list[float], slice_weight: float = 0.0, lowest: int = 0) -> 
         ("top-k", {"k": 9}, [0.375, -0.5]),  # k above M: the mean
         ("lse", {}, [math.log(sum(math.exp(z) for z in zs) / 4) for zs in Z]),
         ("lse", {"temperature": 0.5}, [0.5 * math.log(sum(math.exp(z / 0.5) for z in zs) / 4) for zs in Z]),
+        # lse minus the (lower) median, minus the margin 1: medians 0 and -1
+        ("contrast", {}, [math.log(sum(math.exp(z) for z in zs) / 4) - med - 1 for zs, med in zip(Z, [0.0, -1.0])]),
     ],
 )
 @pytest.mark.parametrize("slice_weight", [0.0, 0.3])
@@ -81,6 +83,30 @@ def test_the_chance_loss_is_the_best_constant_logit():
             mil_loss(torch.full((2, 3), float(c), dtype=torch.float64), torch.tensor(Y), slice_weight=w) for c in grid
         ]
         assert chance_loss("mil", w) == pytest.approx(min(float(v) for v in losses), abs=1e-6)
+
+
+def test_contrast_ignores_what_every_slice_shares_and_falls_with_dips():
+    """A shift of the whole stack leaves ``contrast`` where it was; a peak raises it, a dip lowers it."""
+    flat = torch.zeros(1, 10, dtype=torch.float64)
+    assert pool(flat, "contrast").item() == pytest.approx(-1.0)
+    assert pool(flat + 5.0, "contrast").item() == pytest.approx(-1.0)
+    peak, dip = flat.clone(), flat.clone()
+    peak[0, 3], dip[0, 3] = 4.0, -4.0
+    assert pool(peak + 2.0, "contrast").item() == pytest.approx(math.log((9 + math.exp(4)) / 10) - 1)
+    low = pool(dip, "contrast").item()
+    assert low == pytest.approx(math.log((9 + math.exp(-4)) / 10) - 1)
+    assert low < -1.0
+
+
+@pytest.mark.parametrize(("w", "share"), [(0.0, 0.0), (0.5, 0.0), (0.0, 0.5)])
+def test_the_contrast_chance_loss_is_the_best_constant_logit(w, share):
+    grid = torch.linspace(-30, 30, 60001, dtype=torch.float64)
+    y = torch.tensor(Y)
+    losses = [
+        mil_loss(torch.full((2, 4), float(c), dtype=torch.float64), y, "contrast", slice_weight=w, negative_share=share)
+        for c in grid
+    ]
+    assert chance_loss("mil", w, share, "contrast") == pytest.approx(min(float(v) for v in losses), abs=1e-6)
 
 
 def test_the_per_slice_chance_loss_is_ln_2():

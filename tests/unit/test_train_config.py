@@ -191,7 +191,7 @@ def test_student_run_records_concrete_settings_and_resumes(datasets, teacher, tm
         ("extent", "loose", "one of unit, tight"),
         ("norm", "layer-norm", "one of frozen-bn, batch-norm, group-norm"),
         ("objective", "volume", "one of mil, slice"),
-        ("pool", "mean", "one of lse, max, top-k"),
+        ("pool", "mean", "one of lse, max, top-k, contrast"),
         ("stack_range", "body", "one of box, support"),
         ("task", "segmentation", "one of classification, regression"),
         ("scale_jitter", 1.0, r"a number in 0.0..0.9"),

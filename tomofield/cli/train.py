@@ -51,6 +51,7 @@ def _topt(flag: str, **kw: Any) -> Any:
 @_topt("--intensity")
 @_topt("--objective")
 @_topt("--pool")
+@_topt("--pool-temperature")
 @_topt("--scale-jitter")
 @_topt("--translation")
 @_topt("--intensity-jitter")

@@ -192,7 +192,7 @@ class TrainConfig:
         choices=OBJECTIVES,
     )
     pool: str = setting("lse", "mil: how a stack's slice logits pool to the volume's.", choices=POOLS)
-    pool_temperature: float = setting(1.0, "mil: temperature of lse pooling.", min=1e-3, max=1e3, cli=False)
+    pool_temperature: float = setting(1.0, "mil: temperature of lse and contrast pooling.", min=1e-3, max=1e3)
     pool_k: int = setting(4, "mil: the k of top-k pooling.", min=1, max=4096, cli=False)
     slice_weight: float = setting(0.0, "mil: weight of the per-slice loss added to it.", min=0.0, max=100.0)
     negative_share: float = setting(

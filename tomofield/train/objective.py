@@ -15,7 +15,12 @@ says what the label says. Each volume contributes one stack of parallel slices c
   are negatives too and take the same term: an encoder cannot raise a positive's score by
   recognising the volume (its scanner, noise, pose) in every slice, only by finding what
   sets its highest slices apart from the rest of its own stack;
-* ``slice_weight`` adds the paper's per-slice loss ``BCE(z_m, y)`` on every slice, scaled.
+* ``slice_weight`` adds the paper's per-slice loss ``BCE(z_m, y)`` on every slice, scaled;
+* ``pool="contrast"`` pools a stack to how far its highest slices rise above the stack's own
+  median (:func:`pool`): a score every slice of a volume shares cannot raise it. It is an
+  option, not the default: on the small-lesion benchmark it made three of four failed
+  training seeds localise at 400 iterations, but on the demo's class the run learned the
+  lesions upside down, for a reason not yet found (docs/benchmarks.md, section 11).
 
 The step's loss is the mean over its volumes of their terms (:func:`mil_loss`). The
 per-slice objective stays one option away (``objective="slice"``).
@@ -34,7 +39,10 @@ OBJECTIVES = ("mil", "slice")
 #: Where a ``mil`` stack's slices lie: over the volume's foreground, or its whole extent.
 STACK_RANGES = ("box", "support")
 #: How a stack's slice logits pool to a volume logit.
-POOLS = ("lse", "max", "top-k")
+POOLS = ("lse", "max", "top-k", "contrast")
+#: ``contrast`` pooling: how far above its stack's median a volume's smooth maximum must rise
+#: for the volume logit to reach 0.
+CONTRAST_MARGIN = 1.0
 
 
 def pool(z: Tensor, how: str, *, temperature: float = 1.0, k: int = 1) -> Tensor:
@@ -44,7 +52,11 @@ def pool(z: Tensor, how: str, *, temperature: float = 1.0, k: int = 1) -> Tensor
       slices agree and tends to the maximum as ``t`` falls (never above it, never below the
       mean);
     * ``max``: the largest logit;
-    * ``top-k``: the mean of the ``k`` largest.
+    * ``top-k``: the mean of the ``k`` largest;
+    * ``contrast``: ``lse`` minus the stack's median, minus :data:`CONTRAST_MARGIN`: how far
+      the highest slices rise above the rest of their own stack. A score that every slice of
+      a volume shares (its scanner, noise, pose: what ToNNO's second derivative removes)
+      does not move it, and slices that score *below* the median lower it.
 
     >>> z = torch.tensor([[0.0, 0.0, 3.0, 1.0]])
     >>> pool(z, "max").item(), pool(z, "top-k", k=2).item()
@@ -54,6 +66,9 @@ def pool(z: Tensor, how: str, *, temperature: float = 1.0, k: int = 1) -> Tensor
     """
     if how == "lse":
         return temperature * (torch.logsumexp(z / temperature, dim=1) - math.log(z.shape[1]))
+    if how == "contrast":
+        lse = temperature * (torch.logsumexp(z / temperature, dim=1) - math.log(z.shape[1]))
+        return lse - z.median(dim=1).values - CONTRAST_MARGIN
     if how == "max":
         return z.max(dim=1).values
     if how == "top-k":
@@ -94,13 +109,15 @@ def mil_loss(
     return loss.mean()
 
 
-def chance_loss(objective: str, slice_weight: float = 0.0, negative_share: float = 0.0) -> float:
+def chance_loss(objective: str, slice_weight: float = 0.0, negative_share: float = 0.0, how: str = "lse") -> float:
     """The loss of the best constant logit on balanced steps (as many positives as negatives).
 
     ``ln 2`` for ``slice``; for ``mil`` the minimum over ``c`` of :func:`mil_loss` with every
     logit ``c``: ``softplus(-c) / 2 + softplus(c) + softplus(c) / 2 + slice_weight (softplus(-c) +
     softplus(c)) / 2`` (a positive's pooled term; a negative's pooled and per-slice terms; a
-    positive's lowest slices, when ``negative_share`` takes any; the per-slice loss).
+    positive's lowest slices, when ``negative_share`` takes any; the per-slice loss). With
+    ``contrast`` pooling a constant stack pools to ``-CONTRAST_MARGIN`` whatever ``c``, so the
+    pooled terms are ``(softplus(m) + softplus(-m)) / 2`` and only the per-slice ones follow ``c``.
 
     >>> round(chance_loss("slice"), 4), round(chance_loss("mil"), 4)  # mil: c = -ln 2
     (0.6931, 0.9548)
@@ -111,7 +128,10 @@ def chance_loss(objective: str, slice_weight: float = 0.0, negative_share: float
     def f(c: float) -> float:
         sp = lambda t: math.log1p(math.exp(-abs(t))) + max(t, 0.0)  # noqa: E731  softplus
         low = 0.5 * sp(c) if negative_share > 0 else 0.0  # a positive's lowest slices
-        return 0.5 * sp(-c) + sp(c) + low + slice_weight * 0.5 * (sp(-c) + sp(c))
+        pooled = (
+            0.5 * (sp(CONTRAST_MARGIN) + sp(-CONTRAST_MARGIN)) if how == "contrast" else 0.5 * (sp(-c) + sp(c))
+        )
+        return pooled + 0.5 * sp(c) + low + slice_weight * 0.5 * (sp(-c) + sp(c))
 
     lo, hi = -30.0, 30.0
     for _ in range(200):  # f is convex: ternary search

@@ -144,7 +144,7 @@ class Trainer:
         #: watches the run for signs of not learning (recorded as the run's diagnostics)
         self.val_cases = read_dataset(self.val_csv, config.task) if self.val_csv else []
         chance = (
-            chance_loss(config.objective, config.slice_weight, config.negative_share)
+            chance_loss(config.objective, config.slice_weight, config.negative_share, config.pool)
             if config.task == "classification"
             else None
         )
