@@ -46,6 +46,10 @@ class ComponentError(InputError):
         return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
+class UncalibratedWarning(UserWarning):
+    """A component that thresholds slice scores fell back to its constants: the run records no operating point."""
+
+
 class PluginWarning(UserWarning):
     """A plugin, or a part of one, was left out: it failed, or took a name another one has.
 

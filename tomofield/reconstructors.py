@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tomofield.calibration import OperatingPoint
 from tomofield.errors import InputError
 from tomofield.protocols import check_settings, setting
 
@@ -179,6 +180,13 @@ def fill_by_consensus(heat: Tensor, consensus: Tensor, level: float = 0.5, power
     return torch.stack(out)
 
 
+#: Where the run records its operating point, ``filled``'s threshold lies this many spreads of the negatives'
+#: slice logits below it, and its temperature is this share of the spread (measured: docs/results.md,
+#: "Filled lesions on the encoder's own operating point").
+FILLED_SPREADS_BELOW = 0.0
+FILLED_TEMPERATURE_SHARE = 0.5
+
+
 @dataclass(frozen=True)
 class Filled:
     """ToNNO filled where the planes agree that a voxel is lesion (the module's doc).
@@ -200,6 +208,21 @@ class Filled:
 
     def __post_init__(self) -> None:
         check_settings(self, self.name)
+
+    @staticmethod
+    def operating_point_options(point: OperatingPoint) -> dict[str, float]:
+        """The options an encoder's operating point sets (:mod:`tomofield.calibration`).
+
+        ``threshold``: :data:`FILLED_SPREADS_BELOW` spreads of the negatives' slice logits
+        below the operating point (for normal logits, the level a quarter of negatives'
+        slices pass where the operating point lets 5 % through: a plane need not be sure to
+        vote); ``temperature``: :data:`FILLED_TEMPERATURE_SHARE` of that spread, so the
+        decision is as soft in every encoder's units.
+        """
+        return {
+            "threshold": point.threshold - FILLED_SPREADS_BELOW * point.scale,
+            "temperature": max(FILLED_TEMPERATURE_SHARE * point.scale, 1e-3),
+        }
 
     def consensus_profile(self, scores: Tensor) -> Tensor:
         """``log sigmoid((s - threshold) / temperature)``: a slice's log-probability of cutting a lesion."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from tomofield.calibration import OperatingPoint
 from tomofield.checkpoint.schema import (
     CONFIG,
     CONFIG_SCHEMA,
@@ -52,7 +53,7 @@ TRAINING_INHERITED = ("encoder", "norm", "slice_size", "geometry", "extent", "in
 WEIGHTS_META = "tomofield"
 
 
-WEIGHTS_KEYS = ("format", *ENGINE_INHERITED, "in_chans", "task", "head_defaults", "diagnostics")
+WEIGHTS_KEYS = ("format", *ENGINE_INHERITED, "in_chans", "task", "head_defaults", "diagnostics", "operating_point")
 
 
 def weights_metadata(config: dict[str, Any]) -> dict[str, str]:
@@ -148,6 +149,11 @@ class RunDir:
     def training_defaults(self) -> dict[str, Any]:
         """Training settings this run provides as a teacher: :data:`TRAINING_INHERITED`."""
         return self.inherited(TRAINING_INHERITED)
+
+    def operating_point(self) -> OperatingPoint | None:
+        """The encoder's operating point (:mod:`tomofield.calibration`) the run records, or None."""
+        record = self.config.get("operating_point")
+        return OperatingPoint.from_json(record) if record is not None else None
 
     def head_defaults(self, head: str) -> dict[str, Any]:
         """Options of head ``head`` this run records (e.g. a density run's regression scale).

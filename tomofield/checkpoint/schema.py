@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tomofield.calibration import valid_record as _operating_point
 from tomofield.encoders import NORMS
 from tomofield.errors import InputError
 from tomofield.geometry import EXTENTS, GEOMETRIES
@@ -139,6 +140,11 @@ CONFIG_SCHEMA: dict[str, Key] = {
     "head_defaults": Key(
         "an object of head name -> object of option name -> value (true/false, a number or a text)",
         _object(_object(_scalar)),
+    ),
+    "operating_point": Key(
+        "an object with threshold (a finite number), scale (> 0), false_positive_rate (in (0, 0.5)), "
+        "slices and volumes (integers >= 1), source (a text): tomofield.calibration.OperatingPoint",
+        _operating_point,
     ),
 }
 

@@ -41,6 +41,10 @@ BUILTIN_COMMANDS = {
     ),
     "synth": ("synth:synth", "Write a synthetic weakly supervised dataset (NIfTI images, masks, CSVs)."),
     "train": ("train:train", "Train a slice encoder from volume-level labels."),
+    "calibrate": (
+        "train:calibrate",
+        "Record a run's operating point (the slice logit that means 'cuts a lesion') from a dataset's negatives.",
+    ),
     "prepare": (
         "datasets:prepare",
         "Turn a public dataset, as downloaded, into tomofield dataset CSVs (plugins register NAME).",

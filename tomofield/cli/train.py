@@ -18,6 +18,7 @@ from rich.progress import (
 from rich.text import Text
 
 from tomofield import plugins
+from tomofield.calibration import FALSE_POSITIVE_RATE
 from tomofield.cli.toolkit import (
     default_of,
     err,
@@ -166,6 +167,39 @@ def train(
             soft_wrap=True,
             highlight=False,
         )
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path())
+@click.argument("dataset", type=click.Path())
+@click.option(
+    "--false-positive-rate",
+    type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
+    default=FALSE_POSITIVE_RATE,
+    show_default=True,
+    help="Share of the negatives' slices above the operating point.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@friendly
+def calibrate(run_dir: str, dataset: str, false_positive_rate: float, device: str) -> None:
+    """Record a run's operating point (the slice logit that means 'cuts a lesion') from a dataset's negatives.
+
+    A slice of a negative volume never cuts a lesion: the negatives of DATASET (a CSV of
+    tomofield train; positives are skipped) give the logit above which only
+    --false-positive-rate of their slices lie, and the spread of their logits. The run's
+    config.json and weights' metadata record it; reconstructors that threshold slice scores
+    (filled) read it instead of their constants. Runs trained by this version record one
+    from their validation negatives already.
+    """
+    from tomofield.train.calibrate import calibrate_run
+
+    point = calibrate_run(run_dir, dataset, false_positive_rate, device)
+    out.print(
+        f"operating point of {run_dir}: threshold {point.threshold:.3f} (false-positive rate "
+        f"{point.false_positive_rate:g} of {point.slices} slices of {point.volumes} negative volume(s)), "
+        f"spread {point.scale:.3f}; recorded in {run_dir}/config.json and its weights",
+        highlight=False,
+    )
 
 
 def fit_with_progress(trainer: Any) -> dict[str, Any]:

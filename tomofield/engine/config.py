@@ -152,6 +152,11 @@ class EngineConfig:
         choices=ORIENTATIONS,
     )
     head_options: dict[str, Any] = field(default_factory=dict)
+    operating_point: bool = setting(
+        False,
+        "Components that threshold slice scores (filled) take their threshold from the run's operating point "
+        "(tomofield calibrate) instead of their constants.",
+    )
     # Speed settings (docs/benchmarks.md has the measurements behind the defaults).
     amp: str = setting(
         "auto", "Encoder autocast: auto = fp16 on CUDA (fp32 for CAM heads), off on CPU.", choices=AMP_MODES

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from tomofield import distributed, plugins
 from tomofield import presets as _presets
+from tomofield.calibration import FALSE_POSITIVE_RATE, OperatingPoint
 from tomofield.checkpoint import RunDir, is_run_dir
 from tomofield.encoders import (
     build_encoder,
@@ -36,7 +37,7 @@ from tomofield.engine.config import (
     validate_spacing,
     validate_volume,
 )
-from tomofield.errors import ComponentError, InputError, NotLearningWarning, TomofieldError
+from tomofield.errors import ComponentError, InputError, NotLearningWarning, TomofieldError, UncalibratedWarning
 from tomofield.intensity import normalize
 from tomofield.io import Heatmap, Reorientation, Volume
 from tomofield.pipeline import Plan, Scorer, Slicer, Stacks
@@ -53,6 +54,10 @@ def _options_of(component: Any) -> dict[str, Any]:
 def _name(spec: Any, attr: str = "name") -> str:
     """A component's name: the registered name it was given by, or the object's ``attr`` (else its type's)."""
     return spec if isinstance(spec, str) else getattr(spec, attr, type(spec).__name__)
+
+
+#: (run, kind, component) already told that the run records no operating point
+_UNCALIBRATED: set[tuple[str, str, str]] = set()
 
 
 class Engine:
@@ -183,7 +188,9 @@ class Engine:
             # filled augments an inverse Radon transform: with the none filter (Averaged) it stays fbp
             integral = getattr(self.filter, "integral", False)
             reconstructor = DEFAULT_RECONSTRUCTORS.get(self.head_name, "fbp") if integral else "fbp"
-        self.reconstructor = plugins.build("reconstructor", reconstructor, **self._component_options["reconstructor"])
+        self.reconstructor = plugins.build(
+            "reconstructor", reconstructor, **self._calibrated("reconstructor", reconstructor, run)
+        )
         self.reconstructor_name = _name(reconstructor)
         self.sampler = plugins.build("sampler", sampler, **self._component_options["sampler"])
         self.postprocess = [plugins.build("postprocessor", p) for p in postprocess]
@@ -209,6 +216,38 @@ class Engine:
         self._scorers: dict[int, Scorer] = {}
         #: scorers of networks given to :meth:`run`: id -> (the network, in_chans -> scorer)
         self._given: dict[int, tuple[nn.Module, dict[int, Scorer]]] = {}
+
+    def _calibrated(self, kind: str, spec: Any, run: RunDir | None) -> dict[str, Any]:
+        """The options to build component ``spec`` with: the given ones over what the run's operating point sets.
+
+        With the ``operating_point`` setting, a registered component that thresholds slice
+        scores and declares ``operating_point_options(point)`` (:mod:`tomofield.calibration`)
+        takes its options from the run's operating point; a run that records none leaves it
+        on its constants, said once per run and component. Off by default: on the demo's
+        encoder it filled large lesions better and cost lesion-wise F1 on the usual ones
+        (docs/results.md, "Filled lesions on the encoder's own operating point").
+        """
+        given = self._component_options[kind]
+        hook = (
+            getattr(plugins.get(kind, spec).factory, "operating_point_options", None) if isinstance(spec, str) else None
+        )
+        if hook is None or run is None or not self.config.operating_point:
+            return given
+        point = run.operating_point()
+        if point is not None:
+            return {**hook(point), **given}
+        sets = set(hook(OperatingPoint(0.0, 1.0, FALSE_POSITIVE_RATE, 1, 1, "names")))
+        key = (str(run.config_path), kind, spec)
+        if key not in _UNCALIBRATED and not sets <= set(given):  # options given on the command line need none
+            _UNCALIBRATED.add(key)
+            warnings.warn(
+                f"the run {str(run.config_path.parent)!r} records no operating point: {kind} {spec!r} uses its "
+                "constants, tuned on another encoder; `tomofield calibrate RUN DATASET.csv` records one from "
+                "the run's negatives",
+                UncalibratedWarning,
+                stacklevel=3,
+            )
+        return given
 
     @property
     def encoder_name(self) -> str:

@@ -128,9 +128,7 @@ def chance_loss(objective: str, slice_weight: float = 0.0, negative_share: float
     def f(c: float) -> float:
         sp = lambda t: math.log1p(math.exp(-abs(t))) + max(t, 0.0)  # noqa: E731  softplus
         low = 0.5 * sp(c) if negative_share > 0 else 0.0  # a positive's lowest slices
-        pooled = (
-            0.5 * (sp(CONTRAST_MARGIN) + sp(-CONTRAST_MARGIN)) if how == "contrast" else 0.5 * (sp(-c) + sp(c))
-        )
+        pooled = 0.5 * (sp(CONTRAST_MARGIN) + sp(-CONTRAST_MARGIN)) if how == "contrast" else 0.5 * (sp(-c) + sp(c))
         return pooled + 0.5 * sp(c) + low + slice_weight * 0.5 * (sp(-c) + sp(c))
 
     lo, hi = -30.0, 30.0

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from tomofield import checkpoint as ck
 from tomofield import distributed
 from tomofield.batch.claims import acquire_lock, lock_holder, release_lock
+from tomofield.calibration import OperatingPoint
 from tomofield.dataset import dataset_hash, read_dataset
 from tomofield.engine import resolve_device
 from tomofield.engine.budget import Estimate, estimate
@@ -39,6 +40,7 @@ from tomofield.train.slicing import (
 from tomofield.train.teacher import Teacher, spread_targets
 from tomofield.train.validation import (
     classification_metrics,
+    negatives_operating_point,
     regression_metrics,
     scores_and_localisation,
     volume_scores,
@@ -157,6 +159,8 @@ class Trainer:
         self.resume = resume
         self.loss_log: list[dict[str, float]] = []  # mean training loss between checkpoints
         self.scale, self.baseline = 1.0, 0.0  # density regression: output units, the teacher's baseline
+        #: the encoder's operating point (tomofield.calibration), taken when the run ends
+        self.point: OperatingPoint | None = None
         state = self.run_dir / ck.STATE
         if resume and not (state.exists() or state.is_symlink()):
             raise InputError(f"--resume: no checkpoint {str(state)!r} to resume from")
@@ -191,31 +195,35 @@ class Trainer:
 
     def run_config(self, in_chans: int, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """The run directory's ``config.json``."""
-        return {
-            "format": ck.FORMAT,
-            "encoder": self.cfg.encoder,
-            "in_chans": in_chans,
-            "num_classes": 1,
-            "norm": self.cfg.norm,
-            "slice_size": self.cfg.slice_size,
-            "geometry": self.cfg.geometry,
-            "extent": self.cfg.extent,
-            "intensity": self.cfg.intensity,
-            "task": self.cfg.task,
-            "training": asdict(self.cfg),
-            "dataset": {"csv": str(self.train_csv.resolve()), "sha256": self.hash, "volumes": len(self.cases)},
-            "iteration": step,
-            "metrics": metrics,
-            "loss_log": self.loss_log,
-            "diagnostics": self.monitor.record(),
-        } | (
+        return (
             {
-                "teacher": str(Path(self.cfg.teacher).resolve()),
-                "teacher_baseline": self.baseline,
-                "head_defaults": {"regression": {"scale": self.scale, "nonnegative": True}},
+                "format": ck.FORMAT,
+                "encoder": self.cfg.encoder,
+                "in_chans": in_chans,
+                "num_classes": 1,
+                "norm": self.cfg.norm,
+                "slice_size": self.cfg.slice_size,
+                "geometry": self.cfg.geometry,
+                "extent": self.cfg.extent,
+                "intensity": self.cfg.intensity,
+                "task": self.cfg.task,
+                "training": asdict(self.cfg),
+                "dataset": {"csv": str(self.train_csv.resolve()), "sha256": self.hash, "volumes": len(self.cases)},
+                "iteration": step,
+                "metrics": metrics,
+                "loss_log": self.loss_log,
+                "diagnostics": self.monitor.record(),
             }
-            if self.cfg.teacher
-            else {}
+            | (
+                {
+                    "teacher": str(Path(self.cfg.teacher).resolve()),
+                    "teacher_baseline": self.baseline,
+                    "head_defaults": {"regression": {"scale": self.scale, "nonnegative": True}},
+                }
+                if self.cfg.teacher
+                else {}
+            )
+            | ({"operating_point": self.point.to_json()} if self.point is not None else {})
         )
 
     def _save(
@@ -288,6 +296,26 @@ class Trainer:
         if ck.is_run_dir(self.run_dir):
             self.monitor.restore(ck.RunDir(self.run_dir).config.get("diagnostics", {}))
         return st.iteration, st.history
+
+    def take_operating_point(self, model: nn.Module, val: list[Loaded], train: list[Loaded]) -> None:
+        """Record the encoder's operating point from the validation negatives (the training ones without).
+
+        Their stacks are the validation's (:func:`~tomofield.train.validation.stack_logits`).
+        Only a classifier trained without a teacher has one.
+        """
+        if self.cfg.task != "classification" or self.cfg.teacher is not None:
+            return
+        negatives = [v for v in val if v.label == 0]
+        source = "validation"
+        if not negatives:
+            negatives, source = [v for v in train if v.label == 0], "training"
+        model.eval()
+        try:
+            self.point = negatives_operating_point(model, negatives, self.cfg, source)
+        except InputError as exc:  # too few negative slices: the run says so and records none
+            warnings.warn(f"no operating point recorded: {exc}", UserWarning, stacklevel=2)
+        finally:
+            model.train()
 
     def validate(self, model: nn.Module, vols: list[Loaded], train: list[Loaded]) -> dict[str, float]:
         """Volume-level metrics: the pooled slices of a fixed set of stacks are the volume's score.
@@ -483,6 +511,8 @@ class Trainer:
                 self.loss_log.append(logged | ({"train_auc": separation} if math.isfinite(separation) else {}))
                 window = []
                 problems += self.monitor.checkpoint(step)
+                if step == cfg.iterations and rank == 0 and not stop:
+                    self.take_operating_point(model, val or [], train)
                 if not stop:
                     self._save(model, opt, gen, step, in_chans, history)
             if problems and rank == 0 and not progress:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from tomofield.calibration import FALSE_POSITIVE_RATE, OperatingPoint, operating_point
+from tomofield.errors import InputError
 from tomofield.evaluation.metrics import balanced_accuracy as _balanced_accuracy
 from tomofield.geometry import sample_slices, slice_area, slice_points
 from tomofield.samplers import FibonacciSampler, SamplingConfig
@@ -185,3 +187,24 @@ def regression_metrics(scores: Tensor, labels: Tensor) -> dict[str, float]:
     """Mean absolute error and Pearson correlation (NaN with one volume)."""
     r = torch.corrcoef(torch.stack([scores.double(), labels.double()]))[0, 1] if len(scores) > 1 else torch.nan
     return {"val_mae": float((scores - labels).abs().mean()), "val_pearson": float(r)}
+
+
+@torch.inference_mode()
+def negatives_operating_point(
+    model: nn.Module,
+    negatives: list[Loaded],
+    cfg: ResolvedTrainConfig,
+    source: str,
+    false_positive_rate: float = FALSE_POSITIVE_RATE,
+) -> OperatingPoint:
+    """The encoder's operating point (:mod:`tomofield.calibration`) from the validation stacks of negative volumes.
+
+    Raises:
+        InputError: a volume that is not a negative, or too few slices.
+    """
+    wrong = [str(v.case.images[0]) for v in negatives if v.label != 0]
+    if wrong:
+        raise InputError(f"an operating point is taken from negative volumes (label 0) only; not {', '.join(wrong)}")
+    logits = [stack_logits(model, v, cfg)[0].reshape(-1).cpu() for v in negatives]
+    z = torch.cat(logits) if logits else torch.zeros(0)
+    return operating_point(z, false_positive_rate, volumes=len(negatives), source=source)
