@@ -33,7 +33,7 @@ from tomofield.errors import InputError
 #: The false-positive rate of the recorded operating point: the share of negatives' slices above it.
 FALSE_POSITIVE_RATE = 0.05
 #: The fewest negative slices an operating point is taken from.
-MIN_SLICES = 200
+MIN_SLICES = 20
 
 
 @dataclass(frozen=True)

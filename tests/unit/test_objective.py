@@ -46,7 +46,11 @@ def by_hand(pooled: list[float], slice_weight: float = 0.0, lowest: int = 0) -> 
         ("lse", {}, [math.log(sum(math.exp(z) for z in zs) / 4) for zs in Z]),
         ("lse", {"temperature": 0.5}, [0.5 * math.log(sum(math.exp(z / 0.5) for z in zs) / 4) for zs in Z]),
         # lse minus the (lower) median, minus the margin 1: medians 0 and -1
-        ("contrast", {}, [math.log(sum(math.exp(z) for z in zs) / 4) - med - 1 for zs, med in zip(Z, [0.0, -1.0])]),
+        (
+            "contrast",
+            {},
+            [math.log(sum(math.exp(z) for z in zs) / 4) - med - 1 for zs, med in zip(Z, [0.0, -1.0], strict=True)],
+        ),
     ],
 )
 @pytest.mark.parametrize("slice_weight", [0.0, 0.3])

@@ -24,8 +24,9 @@ def calibrate_run(
 ) -> OperatingPoint:
     """Take the operating point of run ``run_dir`` on the negatives of ``dataset`` and record it in the run.
 
-    The slices are the validation's (:func:`~tomofield.train.validation.stack_logits`) at
-    the run's slice size, geometry, extent and intensity normalisation. ``config.json`` and
+    The slices are the run's validation stacks (:func:`~tomofield.train.validation.stack_logits`,
+    its ``val_directions`` and ``val_slices``) at its slice size, geometry, extent and
+    intensity normalisation. ``config.json`` and
     the weights' metadata are rewritten atomically, the weights unchanged; an operating point
     recorded before is replaced (the new one names its source).
 
@@ -47,7 +48,11 @@ def calibrate_run(
     if not cases:
         raise InputError(f"{str(dataset)!r} has no negative volumes (label 0); an operating point is taken from them")
     dev = resolve_device(device)
-    train_cfg = TrainConfig(slice_size=cfg["slice_size"], geometry=cfg["geometry"], extent=cfg["extent"]).resolved()
+    trained = cfg.get("training", {})
+    stacks = {k: trained[k] for k in ("val_directions", "val_slices") if trained.get(k) is not None}
+    train_cfg = TrainConfig(
+        slice_size=cfg["slice_size"], geometry=cfg["geometry"], extent=cfg["extent"], **stacks
+    ).resolved()
     vols = load_cases(cases, cfg["geometry"], dev, cfg.get("intensity", "none"))
     model = run.build_encoder(int(vols[0].data.shape[0])).to(dev).eval()
     point = negatives_operating_point(model, vols, train_cfg, str(Path(dataset).resolve()), false_positive_rate)
