@@ -71,7 +71,9 @@ def test_calibrate_replaces_the_record_and_keeps_the_weights(run, tiny_dataset, 
     assert point.threshold == pytest.approx(float(torch.quantile(z.double(), 0.8)), abs=1e-5)
     assert RunDir.from_weights(run / "model.safetensors").operating_point() == point
     after = RunDir(run).weights()
-    assert all(torch.equal(weights[k], after[k]) for k in weights) and before != (run / "model.safetensors").read_bytes()
+    assert (
+        all(torch.equal(weights[k], after[k]) for k in weights) and before != (run / "model.safetensors").read_bytes()
+    )
     assert cfg["iteration"] == 4 and "diagnostics" in cfg  # nothing else lost
 
 
