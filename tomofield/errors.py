@@ -50,6 +50,10 @@ class UncalibratedWarning(UserWarning):
     """A component that thresholds slice scores fell back to its constants: the run records no operating point."""
 
 
+class EmptyMaskWarning(UserWarning):
+    """A heatmap that rises above the mask's lower threshold gave an empty mask: the thresholds may not fit it."""
+
+
 class PluginWarning(UserWarning):
     """A plugin, or a part of one, was left out: it failed, or took a name another one has.
 

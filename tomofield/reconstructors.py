@@ -183,8 +183,8 @@ def fill_by_consensus(heat: Tensor, consensus: Tensor, level: float = 0.5, power
 #: Where the run records its operating point, ``filled``'s threshold lies this many spreads of the negatives'
 #: slice logits below it, and its temperature is this share of the spread (measured: docs/results.md,
 #: "Filled lesions on the encoder's own operating point").
-FILLED_SPREADS_BELOW = 0.0
-FILLED_TEMPERATURE_SHARE = 0.5
+FILLED_SPREADS_BELOW = 1.0
+FILLED_TEMPERATURE_SHARE = 0.75
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tomofield.batch import check_records, heatmap_path
+from tomofield.batch import check_records, heatmap_path, read_record
 from tomofield.dataset import Case, csv_rows, read_dataset
 from tomofield.errors import InputError
 from tomofield.io import Volume, atomic_write_all, load_volume
@@ -268,6 +268,10 @@ def evaluate_heatmaps(
         surface=surface,
     )
     res["fill_holes"] = fill_holes  # how it binarized; a mask from these thresholds does the same
+    # what made the heatmaps (one engine: check_records refused a mix); run --thresholds compares its own with it
+    made = next((r for r in (read_record(v.header) for v in vols) if r is not None), None)
+    if made is not None and isinstance(made.get("engine"), dict):
+        res["heatmaps"] = made["engine"]
     if masks is not None:
         res["surface_metrics"] = {
             "implementation": surface,  # monai where it imports, else tomofield's own (the two agree)

@@ -48,6 +48,42 @@ def test_evaluate_stores_thresholds_tuned_on_every_volume(evaluated):
     assert stored["tau_prime"] <= stored["tau"] and stored["volumes"] == len(cases)
 
 
+def test_the_report_knows_what_made_its_heatmaps_and_run_refuses_thresholds_of_another_scale(evaluated, tmp_path):
+    """--thresholds: the report's heatmaps' settings against this run's; the directions carry over, M does not."""
+    dataset, heat, report = evaluated
+    made = json.loads(report.read_text())["heat"]["heatmaps"]
+    assert made["settings"]["slices"] == 6 and made["settings"]["directions"] == 8 and made["head"] == "sum"
+    image = dataset.parent / "img0.nii.gz"
+
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def run(*flags):
+        n = len(list(out.glob("h*.nii.gz")))
+        return invoke("run", image, "-o", out / f"h{n}.nii.gz", "--mask", out / f"m{n}.nii.gz",
+                      "--thresholds", report, *FAST, *flags)  # fmt: skip
+
+    ok = run("-L", "12")
+    assert ok.exit_code == 0, ok.output  # the directions change only the noise: the thresholds carry over
+    other_m = run("-M", "10")
+    assert other_m.exit_code != 0
+    assert "was tuned on heatmaps made otherwise than this run's (slices 6 -> 10" in " ".join(other_m.output.split())
+    assert sorted(p.name for p in out.iterdir()) == ["h0.nii.gz", "m0.nii.gz"]  # refused before anything is written
+    other_filter = run("--filter", "none")
+    assert other_filter.exit_code != 0 and "filter tomo -> none" in " ".join(other_filter.output.split())
+    no_m = [a for i, a in enumerate(FAST) if a != "-M" and FAST[i - 1] != "-M"]
+    preset = invoke("run", image, "-o", out / "p.nii.gz", "--mask", out / "p-m.nii.gz", "--thresholds", report,
+                    *no_m, "--preset", "fast")  # fmt: skip
+    assert preset.exit_code != 0
+    assert "choose slices per volume (preset fast)" in " ".join(preset.output.split())
+    assert (
+        invoke(
+            "run", image, "-o", out / "t.nii.gz", "--mask", out / "t-m.nii.gz", "--threshold", "0.5", *FAST, "-M", "10"
+        ).exit_code
+        == 0
+    )  # fmt: skip  (thresholds given by hand: the user's call)
+
+
 def test_a_mask_from_stored_thresholds_is_the_protocols_binarization(evaluated, tmp_path):
     dataset, _, report = evaluated
     stored = json.loads(report.read_text())["heat"]["thresholds"]
@@ -168,6 +204,36 @@ def test_the_mask_file_holds_the_binarization_whatever_the_thresholds_scale(writ
     assert expected.sum() > 1
     np.testing.assert_array_equal(labels, expected.astype(np.uint8))
     np.testing.assert_array_equal(load_volume(tmp_path / "m.nii.gz").data[0].numpy(), expected.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("cuts", "warns", "empty"),
+    [
+        ((50.0, 10.0), True, True),  # peak 40 between tau' and tau: looks positive, masked empty
+        ((30.0, 10.0), False, False),  # a component reaches tau: a mask
+        ((80.0, 45.0), False, True),  # peak below tau': a negative-looking volume, empty and silent
+    ],
+)
+def test_an_empty_mask_of_a_heatmap_above_tau_prime_warns_with_the_peak(write_nifti, tmp_path, cuts, warns, empty):
+    import warnings
+
+    from tomofield.errors import EmptyMaskWarning
+    from tomofield.io import Heatmap
+    from tomofield.outputs import Extras
+
+    zz, yy, xx = np.mgrid[:12, :12, :12]
+    heat = (40.0 * np.exp(-((zz - 6) ** 2 + (yy - 5) ** 2 + (xx - 7) ** 2) / 6.0)).astype(np.float32)
+    scan = load_volume(write_nifti("scan.nii.gz", heat + 1.0))
+    heatmap = Heatmap.on(torch.from_numpy(heat)[None], scan)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        labels = Extras(cuts=cuts).write(None, None, heatmap, scan, "case7", False)
+    said = [str(w.message) for w in seen if issubclass(w.category, EmptyMaskWarning)]
+    assert (not labels.any()) == empty
+    assert bool(said) == warns
+    if warns:
+        assert said[0].startswith("case7: the mask is empty although the heatmap peaks at 40, above tau' 10")
+        assert "no component reaches tau 50" in said[0]
 
 
 def rim_heatmap(shape, centre, rng) -> tuple[np.ndarray, np.ndarray]:

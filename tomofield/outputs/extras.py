@@ -3,6 +3,7 @@ for one volume or a dataset."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,34 @@ from typing import Any
 import numpy as np
 
 from tomofield.dataset import Case
-from tomofield.errors import InputError
+from tomofield.errors import EmptyMaskWarning, InputError
 from tomofield.io import Heatmap, Volume, load_volume
+
+
+def warn_if_empty(labels: np.ndarray, heat: np.ndarray, cuts: tuple[float, float], name: str) -> bool:
+    """Warn (:class:`~tomofield.errors.EmptyMaskWarning`) when ``labels`` is empty although ``heat`` rises above
+    ``tau'``: a volume that looks positive, masked by thresholds that do not fit its heatmap. Returns whether it
+    warned.
+
+    The mask keeps the components above ``tau'`` whose maximum reaches ``tau``, so such a mask
+    means that the heatmap peaks between the two. Thresholds tuned on heatmaps made at other
+    settings are the usual cause: the heatmap's scale follows the slices per direction, the
+    slice size, the encoder and the reconstructor.
+    """
+    tau, tau_prime = cuts
+    finite = heat[np.isfinite(heat)]
+    peak = float(finite.max()) if finite.size else float("nan")
+    if labels.any() or not peak >= tau_prime:
+        return False
+    warnings.warn(
+        f"{name}: the mask is empty although the heatmap peaks at {peak:.4g}, above tau' {tau_prime:.4g}; no "
+        f"component reaches tau {tau:.4g}. Thresholds tuned on heatmaps made at other settings do not carry over "
+        "(the scale follows the slices per direction, slice size, encoder and reconstructor): tune them with "
+        "tomofield evaluate on heatmaps made as these were",
+        EmptyMaskWarning,
+        stacklevel=3,
+    )
+    return True
 
 
 @dataclass(frozen=True)
@@ -31,6 +58,16 @@ class Extras:
     window: tuple[float, float] | None = None
     fill_holes: bool = False
     statistics: str | None = None
+    #: the report the thresholds come from (``--thresholds``), checked against the engine (:meth:`check_engine`)
+    report: str | None = None
+
+    def check_engine(self, engine: dict[str, Any]) -> None:
+        """Refuse the report's thresholds where its heatmaps were made at settings that change the scale of those
+        of ``engine`` (a provenance record; :func:`~tomofield.outputs.masks.check_thresholds_fit`)."""
+        if self.report is not None and self.cuts is not None:
+            from tomofield.outputs.masks import check_thresholds_fit
+
+            check_thresholds_fit(self.report, engine)
 
     def __post_init__(self) -> None:
         if self.statistics is not None and self.cuts is None:
@@ -67,6 +104,7 @@ class Extras:
         labels = None
         if self.cuts is not None:  # the preview outlines the mask, written or not
             labels = segmentation(heat, *self.cuts, fill_holes=self.fill_holes)
+            warn_if_empty(labels, heat, self.cuts, title)
             if mask is not None:
                 write_mask(mask, labels, heatmap, self.cuts, overwrite, fill_holes=self.fill_holes)
         if png is not None:

@@ -78,6 +78,52 @@ def read_fill_holes(source: str | Path) -> bool:
     return value
 
 
+#: Engine settings a heatmap's scale does not follow: thresholds tuned at one carry over to another.
+#: The directions change only the noise (docs/benchmarks.md, section 10); the encoder's precision only rounding.
+PORTABLE = ("directions", "seed", "hemisphere", "tomofield version", "autocast")
+
+
+def check_thresholds_fit(source: str | Path, engine: dict[str, Any]) -> None:
+    """Refuse thresholds of a report whose heatmaps were made at settings that change the heatmap's scale.
+
+    ``engine`` is the record of the engine that makes the heatmaps the thresholds will cut
+    (:func:`tomofield.batch.engine_record`). A report that records its heatmaps' provenance
+    (``heatmaps``: ``tomofield evaluate`` on recorded heatmaps) must agree with it on every
+    setting but :data:`PORTABLE`; slices chosen per volume by a preset are refused on either
+    side, because one threshold pair cannot fit heatmaps of several scales. A report
+    without the record passes (from before it was kept, or of another tool's heatmaps).
+
+    Raises:
+        InputError: naming each setting that differs, the report's value and this run's.
+    """
+    from tomofield.batch import engine_differences
+
+    _, stored = _report_entry(source)
+    made = stored.get("heatmaps")
+    if not isinstance(made, dict):
+        return
+    per_volume = [
+        f"{side} choose {k} per volume ({v})"
+        for side, rec in (("the report's heatmaps", made), ("this run", engine))
+        for k, v in (rec.get("settings") or {}).items()
+        if isinstance(v, str) and v.startswith("preset ")
+    ]
+    if per_volume:
+        raise InputError(
+            f"--thresholds {str(source)!r}: {'; '.join(per_volume)}: the heatmap's scale follows the slices per "
+            "direction, so one pair of thresholds does not fit them all; give -M (and the same to the heatmaps "
+            "tomofield evaluate tunes on), or --threshold"
+        )
+    diffs = [d for d in engine_differences(made, engine) if not d.startswith(tuple(f"{k} " for k in PORTABLE))]
+    if diffs:
+        raise InputError(
+            f"--thresholds {str(source)!r} was tuned on heatmaps made otherwise than this run's "
+            f"({'; '.join(diffs[:5])}; the report's value -> this run's): the heatmap's scale follows these "
+            "settings, so its thresholds would not mean the same here. Run with the report's settings, or tune "
+            "thresholds on heatmaps made as this run makes them (tomofield evaluate), or give --threshold"
+        )
+
+
 def _report_entry(source: str | Path) -> tuple[str, dict[str, Any]]:
     """``(method, its result)`` of a report of ``tomofield evaluate`` or ``compare`` (see :func:`read_thresholds`)."""
     path_text, _, method = str(source).partition("#")
