@@ -168,8 +168,9 @@ def full_demo(out_dir: Path, s: DemoSettings, overwrite: bool, progress_cm: Any,
     preview(png, *heatmaps[0], title, overwrite=True, mask=masks[0], threshold=threshold)
     console.print(
         f"validation balanced accuracy {bacc:.3f}, lesion slices above their neighbours {located:.3f} (0.5: "
-        f"chance); ToNNO mean Dice over {len(heats)} held-out positives {mean_dice:.3f} at the best single "
-        f"threshold {threshold:.3g}"
+        f"chance); ToNNO mean Dice over {len(heats)} held-out positives {mean_dice:.3f} at the single threshold "
+        f"{threshold:.3g} that is best on these same positives (optimistic: tomofield evaluate tunes its thresholds "
+        "on other volumes than it scores)"
     )
     if not result["diagnostics"]["learned"]:
         unresolved = ", ".join(result["diagnostics"]["unresolved"])

@@ -19,7 +19,18 @@ from tomofield.io import Volume, atomic_write_all, load_volume
 
 #: The metrics of a report's summary, in its columns' order: HD95 (mm) and the normalised
 #: surface Dice beside Dice where the data has masks (not boxes).
-METRICS = ("precision", "recall", "f1", "dice", "hd95", "nsd", "max_iou", "balanced_accuracy")
+METRICS = (
+    "precision",
+    "recall",
+    "f1",
+    "dice",
+    "hd95",
+    "nsd",
+    "max_iou",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+)
 #: The default tolerance of the normalised surface Dice, in mm (tomofield.evaluation.NSD_TOLERANCE_MM).
 NSD_TOLERANCE_MM = 2.0
 
@@ -267,6 +278,7 @@ def evaluate_heatmaps(
         nsd_tolerance=tolerance,
         surface=surface,
     )
+    _one_class_accuracy(res, labels)
     res["fill_holes"] = fill_holes  # how it binarized; a mask from these thresholds does the same
     # what made the heatmaps (one engine: check_records refused a mix); run --thresholds compares its own with it
     made = next((r for r in (read_record(v.header) for v in vols) if r is not None), None)
@@ -281,6 +293,8 @@ def evaluate_heatmaps(
         }
     # the thresholds a mask of a new volume uses (tomofield run --mask --thresholds REPORT)
     res["thresholds"] = tune_thresholds(heats, labels, masks=masks, boxes=boxes, seed=seed, fill_holes=fill_holes)
+    # the per-case rows are cut at those thresholds, tuned on these same volumes: the folds are the held-out figures
+    res["case_thresholds"] = "tuned on these same volumes (in-sample); the folds' scores are cross-fitted"
     res["cases"] = case_metrics(
         cases, heats, masks, res["thresholds"], iou, fill_holes, spacings, nsd_tolerance=tolerance, surface=surface
     )
@@ -288,6 +302,17 @@ def evaluate_heatmaps(
     res["positives"] = int(sum(labels))
     res["inputs"] = [str(p) for p in (dataset_csv, boxes_csv) if p]  # files write_reports never replaces
     return res
+
+
+def _one_class_accuracy(res: dict[str, Any], labels: list[int]) -> None:
+    """With one class only, the protocol's "balanced accuracy" is the sensitivity (no negatives) or the
+    specificity (no positives): name it so in ``res``, its ``std`` and its folds."""
+    if 0 in labels and 1 in labels:
+        return
+    name = "sensitivity" if 1 in labels else "specificity"
+    for entry in [res, res.get("std", {}), *res.get("folds", [])]:
+        if isinstance(entry, dict) and "balanced_accuracy" in entry:
+            entry[name] = entry.pop("balanced_accuracy")
 
 
 #: The columns of a report's per-case table.

@@ -315,3 +315,20 @@ def test_extras_write_fills_the_masks_holes_when_asked(write_nifti, tmp_path):
     np.testing.assert_array_equal(labels, ball.astype(np.uint8))
     assert plain.sum() < labels.sum()
     np.testing.assert_array_equal(load_volume(tmp_path / "m.nii.gz").data[0].numpy(), ball.astype(np.float32))
+
+
+def test_with_one_class_the_report_names_sensitivity_not_balanced_accuracy(evaluated, tmp_path):
+    """No negatives: the protocol's "balanced accuracy" is the sensitivity, and the report says so."""
+    dataset, heat, report = evaluated
+    both = json.loads(report.read_text())["heat"]
+    assert "balanced_accuracy" in both and "sensitivity" not in both
+    assert both["case_thresholds"].startswith("tuned on these same volumes (in-sample)")
+    rows = dataset.read_text().splitlines()
+    positives = tmp_path / "positives.csv"
+    positives.write_text("\n".join([rows[0], *[r for r in rows[1:] if r.split(",")[1] == "1"]]) + "\n")
+    res = invoke("evaluate", heat, positives, "--report", tmp_path / "pos", "--folds", 2)
+    assert res.exit_code == 0, res.output
+    only = json.loads((tmp_path / "pos.json").read_text())["heat"]
+    assert "balanced_accuracy" not in only and "balanced_accuracy" not in only["std"]
+    assert 0.0 <= only["sensitivity"] <= 1.0 and all("sensitivity" in f for f in only["folds"])
+    assert "sensitivity" in res.output
