@@ -12,9 +12,10 @@ reconstruction) at several settings ``(L, M, filter, window)``, kept in ``--out`
   tuned on the reference setting's (``--reference``): what a report's thresholds give
   when carried to another setting.
 
-Settings are written ``L-M`` (the ``tomo`` filter) or ``L-M-sgW`` (``tomo-sg`` with a
+Settings are written ``L-M`` (the ``tomo`` filter), ``L-M-sgW`` (``tomo-sg`` with a
 window of ``W`` slices: a second derivative over ``W - 1`` slice spacings; ``W`` growing
-with ``M - 1`` keeps that width fixed in mm)::
+with ``M - 1`` keeps that width fixed) or ``L-M-wX`` (``tomo-width`` of width ``X``, the
+same fixed by the filter itself)::
 
     python -m benchmarks.units --run RUN --data DATA/dataset.csv --out OUT \\
         --settings 128-16 128-32 128-48 64-32 256-32 --reference 128-32
@@ -28,17 +29,24 @@ import warnings
 from pathlib import Path
 
 
-def parse_setting(text: str) -> tuple[int, int, int | None]:
-    """``L-M`` or ``L-M-sgW`` as ``(L, M, W)`` (``W`` None for the ``tomo`` filter).
+def parse_setting(text: str) -> tuple[int, int, dict]:
+    """``L-M``, ``L-M-sgW`` or ``L-M-wX`` as ``(L, M, engine filter arguments)``.
 
-    >>> parse_setting("128-32"), parse_setting("128-48-sg7")
-    ((128, 32, None), (128, 48, 7))
+    >>> parse_setting("128-32")
+    (128, 32, {'filter': 'tomo'})
+    >>> parse_setting("128-48-sg7")
+    (128, 48, {'filter': 'tomo-sg', 'filter_options': {'window': 7}})
+    >>> parse_setting("64-32-w0.25")
+    (64, 32, {'filter': 'tomo-width', 'filter_options': {'width': 0.25}})
     """
     parts = text.split("-")
-    if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].startswith("sg")):
-        raise SystemExit(f"setting {text!r} is not L-M or L-M-sgW (e.g. 128-32, 128-48-sg7)")
-    window = int(parts[2][2:]) if len(parts) == 3 else None
-    return int(parts[0]), int(parts[1]), window
+    if len(parts) == 2:
+        return int(parts[0]), int(parts[1]), {"filter": "tomo"}
+    if len(parts) == 3 and parts[2].startswith("sg"):
+        return int(parts[0]), int(parts[1]), {"filter": "tomo-sg", "filter_options": {"window": int(parts[2][2:])}}
+    if len(parts) == 3 and parts[2].startswith("w"):
+        return int(parts[0]), int(parts[1]), {"filter": "tomo-width", "filter_options": {"width": float(parts[2][1:])}}
+    raise SystemExit(f"setting {text!r} is not L-M, L-M-sgW or L-M-wX (e.g. 128-32, 128-48-sg7, 128-32-w0.25)")
 
 
 def heatmaps(run: str, csv: Path, out: Path, setting: str) -> list:
@@ -52,8 +60,7 @@ def heatmaps(run: str, csv: Path, out: Path, setting: str) -> list:
     path = out / f"{setting}.npz"
     cases = read_dataset(csv)
     if not path.exists():
-        L, M, window = parse_setting(setting)
-        extra = {"filter": "tomo-sg", "filter_options": {"window": window}} if window else {"filter": "tomo"}
+        L, M, extra = parse_setting(setting)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -42,6 +42,11 @@ def register_filters(register):
         "tomo with a Savitzky-Golay second derivative over `window` slices: less noise, same intensities",
     )
     register(
+        "tomo-width",
+        filters.WidthSecondDerivative,
+        "tomo over a fixed `width` along the normal, whatever M: a saturated score keeps its scale (experimental)",
+    )
+    register(
         "tomo-gauss",
         filters.GaussianDerivativeFilter,
         "tomo with a Gaussian second derivative of `sigma` slices: less noise, same intensities",

@@ -163,3 +163,82 @@ class GaussianDerivativeFilter(SmoothedSecondDerivative):
         j = torch.arange(-k, k + 1, dtype=torch.float64)
         super().__init__(torch.exp(-0.5 * (j / self.sigma) ** 2).tolist())
         self.name = "tomo-gauss" if self.sigma == 1.0 else f"tomo-gauss(sigma={self.sigma:g})"
+
+
+class WidthSecondDerivative:
+    """A second derivative over a fixed *width* along the normal, whatever the slice spacing.
+
+    ``tomo``'s three-slice derivative of a step (what a slice classifier's saturated logit
+    draws across a lesion) is the step's height over ``ds^2``, backprojected over a band one
+    spacing wide: the heatmap near a lesion grows like ``1 / ds``, about in proportion to M,
+    so thresholds tuned at one M do not carry to another (docs/results.md, "A heatmap's scale
+    against the sampling"). Here each direction ``l`` takes the least-squares quadratic fit
+    over ``2 k_l + 1`` slices, ``k_l = round(width / (2 ds_l))`` (at least 1, at most
+    :attr:`pad`): a step's response is spread over about ``width`` and its scale no longer
+    follows M. Quadratic and cubic profiles still give exactly their second derivative, so the
+    ``sum`` head still returns the input's intensities (:func:`second_derivative_weights`).
+
+    ``width`` is in the units of the slicing geometry (the box's largest half-extent is 1).
+    The padding depends on the volume's spacings: the plan asks :meth:`pad_for` and the
+    filter keeps the answer in :attr:`pad` for the volume's stacks.
+    """
+
+    name = "tomo-width"
+    integral = True
+    constant = TomoFilter.constant
+    options = (
+        Option("width", float, 0.25, "width of the derivative, a share of the box's largest half-extent", min=0.01),
+        Option("max_pad", int, 8, "the most extra slices on each side of a stack", min=1, max=64),
+    )
+
+    def __init__(self, width: float = 0.25, max_pad: int = 8) -> None:
+        if isinstance(width, bool) or not math.isfinite(float(width)) or not float(width) > 0:
+            raise ValueError(f"width={width!r} must be a positive number")
+        if isinstance(max_pad, bool) or int(max_pad) != max_pad or not 1 <= int(max_pad) <= 64:
+            raise ValueError(f"max_pad={max_pad!r} must be a whole number of slices in 1..64")
+        self.width, self.max_pad = float(width), int(max_pad)
+        #: extra slices on each side of the current volume's stacks (:meth:`pad_for`)
+        self.pad = 1
+        self._coefficients: dict[int, Tensor] = {}
+        if self.width != 0.25 or self.max_pad != 8:
+            self.name = f"tomo-width(width={self.width:g}, max_pad={self.max_pad})"
+
+    def half_windows(self, ds: Tensor) -> Tensor:
+        """``k_l``: the half-window in slices of each direction of spacing ``ds`` (L,), in 1..max_pad."""
+        k = torch.round(self.width / (2 * ds.double().clamp_min(1e-12)))
+        return k.clamp(1, self.max_pad).long()
+
+    def pad_for(self, ds: Tensor) -> int:
+        """The padding a volume whose stacks have spacings ``ds`` needs; kept as :attr:`pad`."""
+        self.pad = int(self.half_windows(ds).max()) if ds.numel() else 1
+        return self.pad
+
+    def coefficients(self, k: int) -> Tensor:
+        """The ``2 k + 1`` float64 coefficients of the fit's second derivative for a spacing of 1."""
+        if k not in self._coefficients:
+            self._coefficients[k] = second_derivative_weights([1.0] * (2 * k + 1))
+        return self._coefficients[k]
+
+    def __call__(self, p: Tensor, ds: Tensor) -> Tensor:
+        """Args: p (L, M + 2 pad, ...) scores; ds (L,) slice spacing. Returns (L, M, ...)."""
+        P = self.pad
+        M = p.shape[1] - 2 * P
+        if M < 1:
+            raise ValueError(f"{self.name}: {p.shape[1]} slices hold no slice between the {P} of padding each side")
+        ks = self.half_windows(ds).clamp_max(P)
+        rows = torch.zeros(len(ks), 2 * P + 1, dtype=torch.float64)
+        for i, k in enumerate(ks.tolist()):
+            rows[i, P - k : P + k + 1] = self.coefficients(k)
+        rows = rows.to(p.device, p.dtype)
+
+        def c(j: int) -> Tensor:  # each direction's coefficient at offset j - P, shaped to multiply its stack
+            return rows[:, j].reshape(-1, *([1] * (p.dim() - 1)))
+
+        q = c(P) * p[:, P : P + M]
+        for j in range(1, P + 1):
+            q = q + c(P + j) * p[:, P + j : P + j + M] + c(P - j) * p[:, P - j : P - j + M]
+        scale = ds.reshape(-1, *([1] * (p.dim() - 1))).to(p)
+        return q / scale**2
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(width={self.width:g}, max_pad={self.max_pad}, pad={self.pad})"

@@ -353,11 +353,15 @@ class Engine:
             self.sampler,
             sampling,
             cfg.geometry,
-            self.filter.pad,
+            self._pad_of if hasattr(self.filter, "pad_for") else self.filter.pad,
             cfg.slice_size,
             shard=cfg.shard_directions,
             label=self._labels["sampler"],
         )
+
+    def _pad_of(self, groups: list[Any]) -> int:
+        """The padding of a filter whose padding follows the volume's slice spacings (``pad_for``)."""
+        return int(self.filter.pad_for(torch.cat([g.slice_spacing().cpu() for g in groups])))
 
     def report(self, plan: Plan) -> PlanReport:
         """The :class:`PlanReport` of a plan of this engine."""

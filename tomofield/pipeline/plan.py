@@ -51,7 +51,7 @@ class Plan:
         sampler,
         sampling: SamplingConfig,
         geometry: str,
-        pad: int,
+        pad: int | Callable[[list[Directions]], int],
         slice_size: int,
         shard: bool = False,
         label: str = "the sampler",
@@ -70,6 +70,8 @@ class Plan:
         except Exception as exc:
             raise ComponentError(f"{label} failed to plan the grid {shape}: {type(exc).__name__}: {exc}") from exc
         groups = _checked_groups(groups, label)
+        if callable(pad):  # a filter whose padding follows the slice spacings: from every direction, all ranks alike
+            pad = int(pad(groups))
         n_dirs = sum(len(g) for g in groups)
         rank, world = distributed.rank_world() if shard else (0, 1)
         if world > 1:  # each rank takes every world-th direction; the sums meet in an all-reduce
