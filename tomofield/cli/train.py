@@ -187,9 +187,9 @@ def calibrate(run_dir: str, dataset: str, false_positive_rate: float, device: st
     A slice of a negative volume never cuts a lesion: the negatives of DATASET (a CSV of
     tomofield train; positives are skipped) give the logit above which only
     --false-positive-rate of their slices lie, and the spread of their logits. The run's
-    config.json and weights' metadata record it; reconstructors that threshold slice scores
-    (filled) read it instead of their constants. Runs trained by this version record one
-    from their validation negatives already.
+    config.json and weights' metadata record it; with tomofield run --operating-point,
+    reconstructors that threshold slice scores (filled) read it instead of their constants.
+    Runs trained by this version record one from their validation negatives already.
     """
     from tomofield.train.calibrate import calibrate_run
 
