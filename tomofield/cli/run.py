@@ -244,7 +244,6 @@ def run_volume(
 ) -> None:
     """One volume; under torchrun its directions are shared by the ranks and rank 0 writes."""
     extras = extras or Extras()
-    from tomofield.batch import engine_record
     from tomofield.io import check_output_path, load_volume
 
     mask, preview, statistics = extras.mask, extras.preview, extras.statistics
@@ -263,7 +262,7 @@ def run_volume(
     if volume.replaced and rank == 0:
         err.print(Text(f"replaced {volume.replaced} non-finite voxel(s) by 0", style="yellow"))
     engine = build_engine(o)
-    extras.check_engine(engine_record(engine))
+    extras.check_engine(engine)
     if world > 1:
         engine = engine.with_options(shard_directions=True)
     c, *shape = volume.data.shape
@@ -335,7 +334,7 @@ def run_csv(
     checks the whole dataset, so that all refuse alike. ``mask`` and ``preview`` are
     folders: one mask and one PNG per volume (of this part).
     """
-    from tomofield.batch import check_output_folder, engine_record, part, run_dataset, shard
+    from tomofield.batch import check_output_folder, part, run_dataset, shard
     from tomofield.dataset import is_nnunet_dataset, nnunet_cases, read_dataset
 
     extras = extras or Extras()
@@ -383,7 +382,7 @@ def run_csv(
         )
     cases = shard(mine, rank, world)
     engine = build_engine(o)
-    extras.check_engine(engine_record(engine))
+    extras.check_engine(engine)
     t0 = time.perf_counter()
     with Progress(
         TextColumn("{task.description}", markup=False),

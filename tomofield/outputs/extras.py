@@ -61,13 +61,15 @@ class Extras:
     #: the report the thresholds come from (``--thresholds``), checked against the engine (:meth:`check_engine`)
     report: str | None = None
 
-    def check_engine(self, engine: dict[str, Any]) -> None:
+    def check_engine(self, engine: Any) -> None:
         """Refuse the report's thresholds where its heatmaps were made at settings that change the scale of those
-        of ``engine`` (a provenance record; :func:`~tomofield.outputs.masks.check_thresholds_fit`)."""
+        ``engine`` makes (:func:`~tomofield.outputs.masks.check_thresholds_fit`). Without ``--thresholds`` nothing
+        is computed: the engine's record hashes its weights."""
         if self.report is not None and self.cuts is not None:
+            from tomofield.batch import engine_record
             from tomofield.outputs.masks import check_thresholds_fit
 
-            check_thresholds_fit(self.report, engine)
+            check_thresholds_fit(self.report, engine_record(engine))
 
     def __post_init__(self) -> None:
         if self.statistics is not None and self.cuts is None:
